@@ -1,0 +1,73 @@
+//! What a guest reports while it runs: phase marks, notes and its exit status.
+//! The guest's bus writes here; the sampler reads the current phase and hands new events on.
+
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestEvent {
+    /// Seconds since the recording started.
+    pub t_s: f64,
+    pub vcpu: Option<u32>,
+    /// `phase`, `workload_start`, `workload_end`, `done`, `fault`, `note`.
+    pub kind: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub detail: serde_json::Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    pending: Vec<GuestEvent>,
+    phase: String,
+}
+
+pub struct GuestLog {
+    t0_ns: std::sync::atomic::AtomicU64,
+    inner: Mutex<Inner>,
+}
+
+impl GuestLog {
+    pub fn new(initial_phase: &str) -> Self {
+        GuestLog {
+            t0_ns: std::sync::atomic::AtomicU64::new(crate::clock::now_ns()),
+            inner: Mutex::new(Inner { pending: Vec::new(), phase: initial_phase.to_string() }),
+        }
+    }
+
+    /// Sets time zero of the recording to now.
+    pub fn start_clock(&self) -> u64 {
+        let now = crate::clock::now_ns();
+        self.t0_ns.store(now, std::sync::atomic::Ordering::Release);
+        now
+    }
+
+    pub fn t0_ns(&self) -> u64 {
+        self.t0_ns.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn push(&self, inner: &mut Inner, vcpu: Option<u32>, kind: &str, name: &str, detail: serde_json::Value) {
+        let t_s = crate::clock::now_ns().saturating_sub(self.t0_ns()) as f64 / 1e9;
+        inner.pending.push(GuestEvent { t_s, vcpu, kind: kind.into(), name: name.into(), detail });
+    }
+
+    /// Marks the start of a phase; intervals ending after this carry its name.
+    pub fn mark_phase(&self, vcpu: Option<u32>, name: &str, detail: serde_json::Value) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.phase = name.to_string();
+        self.push(&mut inner, vcpu, "phase", name, detail);
+    }
+
+    pub fn record(&self, vcpu: Option<u32>, kind: &str, name: &str, detail: serde_json::Value) {
+        let mut inner = self.inner.lock().unwrap();
+        self.push(&mut inner, vcpu, kind, name, detail);
+    }
+
+    pub fn phase(&self) -> String {
+        self.inner.lock().unwrap().phase.clone()
+    }
+
+    pub fn take(&self) -> Vec<GuestEvent> {
+        std::mem::take(&mut self.inner.lock().unwrap().pending)
+    }
+}

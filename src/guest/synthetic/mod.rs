@@ -1,0 +1,257 @@
+//! The built-in micro-guest: a CPL3 program that writes pages on a known schedule.
+//! Its ground truth is exact: see [`plan::GuestPlan::pages_between`].
+
+pub mod plan;
+pub mod program;
+pub mod spec;
+pub mod verify;
+
+use crate::events::GuestLog;
+use crate::guest::Guest;
+use crate::vmm::{kvm_err, Bus, ExitAction, Vm, VmSpec};
+use anyhow::Context;
+use kvm_bindings::{kvm_regs, kvm_segment};
+use plan::*;
+use spec::WorkloadSpec;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+pub struct SyntheticGuest {
+    pub spec: WorkloadSpec,
+    pub spec_text: String,
+    pub plan: GuestPlan,
+    tsc_hz: f64,
+}
+
+impl SyntheticGuest {
+    pub fn new(spec: WorkloadSpec, spec_text: String) -> anyhow::Result<Self> {
+        let plan = GuestPlan::new(&spec)?;
+        Ok(SyntheticGuest { spec, spec_text, plan, tsc_hz: 0.0 })
+    }
+}
+
+const PT_TABLE: u64 = 0x27; // present, writable, user, accessed
+const PT_LEAF_2M: u64 = 0xE7; // present, writable, user, accessed, dirty, 2 MiB
+const PT_LEAF_RO: u64 = 0x25; // present, read-only, user, accessed
+const PT_LEAF_RW: u64 = 0x67; // present, writable, user, accessed, dirty
+
+/// Identity map of `mem_bytes`, reachable from CPL3: 2 MiB pages for the workload, 4 KiB pages
+/// for the system area. Accessed and dirty bits are preset so the CPU never writes the tables.
+/// The system area is read-only but for the control page: under shadow paging KVM marks a
+/// page dirty when it first maps it writable, even for a read, and the guest's code and
+/// parameters must stay out of the dirty log.
+fn write_page_tables(mem: &GuestMemoryMmap, mem_bytes: u64) -> anyhow::Result<()> {
+    let gib = mem_bytes.div_ceil(1 << 30);
+    mem.write_obj(PDPT_ADDR | PT_TABLE, GuestAddress(PML4_ADDR))?;
+    for g in 0..gib {
+        let pd = PD_ADDR + g * 4096;
+        mem.write_obj(pd | PT_TABLE, GuestAddress(PDPT_ADDR + g * 8))?;
+        let entries: Vec<u8> = (0..512u64)
+            .map(|i| (g << 30) + (i << 21))
+            .take_while(|&a| a < mem_bytes)
+            .flat_map(|a| if a == 0 { SYSTEM_PT_ADDR | PT_TABLE } else { a | PT_LEAF_2M }.to_le_bytes())
+            .collect();
+        mem.write_slice(&entries, GuestAddress(pd))?;
+    }
+    let system: Vec<u8> = (0..512u64)
+        .map(|i| i * 4096)
+        .flat_map(|a| if a == CONTROL_PAGE { a | PT_LEAF_RW } else { a | PT_LEAF_RO }.to_le_bytes())
+        .collect();
+    mem.write_slice(&system, GuestAddress(SYSTEM_PT_ADDR))?;
+    Ok(())
+}
+
+fn segment(selector: u16, type_: u8, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xFFFF_FFFF,
+        selector,
+        type_,
+        present: 1,
+        dpl: 3,
+        db: (!code) as u8,
+        s: 1,
+        l: code as u8,
+        g: 1,
+        ..Default::default()
+    }
+}
+
+impl Guest for SyntheticGuest {
+    fn kind(&self) -> &'static str {
+        "synthetic"
+    }
+
+    fn vm_spec(&self) -> VmSpec {
+        VmSpec { ram: vec![(0, self.spec.mem_bytes)], vcpus: self.spec.vcpus, irqchip: false }
+    }
+
+    fn prepare(&mut self, vm: &mut Vm, log: Arc<GuestLog>) -> anyhow::Result<Arc<dyn Bus>> {
+        self.tsc_hz = tsc_hz(vm)?;
+        let mem = &vm.memory;
+        write_page_tables(mem, self.spec.mem_bytes)?;
+        // GDT: null, kernel code/data (unused), user code 0x1b, user data 0x23; accessed bits
+        // preset so the CPU never writes it.
+        let gdt: [u64; 5] =
+            [0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF, 0x00AF_FB00_0000_FFFF, 0x00CF_F300_0000_FFFF];
+        let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+        mem.write_slice(&gdt_bytes, GuestAddress(GDT_ADDR))?;
+        let code = program::assemble().map_err(|e| anyhow::anyhow!("assembling the guest: {e}"))?;
+        mem.write_slice(&code, GuestAddress(CODE_ADDR))?;
+        for v in 0..self.spec.vcpus {
+            let params = program::write_params(&self.plan, v, self.tsc_hz);
+            mem.write_slice(&params, GuestAddress(self.plan.params_addr(v)))?;
+        }
+        for (i, fd) in vm.vcpus.iter().enumerate() {
+            let mut s = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+            s.cs = segment(0x1B, 11, true);
+            let data = segment(0x23, 3, false);
+            (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
+            // TR keeps KVM's default: a TR loaded here made this host's KVM fail the first `out`.
+            s.gdt.base = GDT_ADDR;
+            s.gdt.limit = (gdt.len() * 8 - 1) as u16;
+            s.cr0 = 0x8005_0033;
+            s.cr3 = PML4_ADDR;
+            s.cr4 = 0x20;
+            s.efer = 0x500;
+            fd.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
+            let regs =
+                kvm_regs { rip: CODE_ADDR, rflags: 0x3002, rdi: self.plan.params_addr(i as u32), ..Default::default() };
+            fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
+        }
+        let phases = self.spec.phases.len();
+        Ok(Arc::new(SyntheticBus {
+            memory: vm.memory.clone(),
+            log,
+            phase_names: self.spec.phases.iter().map(|p| p.name.clone()).collect(),
+            tsc_hz: self.tsc_hz,
+            final_counts: Mutex::new(vec![vec![None; phases]; self.spec.vcpus as usize]),
+        }))
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "synthetic",
+            "spec_toml": self.spec_text,
+            "spec": self.spec,
+            "tsc_hz": self.tsc_hz,
+            "control_page": CONTROL_PAGE,
+            "system_area_bytes": spec::SYSTEM_AREA_BYTES,
+        })
+    }
+
+    fn expected_duration(&self) -> Option<Duration> {
+        Some(self.spec.total_duration())
+    }
+
+    fn initial_phase(&self) -> String {
+        self.spec.phases[0].name.clone()
+    }
+
+    fn progress_words(&self) -> Vec<u64> {
+        (0..self.spec.vcpus).map(GuestPlan::control_addr).collect()
+    }
+
+    fn own_pages(&self) -> Vec<u64> {
+        GuestPlan::own_pages()
+    }
+
+    fn loaded_ranges(&self) -> Vec<(u64, u64)> {
+        vec![(0, spec::SYSTEM_AREA_BYTES)]
+    }
+}
+
+/// The guest's TSC frequency, which its pacing depends on.
+fn tsc_hz(vm: &Vm) -> anyhow::Result<f64> {
+    let khz = vm.vcpus[0].get_tsc_khz().context("KVM_GET_TSC_KHZ: cannot learn the guest's TSC frequency")?;
+    Ok(khz as f64 * 1000.0)
+}
+
+struct SyntheticBus {
+    memory: GuestMemoryMmap,
+    log: Arc<GuestLog>,
+    phase_names: Vec<String>,
+    tsc_hz: f64,
+    /// Writes each vCPU made in each finished phase, learned at the phase-change exits.
+    final_counts: Mutex<Vec<Vec<Option<u64>>>>,
+}
+
+impl SyntheticBus {
+    /// Reads the vCPU's progress word; at a phase-change exit it holds the last phase's final count.
+    fn close_phase(&self, vcpu: u32) -> Option<(u64, u64)> {
+        let word: u64 = self.memory.read_obj(GuestAddress(GuestPlan::control_addr(vcpu))).ok()?;
+        let (phase, writes) = decode_progress(word);
+        let mut counts = self.final_counts.lock().unwrap();
+        let slot = counts.get_mut(vcpu as usize)?.get_mut(phase as usize)?;
+        slot.get_or_insert(writes);
+        Some((phase, writes))
+    }
+}
+
+impl Bus for SyntheticBus {
+    fn io_out(&self, vcpu: u32, port: u16, data: &[u8]) -> ExitAction {
+        let mut v = [0u8; 4];
+        v[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
+        let value = u32::from_le_bytes(v) as u64;
+        match port {
+            PORT_IDLE => ExitAction::Sleep(Duration::from_secs_f64(value as f64 / self.tsc_hz)),
+            PORT_PHASE => {
+                let previous = if value > 0 { self.close_phase(vcpu) } else { None };
+                let name = self.phase_names.get(value as usize).cloned().unwrap_or_else(|| format!("phase{value}"));
+                let detail = serde_json::json!({
+                    "phase_index": value,
+                    "previous_phase_writes": previous.map(|p| p.1),
+                });
+                self.log.mark_phase(Some(vcpu), &name, detail);
+                ExitAction::Continue
+            }
+            PORT_DONE => {
+                let last = self.close_phase(vcpu);
+                self.log.record(
+                    Some(vcpu),
+                    "done",
+                    "done",
+                    serde_json::json!({ "last_phase_writes": last.map(|p| p.1) }),
+                );
+                ExitAction::Done
+            }
+            _ => {
+                self.log.record(
+                    Some(vcpu),
+                    "note",
+                    "unexpected port write",
+                    serde_json::json!({ "port": port, "value": value }),
+                );
+                ExitAction::Continue
+            }
+        }
+    }
+}
+
+/// Reconstructs the phase-final write counts per vCPU from a trace's guest log.
+pub fn final_counts_from_log(
+    events: &[crate::events::GuestEvent],
+    vcpus: usize,
+    phases: usize,
+) -> Vec<Vec<Option<u64>>> {
+    let mut counts = vec![vec![None; phases]; vcpus];
+    for e in events {
+        let Some(v) = e.vcpu.map(|v| v as usize).filter(|&v| v < vcpus) else { continue };
+        match e.kind.as_str() {
+            "phase" => {
+                let idx = e.detail["phase_index"].as_u64().unwrap_or(0) as usize;
+                if let (Some(w), true) = (e.detail["previous_phase_writes"].as_u64(), idx > 0 && idx <= phases) {
+                    counts[v][idx - 1] = Some(w);
+                }
+            }
+            "done" => {
+                if let Some(w) = e.detail["last_phase_writes"].as_u64() {
+                    counts[v][phases - 1] = Some(w);
+                }
+            }
+            _ => {}
+        }
+    }
+    counts
+}

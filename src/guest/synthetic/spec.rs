@@ -1,0 +1,282 @@
+//! The synthetic workload spec: a TOML file documented in `schemas/workload.md`.
+
+use crate::units::{parse_duration, parse_rate, parse_size};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Bytes below this address belong to the guest itself (code, page tables, control page).
+pub const SYSTEM_AREA_BYTES: u64 = 2 << 20;
+pub const MAX_MEM_BYTES: u64 = 256 << 30;
+pub const MAX_VCPUS: u32 = 64;
+pub const PAGE_SIZE: u64 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    Sequential,
+    Random,
+    Hotcold,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteRate {
+    /// As fast as the vCPU can.
+    Max,
+    /// Page-writes per second times 4096, in total over all vCPUs.
+    BytesPerSec(f64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    pub duration: Duration,
+    pub working_set_bytes: u64,
+    pub rate: WriteRate,
+    pub pattern: Pattern,
+    pub hot_fraction: f64,
+    pub hot_share: f64,
+    pub cpu: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadSpec {
+    pub mem_bytes: u64,
+    pub vcpus: u32,
+    pub seed: u64,
+    pub phases: Vec<Phase>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("{0}")]
+    Toml(String),
+    #[error("`{key}`: {msg}")]
+    Value { key: String, msg: String },
+}
+
+fn bad(key: impl Into<String>, msg: impl Into<String>) -> SpecError {
+    SpecError::Value { key: key.into(), msg: msg.into() }
+}
+
+/// A value people may write as a string (`"256MiB"`) or a bare number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Quantity {
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl Quantity {
+    fn text(&self) -> String {
+        match self {
+            Quantity::Int(i) => i.to_string(),
+            Quantity::Float(f) => f.to_string(),
+            Quantity::Text(s) => s.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    mem: Option<Quantity>,
+    vcpus: Option<i64>,
+    seed: Option<i64>,
+    phase: Option<Vec<RawPhase>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPhase {
+    name: Option<String>,
+    duration: Option<Quantity>,
+    working_set: Option<Quantity>,
+    rate: Option<Quantity>,
+    pattern: Option<String>,
+    hot_fraction: Option<f64>,
+    hot_share: Option<f64>,
+    cpu: Option<f64>,
+}
+
+/// The spec `dirtytrace record` runs when no `--workload` is given.
+pub const DEFAULT_SPEC: &str = r#"# dirtytrace's built-in default: three phases, 9 s in all.
+mem = "1GiB"
+vcpus = 1
+seed = 42
+
+[[phase]]
+name = "sequential"
+duration = "3s"
+working_set = "256MiB"
+rate = "100MiB/s"
+pattern = "sequential"
+
+[[phase]]
+name = "hotcold"
+duration = "3s"
+working_set = "512MiB"
+rate = "200MiB/s"
+pattern = "hotcold"
+hot_fraction = 0.1
+hot_share = 0.9
+
+[[phase]]
+name = "idle"
+duration = "3s"
+working_set = "0"
+rate = "0"
+cpu = 0.0
+"#;
+
+impl WorkloadSpec {
+    /// Parses and validates a spec; `mem` and `vcpus` from the command line take precedence.
+    pub fn parse(text: &str, mem_override: Option<u64>, vcpus_override: Option<u32>) -> Result<Self, SpecError> {
+        let raw: RawSpec = toml::from_str(text).map_err(|e| SpecError::Toml(e.to_string()))?;
+        let mem_bytes = match (mem_override, &raw.mem) {
+            (Some(m), _) => m,
+            (None, Some(q)) => parse_size(&q.text()).map_err(|e| bad("mem", e.to_string()))?,
+            (None, None) => 1 << 30,
+        };
+        let mem_key = if mem_override.is_some() { "--mem" } else { "mem" };
+        if mem_bytes % PAGE_SIZE != 0 {
+            return Err(bad(mem_key, "must be a whole number of 4 KiB pages"));
+        }
+        if mem_bytes < SYSTEM_AREA_BYTES + (2 << 20) {
+            return Err(bad(mem_key, "must be at least 4 MiB (the first 2 MiB hold the guest itself)"));
+        }
+        if mem_bytes > MAX_MEM_BYTES {
+            return Err(bad(mem_key, "the synthetic guest supports at most 256 GiB"));
+        }
+        let vcpus = match (vcpus_override, raw.vcpus) {
+            (Some(v), _) => v as i64,
+            (None, Some(v)) => v,
+            (None, None) => 1,
+        };
+        let vcpus_key = if vcpus_override.is_some() { "--vcpus" } else { "vcpus" };
+        if !(1..=MAX_VCPUS as i64).contains(&vcpus) {
+            return Err(bad(vcpus_key, format!("must be between 1 and {MAX_VCPUS}, got {vcpus}")));
+        }
+        let vcpus = vcpus as u32;
+        let seed = raw.seed.unwrap_or(0);
+        if seed < 0 {
+            return Err(bad("seed", "must not be negative"));
+        }
+        let raw_phases = raw.phase.unwrap_or_default();
+        if raw_phases.is_empty() {
+            return Err(bad("phase", "the spec needs at least one [[phase]]"));
+        }
+        let arena = mem_bytes - SYSTEM_AREA_BYTES;
+        let mut phases = Vec::new();
+        for (i, p) in raw_phases.into_iter().enumerate() {
+            let key = |k: &str| format!("phase[{i}].{k}");
+            let duration_q = p.duration.ok_or_else(|| bad(key("duration"), "is required"))?;
+            let duration = parse_duration(&duration_q.text()).map_err(|e| bad(key("duration"), e.to_string()))?;
+            if duration.is_zero() {
+                return Err(bad(key("duration"), "must be longer than 0"));
+            }
+            let rate_q = p.rate.ok_or_else(|| bad(key("rate"), "is required (bytes/s, \"max\" or \"0\")"))?;
+            let rate = match rate_q.text().trim() {
+                "max" => WriteRate::Max,
+                t => WriteRate::BytesPerSec(parse_rate(t).map_err(|e| bad(key("rate"), e.to_string()))?),
+            };
+            let working_set_bytes = match p.working_set {
+                Some(q) => parse_size(&q.text()).map_err(|e| bad(key("working_set"), e.to_string()))?,
+                None if rate == WriteRate::BytesPerSec(0.0) => 0,
+                None => return Err(bad(key("working_set"), "is required")),
+            };
+            if working_set_bytes > arena {
+                return Err(bad(
+                    key("working_set"),
+                    format!(
+                        "{working_set_bytes} bytes is larger than the {arena} bytes of guest memory available to the workload (mem minus the 2 MiB system area)"
+                    ),
+                ));
+            }
+            let pages_per_vcpu = working_set_bytes / PAGE_SIZE / vcpus as u64;
+            let writes = rate != WriteRate::BytesPerSec(0.0);
+            if writes && pages_per_vcpu == 0 {
+                return Err(bad(
+                    key("working_set"),
+                    format!("must give each of the {vcpus} vCPUs at least one 4 KiB page"),
+                ));
+            }
+            if pages_per_vcpu > u32::MAX as u64 {
+                return Err(bad(key("working_set"), "is too large for one vCPU (at most 2^32 pages each)"));
+            }
+            let pattern = match p.pattern.as_deref().unwrap_or("sequential") {
+                "sequential" => Pattern::Sequential,
+                "random" => Pattern::Random,
+                "hotcold" => Pattern::Hotcold,
+                other => {
+                    return Err(bad(key("pattern"), format!("`{other}` is not one of sequential, random, hotcold")))
+                }
+            };
+            let unit = |k: &str, v: f64| {
+                if (0.0..=1.0).contains(&v) {
+                    Ok(v)
+                } else {
+                    Err(bad(key(k), format!("must be between 0 and 1, got {v}")))
+                }
+            };
+            let hot_fraction = unit("hot_fraction", p.hot_fraction.unwrap_or(0.1))?;
+            let hot_share = unit("hot_share", p.hot_share.unwrap_or(0.9))?;
+            if pattern == Pattern::Hotcold && (hot_fraction == 0.0 || hot_fraction == 1.0) {
+                return Err(bad(key("hot_fraction"), "must be strictly between 0 and 1 for the hotcold pattern"));
+            }
+            let cpu = unit("cpu", p.cpu.unwrap_or(1.0))?;
+            if writes && cpu == 0.0 {
+                return Err(bad(key("cpu"), "is 0, so the vCPU could never write; set rate = \"0\" for an idle phase"));
+            }
+            phases.push(Phase {
+                name: p.name.unwrap_or_else(|| format!("phase{i}")),
+                duration,
+                working_set_bytes,
+                rate,
+                pattern,
+                hot_fraction,
+                hot_share,
+                cpu,
+            });
+        }
+        Ok(WorkloadSpec { mem_bytes, vcpus, seed: seed as u64, phases })
+    }
+
+    pub fn total_duration(&self) -> Duration {
+        self.phases.iter().map(|p| p.duration).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_spec_parses() {
+        let s = WorkloadSpec::parse(DEFAULT_SPEC, None, None).unwrap();
+        assert_eq!(s.mem_bytes, 1 << 30);
+        assert_eq!(s.phases.len(), 3);
+        assert_eq!(s.phases[0].rate, WriteRate::BytesPerSec(100.0 * 1024.0 * 1024.0));
+        assert_eq!(s.phases[2].rate, WriteRate::BytesPerSec(0.0));
+        assert_eq!(s.total_duration(), Duration::from_secs(9));
+    }
+
+    fn err(text: &str) -> String {
+        WorkloadSpec::parse(text, None, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let base = "[[phase]]\nduration = \"1s\"\nworking_set = \"1MiB\"\n";
+        assert!(err(&format!("{base}rate = \"-5MiB/s\"")).contains("phase[0].rate"));
+        assert!(err(&format!("{base}rate = \"lots\"")).contains("phase[0].rate"));
+        assert!(err(&format!("{base}rate = \"1MiB/s\"\nbogus = 1")).contains("bogus"));
+        assert!(err("wrong_key = 3\n[[phase]]\nduration=\"1s\"\nrate=\"0\"").contains("wrong_key"));
+        let big = "mem = \"64MiB\"\n[[phase]]\nduration = \"1s\"\nworking_set = \"1GiB\"\nrate = \"max\"";
+        assert!(err(big).contains("phase[0].working_set"));
+        assert!(err(&format!("{base}rate = \"1MiB/s\"\npattern = \"zigzag\"")).contains("phase[0].pattern"));
+        assert!(err(&format!("{base}rate = \"1MiB/s\"\ncpu = 1.5")).contains("phase[0].cpu"));
+        assert!(err("mem = \"1GiB\"").contains("phase"));
+    }
+}

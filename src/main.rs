@@ -1,0 +1,166 @@
+//! The command line: parse, then hand over to the library.
+
+use clap::{Args, Parser, Subcommand};
+use dirtytrace::{record, report, trace, units};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "dirtytrace",
+    version,
+    about = "Record how fast a VM dirties its memory, as datasets for live-migration simulators"
+)]
+#[command(long_about = "Record how fast a VM dirties its memory, as datasets for live-migration simulators.\n\n\
+`dirtytrace record` boots a guest under KVM, samples its dirty log on a drift-free clock and writes a \
+trace directory: a Parquet table of per-interval rates (with SimGrid's live-migration parameters) and \
+compressed per-interval dirty bitmaps. Needs read-write access to /dev/kvm (root, or the kvm group).")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a guest and record its dirty pages into a trace directory.
+    #[command(
+        after_help = "Examples:\n  dirtytrace record                                  # built-in synthetic workload, 9 s\n  \
+dirtytrace record --workload examples/workloads/steady.toml --interval 10ms\n  \
+dirtytrace record --duration 30s --mem 4GiB --output traces/run1\n\n\
+Sizes read as 64MiB, 2GiB, 125MB; durations as 250ms, 1.5s, 2min; rates as 1Gbit/s, 125MB/s.\n\
+Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130."
+    )]
+    Record(RecordArgs),
+    /// Finalise a trace whose recorder was killed, from its journal.
+    Recover {
+        /// The trace directory.
+        trace: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RecordArgs {
+    /// Workload: a synthetic spec (.toml, see schemas/workload.md). Default: the built-in spec.
+    #[arg(long, value_name = "FILE")]
+    workload: Option<PathBuf>,
+    /// Time between harvests of the dirty log (1ms or more).
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    interval: Duration,
+    /// Stop after this long, even if the workload goes on.
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
+    /// Guest RAM, overriding the workload's `mem`.
+    #[arg(long, value_parser = parse_size)]
+    mem: Option<u64>,
+    /// Number of vCPUs, overriding the workload's `vcpus`.
+    #[arg(long)]
+    vcpus: Option<u32>,
+    /// Migration speed for the SimGrid columns (bytes/s or bits/s).
+    #[arg(long, default_value = "1Gbit/s", value_parser = parse_rate)]
+    migration_speed: f64,
+    /// Trace directory to create (must not exist, or be empty). Default: ./trace-<UTC time>.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// The KVM device (default /dev/kvm, or $DIRTYTRACE_KVM_DEVICE).
+    #[arg(long, value_name = "PATH")]
+    kvm_device: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    units::parse_duration(s).map_err(|e| e.to_string())
+}
+fn parse_size(s: &str) -> Result<u64, String> {
+    units::parse_size(s).map_err(|e| e.to_string())
+}
+fn parse_rate(s: &str) -> Result<f64, String> {
+    units::parse_rate(s).map_err(|e| e.to_string())
+}
+
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(sig, flag.clone());
+    }
+    flag
+}
+
+fn progress_bar(expected: Option<Duration>) -> Option<dirtytrace::trace::WriterProgress> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = match expected {
+        Some(d) => indicatif::ProgressBar::new(d.as_millis() as u64),
+        None => indicatif::ProgressBar::no_length(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    Some(Box::new(move |row: &trace::IntervalRow| {
+        bar.set_position((row.t_end_s * 1e3) as u64);
+        bar.set_message(format!(
+            "{} intervals, {:.1} MiB/s, phase {}",
+            row.interval + 1,
+            row.dirty_rate_bytes_per_s / units::MIB,
+            row.phase
+        ));
+    }))
+}
+
+fn run_record(a: RecordArgs) -> anyhow::Result<ExitCode> {
+    let mut opts = record::RecordOptions::new(a.output.unwrap_or_else(record::default_output_dir));
+    opts.workload = a.workload;
+    opts.interval = a.interval;
+    opts.duration = a.duration;
+    opts.mem = a.mem;
+    opts.vcpus = a.vcpus;
+    opts.migration_speed = a.migration_speed;
+    if let Some(k) = a.kvm_device {
+        opts.kvm_device = k;
+    }
+    let expected = record::load_guest(&opts).ok().and_then(|g| g.expected_duration());
+    let expected = match (expected, opts.duration) {
+        (Some(e), Some(d)) => Some(e.min(d)),
+        (e, d) => e.or(d),
+    };
+    let summary = record::record(&opts, interrupt_flag(), progress_bar(expected))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        eprint!("{}", report::record_summary(&summary));
+    }
+    Ok(match summary.status {
+        trace::TraceStatus::Interrupted => ExitCode::from(130),
+        trace::TraceStatus::GuestFault => ExitCode::from(3),
+        _ => match summary.guest_exit_status {
+            Some(s) if s != 0 => ExitCode::from(s.clamp(1, 255) as u8),
+            _ => ExitCode::SUCCESS,
+        },
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Record(a) => run_record(a),
+        Command::Recover { trace: dir } => trace::finalize(&dir, trace::TraceStatus::Recovered)
+            .map_err(anyhow::Error::msg)
+            .and_then(|_| record::summarize_recording(&dir, None))
+            .map(|s| {
+                eprint!("recovered\n{}", report::record_summary(&s));
+                ExitCode::SUCCESS
+            }),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,177 @@
+//! The sampler owns time: it sleeps to absolute CLOCK_MONOTONIC deadlines, harvests the
+//! dirty log of every slot, and hands the raw words to the writer. Nothing else happens on
+//! this path, so compression and I/O never delay a deadline.
+
+use crate::clock;
+use crate::events::{GuestEvent, GuestLog};
+use crate::vmm::{RunningVm, VcpuOutcome, VmmError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+/// The longest the sampler sleeps before looking at stop conditions again.
+const POLL_NS: u64 = 20_000_000;
+
+pub struct SamplerConfig {
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    /// Guest-physical addresses of u64 progress words, read just before and after each harvest.
+    pub progress_words: Vec<u64>,
+}
+
+/// One interval's harvest, as it leaves the sampler.
+#[derive(Debug, Clone)]
+pub struct Harvest {
+    pub index: u64,
+    /// Nanoseconds since the recording started.
+    pub t_start_ns: u64,
+    pub t_end_ns: u64,
+    /// How late the harvest started after its deadline (0 for a final, early harvest).
+    pub lateness_ns: u64,
+    /// Time spent inside KVM_GET_DIRTY_LOG, all slots.
+    pub ioctl_ns: u64,
+    /// Raw bitmap words per slot, KVM's layout.
+    pub bitmaps: Vec<Vec<u64>>,
+    /// CPU time each vCPU used in the interval.
+    pub vcpu_cpu_ns: Vec<u64>,
+    pub progress_before: Vec<u64>,
+    pub progress_after: Vec<u64>,
+    pub phase: String,
+    pub events: Vec<GuestEvent>,
+    /// The interval was cut short by the end of the recording.
+    pub partial: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    WorkloadDone,
+    Duration,
+    Interrupted,
+    GuestPowerOff,
+    GuestFault,
+    WriterFailed,
+}
+
+pub struct SamplerResult {
+    pub end: EndReason,
+    pub outcomes: Vec<VcpuOutcome>,
+    pub intervals: u64,
+    pub skipped_deadlines: u64,
+    pub elapsed_ns: u64,
+}
+
+struct State {
+    index: u64,
+    last_t_ns: u64,
+    last_cpu: Vec<u64>,
+}
+
+fn harvest(
+    vm: &RunningVm,
+    cfg: &SamplerConfig,
+    log: &GuestLog,
+    st: &mut State,
+    deadline_ns: Option<u64>,
+) -> Result<Harvest, VmmError> {
+    let t0 = log.t0_ns();
+    let progress_before: Vec<u64> = cfg.progress_words.iter().map(|&a| vm.read_u64(a)).collect();
+    let t_h = clock::now_ns();
+    let mut bitmaps = Vec::with_capacity(vm.slots.len());
+    for slot in &vm.slots {
+        bitmaps.push(vm.harvest(slot)?);
+    }
+    let t_after = clock::now_ns();
+    let progress_after: Vec<u64> = cfg.progress_words.iter().map(|&a| vm.read_u64(a)).collect();
+    let cpu = vm.vcpu_cpu_ns();
+    let h = Harvest {
+        index: st.index,
+        t_start_ns: st.last_t_ns,
+        t_end_ns: t_h - t0,
+        lateness_ns: deadline_ns.map_or(0, |d| t_h.saturating_sub(d)),
+        ioctl_ns: t_after - t_h,
+        bitmaps,
+        vcpu_cpu_ns: cpu.iter().zip(&st.last_cpu).map(|(a, b)| a.saturating_sub(*b)).collect(),
+        progress_before,
+        progress_after,
+        phase: log.phase(),
+        events: log.take(),
+        partial: deadline_ns.is_none(),
+    };
+    st.index += 1;
+    st.last_t_ns = t_h - t0;
+    st.last_cpu = cpu;
+    Ok(h)
+}
+
+/// Harvests on every deadline until the workload ends, `duration` passes, `interrupt` is set
+/// or the guest stops; then stops the vCPUs and takes a final, partial harvest.
+pub fn run(
+    mut vm: RunningVm,
+    cfg: &SamplerConfig,
+    log: &GuestLog,
+    out: &Sender<Harvest>,
+    interrupt: &AtomicBool,
+) -> Result<SamplerResult, VmmError> {
+    let t0 = log.t0_ns();
+    let interval_ns = cfg.interval.as_nanos() as u64;
+    let end_ns = cfg.duration.map(|d| t0 + d.as_nanos() as u64);
+    let mut st = State { index: 0, last_t_ns: 0, last_cpu: vm.vcpu_cpu_ns() };
+    let mut next_deadline = t0 + interval_ns;
+    let mut skipped = 0u64;
+    let end = loop {
+        let deadline = end_ns.map_or(next_deadline, |e| next_deadline.min(e));
+        // Sleep to the deadline in slices, so a finished guest or Ctrl-C is seen promptly.
+        let stop = loop {
+            if interrupt.load(Ordering::Acquire) {
+                break Some(EndReason::Interrupted);
+            }
+            if vm.all_finished() {
+                break Some(EndReason::WorkloadDone);
+            }
+            if vm.stop_requested() {
+                break Some(EndReason::GuestFault);
+            }
+            let now = clock::now_ns();
+            if now >= deadline {
+                break None;
+            }
+            clock::sleep_until(deadline.min(now + POLL_NS));
+        };
+        if let Some(reason) = stop {
+            break reason;
+        }
+        let h = harvest(&vm, cfg, log, &mut st, Some(deadline))?;
+        if out.send(h).is_err() {
+            break EndReason::WriterFailed;
+        }
+        if end_ns.is_some_and(|e| deadline >= e) {
+            break EndReason::Duration;
+        }
+        next_deadline += interval_ns;
+        let now = clock::now_ns();
+        if now >= next_deadline {
+            // Far behind: skip to the next deadline in the future rather than harvest in a burst.
+            let behind = (now - next_deadline) / interval_ns + 1;
+            skipped += behind;
+            next_deadline += behind * interval_ns;
+        }
+    };
+    let outcomes = vm.stop();
+    let end = match end {
+        EndReason::GuestFault if outcomes.iter().any(|o| matches!(o, VcpuOutcome::PowerOff(_))) => {
+            EndReason::GuestPowerOff
+        }
+        EndReason::WorkloadDone if outcomes.iter().any(|o| matches!(o, VcpuOutcome::Fault(_))) => EndReason::GuestFault,
+        EndReason::WorkloadDone if outcomes.iter().any(|o| matches!(o, VcpuOutcome::PowerOff(_))) => {
+            EndReason::GuestPowerOff
+        }
+        e => e,
+    };
+    // The final harvest keeps the pages dirtied since the last deadline.
+    if !matches!(end, EndReason::Duration | EndReason::WriterFailed) {
+        let h = harvest(&vm, cfg, log, &mut st, None)?;
+        let _ = out.send(h);
+    }
+    Ok(SamplerResult { end, outcomes, intervals: st.index, skipped_deadlines: skipped, elapsed_ns: st.last_t_ns })
+}

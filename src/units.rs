@@ -1,0 +1,165 @@
+//! Human-written quantities: sizes (`64MiB`), durations (`250ms`) and rates (`1Gbit/s`).
+
+use std::fmt;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(String);
+
+fn split_number(s: &str) -> Result<(f64, &str), ParseError> {
+    let s = s.trim();
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+' || c == 'e' || c == 'E'))
+        .unwrap_or(s.len());
+    // `e` may start a unit (none of ours do), so only a digit-led exponent is accepted.
+    let (num, unit) = s.split_at(end);
+    if num.is_empty() {
+        return Err(ParseError(format!("`{s}` does not start with a number")));
+    }
+    let value: f64 = num.parse().map_err(|_| ParseError(format!("`{num}` in `{s}` is not a number")))?;
+    if !value.is_finite() {
+        return Err(ParseError(format!("`{s}` is not a finite number")));
+    }
+    if value < 0.0 {
+        return Err(ParseError(format!("`{s}` is negative")));
+    }
+    Ok((value, unit.trim()))
+}
+
+fn byte_multiplier(unit: &str) -> Option<f64> {
+    Some(match unit {
+        "" | "B" => 1.0,
+        "K" | "KiB" => 1024.0,
+        "kB" | "KB" => 1e3,
+        "M" | "MiB" => 1024.0 * 1024.0,
+        "MB" => 1e6,
+        "G" | "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "GB" => 1e9,
+        "T" | "TiB" => 1024.0f64.powi(4),
+        "TB" => 1e12,
+        _ => return None,
+    })
+}
+
+/// A size in bytes: `4096`, `64MiB`, `2GiB`, `1.5GB`.
+pub fn parse_size(s: &str) -> Result<u64, ParseError> {
+    let (v, unit) = split_number(s)?;
+    let m = byte_multiplier(unit).ok_or_else(|| {
+        ParseError(format!("unknown size unit `{unit}` in `{s}` (use B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"))
+    })?;
+    let bytes = v * m;
+    if bytes.fract() != 0.0 {
+        return Err(ParseError(format!("`{s}` is not a whole number of bytes")));
+    }
+    if bytes > u64::MAX as f64 {
+        return Err(ParseError(format!("`{s}` is too large")));
+    }
+    Ok(bytes as u64)
+}
+
+/// A duration: `250ms`, `1.5s`, `2m`, `1h`, `500us`. A bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
+    let (v, unit) = split_number(s)?;
+    let secs = match unit {
+        "" | "s" | "sec" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "ns" => 1e-9,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(ParseError(format!("unknown duration unit `{unit}` in `{s}` (use ns, us, ms, s, min, h)"))),
+    };
+    Duration::try_from_secs_f64(v * secs).map_err(|_| ParseError(format!("`{s}` is out of range")))
+}
+
+/// A rate in bytes per second: `100MiB/s`, `125MB/s`, `1Gbit/s`, `10Mbit/s`.
+pub fn parse_rate(s: &str) -> Result<f64, ParseError> {
+    let t = s.trim();
+    let (v, unit) = split_number(t)?;
+    let per_s = unit.strip_suffix("/s").or_else(|| unit.strip_suffix("ps")).unwrap_or(if v == 0.0 && unit.is_empty() {
+        ""
+    } else {
+        "\u{0}"
+    });
+    if per_s == "\u{0}" {
+        return Err(ParseError(format!("rate `{s}` needs a per-second unit, like 100MiB/s, 125MB/s or 1Gbit/s")));
+    }
+    let bits = |m: f64| m / 8.0;
+    let m = match per_s {
+        "bit" | "b" => bits(1.0),
+        "kbit" | "Kbit" | "kb" => bits(1e3),
+        "Mbit" | "Mb" => bits(1e6),
+        "Gbit" | "Gb" => bits(1e9),
+        "Tbit" => bits(1e12),
+        "Kibit" => bits(1024.0),
+        "Mibit" => bits(1024.0 * 1024.0),
+        "Gibit" => bits(1024.0f64.powi(3)),
+        u => byte_multiplier(u).ok_or_else(|| {
+            ParseError(format!(
+                "unknown rate unit `{unit}` in `{s}` (use B/s, KiB/s, MiB/s, GiB/s, MB/s, GB/s, Mbit/s, Gbit/s)"
+            ))
+        })?,
+    };
+    Ok(v * m)
+}
+
+/// Bytes shown to people: `256.0 MiB`.
+pub struct HumanBytes(pub f64);
+
+impl fmt::Display for HumanBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = self.0;
+        let mut i = 0;
+        while v.abs() >= 1024.0 && i + 1 < UNITS.len() {
+            v /= 1024.0;
+            i += 1;
+        }
+        if i == 0 {
+            write!(f, "{v:.0} {}", UNITS[0])
+        } else {
+            write!(f, "{v:.1} {}", UNITS[i])
+        }
+    }
+}
+
+pub const MIB: f64 = 1024.0 * 1024.0;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("125MB").unwrap(), 125_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("-1MiB").unwrap_err().0.contains("negative"));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2min").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("1Gbit/s").unwrap(), 125_000_000.0);
+        assert_eq!(parse_rate("125MB/s").unwrap(), 125_000_000.0);
+        assert_eq!(parse_rate("100MiB/s").unwrap(), 100.0 * MIB);
+        assert_eq!(parse_rate("0").unwrap(), 0.0);
+        assert!(parse_rate("-5MiB/s").unwrap_err().0.contains("negative"));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("100MiB").is_err());
+    }
+}

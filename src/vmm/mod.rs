@@ -1,0 +1,240 @@
+//! A small VMM: KVM fds, guest memory with dirty logging, vCPU threads, and exit dispatch.
+//! It knows nothing about which guest runs; guests fill memory, set vCPU state and answer
+//! exits through a [`Bus`].
+
+mod vcpu;
+
+pub use vcpu::{ExitAction, GuestFault, VcpuOutcome};
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+pub const PAGE_SIZE: u64 = 4096;
+
+/// The device file, overridable for tests and unusual hosts.
+pub fn kvm_device_path() -> PathBuf {
+    std::env::var_os("DIRTYTRACE_KVM_DEVICE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/dev/kvm"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("{path} does not exist: this host has no KVM. Enable virtualisation in the firmware (or nested virtualisation in the cloud VM) and load the kvm module")]
+    NoKvm { path: PathBuf },
+    #[error("permission denied opening {path}: run as root, or add yourself to its group (`sudo usermod -aG kvm $USER`, then log in again)")]
+    KvmPermission { path: PathBuf },
+    #[error("cannot use {path}: {source}")]
+    KvmOpen { path: PathBuf, source: std::io::Error },
+    #[error("KVM API version {0} is not 12")]
+    ApiVersion(i32),
+    #[error("{what}: {source}")]
+    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    #[error("cannot allocate {bytes} bytes of guest memory: {msg}")]
+    Memory { bytes: u64, msg: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+pub fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+/// Opens KVM with an error that tells people what to do.
+pub fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| VmmError::Other(format!("bad KVM device path {}", path.display())))?;
+    let kvm = Kvm::new_with_path(&cpath).map_err(|e| match e.errno() {
+        libc::ENOENT => VmmError::NoKvm { path: path.into() },
+        libc::EACCES | libc::EPERM => VmmError::KvmPermission { path: path.into() },
+        _ => VmmError::KvmOpen { path: path.into(), source: std::io::Error::from_raw_os_error(e.errno()) },
+    })?;
+    if kvm.get_api_version() != 12 {
+        return Err(VmmError::ApiVersion(kvm.get_api_version()));
+    }
+    Ok(kvm)
+}
+
+/// One KVM memory slot, logged for dirty pages.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Slot {
+    pub slot: u32,
+    pub guest_phys_addr: u64,
+    pub size_bytes: u64,
+}
+
+impl Slot {
+    pub fn first_page(&self) -> u64 {
+        self.guest_phys_addr / PAGE_SIZE
+    }
+    pub fn num_pages(&self) -> u64 {
+        self.size_bytes / PAGE_SIZE
+    }
+}
+
+/// What a guest asks of the VMM before its vCPUs exist.
+pub struct VmSpec {
+    /// Guest-physical RAM ranges `(start, size)`, sorted, page-aligned.
+    pub ram: Vec<(u64, u64)>,
+    pub vcpus: u32,
+    /// In-kernel LAPIC/IOAPIC/PIC and PIT, as a Linux guest needs.
+    pub irqchip: bool,
+}
+
+/// A created VM, not yet running: guests load memory and set vCPU state on it.
+pub struct Vm {
+    pub kvm: Kvm,
+    pub fd: Arc<VmFd>,
+    pub memory: GuestMemoryMmap,
+    pub slots: Vec<Slot>,
+    pub vcpus: Vec<VcpuFd>,
+}
+
+impl Vm {
+    pub fn create(kvm: Kvm, spec: &VmSpec) -> Result<Vm, VmmError> {
+        let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+        let total: u64 = spec.ram.iter().map(|r| r.1).sum();
+        let ranges: Vec<(GuestAddress, usize)> = spec.ram.iter().map(|&(a, s)| (GuestAddress(a), s as usize)).collect();
+        let memory =
+            GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmmError::Memory { bytes: total, msg: e.to_string() })?;
+        let mut slots = Vec::new();
+        for (i, region) in memory.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|e| VmmError::Other(e.to_string()))?;
+            let r = kvm_userspace_memory_region {
+                slot: i as u32,
+                flags: KVM_MEM_LOG_DIRTY_PAGES,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the region is a live mmap owned by `memory`, which outlives the VM fd
+            // in every use (RunningVm keeps both), and the slot does not overlap another.
+            unsafe { fd.set_user_memory_region(r) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+            slots.push(Slot { slot: i as u32, guest_phys_addr: r.guest_phys_addr, size_bytes: r.memory_size });
+        }
+        if spec.irqchip {
+            fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+            let pit = kvm_bindings::kvm_pit_config { flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+            fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        }
+        let vcpus = (0..spec.vcpus)
+            .map(|i| fd.create_vcpu(i as u64).map_err(kvm_err("KVM_CREATE_VCPU")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Vm { kvm, fd: Arc::new(fd), memory, slots, vcpus })
+    }
+
+    /// Empties the dirty log, so that the first interval holds only what the guest writes.
+    /// The VMM's own loading writes are not logged by KVM, but start from a known state.
+    pub fn clear_dirty_log(&self) -> Result<(), VmmError> {
+        for slot in &self.slots {
+            self.fd.get_dirty_log(slot.slot, slot.size_bytes as usize).map_err(kvm_err("KVM_GET_DIRTY_LOG"))?;
+        }
+        Ok(())
+    }
+
+    pub fn ram_bytes(&self) -> u64 {
+        self.slots.iter().map(|s| s.size_bytes).sum()
+    }
+
+    /// Starts one thread per vCPU; exits go to `bus`.
+    pub fn start(self, bus: Arc<dyn Bus>) -> Result<RunningVm, VmmError> {
+        vcpu::install_kick_handler()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (index, fd) in self.vcpus.into_iter().enumerate() {
+            threads.push(vcpu::spawn(index as u32, fd, bus.clone(), self.memory.clone(), stop.clone())?);
+        }
+        Ok(RunningVm {
+            fd: self.fd,
+            memory: self.memory,
+            slots: self.slots,
+            threads,
+            stop,
+            stopped_cpu_ns: Vec::new(),
+            _kvm: self.kvm,
+        })
+    }
+}
+
+/// Devices and guest protocols, as seen from exits.
+pub trait Bus: Send + Sync {
+    fn io_out(&self, vcpu: u32, port: u16, data: &[u8]) -> ExitAction;
+    fn io_in(&self, _vcpu: u32, _port: u16, data: &mut [u8]) -> ExitAction {
+        data.fill(0xFF);
+        ExitAction::Continue
+    }
+    fn mmio_write(&self, _vcpu: u32, _addr: u64, _data: &[u8]) -> ExitAction {
+        ExitAction::Continue
+    }
+    fn mmio_read(&self, _vcpu: u32, _addr: u64, data: &mut [u8]) -> ExitAction {
+        data.fill(0xFF);
+        ExitAction::Continue
+    }
+}
+
+pub struct RunningVm {
+    fd: Arc<VmFd>,
+    pub memory: GuestMemoryMmap,
+    pub slots: Vec<Slot>,
+    threads: Vec<vcpu::VcpuThread>,
+    stop: Arc<AtomicBool>,
+    /// CPU time of each vCPU thread once [`RunningVm::stop`] has joined them.
+    stopped_cpu_ns: Vec<u64>,
+    _kvm: Kvm,
+}
+
+impl RunningVm {
+    /// `KVM_GET_DIRTY_LOG` of one slot: the pages dirtied since the last call, which the
+    /// ioctl also clears and write-protects again.
+    pub fn harvest(&self, slot: &Slot) -> Result<Vec<u64>, VmmError> {
+        self.fd.get_dirty_log(slot.slot, slot.size_bytes as usize).map_err(kvm_err("KVM_GET_DIRTY_LOG"))
+    }
+
+    /// Reads a u64 the guest publishes (progress counters).
+    pub fn read_u64(&self, gpa: u64) -> u64 {
+        use vm_memory::Bytes;
+        self.memory.load::<u64>(GuestAddress(gpa), std::sync::atomic::Ordering::Acquire).unwrap_or(0)
+    }
+
+    /// CPU time each vCPU thread has used so far.
+    pub fn vcpu_cpu_ns(&self) -> Vec<u64> {
+        if self.threads.is_empty() {
+            return self.stopped_cpu_ns.clone();
+        }
+        self.threads.iter().map(|t| t.cpu_ns()).collect()
+    }
+
+    /// True once every vCPU has stopped on its own (done, fault, or guest power-off).
+    pub fn all_finished(&self) -> bool {
+        !self.threads.is_empty() && self.threads.iter().all(|t| t.finished())
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Stops every vCPU and returns how each ended.
+    pub fn stop(&mut self) -> Vec<VcpuOutcome> {
+        self.stop.store(true, Ordering::Release);
+        let (outcomes, cpu): (Vec<_>, Vec<_>) = self.threads.drain(..).map(|t| t.join()).unzip();
+        self.stopped_cpu_ns = cpu;
+        outcomes
+    }
+}
+
+/// A counter shared between a vCPU thread and the sampler.
+#[derive(Default)]
+pub struct SharedU64(AtomicU64);
+
+impl SharedU64 {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Ordering::Release)
+    }
+}

@@ -1,0 +1,48 @@
+//! Helpers shared by the integration tests. Tests that run guests take [`kvm_lock`], so that
+//! recordings never compete with each other for the two CPUs of a CI machine.
+#![allow(dead_code)]
+
+use dirtytrace::record::{self, RecordOptions, RecordSummary};
+use dirtytrace::trace::Trace;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+static KVM: Mutex<()> = Mutex::new(());
+
+pub fn kvm_lock() -> MutexGuard<'static, ()> {
+    KVM.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn tempdir(name: &str) -> PathBuf {
+    let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("{name}-{}-{}", std::process::id(), dirtytrace::clock::now_ns()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Records `spec` (TOML text) into a fresh directory.
+pub fn record_spec(name: &str, spec: &str, interval: Duration, duration: Option<Duration>) -> (RecordSummary, Trace) {
+    let dir = tempdir(name);
+    let spec_path = dir.join("spec.toml");
+    std::fs::write(&spec_path, spec).unwrap();
+    let out = dir.join("trace");
+    let mut opts = RecordOptions::new(out.clone());
+    opts.workload = Some(spec_path);
+    opts.interval = interval;
+    opts.duration = duration;
+    let summary = record::record(&opts, Arc::new(AtomicBool::new(false)), None)
+        .unwrap_or_else(|e| panic!("recording {name} failed: {e:#}"));
+    (summary, Trace::open(&out).unwrap())
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dirtytrace"))
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
