@@ -28,8 +28,8 @@ pub enum VmmError {
     KvmPermission { path: PathBuf },
     #[error("cannot use {path}: {source}")]
     KvmOpen { path: PathBuf, source: std::io::Error },
-    #[error("KVM API version {0} is not 12")]
-    ApiVersion(i32),
+    #[error("cannot use {path}: it is not a KVM device (KVM_GET_API_VERSION returned {version}, expected 12)")]
+    ApiVersion { path: PathBuf, version: i32 },
     #[error("{what}: {source}")]
     Kvm { what: &'static str, source: kvm_ioctls::Error },
     #[error("cannot allocate {bytes} bytes of guest memory: {msg}")]
@@ -52,7 +52,7 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
         _ => VmmError::KvmOpen { path: path.into(), source: std::io::Error::from_raw_os_error(e.errno()) },
     })?;
     if kvm.get_api_version() != 12 {
-        return Err(VmmError::ApiVersion(kvm.get_api_version()));
+        return Err(VmmError::ApiVersion { path: path.into(), version: kvm.get_api_version() });
     }
     Ok(kvm)
 }

@@ -11,8 +11,25 @@ use std::time::Duration;
 
 static KVM: Mutex<()> = Mutex::new(());
 
-pub fn kvm_lock() -> MutexGuard<'static, ()> {
-    KVM.lock().unwrap_or_else(|e| e.into_inner())
+/// Held while a test runs guests: a process-wide mutex plus an flock, so that test binaries
+/// and concurrent `cargo test` runs never record at the same time on a two-CPU machine.
+pub struct KvmLock {
+    _guard: MutexGuard<'static, ()>,
+    _file: std::fs::File,
+}
+
+pub fn kvm_lock() -> KvmLock {
+    let guard = KVM.lock().unwrap_or_else(|e| e.into_inner());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("dirtytrace-kvm-tests.lock"))
+        .unwrap();
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; released when the file closes.
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    KvmLock { _guard: guard, _file: file }
 }
 
 pub fn tempdir(name: &str) -> PathBuf {

@@ -1,0 +1,118 @@
+//! Bad input gets a clear error, names what is wrong, and leaves no output behind.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn assert_fails(args: &[&str], env: &[(&str, &str)], out_dir: &Path, needles: &[&str]) {
+    let (code, stderr) = run(args, env);
+    assert_ne!(code, 0, "{args:?} succeeded");
+    for n in needles {
+        assert!(stderr.contains(n), "{args:?}: stderr lacks {n:?}:\n{stderr}");
+    }
+    assert!(!out_dir.exists(), "{args:?} left {} behind", out_dir.display());
+}
+
+const PHASE: &str = "[[phase]]\nduration = \"1s\"\nworking_set = \"1MiB\"\n";
+
+#[test]
+fn bad_specs_name_the_key() {
+    let dir = tempdir("bad-spec");
+    let out = dir.join("out");
+    let o = out.to_str().unwrap();
+    let cases: &[(&str, String, &[&str])] = &[
+        ("bad-key.toml", format!("{PHASE}rate = \"1MiB/s\"\nspeed = 3\n"), &["unknown field", "speed"]),
+        ("neg-rate.toml", format!("{PHASE}rate = \"-5MiB/s\"\n"), &["phase[0].rate", "negative"]),
+        ("nan-rate.toml", format!("{PHASE}rate = \"lots\"\n"), &["phase[0].rate", "lots"]),
+        (
+            "big-ws.toml",
+            "mem = \"64MiB\"\n[[phase]]\nduration = \"1s\"\nworking_set = \"1GiB\"\nrate = \"max\"\n".into(),
+            &["phase[0].working_set", "larger than"],
+        ),
+        ("not-toml.toml", "this is [ not toml".into(), &["not-toml.toml"]),
+    ];
+    for (name, text, needles) in cases {
+        let spec = write(&dir, name, text);
+        assert_fails(&["record", "--workload", spec.to_str().unwrap(), "--output", o], &[], &out, needles);
+    }
+    assert_fails(
+        &["record", "--workload", dir.join("absent.toml").to_str().unwrap(), "--output", o],
+        &[],
+        &out,
+        &["absent.toml"],
+    );
+}
+
+#[test]
+fn bad_flags() {
+    let dir = tempdir("bad-flags");
+    let out = dir.join("out");
+    let o = out.to_str().unwrap();
+    assert_fails(&["record", "--interval", "0", "--output", o], &[], &out, &["--interval", "at least 1ms"]);
+    assert_fails(&["record", "--interval", "500us", "--output", o], &[], &out, &["--interval"]);
+    assert_fails(&["record", "--interval", "soon", "--output", o], &[], &out, &["--interval"]);
+    assert_fails(&["record", "--mem=-1GiB", "--output", o], &[], &out, &["--mem", "negative"]);
+    assert_fails(&["record", "--migration-speed", "0", "--output", o], &[], &out, &["--migration-speed"]);
+}
+
+#[test]
+fn unwritable_output_directory() {
+    let _g = kvm_lock();
+    let target = "/proc/dirtytrace-cannot-create-this";
+    assert_fails(&["record", "--output", target], &[], Path::new(target), &["cannot create output directory", target]);
+    // A non-empty directory is never overwritten.
+    let dir = tempdir("nonempty");
+    write(&dir, "precious.txt", "keep me");
+    let (code, stderr) = run(&["record", "--output", dir.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("not empty"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+    assert_eq!(std::fs::read_to_string(dir.join("precious.txt")).unwrap(), "keep me");
+}
+
+#[test]
+fn missing_or_unusable_kvm() {
+    let dir = tempdir("nokvm");
+    let out = dir.join("out");
+    let o = out.to_str().unwrap();
+    let missing = dir.join("no-such-kvm");
+    assert_fails(
+        &["record", "--output", o],
+        &[("DIRTYTRACE_KVM_DEVICE", missing.to_str().unwrap())],
+        &out,
+        &["does not exist", "no KVM"],
+    );
+    assert_fails(&["record", "--output", o, "--kvm-device", missing.to_str().unwrap()], &[], &out, &["does not exist"]);
+    let not_kvm = write(&dir, "not-kvm", "");
+    assert_fails(
+        &["record", "--output", o, "--kvm-device", not_kvm.to_str().unwrap()],
+        &[],
+        &out,
+        &["cannot use", "not a KVM device"],
+    );
+    // Permission denied: a device node only root may open, opened as `nobody`.
+    let (code, stderr) = {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin())
+            .args(["record", "--output", "/tmp/dirtytrace-nobody-out", "--kvm-device", "/dev/kvm"])
+            .output()
+            .expect("setpriv (util-linux) runs the recorder as nobody");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_ne!(code, 0);
+    assert!(stderr.contains("permission denied") && stderr.contains("kvm"), "{stderr}");
+    assert!(!Path::new("/tmp/dirtytrace-nobody-out").exists());
+}

@@ -1,0 +1,67 @@
+//! The documented format equals what the writer produces, and the documented Python snippet
+//! reads the bitmaps exactly as the Rust reader does.
+
+mod common;
+
+use common::*;
+use dirtytrace::trace::{bitmap_columns, rate_columns};
+use std::process::Command;
+use std::time::Duration;
+
+/// Column names from the first column of the first table in a schema document.
+fn documented_columns(doc: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("{}/schemas/{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    text.lines()
+        .skip_while(|l| !l.starts_with("| column"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').nth(1).unwrap().trim().trim_matches('`').to_string())
+        .collect()
+}
+
+#[test]
+fn documented_columns_match_the_writer() {
+    assert_eq!(documented_columns("rates.md"), rate_columns());
+    assert_eq!(documented_columns("bitmaps.md"), bitmap_columns());
+}
+
+fn python_snippet() -> String {
+    let text = std::fs::read_to_string(format!("{}/schemas/bitmaps.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let start = text.find("## Reading a bitmap with pyarrow and numpy alone").unwrap();
+    let block = &text[start..];
+    let code_start = block.find("```python\n").unwrap() + "```python\n".len();
+    let code_end = code_start + block[code_start..].find("```").unwrap();
+    block[code_start..code_end].to_string()
+}
+
+#[test]
+fn documented_python_snippet_reads_bitmaps() {
+    let _g = kvm_lock();
+    let spec = "mem = \"256MiB\"\nseed = 9\n[[phase]]\nname = \"x\"\nduration = \"0.5s\"\nworking_set = \"32MiB\"\nrate = \"50MiB/s\"\npattern = \"hotcold\"\n";
+    let (_, trace) = record_spec("snippet", spec, Duration::from_millis(100), None);
+    let parquet_fields: Vec<String> = {
+        let f = std::fs::File::open(trace.dir.join("rates.parquet")).unwrap();
+        let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+        b.schema().fields().iter().map(|f| f.name().clone()).collect()
+    };
+    assert_eq!(parquet_fields, rate_columns());
+    let script = format!(
+        "{}\nimport json, sys\nprint(json.dumps([dirty_pages(sys.argv[1], k).tolist() for k in range(int(sys.argv[2]))]))\n",
+        python_snippet()
+    );
+    let n = trace.manifest.intervals;
+    let out = Command::new("python3")
+        .args(["-c", &script, trace.dir.to_str().unwrap(), &n.to_string()])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "python failed (pip install -r examples/requirements.txt?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_python: Vec<Vec<u64>> = serde_json::from_slice(&out.stdout).unwrap();
+    let from_rust: Vec<Vec<u64>> = trace.bitmaps().unwrap().map(|b| b.unwrap().pages()).collect();
+    assert_eq!(from_python.len(), n as usize);
+    assert!(from_rust.iter().map(Vec::len).sum::<usize>() > 1000);
+    assert_eq!(from_python, from_rust);
+}
