@@ -35,3 +35,8 @@ pub fn current_thread_cpu_clock() -> libc::clockid_t {
     unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
     id
 }
+
+/// CPU time the calling thread has used, in nanoseconds.
+pub fn this_thread_cpu_ns() -> u64 {
+    thread_cpu_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
+}

@@ -35,6 +35,8 @@ Sizes read as 64MiB, 2GiB, 125MB; durations as 250ms, 1.5s, 2min; rates as 1Gbit
 Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130."
     )]
     Record(RecordArgs),
+    /// Measure the recorder: harvest cost, deadlines, guest slowdown, compression.
+    Bench(BenchArgs),
     /// Finalise a trace whose recorder was killed, from its journal.
     Recover {
         /// The trace directory.
@@ -71,6 +73,60 @@ struct RecordArgs {
     /// The KVM device (default /dev/kvm, or $DIRTYTRACE_KVM_DEVICE).
     #[arg(long, value_name = "PATH")]
     kvm_device: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Which measurements: cost, deadline, slowdown, compression (default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Guest RAM for the cost, slowdown and compression runs.
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    mem: u64,
+    /// Guest RAM for the deadline runs.
+    #[arg(long, default_value = "4GiB", value_parser = parse_size)]
+    deadline_mem: u64,
+    /// Length of each recording, in seconds.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Where the recordings go (removed afterwards).
+    #[arg(long, default_value = "target/bench-traces")]
+    work_dir: PathBuf,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    use dirtytrace::bench;
+    let opts = bench::BenchOptions {
+        work_dir: a.work_dir.clone(),
+        mem: a.mem,
+        deadline_mem: a.deadline_mem,
+        seconds: a.seconds,
+    };
+    let want = |k: &str| a.only.is_empty() || a.only.iter().any(|o| o == k);
+    let mut report = bench::BenchReport::default();
+    type Step = fn(&bench::BenchOptions, &mut bench::BenchReport) -> anyhow::Result<()>;
+    let steps: [(&str, Step); 4] = [
+        ("cost", bench::harvest_cost),
+        ("deadline", bench::deadlines),
+        ("slowdown", bench::slowdown),
+        ("compression", bench::compression),
+    ];
+    for (name, step) in steps {
+        if want(name) {
+            eprintln!("bench: {name} ...");
+            step(&opts, &mut report)?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&a.work_dir);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", bench::render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -151,6 +207,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Record(a) => run_record(a),
+        Command::Bench(a) => run_bench(a),
         Command::Recover { trace: dir } => trace::finalize(&dir, trace::TraceStatus::Recovered)
             .map_err(anyhow::Error::msg)
             .and_then(|_| record::summarize_recording(&dir, None))

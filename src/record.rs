@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+/// zstd level of the bitmaps: level 1 compresses sparse bitmaps as well as 3, faster.
+pub const ZSTD_LEVEL: i32 = 1;
 
 pub struct RecordOptions {
     /// A `.toml` synthetic workload spec; `None` runs the built-in default.
@@ -25,6 +27,8 @@ pub struct RecordOptions {
     pub output: PathBuf,
     pub kvm_device: PathBuf,
     pub zstd_level: i32,
+    /// Run without dirty logging (bitmaps stay empty): the baseline of the slowdown benchmark.
+    pub untracked: bool,
 }
 
 impl RecordOptions {
@@ -38,7 +42,8 @@ impl RecordOptions {
             migration_speed: 125_000_000.0,
             output,
             kvm_device: vmm::kvm_device_path(),
-            zstd_level: 3,
+            zstd_level: ZSTD_LEVEL,
+            untracked: false,
         }
     }
 }
@@ -66,6 +71,34 @@ pub struct RecordSummary {
     pub mean_interval_s: f64,
     /// The guest's own exit status, where it reported one.
     pub guest_exit_status: Option<i32>,
+    /// Where the recorder's time went, per interval (not kept in the trace).
+    pub cost: Option<HarvestCost>,
+}
+
+/// Mean seconds per interval spent inside KVM and in the recorder's own work.
+#[derive(Debug, Clone, Serialize)]
+pub struct HarvestCost {
+    pub ioctl_mean_s: f64,
+    pub sampler_own_mean_s: f64,
+    pub compress_mean_s: f64,
+    pub persist_mean_s: f64,
+    /// (sampler own + compress + persist) / ioctl.
+    pub own_over_ioctl: f64,
+}
+
+impl HarvestCost {
+    pub fn from_stats(s: &trace::WriterStats) -> Self {
+        let mean = |v: &[u64]| if v.is_empty() { 0.0 } else { v.iter().sum::<u64>() as f64 / v.len() as f64 / 1e9 };
+        let (ioctl, own, compress, persist) =
+            (mean(&s.ioctl_ns), mean(&s.sampler_own_ns), mean(&s.compress_ns), mean(&s.persist_ns));
+        HarvestCost {
+            ioctl_mean_s: ioctl,
+            sampler_own_mean_s: own,
+            compress_mean_s: compress,
+            persist_mean_s: persist,
+            own_over_ioctl: if ioctl > 0.0 { (own + compress + persist) / ioctl } else { 0.0 },
+        }
+    }
 }
 
 pub fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
@@ -151,7 +184,9 @@ pub fn record(
     validate(opts)?;
     let mut guest = load_guest(opts)?;
     let kvm = vmm::open_kvm(&opts.kvm_device)?;
-    let mut vm = Vm::create(kvm, &guest.vm_spec())?;
+    let mut spec = guest.vm_spec();
+    spec.dirty_log = !opts.untracked;
+    let mut vm = Vm::create(kvm, &spec)?;
     let log = Arc::new(GuestLog::new(&guest.initial_phase()));
     let bus = guest.prepare(&mut vm, log.clone())?;
     let initial_nonzero = guest::nonzero_pages(&vm, &guest.loaded_ranges());
@@ -230,13 +265,15 @@ pub fn record(
     let end_name = serde_json::to_value(result.end).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
     let dir = writer.dir().to_path_buf();
     let error = write_error.clone().or_else(|| fault.clone());
-    let manifest = writer.finish(status, &end_name, error.clone()).map_err(|e| {
+    let (manifest, stats) = writer.finish(status, &end_name, error.clone()).map_err(|e| {
         anyhow::anyhow!("{e}\nthe intervals recorded so far are in {}'s journal: free the problem, then run `dirtytrace recover {}`", dir.display(), dir.display())
     })?;
     if let Some(e) = write_error {
         bail!("writing the trace failed: {e}\n{} intervals were kept in {}", manifest.intervals, dir.display());
     }
-    summarize_recording(&dir, exit_status)
+    let mut summary = summarize_recording(&dir, exit_status)?;
+    summary.cost = Some(HarvestCost::from_stats(&stats));
+    Ok(summary)
 }
 
 /// The summary `record` prints, read back from the finished trace.
@@ -271,5 +308,6 @@ pub fn summarize_recording(dir: &Path, guest_exit_status: Option<i32>) -> anyhow
         missed_deadlines: m.timing.missed_deadlines,
         mean_interval_s: m.timing.mean_interval_s,
         guest_exit_status,
+        cost: None,
     })
 }

@@ -30,6 +30,9 @@ pub struct Harvest {
     pub lateness_ns: u64,
     /// Time spent inside KVM_GET_DIRTY_LOG, all slots.
     pub ioctl_ns: u64,
+    /// CPU time of the sampler thread on this harvest: inside the ioctl, and all of it.
+    pub ioctl_cpu_ns: u64,
+    pub sampler_cpu_ns: u64,
     /// Raw bitmap words per slot, KVM's layout.
     pub bitmaps: Vec<Vec<u64>>,
     /// CPU time each vCPU used in the interval.
@@ -75,13 +78,16 @@ fn harvest(
     deadline_ns: Option<u64>,
 ) -> Result<Harvest, VmmError> {
     let t0 = log.t0_ns();
+    let cpu_begin = clock::this_thread_cpu_ns();
     let progress_before: Vec<u64> = cfg.progress_words.iter().map(|&a| vm.read_u64(a)).collect();
     let t_h = clock::now_ns();
+    let cpu_ioctl = clock::this_thread_cpu_ns();
     let mut bitmaps = Vec::with_capacity(vm.slots.len());
     for slot in &vm.slots {
         bitmaps.push(vm.harvest(slot)?);
     }
     let t_after = clock::now_ns();
+    let ioctl_cpu_ns = clock::this_thread_cpu_ns() - cpu_ioctl;
     let progress_after: Vec<u64> = cfg.progress_words.iter().map(|&a| vm.read_u64(a)).collect();
     let cpu = vm.vcpu_cpu_ns();
     let h = Harvest {
@@ -90,6 +96,8 @@ fn harvest(
         t_end_ns: t_h - t0,
         lateness_ns: deadline_ns.map_or(0, |d| t_h.saturating_sub(d)),
         ioctl_ns: t_after - t_h,
+        ioctl_cpu_ns,
+        sampler_cpu_ns: 0,
         bitmaps,
         vcpu_cpu_ns: cpu.iter().zip(&st.last_cpu).map(|(a, b)| a.saturating_sub(*b)).collect(),
         progress_before,
@@ -101,6 +109,8 @@ fn harvest(
     st.index += 1;
     st.last_t_ns = t_h - t0;
     st.last_cpu = cpu;
+    let mut h = h;
+    h.sampler_cpu_ns = clock::this_thread_cpu_ns() - cpu_begin;
     Ok(h)
 }
 

@@ -5,8 +5,9 @@
 //! Layout (little-endian): the 8-byte file magic `DTJOURN1`, then frames of
 //! `magic u32 = "DTJF" | payload_len u32 | crc32(payload) u32 | payload`, where the payload is
 //! `row_len u32 | row (JSON IntervalRow) | blob_count u32 | blobs`, and each blob is
-//! `slot u32 | first_page u64 | num_pages u64 | raw_bytes u64 | dirty_pages u64 | data_len u32 | data`.
+//! `slot u32 | first_page u64 | num_pages u64 | encoding u8 | raw_bytes u64 | dirty_pages u64 | data_len u32 | data`.
 
+use super::bitmap::Encoding;
 use super::tables::IntervalRow;
 use std::io::{self, Read, Write};
 
@@ -19,10 +20,11 @@ pub struct SlotBlob {
     pub slot: u32,
     pub first_page: u64,
     pub num_pages: u64,
-    /// Length of the uncompressed bitmap: whole little-endian u64 words.
+    pub encoding: Encoding,
+    /// Length of `data` once decompressed.
     pub raw_bytes: u64,
     pub dirty_pages: u64,
-    /// zstd frame of the raw bitmap.
+    /// One zstd frame.
     pub data: Vec<u8>,
 }
 
@@ -36,6 +38,7 @@ pub fn encode_frame(row: &IntervalRow, blobs: &[SlotBlob]) -> Vec<u8> {
         payload.extend_from_slice(&b.slot.to_le_bytes());
         payload.extend_from_slice(&b.first_page.to_le_bytes());
         payload.extend_from_slice(&b.num_pages.to_le_bytes());
+        payload.push(b.encoding.code());
         payload.extend_from_slice(&b.raw_bytes.to_le_bytes());
         payload.extend_from_slice(&b.dirty_pages.to_le_bytes());
         payload.extend_from_slice(&(b.data.len() as u32).to_le_bytes());
@@ -82,10 +85,19 @@ fn decode_payload(payload: &[u8]) -> Option<(IntervalRow, Vec<SlotBlob>)> {
         let slot = c.u32()?;
         let first_page = c.u64()?;
         let num_pages = c.u64()?;
+        let encoding = Encoding::from_code(c.take(1)?[0])?;
         let raw_bytes = c.u64()?;
         let dirty_pages = c.u64()?;
         let len = c.u32()? as usize;
-        blobs.push(SlotBlob { slot, first_page, num_pages, raw_bytes, dirty_pages, data: c.take(len)?.to_vec() });
+        blobs.push(SlotBlob {
+            slot,
+            first_page,
+            num_pages,
+            encoding,
+            raw_bytes,
+            dirty_pages,
+            data: c.take(len)?.to_vec(),
+        });
     }
     Some((row, blobs))
 }

@@ -1,6 +1,7 @@
 //! The trace directory: its files, the writer that fills it while recording, the
 //! finaliser that turns the journal into Parquet, and the reader. `schemas/` documents it.
 
+pub mod bitmap;
 mod journal;
 mod manifest;
 mod reader;
@@ -9,9 +10,12 @@ mod writer;
 
 pub use journal::{JournalReader, SlotBlob};
 pub use manifest::{HarvestTiming, Manifest, PageRange, TraceStatus};
-pub use reader::{IntervalBitmaps, SlotBitmap, Trace, TraceError};
+pub use reader::{BitmapStream, IntervalBitmaps, RatesStream, SlotBitmap, Trace, TraceError};
 pub use tables::{bitmap_columns, rate_columns, IntervalRow};
-pub use writer::{finalize, prepare_dir as writer_prepare_dir, timing_of, TraceWriter, WriterOptions, WriterProgress};
+pub use writer::{
+    finalize, percentile, prepare_dir as writer_prepare_dir, timing_of, TraceWriter, WriterOptions, WriterProgress,
+    WriterStats,
+};
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST: &str = "manifest.json";

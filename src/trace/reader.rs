@@ -104,6 +104,13 @@ impl Trace {
         Ok(rows)
     }
 
+    /// Streams `rates.parquet` in interval order, one batch of rows in memory at a time.
+    pub fn rates_stream(&self) -> Result<RatesStream, TraceError> {
+        let path = self.dir.join(RATES);
+        let reader = self.builder(RATES)?.with_batch_size(1024).build().map_err(|e| corrupt(&path, e))?;
+        Ok(RatesStream { path, reader, buffered: Vec::new().into_iter() })
+    }
+
     /// The guest's own log: phase marks and whatever else it reported.
     pub fn guest_log(&self) -> Result<Vec<GuestEvent>, TraceError> {
         let path = self.dir.join(GUEST_LOG);
@@ -139,6 +146,30 @@ impl Trace {
     }
 }
 
+pub struct RatesStream {
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+    buffered: std::vec::IntoIter<IntervalRow>,
+}
+
+impl Iterator for RatesStream {
+    type Item = Result<IntervalRow, TraceError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.buffered.next() {
+                return Some(Ok(row));
+            }
+            match self.reader.next()? {
+                Ok(batch) => match tables::rows_from_batch(&batch) {
+                    Ok(rows) => self.buffered = rows.into_iter(),
+                    Err(e) => return Some(Err(corrupt(&self.path, e))),
+                },
+                Err(e) => return Some(Err(corrupt(&self.path, e))),
+            }
+        }
+    }
+}
+
 pub struct BitmapStream {
     path: PathBuf,
     reader: ParquetRecordBatchReader,
@@ -147,12 +178,8 @@ pub struct BitmapStream {
 }
 
 fn decode(path: &Path, blob: super::SlotBlob) -> Result<SlotBitmap, TraceError> {
-    let raw = zstd::bulk::decompress(&blob.data, blob.raw_bytes as usize)
-        .map_err(|e| corrupt(path, format!("bitmap data: {e}")))?;
-    if raw.len() as u64 != blob.raw_bytes || raw.len() % 8 != 0 {
-        return Err(corrupt(path, "bitmap data has the wrong length"));
-    }
-    let words = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect();
+    let words = super::bitmap::decode(blob.encoding, &blob.data, blob.raw_bytes, blob.num_pages)
+        .map_err(|e| corrupt(path, format!("interval slot {}: {e}", blob.slot)))?;
     Ok(SlotBitmap { slot: blob.slot, first_page: blob.first_page, num_pages: blob.num_pages, words })
 }
 

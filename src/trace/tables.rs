@@ -2,6 +2,7 @@
 //! (one row per interval and memory slot). Column names, types and units are documented in
 //! `schemas/rates.md` and `schemas/bitmaps.md`; a test keeps the two in step.
 
+use super::bitmap::Encoding;
 use super::journal::SlotBlob;
 use arrow::array::*;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -210,8 +211,6 @@ pub fn rows_from_batch(b: &RecordBatch) -> Result<Vec<IntervalRow>, String> {
         .collect())
 }
 
-pub const ENCODING_ZSTD: &str = "zstd";
-
 pub fn bitmaps_batch(rows: &[(u64, SlotBlob)]) -> RecordBatch {
     let cols: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0))),
@@ -219,7 +218,7 @@ pub fn bitmaps_batch(rows: &[(u64, SlotBlob)]) -> RecordBatch {
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.1.first_page))),
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.1.num_pages))),
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.1.dirty_pages))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|_| ENCODING_ZSTD))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1.encoding.as_str()))),
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.1.raw_bytes))),
         Arc::new(BinaryArray::from_iter_values(rows.iter().map(|r| r.1.data.as_slice()))),
     ];
@@ -235,15 +234,15 @@ pub fn blobs_from_batch(b: &RecordBatch) -> Result<Vec<(u64, SlotBlob)>, String>
     let data = col::<BinaryArray>(b, "data")?;
     (0..b.num_rows())
         .map(|i| {
-            if enc.value(i) != ENCODING_ZSTD {
-                return Err(format!("unknown bitmap encoding `{}`", enc.value(i)));
-            }
+            let encoding = Encoding::parse(enc.value(i))
+                .ok_or_else(|| format!("unknown bitmap encoding `{}` (a newer dirtytrace?)", enc.value(i)))?;
             Ok((
                 interval.value(i),
                 SlotBlob {
                     slot: slot.value(i),
                     first_page: first.value(i),
                     num_pages: num.value(i),
+                    encoding,
                     raw_bytes: raw.value(i),
                     dirty_pages: dirty.value(i),
                     data: data.value(i).to_vec(),

@@ -1,11 +1,12 @@
 //! Writes a trace while recording: the journal and guest log as each interval arrives, then
 //! the Parquet tables and final manifest when the recording ends (or `recover` runs).
 
+use super::bitmap;
 use super::journal::{self, JournalReader, SlotBlob};
 use super::manifest::{HarvestTiming, Manifest, TraceStatus};
 use super::tables::{self, IntervalRow};
 use super::{BITMAPS, GUEST_LOG, JOURNAL, RATES};
-use crate::pagestats::{count_set_bits, for_each_set_bit, SlidingDistinct};
+use crate::pagestats::SlidingDistinct;
 use crate::sampler::Harvest;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -23,7 +24,22 @@ pub struct WriterOptions {
 /// What the writer tells whoever shows progress, after each interval.
 pub type WriterProgress = Box<dyn FnMut(&IntervalRow) + Send>;
 
+/// Where the recorder's own CPU time goes, per interval, in nanoseconds of thread CPU time
+/// (so that time the machine gives to other threads is not counted as ours).
+#[derive(Debug, Clone, Default)]
+pub struct WriterStats {
+    /// Inside KVM_GET_DIRTY_LOG.
+    pub ioctl_ns: Vec<u64>,
+    /// The sampler's work around the ioctl: progress words, CPU clocks, hand-off.
+    pub sampler_own_ns: Vec<u64>,
+    /// Counting, statistics and zstd compression of the bitmaps.
+    pub compress_ns: Vec<u64>,
+    /// Appending the frame to the journal.
+    pub persist_ns: Vec<u64>,
+}
+
 pub struct TraceWriter {
+    stats: WriterStats,
     dir: PathBuf,
     manifest: Manifest,
     journal: File,
@@ -31,8 +47,15 @@ pub struct TraceWriter {
     compressor: zstd::bulk::Compressor<'static>,
     window: SlidingDistinct,
     progress: Option<WriterProgress>,
-    bytes: Vec<u8>,
+    pages: Vec<u64>,
+    /// Frames not yet written, and when the journal was last written.
+    pending: Vec<u8>,
+    last_persist_ns: u64,
 }
+
+/// Frames are written at least this often, so a kill loses at most the last quarter second.
+const PERSIST_EVERY_NS: u64 = 250_000_000;
+const PERSIST_BYTES: usize = 8 << 20;
 
 fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> String {
     let msg = format!("{what} {}", path.display());
@@ -70,7 +93,19 @@ impl TraceWriter {
         let guest_log = BufWriter::new(File::create(&lpath).map_err(io_err("cannot create", &lpath))?);
         let compressor = zstd::bulk::Compressor::new(opts.zstd_level).map_err(|e| format!("zstd: {e}"))?;
         let window = SlidingDistinct::new(manifest.total_pages(), manifest.working_set_window_s);
-        Ok(TraceWriter { dir, manifest, journal, guest_log, compressor, window, progress, bytes: Vec::new() })
+        Ok(TraceWriter {
+            stats: WriterStats::default(),
+            dir,
+            manifest,
+            journal,
+            guest_log,
+            compressor,
+            window,
+            progress,
+            pages: Vec::new(),
+            pending: Vec::new(),
+            last_persist_ns: 0,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -79,31 +114,41 @@ impl TraceWriter {
 
     /// Turns one harvest into a row and compressed bitmaps, and appends them to the journal.
     pub fn append(&mut self, h: Harvest) -> Result<IntervalRow, String> {
+        let cpu_begin = crate::clock::this_thread_cpu_ns();
+        self.stats.ioctl_ns.push(h.ioctl_cpu_ns);
+        self.stats.sampler_own_ns.push(h.sampler_cpu_ns.saturating_sub(h.ioctl_cpu_ns));
         let m = &self.manifest;
         let mut blobs = Vec::with_capacity(h.bitmaps.len());
         let mut dirty_pages = 0;
         let mut page_base = 0u64;
         let t_end_s = h.t_end_ns as f64 / 1e9;
-        let mut all_pages = Vec::new();
+        let mut all_pages = std::mem::take(&mut self.pages);
+        all_pages.clear();
         for (slot, words) in m.slots.iter().zip(&h.bitmaps) {
-            let n = count_set_bits(words);
+            let mut n = 0;
+            let (encoding, raw_bytes, data) = bitmap::encode(words, &mut self.compressor, |i, w| {
+                n += w.count_ones() as u64;
+                let mut bits = w;
+                while bits != 0 {
+                    all_pages.push(page_base + i as u64 * 64 + bits.trailing_zeros() as u64);
+                    bits &= bits - 1;
+                }
+            })
+            .map_err(|e| format!("zstd: {e}"))?;
             dirty_pages += n;
-            all_pages.reserve(n as usize);
-            for_each_set_bit(words, |b| all_pages.push(page_base + b));
             page_base += slot.num_pages();
-            self.bytes.clear();
-            self.bytes.extend(words.iter().flat_map(|w| w.to_le_bytes()));
-            let data = self.compressor.compress(&self.bytes).map_err(|e| format!("zstd: {e}"))?;
             blobs.push(SlotBlob {
                 slot: slot.slot,
                 first_page: slot.first_page(),
                 num_pages: slot.num_pages(),
-                raw_bytes: self.bytes.len() as u64,
+                encoding,
+                raw_bytes,
                 dirty_pages: n,
                 data,
             });
         }
-        let new_pages = self.window.push(t_end_s, all_pages);
+        let new_pages = self.window.push(t_end_s, all_pages.iter().copied());
+        self.pages = all_pages;
         let duration_s = (h.t_end_ns - h.t_start_ns) as f64 / 1e9;
         let dirty_bytes = dirty_pages * m.page_size;
         let rate = if duration_s > 0.0 { dirty_bytes as f64 / duration_s } else { 0.0 };
@@ -137,34 +182,51 @@ impl TraceWriter {
             guest_progress_before: h.progress_before,
             guest_progress_after: h.progress_after,
         };
-        let jpath = self.dir.join(JOURNAL);
-        // Events first: a phase mark must never be lost when its interval is kept.
+        let cpu_persist = crate::clock::this_thread_cpu_ns();
+        self.stats.compress_ns.push(cpu_persist - cpu_begin);
+        let t_persist = crate::clock::now_ns();
         for e in &h.events {
             serde_json::to_writer(&mut self.guest_log, e).map_err(|e| e.to_string())?;
             self.guest_log.write_all(b"\n").map_err(io_err("cannot write guest log in", &self.dir))?;
         }
-        self.guest_log.flush().map_err(io_err("cannot write guest log in", &self.dir))?;
-        // One write per frame, so a kill leaves at most one torn frame at the end.
-        self.journal.write_all(&journal::encode_frame(&row, &blobs)).map_err(io_err("cannot write", &jpath))?;
+        self.pending.extend_from_slice(&journal::encode_frame(&row, &blobs));
+        if t_persist - self.last_persist_ns >= PERSIST_EVERY_NS || self.pending.len() >= PERSIST_BYTES {
+            self.persist()?;
+        }
+        self.stats.persist_ns.push(crate::clock::this_thread_cpu_ns() - cpu_persist);
         if let Some(p) = self.progress.as_mut() {
             p(&row);
         }
         Ok(row)
     }
 
-    /// Ends the recording: builds the Parquet tables and the final manifest.
-    pub fn finish(mut self, status: TraceStatus, end_reason: &str, error: Option<String>) -> Result<Manifest, String> {
+    /// Writes the buffered frames, each whole, after the guest-log lines they refer to.
+    fn persist(&mut self) -> Result<(), String> {
         self.guest_log.flush().map_err(io_err("cannot write guest log in", &self.dir))?;
+        self.journal.write_all(&self.pending).map_err(io_err("cannot write journal in", &self.dir))?;
+        self.pending.clear();
+        self.last_persist_ns = crate::clock::now_ns();
+        Ok(())
+    }
+
+    /// Ends the recording: builds the Parquet tables and the final manifest.
+    pub fn finish(
+        mut self,
+        status: TraceStatus,
+        end_reason: &str,
+        error: Option<String>,
+    ) -> Result<(Manifest, WriterStats), String> {
+        self.persist()?;
         self.journal.sync_all().map_err(io_err("cannot sync journal in", &self.dir))?;
         drop(self.journal);
         self.manifest.end_reason = Some(end_reason.to_string());
         self.manifest.error = error;
         self.manifest.store(&self.dir).map_err(io_err("cannot write manifest in", &self.dir))?;
-        finalize(&self.dir, status)
+        Ok((finalize(&self.dir, status)?, self.stats))
     }
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -81,6 +81,8 @@ pub struct VmSpec {
     pub vcpus: u32,
     /// In-kernel LAPIC/IOAPIC/PIC and PIT, as a Linux guest needs.
     pub irqchip: bool,
+    /// Register memory with KVM_MEM_LOG_DIRTY_PAGES (off only to measure tracking's cost).
+    pub dirty_log: bool,
 }
 
 /// A created VM, not yet running: guests load memory and set vCPU state on it.
@@ -90,6 +92,7 @@ pub struct Vm {
     pub memory: GuestMemoryMmap,
     pub slots: Vec<Slot>,
     pub vcpus: Vec<VcpuFd>,
+    dirty_log: bool,
 }
 
 impl Vm {
@@ -106,7 +109,7 @@ impl Vm {
                 .map_err(|e| VmmError::Other(e.to_string()))?;
             let r = kvm_userspace_memory_region {
                 slot: i as u32,
-                flags: KVM_MEM_LOG_DIRTY_PAGES,
+                flags: if spec.dirty_log { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -124,13 +127,13 @@ impl Vm {
         let vcpus = (0..spec.vcpus)
             .map(|i| fd.create_vcpu(i as u64).map_err(kvm_err("KVM_CREATE_VCPU")))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Vm { kvm, fd: Arc::new(fd), memory, slots, vcpus })
+        Ok(Vm { kvm, fd: Arc::new(fd), memory, slots, vcpus, dirty_log: spec.dirty_log })
     }
 
     /// Empties the dirty log, so that the first interval holds only what the guest writes.
     /// The VMM's own loading writes are not logged by KVM, but start from a known state.
     pub fn clear_dirty_log(&self) -> Result<(), VmmError> {
-        for slot in &self.slots {
+        for slot in self.slots.iter().filter(|_| self.dirty_log) {
             self.fd.get_dirty_log(slot.slot, slot.size_bytes as usize).map_err(kvm_err("KVM_GET_DIRTY_LOG"))?;
         }
         Ok(())
@@ -155,6 +158,7 @@ impl Vm {
             threads,
             stop,
             stopped_cpu_ns: Vec::new(),
+            dirty_log: self.dirty_log,
             _kvm: self.kvm,
         })
     }
@@ -184,6 +188,7 @@ pub struct RunningVm {
     stop: Arc<AtomicBool>,
     /// CPU time of each vCPU thread once [`RunningVm::stop`] has joined them.
     stopped_cpu_ns: Vec<u64>,
+    dirty_log: bool,
     _kvm: Kvm,
 }
 
@@ -191,6 +196,9 @@ impl RunningVm {
     /// `KVM_GET_DIRTY_LOG` of one slot: the pages dirtied since the last call, which the
     /// ioctl also clears and write-protects again.
     pub fn harvest(&self, slot: &Slot) -> Result<Vec<u64>, VmmError> {
+        if !self.dirty_log {
+            return Ok(vec![0; slot.num_pages().div_ceil(64) as usize]);
+        }
         self.fd.get_dirty_log(slot.slot, slot.size_bytes as usize).map_err(kvm_err("KVM_GET_DIRTY_LOG"))
     }
 

@@ -84,7 +84,7 @@ impl Guest for SyntheticGuest {
     }
 
     fn vm_spec(&self) -> VmSpec {
-        VmSpec { ram: vec![(0, self.spec.mem_bytes)], vcpus: self.spec.vcpus, irqchip: false }
+        VmSpec { ram: vec![(0, self.spec.mem_bytes)], vcpus: self.spec.vcpus, irqchip: false, dirty_log: true }
     }
 
     fn prepare(&mut self, vm: &mut Vm, log: Arc<GuestLog>) -> anyhow::Result<Arc<dyn Bus>> {

@@ -1,0 +1,343 @@
+//! `dirtytrace bench`: the recorder's costs, measured as ratios within one run. Every figure
+//! comes from real recordings of the synthetic guest on this host.
+
+use crate::record::{self, RecordOptions, RecordSummary};
+use crate::trace::Trace;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+#[derive(Debug, Serialize)]
+pub struct HarvestCostRow {
+    pub dirty_fraction_target: f64,
+    pub dirty_fraction_measured: f64,
+    pub ioctl_s_per_gib: f64,
+    pub own_s_per_gib: f64,
+    pub sampler_own_s_per_gib: f64,
+    /// Statistics, compression and journal append, measured by replaying the recorded bitmaps.
+    pub writer_s_per_gib: f64,
+    pub own_over_ioctl: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeadlineRow {
+    pub interval_s: f64,
+    pub intervals: u64,
+    pub on_time_fraction: f64,
+    pub lateness_p99_s: f64,
+    pub lateness_max_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SlowdownRow {
+    /// `None`: untracked.
+    pub interval_s: Option<f64>,
+    pub writes_per_s: f64,
+    pub slowdown: f64,
+    /// Write-protect faults per second: distinct pages per interval, summed, over time.
+    pub faults_per_s: f64,
+    /// Extra time per fault implied by the slowdown: the cost of tracking one dirtied page.
+    pub implied_fault_cost_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CompressionRow {
+    pub pattern: String,
+    pub dirty_fraction: f64,
+    pub raw_bytes_per_interval: f64,
+    pub stored_bytes_per_interval: f64,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BenchReport {
+    pub harvest_cost: Vec<HarvestCostRow>,
+    pub deadlines: Vec<DeadlineRow>,
+    pub shortest_on_time_interval_s: Option<f64>,
+    pub slowdown: Vec<SlowdownRow>,
+    pub compression: Vec<CompressionRow>,
+}
+
+pub struct BenchOptions {
+    pub work_dir: PathBuf,
+    pub mem: u64,
+    pub deadline_mem: u64,
+    pub seconds: f64,
+}
+
+fn run(
+    opts: &BenchOptions,
+    name: &str,
+    spec: &str,
+    interval: Duration,
+    untracked: bool,
+) -> anyhow::Result<(RecordSummary, Trace)> {
+    let dir = opts.work_dir.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&opts.work_dir)?;
+    let spec_path = opts.work_dir.join(format!("{name}.toml"));
+    std::fs::write(&spec_path, spec)?;
+    let mut ro = RecordOptions::new(dir.clone());
+    ro.workload = Some(spec_path);
+    ro.interval = interval;
+    ro.untracked = untracked;
+    let summary = record::record(&ro, Arc::new(AtomicBool::new(false)), None)?;
+    let trace = Trace::open(&dir)?;
+    Ok((summary, trace))
+}
+
+fn spec(mem: u64, ws_bytes: u64, rate: &str, pattern: &str, seconds: f64) -> String {
+    format!(
+        "mem = {mem}\nseed = 11\n[[phase]]\nname = \"bench\"\nduration = \"{seconds}s\"\nworking_set = {ws_bytes}\nrate = \"{rate}\"\npattern = \"{pattern}\"\n"
+    )
+}
+
+fn pages(bytes: f64) -> u64 {
+    ((bytes / 4096.0).round() as u64).max(1) * 4096
+}
+
+/// Total writes the guest made, from the phase-final counts in its log.
+fn guest_writes(trace: &Trace) -> anyhow::Result<u64> {
+    let log = trace.guest_log()?;
+    Ok(log.iter().filter_map(|e| e.detail.get("last_phase_writes").and_then(|v| v.as_u64())).sum())
+}
+
+fn steady(trace: &Trace) -> anyhow::Result<Vec<crate::trace::IntervalRow>> {
+    Ok(trace.rates()?.into_iter().filter(|r| !r.partial && r.interval > 0).collect())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    crate::trace::percentile(&v, 0.5)
+}
+
+/// Feeds a recorded trace's bitmaps through a fresh writer, alone on the machine, and returns
+/// the median wall time of one append (statistics, compression, journal), in seconds.
+fn writer_cost(trace: &Trace, scratch: &Path) -> anyhow::Result<f64> {
+    let _ = std::fs::remove_dir_all(scratch);
+    crate::trace::writer_prepare_dir(scratch).map_err(anyhow::Error::msg)?;
+    let mut manifest = trace.manifest.clone();
+    manifest.status = crate::trace::TraceStatus::Recording;
+    let opts = crate::trace::WriterOptions { dir: scratch.to_path_buf(), zstd_level: crate::record::ZSTD_LEVEL };
+    let mut writer = crate::trace::TraceWriter::create(opts, manifest, None).map_err(anyhow::Error::msg)?;
+    let mut times = Vec::new();
+    for (row, bm) in trace.rates()?.into_iter().zip(trace.bitmaps()?) {
+        let bm = bm?;
+        let h = crate::sampler::Harvest {
+            index: row.interval,
+            t_start_ns: (row.t_start_s * 1e9) as u64,
+            t_end_ns: (row.t_end_s * 1e9) as u64,
+            lateness_ns: 0,
+            ioctl_ns: 0,
+            ioctl_cpu_ns: 0,
+            sampler_cpu_ns: 0,
+            bitmaps: bm.slots.into_iter().map(|s| s.words).collect(),
+            vcpu_cpu_ns: vec![0; row.cpu_util_per_vcpu.len()],
+            progress_before: row.guest_progress_before,
+            progress_after: row.guest_progress_after,
+            phase: row.phase,
+            events: Vec::new(),
+            partial: row.partial,
+        };
+        let t = crate::clock::now_ns();
+        writer.append(h).map_err(anyhow::Error::msg)?;
+        times.push((crate::clock::now_ns() - t) as f64 / 1e9);
+    }
+    drop(writer);
+    let _ = std::fs::remove_dir_all(scratch);
+    Ok(median(times))
+}
+
+pub fn harvest_cost(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Result<()> {
+    let gib = opts.mem as f64 / GIB;
+    let arena = opts.mem as f64 - 2.0 * 1024.0 * 1024.0;
+    for frac in [0.001, 0.01, 0.1] {
+        let ws = pages(opts.mem as f64 * frac).min(arena as u64);
+        let text = spec(opts.mem, ws, "max", "sequential", opts.seconds);
+        let (summary, trace) = run(opts, &format!("cost-{frac}"), &text, Duration::from_millis(100), false)?;
+        let rows = steady(&trace)?;
+        let total_pages = opts.mem as f64 / 4096.0;
+        let measured = rows.iter().map(|r| r.dirty_pages as f64).sum::<f64>() / rows.len().max(1) as f64 / total_pages;
+        let ioctl = median(rows.iter().map(|r| r.harvest_ioctl_s).collect());
+        let sampler_own = summary.cost.expect("record reports its costs").sampler_own_mean_s;
+        let writer = writer_cost(&trace, &opts.work_dir.join("writer-scratch"))?;
+        report.harvest_cost.push(HarvestCostRow {
+            dirty_fraction_target: frac,
+            dirty_fraction_measured: measured,
+            ioctl_s_per_gib: ioctl / gib,
+            own_s_per_gib: (sampler_own + writer) / gib,
+            sampler_own_s_per_gib: sampler_own / gib,
+            writer_s_per_gib: writer / gib,
+            own_over_ioctl: (sampler_own + writer) / ioctl,
+        });
+    }
+    Ok(())
+}
+
+pub fn deadlines(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Result<()> {
+    let ws = (opts.deadline_mem / 4).min(1 << 30);
+    let text = spec(opts.deadline_mem, ws, "100MiB/s", "random", opts.seconds.max(3.0));
+    for ms in [2.0, 5.0, 10.0, 20.0, 50.0] {
+        let interval = Duration::from_secs_f64(ms / 1e3);
+        let (_, trace) = run(opts, &format!("deadline-{ms}ms"), &text, interval, false)?;
+        let rows: Vec<_> = trace.rates()?.into_iter().filter(|r| !r.partial).collect();
+        let tolerance = interval.as_secs_f64() / 10.0;
+        let on_time =
+            rows.iter().filter(|r| r.harvest_lateness_s <= tolerance).count() as f64 / rows.len().max(1) as f64;
+        let t = &trace.manifest.timing;
+        report.deadlines.push(DeadlineRow {
+            interval_s: interval.as_secs_f64(),
+            intervals: rows.len() as u64,
+            on_time_fraction: on_time,
+            lateness_p99_s: t.lateness_p99_s,
+            lateness_max_s: t.lateness_max_s,
+        });
+    }
+    report.shortest_on_time_interval_s =
+        report.deadlines.iter().filter(|d| d.on_time_fraction >= 0.99).map(|d| d.interval_s).reduce(f64::min);
+    Ok(())
+}
+
+pub fn slowdown(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Result<()> {
+    let ws = (256u64 << 20).min(opts.mem / 2);
+    let text = spec(opts.mem, ws, "max", "sequential", opts.seconds);
+    let mut base = None;
+    for interval in [None, Some(1000u64), Some(100), Some(10)] {
+        let iv = Duration::from_millis(interval.unwrap_or(100));
+        let name = interval.map_or("slowdown-untracked".to_string(), |i| format!("slowdown-{i}ms"));
+        let (_, trace) = run(opts, &name, &text, iv, interval.is_none())?;
+        let rows = trace.rates()?;
+        let elapsed = rows.last().map_or(0.0, |r| r.t_end_s);
+        let writes_per_s = guest_writes(&trace)? as f64 / elapsed;
+        let faults: u64 = rows.iter().map(|r| r.dirty_pages.saturating_sub(1)).sum();
+        let faults_per_s = faults as f64 / elapsed;
+        let base_rate = *base.get_or_insert(writes_per_s);
+        // Time per second lost to tracking, spread over the faults taken in that second.
+        let lost = 1.0 - writes_per_s / base_rate;
+        report.slowdown.push(SlowdownRow {
+            interval_s: interval.map(|i| i as f64 / 1e3),
+            writes_per_s,
+            slowdown: base_rate / writes_per_s,
+            faults_per_s,
+            implied_fault_cost_s: if faults_per_s > 0.0 { lost / faults_per_s } else { 0.0 },
+        });
+    }
+    Ok(())
+}
+
+pub fn compression(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Result<()> {
+    // About 1% of memory dirtied per 100 ms interval.
+    let per_interval = opts.mem as f64 * 0.01;
+    let rate = format!("{}", per_interval * 10.0);
+    for pattern in ["sequential", "random", "hotcold"] {
+        let ws = match pattern {
+            "sequential" => pages(opts.mem as f64 * 0.5),
+            _ => pages(opts.mem as f64 * 0.9),
+        };
+        let text = spec(opts.mem, ws, &format!("{rate}B/s"), pattern, opts.seconds);
+        let (_, trace) = run(opts, &format!("compress-{pattern}"), &text, Duration::from_millis(100), false)?;
+        let rows = steady(&trace)?;
+        let keep: Vec<u64> = rows.iter().map(|r| r.interval).collect();
+        let (mut raw, mut stored, mut n) = (0.0, 0.0, 0.0);
+        let total_pages = opts.mem as f64 / 4096.0;
+        let mut dirty = 0.0;
+        for k in &keep {
+            let (r, s) = stored_sizes(&trace.dir, *k)?;
+            raw += r;
+            stored += s;
+            n += 1.0;
+        }
+        for r in &rows {
+            dirty += r.dirty_pages as f64 / total_pages;
+        }
+        report.compression.push(CompressionRow {
+            pattern: pattern.into(),
+            dirty_fraction: dirty / n,
+            raw_bytes_per_interval: raw / n,
+            stored_bytes_per_interval: stored / n,
+            ratio: raw / stored,
+        });
+    }
+    Ok(())
+}
+
+/// Raw and compressed bytes of one interval's bitmaps, from the `data` column itself.
+fn stored_sizes(dir: &Path, interval: u64) -> anyhow::Result<(f64, f64)> {
+    use arrow::array::{Array, BinaryArray, UInt64Array};
+    let f = std::fs::File::open(dir.join(crate::trace::BITMAPS))?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)?.build()?;
+    let (mut raw, mut stored) = (0.0, 0.0);
+    for batch in reader {
+        let batch = batch?;
+        let iv = batch.column_by_name("interval").unwrap().as_any().downcast_ref::<UInt64Array>().unwrap();
+        let np = batch.column_by_name("num_pages").unwrap().as_any().downcast_ref::<UInt64Array>().unwrap();
+        let data = batch.column_by_name("data").unwrap().as_any().downcast_ref::<BinaryArray>().unwrap();
+        for i in 0..batch.num_rows() {
+            if iv.value(i) == interval {
+                raw += (np.value(i).div_ceil(64) * 8) as f64;
+                stored += data.value(i).len() as f64;
+            }
+        }
+    }
+    Ok((raw, stored))
+}
+
+pub fn render(r: &BenchReport) -> String {
+    let mut s = String::new();
+    s.push_str("Harvest cost per GiB of guest memory (100 ms interval; own = sampler + writer)\n");
+    s.push_str("  dirty   measured   ioctl µs/GiB   own µs/GiB  (sampler   writer)   own/ioctl\n");
+    for h in &r.harvest_cost {
+        s.push_str(&format!(
+            "  {:>5.1}%  {:>7.3}%   {:>12.1}   {:>10.1}  ({:>7.1}  {:>7.1})   {:>8.1}%\n",
+            h.dirty_fraction_target * 100.0,
+            h.dirty_fraction_measured * 100.0,
+            h.ioctl_s_per_gib * 1e6,
+            h.own_s_per_gib * 1e6,
+            h.sampler_own_s_per_gib * 1e6,
+            h.writer_s_per_gib * 1e6,
+            h.own_over_ioctl * 100.0
+        ));
+    }
+    s.push_str("\nDeadlines (harvest on time = begins within a tenth of the interval)\n");
+    for d in &r.deadlines {
+        s.push_str(&format!(
+            "  {:>5.0} ms: {:>5} intervals, {:>6.2}% on time, lateness p99 {:.3} ms, max {:.3} ms\n",
+            d.interval_s * 1e3,
+            d.intervals,
+            d.on_time_fraction * 100.0,
+            d.lateness_p99_s * 1e3,
+            d.lateness_max_s * 1e3
+        ));
+    }
+    match r.shortest_on_time_interval_s {
+        Some(i) => s.push_str(&format!("  shortest interval with ≥ 99% on time: {:.0} ms\n", i * 1e3)),
+        None => s.push_str("  no interval tried kept ≥ 99% on time\n"),
+    }
+    s.push_str("\nGuest slowdown from tracking (rate = max, sequential)\n");
+    for w in &r.slowdown {
+        let name = w.interval_s.map_or("untracked".to_string(), |i| format!("{:.0} ms", i * 1e3));
+        s.push_str(&format!(
+            "  {name:>10}: {:>12.0} writes/s, slowdown {:>6.2}×, {:>9.0} faults/s, implied {:.2} µs per fault\n",
+            w.writes_per_s,
+            w.slowdown,
+            w.faults_per_s,
+            w.implied_fault_cost_s * 1e6
+        ));
+    }
+    s.push_str("\nBitmap bytes on disk per interval (≈1% of pages dirty)\n");
+    for c in &r.compression {
+        s.push_str(&format!(
+            "  {:>10}: {:.2}% dirty, raw {:.0} B, stored {:.0} B, {:.1}× smaller\n",
+            c.pattern,
+            c.dirty_fraction * 100.0,
+            c.raw_bytes_per_interval,
+            c.stored_bytes_per_interval,
+            c.ratio
+        ));
+    }
+    s
+}
