@@ -141,6 +141,7 @@ fn writer_cost(trace: &Trace, scratch: &Path) -> anyhow::Result<f64> {
             progress_after: row.guest_progress_after,
             phase: row.phase,
             events: Vec::new(),
+            console: Vec::new(),
             partial: row.partial,
         };
         let t = crate::clock::now_ns();

@@ -19,6 +19,7 @@ pub struct GuestEvent {
 #[derive(Default)]
 struct Inner {
     pending: Vec<GuestEvent>,
+    console: Vec<u8>,
     phase: String,
 }
 
@@ -31,7 +32,7 @@ impl GuestLog {
     pub fn new(initial_phase: &str) -> Self {
         GuestLog {
             t0_ns: std::sync::atomic::AtomicU64::new(crate::clock::now_ns()),
-            inner: Mutex::new(Inner { pending: Vec::new(), phase: initial_phase.to_string() }),
+            inner: Mutex::new(Inner { phase: initial_phase.to_string(), ..Default::default() }),
         }
     }
 
@@ -67,7 +68,14 @@ impl GuestLog {
         self.inner.lock().unwrap().phase.clone()
     }
 
-    pub fn take(&self) -> Vec<GuestEvent> {
-        std::mem::take(&mut self.inner.lock().unwrap().pending)
+    /// Bytes the guest wrote to its console.
+    pub fn append_console(&self, bytes: &[u8]) {
+        self.inner.lock().unwrap().console.extend_from_slice(bytes);
+    }
+
+    /// The events and console bytes since the last call.
+    pub fn take(&self) -> (Vec<GuestEvent>, Vec<u8>) {
+        let mut inner = self.inner.lock().unwrap();
+        (std::mem::take(&mut inner.pending), std::mem::take(&mut inner.console))
     }
 }

@@ -37,6 +37,9 @@ Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130
     Record(RecordArgs),
     /// Measure the recorder: harvest cost, deadlines, guest slowdown, compression.
     Bench(BenchArgs),
+    /// The guest kernel kit for Linux workloads.
+    #[command(subcommand)]
+    Kit(KitCommand),
     /// Finalise a trace whose recorder was killed, from its journal.
     Recover {
         /// The trace directory.
@@ -44,9 +47,50 @@ Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130
     },
 }
 
+#[derive(Subcommand)]
+enum KitCommand {
+    /// Download Debian's cloud kernel and busybox-static into the cache (Debian and Ubuntu hosts).
+    Fetch,
+    /// Show which kernel and busybox `record` would use.
+    Show,
+}
+
+fn run_kit(cmd: KitCommand) -> anyhow::Result<ExitCode> {
+    use dirtytrace::guest::linux::kit;
+    match cmd {
+        KitCommand::Fetch => {
+            let info = kit::fetch(&mut |m| eprintln!("kit: {m}"))?;
+            eprintln!(
+                "kit: {} {} and {} {} in {}",
+                info.kernel_package,
+                info.kernel_version,
+                info.busybox_package,
+                info.busybox_version,
+                kit::kit_dir().display()
+            );
+        }
+        KitCommand::Show => {
+            let k = kit::locate(None, false)?;
+            println!("kernel   {}", k.kernel.display());
+            if let Some(a) = &k.alternate {
+                println!("also     {}", a.display());
+            }
+            println!("busybox  {}", k.busybox.display());
+            if let Some(i) = &k.info {
+                println!(
+                    "from     {} {}, {} {}",
+                    i.kernel_package, i.kernel_version, i.busybox_package, i.busybox_version
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Args)]
 struct RecordArgs {
-    /// Workload: a synthetic spec (.toml, see schemas/workload.md). Default: the built-in spec.
+    /// Workload: a synthetic spec (.toml, see schemas/workload.md) or a shell script run in a
+    /// Linux guest (.sh, see schemas/linux-guest.md). Default: the built-in synthetic spec.
     #[arg(long, value_name = "FILE")]
     workload: Option<PathBuf>,
     /// Time between harvests of the dirty log (1ms or more).
@@ -73,6 +117,21 @@ struct RecordArgs {
     /// The KVM device (default /dev/kvm, or $DIRTYTRACE_KVM_DEVICE).
     #[arg(long, value_name = "PATH")]
     kvm_device: Option<PathBuf>,
+    /// Linux guest: the kernel, a bzImage or an ELF vmlinux (default: $DIRTYTRACE_KERNEL, then the kit).
+    #[arg(long, value_name = "PATH", help_heading = "Linux guest (.sh workloads)")]
+    kernel: Option<PathBuf>,
+    /// Linux guest: copy a host file into the initramfs (repeatable).
+    #[arg(long = "file", value_name = "HOST_PATH:GUEST_PATH", help_heading = "Linux guest (.sh workloads)")]
+    files: Vec<String>,
+    /// Linux guest: extra kernel command-line arguments.
+    #[arg(long, value_name = "EXTRA", help_heading = "Linux guest (.sh workloads)")]
+    cmdline: Option<String>,
+    /// Linux guest: stream the serial console to stderr as well.
+    #[arg(long, help_heading = "Linux guest (.sh workloads)")]
+    console: bool,
+    /// Linux guest: boot the kit's bzImage even when its vmlinux (PVH entry) is available.
+    #[arg(long, help_heading = "Linux guest (.sh workloads)")]
+    bzimage: bool,
 }
 
 #[derive(Args)]
@@ -182,6 +241,13 @@ fn run_record(a: RecordArgs) -> anyhow::Result<ExitCode> {
     if let Some(k) = a.kvm_device {
         opts.kvm_device = k;
     }
+    opts.linux = record::LinuxRecordOptions {
+        kernel: a.kernel,
+        files: a.files,
+        cmdline: a.cmdline,
+        console: a.console,
+        force_bzimage: a.bzimage,
+    };
     let expected = record::load_guest(&opts).ok().and_then(|g| g.expected_duration());
     let expected = match (expected, opts.duration) {
         (Some(e), Some(d)) => Some(e.min(d)),
@@ -208,6 +274,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Record(a) => run_record(a),
         Command::Bench(a) => run_bench(a),
+        Command::Kit(c) => run_kit(c),
         Command::Recover { trace: dir } => trace::finalize(&dir, trace::TraceStatus::Recovered)
             .map_err(anyhow::Error::msg)
             .and_then(|_| record::summarize_recording(&dir, None))

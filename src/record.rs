@@ -1,7 +1,7 @@
 //! `dirtytrace record`: guest → VM → sampler → trace writer, wired together.
 
 use crate::events::GuestLog;
-use crate::guest::{self, synthetic, Guest};
+use crate::guest::{self, linux, synthetic, Guest};
 use crate::sampler::{self, EndReason, SamplerConfig};
 use crate::trace::{self, Manifest, TraceStatus, TraceWriter, WriterOptions, WriterProgress};
 use crate::vmm::{self, VcpuOutcome, Vm};
@@ -29,6 +29,7 @@ pub struct RecordOptions {
     pub zstd_level: i32,
     /// Run without dirty logging (bitmaps stay empty): the baseline of the slowdown benchmark.
     pub untracked: bool,
+    pub linux: LinuxRecordOptions,
 }
 
 impl RecordOptions {
@@ -44,6 +45,7 @@ impl RecordOptions {
             kvm_device: vmm::kvm_device_path(),
             zstd_level: ZSTD_LEVEL,
             untracked: false,
+            linux: LinuxRecordOptions::default(),
         }
     }
 }
@@ -73,6 +75,9 @@ pub struct RecordSummary {
     pub guest_exit_status: Option<i32>,
     /// Where the recorder's time went, per interval (not kept in the trace).
     pub cost: Option<HarvestCost>,
+    /// Seconds from the start of `record` to the guest's first instruction (guest build,
+    /// initramfs included).
+    pub setup_s: Option<f64>,
 }
 
 /// Mean seconds per interval spent inside KVM and in the recorder's own work.
@@ -101,13 +106,41 @@ impl HarvestCost {
     }
 }
 
+/// Linux-guest settings of `record`, used when the workload is a `.sh` script.
+#[derive(Debug, Clone, Default)]
+pub struct LinuxRecordOptions {
+    pub kernel: Option<PathBuf>,
+    /// `HOST_PATH:GUEST_PATH` extras for the initramfs.
+    pub files: Vec<String>,
+    pub cmdline: Option<String>,
+    pub console: bool,
+    pub force_bzimage: bool,
+}
+
+pub const LINUX_DEFAULT_MEM: u64 = 2 << 30;
+
 pub fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
     let (text, _source) = match &opts.workload {
         None => (synthetic::spec::DEFAULT_SPEC.to_string(), "built-in default".to_string()),
         Some(p) => {
             let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
             if ext == "sh" {
-                bail!("{}: Linux guests (.sh workloads) are not supported by this build yet", p.display());
+                if !p.is_file() {
+                    bail!("workload script {} does not exist", p.display());
+                }
+                let files =
+                    opts.linux.files.iter().map(|f| linux::initramfs::parse_extra(f)).collect::<Result<_, _>>()?;
+                let guest = linux::LinuxGuest::new(linux::LinuxOptions {
+                    script: p.clone(),
+                    kernel: opts.linux.kernel.clone(),
+                    files,
+                    mem: opts.mem.unwrap_or(LINUX_DEFAULT_MEM),
+                    vcpus: opts.vcpus.unwrap_or(1),
+                    cmdline_extra: opts.linux.cmdline.clone(),
+                    console: opts.linux.console,
+                    force_bzimage: opts.linux.force_bzimage,
+                })?;
+                return Ok(Box::new(guest));
             }
             if ext != "toml" {
                 bail!("{}: a workload is a synthetic spec (.toml) or a Linux workload script (.sh)", p.display());
@@ -181,6 +214,7 @@ pub fn record(
     interrupt: Arc<AtomicBool>,
     progress: Option<WriterProgress>,
 ) -> anyhow::Result<RecordSummary> {
+    let t_begin = crate::clock::now_ns();
     validate(opts)?;
     let mut guest = load_guest(opts)?;
     let kvm = vmm::open_kvm(&opts.kvm_device)?;
@@ -244,6 +278,7 @@ pub fn record(
     vm.clear_dirty_log()?;
     log.start_clock();
     let running = vm.start(bus)?;
+    let setup_s = (crate::clock::now_ns() - t_begin) as f64 / 1e9;
     let result = sampler::run(running, &cfg, &log, &tx, &interrupt);
     drop(tx);
     let (writer, write_error) = writer_thread.join().map_err(|_| anyhow::anyhow!("the trace writer panicked"))?;
@@ -273,6 +308,7 @@ pub fn record(
     }
     let mut summary = summarize_recording(&dir, exit_status)?;
     summary.cost = Some(HarvestCost::from_stats(&stats));
+    summary.setup_s = Some(setup_s);
     Ok(summary)
 }
 
@@ -309,5 +345,6 @@ pub fn summarize_recording(dir: &Path, guest_exit_status: Option<i32>) -> anyhow
         mean_interval_s: m.timing.mean_interval_s,
         guest_exit_status,
         cost: None,
+        setup_s: None,
     })
 }

@@ -41,6 +41,8 @@ pub struct Harvest {
     pub progress_after: Vec<u64>,
     pub phase: String,
     pub events: Vec<GuestEvent>,
+    /// Console output since the last harvest.
+    pub console: Vec<u8>,
     /// The interval was cut short by the end of the recording.
     pub partial: bool,
 }
@@ -90,6 +92,7 @@ fn harvest(
     let ioctl_cpu_ns = clock::this_thread_cpu_ns() - cpu_ioctl;
     let progress_after: Vec<u64> = cfg.progress_words.iter().map(|&a| vm.read_u64(a)).collect();
     let cpu = vm.vcpu_cpu_ns();
+    let (events, console) = log.take();
     let h = Harvest {
         index: st.index,
         t_start_ns: st.last_t_ns,
@@ -103,7 +106,8 @@ fn harvest(
         progress_before,
         progress_after,
         phase: log.phase(),
-        events: log.take(),
+        events,
+        console,
         partial: deadline_ns.is_none(),
     };
     st.index += 1;

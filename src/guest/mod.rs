@@ -1,6 +1,7 @@
 //! Guests: ways to fill memory, set the vCPUs' entry state and answer exits.
 //! The VMM, the sampler and the trace writer do not know which kind is running.
 
+pub mod linux;
 pub mod synthetic;
 
 use crate::events::GuestLog;

@@ -5,7 +5,7 @@ use super::bitmap;
 use super::journal::{self, JournalReader, SlotBlob};
 use super::manifest::{HarvestTiming, Manifest, TraceStatus};
 use super::tables::{self, IntervalRow};
-use super::{BITMAPS, GUEST_LOG, JOURNAL, RATES};
+use super::{BITMAPS, CONSOLE, GUEST_LOG, JOURNAL, RATES};
 use crate::pagestats::SlidingDistinct;
 use crate::sampler::Harvest;
 use parquet::arrow::ArrowWriter;
@@ -44,6 +44,7 @@ pub struct TraceWriter {
     manifest: Manifest,
     journal: File,
     guest_log: BufWriter<File>,
+    console: Option<BufWriter<File>>,
     compressor: zstd::bulk::Compressor<'static>,
     window: SlidingDistinct,
     progress: Option<WriterProgress>,
@@ -99,6 +100,7 @@ impl TraceWriter {
             manifest,
             journal,
             guest_log,
+            console: None,
             compressor,
             window,
             progress,
@@ -189,6 +191,14 @@ impl TraceWriter {
             serde_json::to_writer(&mut self.guest_log, e).map_err(|e| e.to_string())?;
             self.guest_log.write_all(b"\n").map_err(io_err("cannot write guest log in", &self.dir))?;
         }
+        if !h.console.is_empty() {
+            if self.console.is_none() {
+                let path = self.dir.join(CONSOLE);
+                self.console = Some(BufWriter::new(File::create(&path).map_err(io_err("cannot create", &path))?));
+            }
+            let c = self.console.as_mut().unwrap();
+            c.write_all(&h.console).map_err(io_err("cannot write console log in", &self.dir))?;
+        }
         self.pending.extend_from_slice(&journal::encode_frame(&row, &blobs));
         if t_persist - self.last_persist_ns >= PERSIST_EVERY_NS || self.pending.len() >= PERSIST_BYTES {
             self.persist()?;
@@ -203,6 +213,9 @@ impl TraceWriter {
     /// Writes the buffered frames, each whole, after the guest-log lines they refer to.
     fn persist(&mut self) -> Result<(), String> {
         self.guest_log.flush().map_err(io_err("cannot write guest log in", &self.dir))?;
+        if let Some(c) = self.console.as_mut() {
+            c.flush().map_err(io_err("cannot write console log in", &self.dir))?;
+        }
         self.journal.write_all(&self.pending).map_err(io_err("cannot write journal in", &self.dir))?;
         self.pending.clear();
         self.last_persist_ns = crate::clock::now_ns();

@@ -120,6 +120,8 @@ impl Vm {
             slots.push(Slot { slot: i as u32, guest_phys_addr: r.guest_phys_addr, size_bytes: r.memory_size });
         }
         if spec.irqchip {
+            // Intel's KVM needs three pages for its real-mode TSS; this sits in the MMIO hole.
+            fd.set_tss_address(0xFFFB_D000).map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
             fd.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
             let pit = kvm_bindings::kvm_pit_config { flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
             fd.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;

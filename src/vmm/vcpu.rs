@@ -20,6 +20,8 @@ pub enum ExitAction {
     Done,
     /// The guest asked to end the whole VM (power-off, reboot), with an exit status.
     PowerOff(i32),
+    /// The guest failed in a way only its bus can tell (a kernel panic, say).
+    Fail(String),
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -186,6 +188,7 @@ fn run_loop(index: u32, fd: &mut VcpuFd, bus: &dyn Bus, memory: &GuestMemoryMmap
             }
             ExitAction::Done => return VcpuOutcome::Done,
             ExitAction::PowerOff(status) => return VcpuOutcome::PowerOff(status),
+            ExitAction::Fail(reason) => return fault(index, fd, memory, reason),
         }
     }
 }

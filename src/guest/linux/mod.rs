@@ -1,0 +1,236 @@
+//! The Linux guest: a real kernel and an initramfs built around the user's workload script.
+//! It shares the recording path with the synthetic guest; only memory contents, vCPU entry
+//! state and the devices on its bus differ.
+
+pub mod acpi;
+pub mod boot;
+pub mod initramfs;
+pub mod kit;
+
+use crate::events::GuestLog;
+use crate::guest::Guest;
+use crate::vmm::{kvm_err, Bus, ExitAction, Vm, VmSpec};
+use anyhow::Context;
+use initramfs::MARKER_PREFIX;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
+
+pub const SERIAL_PORT: u16 = 0x3F8;
+pub const SERIAL_IRQ: u32 = 4;
+pub const I8042_COMMAND: u16 = 0x64;
+pub const I8042_RESET: u8 = 0xFE;
+
+pub struct LinuxOptions {
+    pub script: PathBuf,
+    pub kernel: Option<PathBuf>,
+    pub files: Vec<initramfs::Extra>,
+    pub mem: u64,
+    pub vcpus: u32,
+    pub cmdline_extra: Option<String>,
+    /// Also stream the console to stderr.
+    pub console: bool,
+    /// Boot the kit's bzImage even when its vmlinux (PVH) is there.
+    pub force_bzimage: bool,
+}
+
+pub struct LinuxGuest {
+    opts: LinuxOptions,
+    kit: kit::Kit,
+    kernel: Vec<u8>,
+    initramfs: initramfs::Initramfs,
+    initramfs_build_s: f64,
+    cmdline: String,
+    boot: Option<boot::BootInfo>,
+}
+
+impl LinuxGuest {
+    /// Finds the kernel and builds the initramfs: everything that can fail before a VM exists.
+    pub fn new(opts: LinuxOptions) -> anyhow::Result<Self> {
+        if opts.vcpus == 0 || opts.vcpus > 254 {
+            anyhow::bail!("--vcpus must be between 1 and 254, got {}", opts.vcpus);
+        }
+        if !opts.mem.is_multiple_of(4096) {
+            anyhow::bail!("--mem must be a whole number of 4 KiB pages");
+        }
+        let kit = kit::locate(opts.kernel.as_deref(), opts.force_bzimage)?;
+        let kernel =
+            std::fs::read(&kit.kernel).with_context(|| format!("cannot read kernel {}", kit.kernel.display()))?;
+        boot::check_kernel(&kernel, &kit.kernel.display().to_string())?;
+        let t = crate::clock::now_ns();
+        let cache = kit::cache_dir().join("initramfs");
+        let initramfs = initramfs::build(&kit.busybox, &opts.script, &opts.files, Some(&cache))?;
+        let initramfs_build_s = (crate::clock::now_ns() - t) as f64 / 1e9;
+        let cmdline = boot::cmdline(opts.cmdline_extra.as_deref());
+        Ok(LinuxGuest { opts, kit, kernel, initramfs, initramfs_build_s, cmdline, boot: None })
+    }
+}
+
+impl Guest for LinuxGuest {
+    fn kind(&self) -> &'static str {
+        "linux"
+    }
+
+    fn vm_spec(&self) -> VmSpec {
+        VmSpec { ram: boot::ram_ranges(self.opts.mem), vcpus: self.opts.vcpus, irqchip: true, dirty_log: true }
+    }
+
+    fn prepare(&mut self, vm: &mut Vm, log: Arc<GuestLog>) -> anyhow::Result<Arc<dyn Bus>> {
+        let name = self.kit.kernel.display().to_string();
+        let info = boot::load(
+            &vm.memory,
+            self.opts.mem,
+            self.opts.vcpus,
+            &self.kernel,
+            &name,
+            &self.initramfs.bytes,
+            &self.cmdline,
+        )?;
+        for (i, fd) in vm.vcpus.iter().enumerate() {
+            boot::setup_vcpu(&vm.kvm, fd, i as u32, self.opts.vcpus, &info)
+                .with_context(|| format!("setting up vCPU {i}"))?;
+        }
+        let irq = EventFd::new(libc::EFD_NONBLOCK).context("eventfd for the serial interrupt")?;
+        vm.fd.register_irqfd(&irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD"))?;
+        self.boot = Some(info);
+        let sink =
+            ConsoleSink { log: log.clone(), line: Vec::new(), echo: self.opts.console, status: None, panic: None };
+        Ok(Arc::new(LinuxBus { serial: Mutex::new(Serial::new(IrqTrigger(irq), sink)) }))
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kind": "linux",
+            "kernel": self.kit.kernel,
+            "kernel_sha256": kit::sha256_hex(&self.kernel),
+            "busybox": self.kit.busybox,
+            "kit": self.kit.info,
+            "boot": self.boot,
+            "cmdline": self.cmdline,
+            "workload_script": std::fs::read_to_string(&self.opts.script).unwrap_or_default(),
+            "workload_path": self.opts.script,
+            "files": self.opts.files.iter().map(|f| format!("{}:{}", f.host.display(), f.guest)).collect::<Vec<_>>(),
+            "initramfs_bytes": self.initramfs.bytes.len(),
+            "initramfs_sha256": self.initramfs.sha256,
+            "initramfs_cached": self.initramfs.cached,
+            "initramfs_build_s": self.initramfs_build_s,
+        })
+    }
+
+    fn initial_phase(&self) -> String {
+        "boot".into()
+    }
+
+    fn loaded_ranges(&self) -> Vec<(u64, u64)> {
+        let mut r = vec![(0, boot::HIMEM_START)];
+        if let Some(b) = &self.boot {
+            r.push((b.kernel_start, b.kernel_end - b.kernel_start));
+            r.push((b.initrd_addr, b.initrd_size));
+        }
+        r
+    }
+}
+
+struct IrqTrigger(EventFd);
+
+impl vm_superio::Trigger for IrqTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Where the UART's output goes: the trace's console log, marker lines, and optionally stderr.
+struct ConsoleSink {
+    log: Arc<GuestLog>,
+    line: Vec<u8>,
+    echo: bool,
+    /// The workload's exit status, from its `workload_end` marker.
+    status: Option<i32>,
+    panic: Option<String>,
+}
+
+impl ConsoleSink {
+    fn end_line(&mut self) {
+        let text = String::from_utf8_lossy(&self.line).trim_end_matches('\r').to_string();
+        self.line.clear();
+        if let Some(marker) = text.strip_prefix(MARKER_PREFIX) {
+            let (kind, value) = marker.split_once(':').unwrap_or((marker, ""));
+            match kind {
+                "phase" => self.log.mark_phase(None, value.trim(), serde_json::Value::Null),
+                "workload_start" => {
+                    self.log.record(None, "workload_start", "workload_start", serde_json::Value::Null);
+                    self.log.mark_phase(None, "workload", serde_json::Value::Null);
+                }
+                "workload_end" => {
+                    self.status = value.trim().parse().ok();
+                    self.log.record(None, "workload_end", "workload_end", serde_json::json!({ "status": self.status }));
+                    self.log.mark_phase(None, "shutdown", serde_json::Value::Null);
+                }
+                other => self.log.record(None, "note", other, serde_json::json!({ "value": value })),
+            }
+        } else if text.contains("Kernel panic - not syncing") {
+            self.log.record(None, "panic", "kernel panic", serde_json::json!({ "line": text }));
+            self.panic.get_or_insert(text);
+        } else if text.contains("Linux version") && self.log.phase() == "boot" {
+            self.log.record(None, "note", "kernel banner", serde_json::json!({ "line": text }));
+        }
+    }
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.log.append_console(buf);
+        if self.echo {
+            let _ = std::io::stderr().write_all(buf);
+        }
+        for &b in buf {
+            if b == b'\n' {
+                self.end_line();
+            } else if self.line.len() < 4096 {
+                self.line.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct LinuxBus {
+    serial: Mutex<Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleSink>>,
+}
+
+impl Bus for LinuxBus {
+    fn io_out(&self, _vcpu: u32, port: u16, data: &[u8]) -> ExitAction {
+        match port {
+            SERIAL_PORT..=0x3FF => {
+                let _ = self.serial.lock().unwrap().write((port - SERIAL_PORT) as u8, data[0]);
+                ExitAction::Continue
+            }
+            I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
+                let serial = self.serial.lock().unwrap();
+                let sink = serial.writer();
+                match (sink.status, &sink.panic) {
+                    (_, Some(panic)) => ExitAction::Fail(format!("the guest kernel panicked: {panic}")),
+                    (Some(status), None) => ExitAction::PowerOff(status),
+                    (None, None) => ExitAction::Fail("the guest rebooted before its workload finished".into()),
+                }
+            }
+            _ => ExitAction::Continue,
+        }
+    }
+
+    fn io_in(&self, _vcpu: u32, port: u16, data: &mut [u8]) -> ExitAction {
+        match port {
+            SERIAL_PORT..=0x3FF => data[0] = self.serial.lock().unwrap().read((port - SERIAL_PORT) as u8),
+            // An i8042 with nothing to say, so probes and reboots do not spin.
+            0x60 | I8042_COMMAND => data[0] = 0,
+            _ => data.fill(0xFF),
+        }
+        ExitAction::Continue
+    }
+}
