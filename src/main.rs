@@ -114,6 +114,10 @@ struct RecordArgs {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Hold every vCPU outside the guest around each harvest: an exact cut between intervals,
+    /// at the cost of a short pause of the guest per harvest (see `bench --only cut`).
+    #[arg(long)]
+    exact_cut: bool,
     /// The KVM device (default /dev/kvm, or $DIRTYTRACE_KVM_DEVICE).
     #[arg(long, value_name = "PATH")]
     kvm_device: Option<PathBuf>,
@@ -136,7 +140,7 @@ struct RecordArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Which measurements: cost, deadline, slowdown, compression (default: all).
+    /// Which measurements: linux, cut, cost, deadline, slowdown, compression (default: all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Guest RAM for the cost, slowdown and compression runs.
@@ -167,7 +171,9 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     let want = |k: &str| a.only.is_empty() || a.only.iter().any(|o| o == k);
     let mut report = bench::BenchReport::default();
     type Step = fn(&bench::BenchOptions, &mut bench::BenchReport) -> anyhow::Result<()>;
-    let steps: [(&str, Step); 4] = [
+    let steps: [(&str, Step); 6] = [
+        ("linux", bench::linux_setup),
+        ("cut", bench::exact_cut),
         ("cost", bench::harvest_cost),
         ("deadline", bench::deadlines),
         ("slowdown", bench::slowdown),
@@ -238,6 +244,7 @@ fn run_record(a: RecordArgs) -> anyhow::Result<ExitCode> {
     opts.mem = a.mem;
     opts.vcpus = a.vcpus;
     opts.migration_speed = a.migration_speed;
+    opts.exact_cut = a.exact_cut;
     if let Some(k) = a.kvm_device {
         opts.kvm_device = k;
     }

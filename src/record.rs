@@ -30,6 +30,8 @@ pub struct RecordOptions {
     /// Run without dirty logging (bitmaps stay empty): the baseline of the slowdown benchmark.
     pub untracked: bool,
     pub linux: LinuxRecordOptions,
+    /// Pause the vCPUs around each harvest for an exact cut (costs guest time).
+    pub exact_cut: bool,
 }
 
 impl RecordOptions {
@@ -46,6 +48,7 @@ impl RecordOptions {
             zstd_level: ZSTD_LEVEL,
             untracked: false,
             linux: LinuxRecordOptions::default(),
+            exact_cut: false,
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct HarvestCost {
     pub sampler_own_mean_s: f64,
     pub compress_mean_s: f64,
     pub persist_mean_s: f64,
+    /// Taking the vCPUs out of the guest, per harvest (`--exact-cut` only).
+    pub pause_mean_s: f64,
     /// (sampler own + compress + persist) / ioctl.
     pub own_over_ioctl: f64,
 }
@@ -101,6 +106,7 @@ impl HarvestCost {
             sampler_own_mean_s: own,
             compress_mean_s: compress,
             persist_mean_s: persist,
+            pause_mean_s: mean(&s.pause_ns),
             own_over_ioctl: if ioctl > 0.0 { (own + compress + persist) / ioctl } else { 0.0 },
         }
     }
@@ -250,6 +256,7 @@ pub fn record(
         migration_speed_bytes_per_s: opts.migration_speed,
         working_set_window_s: ramsize as f64 / opts.migration_speed,
         slots: vm.slots.clone(),
+        exact_cut: opts.exact_cut,
         guest: guest.describe(),
         guest_own_pages: guest.own_pages(),
         initial_nonzero_pages: initial_nonzero,
@@ -263,8 +270,12 @@ pub fn record(
     )
     .map_err(anyhow::Error::msg)?;
 
-    let cfg =
-        SamplerConfig { interval: opts.interval, duration: opts.duration, progress_words: guest.progress_words() };
+    let cfg = SamplerConfig {
+        interval: opts.interval,
+        duration: opts.duration,
+        progress_words: guest.progress_words(),
+        exact_cut: opts.exact_cut,
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     let writer_thread = std::thread::Builder::new().name("trace-writer".into()).spawn(move || {
         let mut writer = writer;

@@ -17,6 +17,8 @@ pub struct SamplerConfig {
     pub duration: Option<Duration>,
     /// Guest-physical addresses of u64 progress words, read just before and after each harvest.
     pub progress_words: Vec<u64>,
+    /// Hold every vCPU outside the guest around each harvest, so the cut is exact.
+    pub exact_cut: bool,
 }
 
 /// One interval's harvest, as it leaves the sampler.
@@ -30,6 +32,8 @@ pub struct Harvest {
     pub lateness_ns: u64,
     /// Time spent inside KVM_GET_DIRTY_LOG, all slots.
     pub ioctl_ns: u64,
+    /// How long taking the vCPUs out of the guest took (exact cut only).
+    pub pause_ns: u64,
     /// CPU time of the sampler thread on this harvest: inside the ioctl, and all of it.
     pub ioctl_cpu_ns: u64,
     pub sampler_cpu_ns: u64,
@@ -81,6 +85,11 @@ fn harvest(
 ) -> Result<Harvest, VmmError> {
     let t0 = log.t0_ns();
     let cpu_begin = clock::this_thread_cpu_ns();
+    let t_pause = clock::now_ns();
+    if cfg.exact_cut {
+        vm.pause();
+    }
+    let pause_ns = clock::now_ns() - t_pause;
     let progress_before: Vec<u64> = cfg.progress_words.iter().map(|&a| vm.read_u64(a)).collect();
     let t_h = clock::now_ns();
     let cpu_ioctl = clock::this_thread_cpu_ns();
@@ -91,6 +100,9 @@ fn harvest(
     let t_after = clock::now_ns();
     let ioctl_cpu_ns = clock::this_thread_cpu_ns() - cpu_ioctl;
     let progress_after: Vec<u64> = cfg.progress_words.iter().map(|&a| vm.read_u64(a)).collect();
+    if cfg.exact_cut {
+        vm.resume();
+    }
     let cpu = vm.vcpu_cpu_ns();
     let (events, console) = log.take();
     let h = Harvest {
@@ -100,6 +112,7 @@ fn harvest(
         lateness_ns: deadline_ns.map_or(0, |d| t_h.saturating_sub(d)),
         ioctl_ns: t_after - t_h,
         ioctl_cpu_ns,
+        pause_ns,
         sampler_cpu_ns: 0,
         bitmaps,
         vcpu_cpu_ns: cpu.iter().zip(&st.last_cpu).map(|(a, b)| a.saturating_sub(*b)).collect(),

@@ -116,3 +116,50 @@ fn missing_or_unusable_kvm() {
     assert!(stderr.contains("permission denied") && stderr.contains("kvm"), "{stderr}");
     assert!(!Path::new("/tmp/dirtytrace-nobody-out").exists());
 }
+
+/// A full disk stops the recording with a clear error; every interval already in the journal
+/// survives, and `recover` rebuilds the trace once there is room again.
+#[test]
+fn full_disk_keeps_what_was_harvested() {
+    let _g = kvm_lock();
+    let dir = tempdir("fulldisk");
+    let mnt = dir.join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mount = |args: &[&str]| {
+        let st = Command::new("mount").args(args).status().expect("mount runs");
+        assert!(st.success(), "mount {args:?} failed: these tests run as root, as CI does");
+    };
+    mount(&["-t", "tmpfs", "-o", "size=600k", "tmpfs", mnt.to_str().unwrap()]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let spec = write(
+        &dir,
+        "w.toml",
+        "mem = \"1GiB\"\nseed = 1\n[[phase]]\nduration = \"30s\"\nworking_set = \"512MiB\"\nrate = \"40MiB/s\"\npattern = \"random\"\n",
+    );
+    let out = mnt.join("trace");
+    let (code, stderr) = run(
+        &["record", "--workload", spec.to_str().unwrap(), "--interval", "20ms", "--output", out.to_str().unwrap()],
+        &[],
+    );
+    mount(&["-o", "remount,size=64m", mnt.to_str().unwrap()]);
+    let recovered = Command::new(bin()).args(["recover", out.to_str().unwrap()]).status().unwrap();
+    assert_ne!(code, 0);
+    assert!(stderr.contains("No space left on device") && stderr.contains("dirtytrace recover"), "{stderr}");
+    assert!(recovered.success());
+    let trace = dirtytrace::trace::Trace::open(&out).unwrap();
+    assert_eq!(trace.manifest.status, dirtytrace::trace::TraceStatus::Recovered);
+    let rows = trace.rates().unwrap();
+    assert!(rows.len() > 100, "{} intervals kept", rows.len());
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r.interval, i as u64);
+    }
+    for c in dirtytrace::guest::synthetic::verify::verify(&trace).unwrap() {
+        assert_eq!((c.missing, c.unexpected), (0, 0), "{c:?}");
+    }
+}

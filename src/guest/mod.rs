@@ -38,19 +38,27 @@ pub trait Guest {
 /// Pages in `ranges` holding anything but zeroes.
 pub fn nonzero_pages(vm: &Vm, ranges: &[(u64, u64)]) -> Vec<PageRange> {
     use vm_memory::{Bytes, GuestAddress};
+    const CHUNK: u64 = 2 << 20;
     let mut out: Vec<PageRange> = Vec::new();
-    let mut page = vec![0u8; 4096];
+    let mut buf = vec![0u8; CHUNK as usize];
     for &(start, len) in ranges {
-        let first = start / 4096;
-        let last = (start + len).div_ceil(4096);
-        for p in first..last {
-            if vm.memory.read_slice(&mut page, GuestAddress(p * 4096)).is_err() || page.iter().all(|&b| b == 0) {
-                continue;
+        let (first, last) = (start / 4096, (start + len).div_ceil(4096));
+        let mut page = first;
+        while page < last {
+            let n = (last - page).min(CHUNK / 4096);
+            let chunk = &mut buf[..(n * 4096) as usize];
+            if vm.memory.read_slice(chunk, GuestAddress(page * 4096)).is_ok() {
+                for (i, p) in chunk.chunks_exact(4096).enumerate() {
+                    if p.iter().any(|&b| b != 0) {
+                        let p = page + i as u64;
+                        match out.last_mut() {
+                            Some(r) if r.first + r.count == p => r.count += 1,
+                            _ => out.push(PageRange { first: p, count: 1 }),
+                        }
+                    }
+                }
             }
-            match out.last_mut() {
-                Some(r) if r.first + r.count == p => r.count += 1,
-                _ => out.push(PageRange { first: p, count: 1 }),
-            }
+            page += n;
         }
     }
     out

@@ -67,6 +67,9 @@ pub struct Manifest {
     /// The window of `working_set_memory_bytes`: one full-RAM precopy round at the migration speed.
     pub working_set_window_s: f64,
     pub slots: Vec<Slot>,
+    /// Whether the vCPUs were held outside the guest around each harvest (`--exact-cut`).
+    #[serde(default)]
+    pub exact_cut: bool,
     /// The guest kind (`synthetic` or `linux`) and its configuration, including the workload.
     pub guest: serde_json::Value,
     /// Pages the guest itself may dirty besides its workload (synthetic guest: the control page).

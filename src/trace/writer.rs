@@ -36,6 +36,8 @@ pub struct WriterStats {
     pub compress_ns: Vec<u64>,
     /// Appending the frame to the journal.
     pub persist_ns: Vec<u64>,
+    /// Holding the vCPUs for an exact cut (wall time).
+    pub pause_ns: Vec<u64>,
 }
 
 pub struct TraceWriter {
@@ -118,6 +120,7 @@ impl TraceWriter {
     pub fn append(&mut self, h: Harvest) -> Result<IntervalRow, String> {
         let cpu_begin = crate::clock::this_thread_cpu_ns();
         self.stats.ioctl_ns.push(h.ioctl_cpu_ns);
+        self.stats.pause_ns.push(h.pause_ns);
         self.stats.sampler_own_ns.push(h.sampler_cpu_ns.saturating_sub(h.ioctl_cpu_ns));
         let m = &self.manifest;
         let mut blobs = Vec::with_capacity(h.bitmaps.len());
@@ -328,7 +331,7 @@ pub fn finalize(dir: &Path, status: TraceStatus) -> Result<Manifest, String> {
     manifest.intervals = rows.len() as u64;
     manifest.status = status;
     if status == TraceStatus::Recovered {
-        manifest.end_reason.get_or_insert_with(|| "killed".into());
+        manifest.end_reason.get_or_insert_with(|| "recovered_from_journal".into());
         if torn {
             manifest.error.get_or_insert_with(|| "the journal ended in a torn frame, which was dropped".into());
         }

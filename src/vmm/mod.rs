@@ -9,7 +9,7 @@ pub use vcpu::{ExitAction, GuestFault, VcpuOutcome};
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -148,17 +148,17 @@ impl Vm {
     /// Starts one thread per vCPU; exits go to `bus`.
     pub fn start(self, bus: Arc<dyn Bus>) -> Result<RunningVm, VmmError> {
         vcpu::install_kick_handler()?;
-        let stop = Arc::new(AtomicBool::new(false));
+        let control = Arc::new(vcpu::Control::default());
         let mut threads = Vec::new();
         for (index, fd) in self.vcpus.into_iter().enumerate() {
-            threads.push(vcpu::spawn(index as u32, fd, bus.clone(), self.memory.clone(), stop.clone())?);
+            threads.push(vcpu::spawn(index as u32, fd, bus.clone(), self.memory.clone(), control.clone())?);
         }
         Ok(RunningVm {
             fd: self.fd,
             memory: self.memory,
             slots: self.slots,
             threads,
-            stop,
+            control,
             stopped_cpu_ns: Vec::new(),
             dirty_log: self.dirty_log,
             _kvm: self.kvm,
@@ -187,7 +187,7 @@ pub struct RunningVm {
     pub memory: GuestMemoryMmap,
     pub slots: Vec<Slot>,
     threads: Vec<vcpu::VcpuThread>,
-    stop: Arc<AtomicBool>,
+    control: Arc<vcpu::Control>,
     /// CPU time of each vCPU thread once [`RunningVm::stop`] has joined them.
     stopped_cpu_ns: Vec<u64>,
     dirty_log: bool,
@@ -224,12 +224,22 @@ impl RunningVm {
     }
 
     pub fn stop_requested(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
+        self.control.stop.load(Ordering::Acquire)
+    }
+
+    /// Takes every running vCPU out of the guest and holds it, for an exact cut.
+    pub fn pause(&self) {
+        let running = || self.threads.iter().filter(|t| !t.finished()).count();
+        self.control.pause(running, || self.threads.iter().for_each(|t| t.kick()));
+    }
+
+    pub fn resume(&self) {
+        self.control.resume();
     }
 
     /// Stops every vCPU and returns how each ended.
     pub fn stop(&mut self) -> Vec<VcpuOutcome> {
-        self.stop.store(true, Ordering::Release);
+        self.control.request_stop();
         let (outcomes, cpu): (Vec<_>, Vec<_>) = self.threads.drain(..).map(|t| t.join()).unzip();
         self.stopped_cpu_ns = cpu;
         outcomes

@@ -5,7 +5,7 @@ use crate::clock;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -51,6 +51,54 @@ pub enum VcpuOutcome {
     Fault(GuestFault),
 }
 
+/// What the VMM asks of every vCPU thread: stop for good, or park for an exact cut.
+#[derive(Default)]
+pub(super) struct Control {
+    pub stop: AtomicBool,
+    pause: AtomicBool,
+    parked: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Control {
+    /// Parks the calling vCPU thread while a pause is asked for.
+    fn park_if_asked(&self) {
+        if !self.pause.load(Ordering::Acquire) {
+            return;
+        }
+        let mut n = self.parked.lock().unwrap();
+        *n += 1;
+        self.cv.notify_all();
+        while self.pause.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
+            n = self.cv.wait(n).unwrap();
+        }
+        *n -= 1;
+    }
+
+    /// Asks every thread to park and waits until all running ones have; `kick` pushes a
+    /// thread out of KVM_RUN (a signal can land just before it enters, so it is repeated).
+    pub fn pause(&self, running: impl Fn() -> usize, kick: impl Fn()) {
+        self.pause.store(true, Ordering::Release);
+        let mut n = self.parked.lock().unwrap();
+        while *n < running() {
+            kick();
+            n = self.cv.wait_timeout(n, Duration::from_micros(50)).unwrap().0;
+        }
+    }
+
+    pub fn resume(&self) {
+        self.pause.store(false, Ordering::Release);
+        let _n = self.parked.lock().unwrap();
+        self.cv.notify_all();
+    }
+
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let _n = self.parked.lock().unwrap();
+        self.cv.notify_all();
+    }
+}
+
 pub(super) struct VcpuThread {
     handle: JoinHandle<VcpuOutcome>,
     pthread: libc::pthread_t,
@@ -75,7 +123,7 @@ pub(super) fn spawn(
     mut fd: VcpuFd,
     bus: Arc<dyn Bus>,
     memory: GuestMemoryMmap,
-    stop: Arc<AtomicBool>,
+    control: Arc<Control>,
 ) -> Result<VcpuThread, VmmError> {
     let cpu_clock = Arc::new(Mutex::new(None));
     let final_cpu_ns = Arc::new(SharedU64::default());
@@ -85,10 +133,10 @@ pub(super) fn spawn(
         .name(format!("vcpu{index}"))
         .spawn(move || {
             *c.lock().unwrap() = Some(clock::current_thread_cpu_clock());
-            let outcome = run_loop(index, &mut fd, &*bus, &memory, &stop);
+            let outcome = run_loop(index, &mut fd, &*bus, &memory, &control);
             // A stopping guest stops the whole VM: the sampler notices `stop`.
             if !matches!(outcome, VcpuOutcome::Done | VcpuOutcome::Stopped) {
-                stop.store(true, Ordering::Release);
+                control.request_stop();
             }
             let clock_id = c.lock().unwrap().take();
             f.set(clock_id.and_then(clock::thread_cpu_ns).unwrap_or(0));
@@ -111,11 +159,17 @@ impl VcpuThread {
         self.finished.load(Ordering::Acquire)
     }
 
+    pub fn kick(&self) {
+        if !self.finished() {
+            // SAFETY: the thread has not been joined, so its pthread_t is valid.
+            unsafe { libc::pthread_kill(self.pthread, kick_signal()) };
+        }
+    }
+
     /// Kicks the thread out of KVM_RUN until it notices `stop`, then joins it.
     pub fn join(self) -> (VcpuOutcome, u64) {
         while !self.finished() {
-            // SAFETY: the thread has not been joined, so its pthread_t is valid.
-            unsafe { libc::pthread_kill(self.pthread, kick_signal()) };
+            self.kick();
             std::thread::sleep(Duration::from_millis(1));
         }
         let cpu = self.final_cpu_ns.get();
@@ -131,9 +185,10 @@ impl VcpuThread {
     }
 }
 
-fn run_loop(index: u32, fd: &mut VcpuFd, bus: &dyn Bus, memory: &GuestMemoryMmap, stop: &AtomicBool) -> VcpuOutcome {
+fn run_loop(index: u32, fd: &mut VcpuFd, bus: &dyn Bus, memory: &GuestMemoryMmap, control: &Control) -> VcpuOutcome {
     loop {
-        if stop.load(Ordering::Acquire) {
+        control.park_if_asked();
+        if control.stop.load(Ordering::Acquire) {
             return VcpuOutcome::Stopped;
         }
         let action = match fd.run() {
