@@ -362,11 +362,16 @@ fn debian_kernel_boots_and_its_dirty_pages_are_recorded() {
     let mut opts = RecordOptions::new(out.clone());
     opts.workload = Some(example("hello.sh"));
     opts.mem = Some(512 * MIB);
+    opts.vcpus = Some(2);
     opts.duration = Some(Duration::from_secs(if hw { 60 } else { 12 }));
     std::env::remove_var("DIRTYTRACE_BUSYBOX");
     let summary = record::record(&opts, Arc::new(AtomicBool::new(false)), None).unwrap();
     let console = std::fs::read_to_string(out.join("console.log")).unwrap();
     assert!(console.contains("Linux version 6.1"), "no banner in:\n{console}");
+    // The kernel found its second CPU in our MADT, and our E820 map.
+    assert!(console.contains("ACPI: Using ACPI (MADT) for SMP configuration information"), "{console}");
+    assert!(console.contains("smpboot: Allowing 2 CPUs"), "{console}");
+    assert!(console.contains("BIOS-e820: [mem 0x0000000000100000-0x000000001fffffff] usable"), "{console}");
     let trace = Trace::open(&out).unwrap();
     assert_eq!(trace.manifest.guest["boot"]["protocol"], "pvh");
     let rows = trace.rates().unwrap();
