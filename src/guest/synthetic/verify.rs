@@ -1,8 +1,11 @@
 //! Checks a recorded synthetic trace against the guest's exact ground truth.
 //!
 //! The harvest races with the running guest, so the truth of interval `k` is bounded by the
-//! progress words read just before (`b_k`) and just after (`a_k`) its harvest:
-//! - pages written in `[a_{k-1}, b_k)` must all be in bitmap `k` (nothing missing);
+//! progress words read just before (`b_k`) and just after (`a_k`) its harvest. A vCPU
+//! publishes write `j`'s progress after the write itself, and that store can itself take a
+//! write-protect fault (the harvest just protected the control page), so write `a_k` may
+//! already be done, and in bitmap `k`, when `a_k` is read: one write per vCPU is in flight.
+//! - pages written in `(a_{k-1}, b_k)` must all be in bitmap `k` (nothing missing);
 //! - every page of bitmap `k` was written in `[b_{k-1}, a_k]` (the write in flight when
 //!   `a_k` was read included), or is one of the guest's own pages;
 //! - cumulatively, every page written before `b_k` is in bitmap `k` or an earlier one.
@@ -81,7 +84,9 @@ pub fn verify(trace: &Trace) -> anyhow::Result<Vec<IntervalCheck>> {
         upper.clear();
         for v in 0..vcpus {
             let (b, a) = (row.guest_progress_before[v], row.guest_progress_after[v]);
-            plan.pages_between(v, prev_after[v].min(b), b, &counts[v], &mut |p| lower.insert(p));
+            // The write in flight at a_{k-1} may have landed in bitmap k-1.
+            let after_in_flight = if row.interval == 0 { 0 } else { (prev_after[v] + 1).min(b) };
+            plan.pages_between(v, after_in_flight, b, &counts[v], &mut |p| lower.insert(p));
             plan.pages_between(v, prev_before[v], a, &counts[v], &mut |p| upper.insert(p));
             let (phase, j) = decode_progress(a);
             if let Some(pp) = plan.plans[v].get(phase as usize).filter(|pp| pp.writes()) {
