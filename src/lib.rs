@@ -3,6 +3,7 @@
 //!
 //! Data flows one way: [`guest`] → [`vmm`] → [`sampler`] → [`trace`] → [`analysis`].
 
+pub mod analysis;
 pub mod bench;
 pub mod clock;
 pub mod events;

@@ -18,7 +18,10 @@ use std::time::Duration;
 #[command(long_about = "Record how fast a VM dirties its memory, as datasets for live-migration simulators.\n\n\
 `dirtytrace record` boots a guest under KVM, samples its dirty log on a drift-free clock and writes a \
 trace directory: a Parquet table of per-interval rates (with SimGrid's live-migration parameters) and \
-compressed per-interval dirty bitmaps. Needs read-write access to /dev/kvm (root, or the kvm group).")]
+compressed per-interval dirty bitmaps. Needs read-write access to /dev/kvm (root, or the kvm group).\n\n\
+`summarize`, `simgrid`, `replay` and `plot` turn a trace into numbers, SimGrid parameters, \
+trace-driven precopy migrations and figures; the files themselves load in pandas, polars, DuckDB \
+or Spark (schemas/).")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +33,8 @@ enum Command {
     #[command(
         after_help = "Examples:\n  dirtytrace record                                  # built-in synthetic workload, 9 s\n  \
 dirtytrace record --workload examples/workloads/steady.toml --interval 10ms\n  \
-dirtytrace record --duration 30s --mem 4GiB --output traces/run1\n\n\
+dirtytrace record --duration 30s --mem 4GiB --output traces/run1\n  \
+dirtytrace kit fetch && dirtytrace record --workload examples/linux/hello.sh --vcpus 2 --console\n\n\
 Sizes read as 64MiB, 2GiB, 125MB; durations as 250ms, 1.5s, 2min; rates as 1Gbit/s, 125MB/s.\n\
 Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130."
     )]
@@ -45,6 +49,125 @@ Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130
         /// The trace directory.
         trace: PathBuf,
     },
+    /// Summarize a trace: rates, CPU, distinct pages, working-set curve, hottest pages, phases.
+    Summarize(SummarizeArgs),
+    /// Fit SimGrid's live-migration parameters (schemas/analysis.md) to a trace.
+    Simgrid(SimgridArgs),
+    /// Replay a precopy live migration over the trace's exact dirty pages.
+    Replay(ReplayArgs),
+    /// Draw a trace: dirty rate with phases, page-by-time heatmap, working-set curve.
+    Plot(PlotArgs),
+}
+
+#[derive(Args)]
+struct SummarizeArgs {
+    /// The trace directory.
+    trace: PathBuf,
+    /// Only the intervals of this phase.
+    #[arg(long)]
+    phase: Option<String>,
+    /// How many of the hottest pages to list.
+    #[arg(long, default_value_t = 10)]
+    top: usize,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SimgridArgs {
+    /// The trace directory.
+    trace: PathBuf,
+    /// Migration speed (bytes/s or bits/s). Default: the one the trace was recorded with.
+    #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
+    migration_speed: Option<f64>,
+    /// Fit to the intervals of this phase only.
+    #[arg(long)]
+    phase: Option<String>,
+    /// human, json, c (a C function calling the sg_vm_set_* setters) or cpp.
+    #[arg(long, default_value = "human", value_parser = ["human", "json", "c", "cpp"])]
+    format: String,
+    /// Same as --format json.
+    #[arg(long, conflicts_with = "format")]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// The trace directory.
+    trace: PathBuf,
+    /// Bandwidth of the migration stream (bytes/s or bits/s).
+    #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
+    bandwidth: f64,
+    /// Stop-and-copy starts once the rest can be sent within this long.
+    #[arg(long, default_value = "30ms", value_parser = parse_duration, allow_hyphen_values = true)]
+    max_downtime: Duration,
+    /// Precopy rounds (round 0 included) before a forced stop-and-copy.
+    #[arg(long, default_value_t = 30, allow_hyphen_values = true)]
+    max_rounds: u32,
+    /// Trace time at which the migration starts.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, allow_hyphen_values = true)]
+    start: Duration,
+    /// Repeat the trace when the migration outlasts it.
+    #[arg(long = "loop")]
+    looped: bool,
+    /// send: round 0 sends every page (SimGrid); skip: a still-zero page costs 9 bytes (QEMU).
+    #[arg(long, default_value = "send", value_parser = ["send", "skip"])]
+    zero_pages: String,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PlotArgs {
+    /// The trace directory.
+    trace: PathBuf,
+    /// The figure: .png or .svg. Default: TRACE/plot.png.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+fn run_analysis(command: Command) -> anyhow::Result<ExitCode> {
+    use dirtytrace::analysis::{plot, replay, simgrid, summary};
+    let open = |dir: &PathBuf| trace::Trace::open(dir);
+    match command {
+        Command::Summarize(a) => {
+            let opts = summary::SummaryOptions { phase: a.phase, top_pages: a.top, ..Default::default() };
+            let s = summary::summarize(&open(&a.trace)?, &opts)?;
+            print!("{}", if a.json { serde_json::to_string_pretty(&s)? + "\n" } else { report::summary_text(&s) });
+        }
+        Command::Simgrid(a) => {
+            let opts = simgrid::SimgridOptions { migration_speed: a.migration_speed, phase: a.phase };
+            let p = simgrid::fit(&open(&a.trace)?, &opts)?;
+            print!(
+                "{}",
+                match (a.json, a.format.as_str()) {
+                    (true, _) | (_, "json") => serde_json::to_string_pretty(&p)? + "\n",
+                    (_, "c") => simgrid::c_snippet(&p),
+                    (_, "cpp") => simgrid::cpp_snippet(&p),
+                    _ => report::simgrid_text(&p),
+                }
+            );
+        }
+        Command::Replay(a) => {
+            let mut o = replay::ReplayOptions::new(a.bandwidth);
+            o.max_downtime_s = a.max_downtime.as_secs_f64();
+            o.max_rounds = a.max_rounds;
+            o.start_s = a.start.as_secs_f64();
+            o.looped = a.looped;
+            o.zero_pages = if a.zero_pages == "skip" { replay::ZeroPages::Skip } else { replay::ZeroPages::Send };
+            let r = replay::replay(&open(&a.trace)?, &o)?;
+            print!("{}", if a.json { serde_json::to_string_pretty(&r)? + "\n" } else { report::replay_text(&r) });
+        }
+        Command::Plot(a) => {
+            let out = a.output.unwrap_or_else(|| a.trace.join("plot.png"));
+            plot::plot(&open(&a.trace)?, &plot::PlotOptions::new(&out))?;
+            eprintln!("wrote {}", out.display());
+        }
+        _ => unreachable!("not an analysis command"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Subcommand)]
@@ -282,6 +405,7 @@ fn main() -> ExitCode {
         Command::Record(a) => run_record(a),
         Command::Bench(a) => run_bench(a),
         Command::Kit(c) => run_kit(c),
+        c @ (Command::Summarize(_) | Command::Simgrid(_) | Command::Replay(_) | Command::Plot(_)) => run_analysis(c),
         Command::Recover { trace: dir } => trace::finalize(&dir, trace::TraceStatus::Recovered)
             .map_err(anyhow::Error::msg)
             .and_then(|_| record::summarize_recording(&dir, None))

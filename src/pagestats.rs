@@ -2,8 +2,6 @@
 //! distinct pages dirtied within a trailing time window. The recorder and the offline tools
 //! share these, so a trace's columns and `summarize` agree by construction.
 
-use std::collections::VecDeque;
-
 /// Calls `f` with the index of every set bit in KVM-layout words.
 pub fn for_each_set_bit(words: &[u64], mut f: impl FnMut(u64)) {
     for (w, &word) in words.iter().enumerate() {
@@ -20,26 +18,132 @@ pub fn count_set_bits(words: &[u64]) -> u64 {
     words.iter().map(|w| w.count_ones() as u64).sum()
 }
 
+/// What a [`SlidingDistinct`] keeps per page: at least the last interval that dirtied it.
+pub trait PageSlot: Copy + Default {
+    /// 1 + the last interval (in the tracker's numbering) that dirtied the page; 0 = never.
+    fn last(&self) -> u32;
+    /// Records that interval `last - 1` dirtied the page (called once per interval).
+    fn dirtied(&mut self, last: u32);
+    /// Forgets the last interval, keeping anything else.
+    fn forget_last(&mut self);
+}
+
+impl PageSlot for u32 {
+    #[inline(always)]
+    fn last(&self) -> u32 {
+        *self
+    }
+    #[inline(always)]
+    fn dirtied(&mut self, last: u32) {
+        *self = last;
+    }
+    fn forget_last(&mut self) {
+        *self = 0;
+    }
+}
+
+/// A page's last dirtying interval and how many intervals have dirtied it, side by side so
+/// that one cache line serves both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C, align(8))]
+pub struct CountedSlot {
+    pub last: u32,
+    pub dirty_intervals: u32,
+}
+
+impl PageSlot for CountedSlot {
+    #[inline(always)]
+    fn last(&self) -> u32 {
+        self.last
+    }
+    #[inline(always)]
+    fn dirtied(&mut self, last: u32) {
+        self.last = last;
+        self.dirty_intervals += 1;
+    }
+    fn forget_last(&mut self) {
+        self.last = 0;
+    }
+}
+
 /// Distinct pages dirtied in the intervals that end within the last `window_s` seconds,
-/// updated in time proportional to the dirty pages of each new interval.
-pub struct SlidingDistinct {
-    window_s: f64,
+/// updated in time proportional to the dirty pages of each new interval. One tracker can
+/// follow several windows at once ([`SlidingDistinct::with_windows`]): they share the
+/// per-page state, so each dirty page costs one lookup however many windows there are.
+/// With `S = CountedSlot` it also counts, per page, the intervals that dirtied it.
+pub struct SlidingDistinct<S: PageSlot = u32> {
+    /// Window lengths in seconds, shortest first, and per window: the oldest tracked interval
+    /// still in it, and the distinct pages whose last dirtying interval is in it. Shorter
+    /// windows have later fronts, so the windows a page is outside of are always a prefix.
+    windows: Vec<Window>,
+    /// `windows[order[i]]` is the window the caller gave as number `i`.
+    order: Vec<usize>,
+    /// Per push: `reenter[k]` pages came back into windows `0..k` (scratch, `windows.len() + 1`).
+    reenter: Vec<u64>,
     /// Per page: 1 + the last interval (in this tracker's numbering) that dirtied it; 0 = never.
-    last: Vec<u32>,
-    /// Per interval still tracked: how many pages have it as their last dirtying interval.
-    buckets: VecDeque<(u32, f64, u64)>,
-    in_window: u64,
+    last: Vec<S>,
+    /// Per interval still tracked (ids `head..next`), in a ring indexed by `id & mask`: how
+    /// many pages have it as their last dirtying interval, and its end time.
+    ring_count: Vec<u64>,
+    ring_time: Vec<f64>,
+    mask: usize,
+    head: u32,
     ever: u64,
     next: u32,
 }
 
-impl SlidingDistinct {
+/// One push's running counts.
+struct PushState {
+    id: u32,
+    front_id: u32,
+    min_front: u32,
+    max_front: u32,
+    new: u64,
+    added: u64,
+}
+
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    seconds: f64,
+    /// The oldest interval id in the window (= `next` when the window is empty).
+    front: u32,
+    in_window: u64,
+}
+
+impl<S: PageSlot> SlidingDistinct<S> {
     pub fn new(total_pages: u64, window_s: f64) -> Self {
+        Self::with_windows(total_pages, &[window_s])
+    }
+
+    /// One tracker for several windows; `in_window_of(i)` is the count for `windows_s[i]`.
+    pub fn with_windows(total_pages: u64, windows_s: &[f64]) -> Self {
+        let mut order: Vec<usize> = (0..windows_s.len()).collect();
+        order.sort_by(|&a, &b| windows_s[a].total_cmp(&windows_s[b]));
+        let windows = order.iter().map(|&i| Window { seconds: windows_s[i], front: 0, in_window: 0 }).collect();
+        let mut position = vec![0; order.len()];
+        for (pos, &i) in order.iter().enumerate() {
+            position[i] = pos;
+        }
         SlidingDistinct {
-            window_s,
-            last: vec![0; total_pages as usize],
-            buckets: VecDeque::new(),
-            in_window: 0,
+            windows,
+            order: position,
+            reenter: vec![0; windows_s.len() + 1],
+            last: vec![S::default(); total_pages as usize],
+            ring_count: vec![0; 64],
+            ring_time: vec![0.0; 64],
+            mask: 63,
+            head: 0,
             ever: 0,
             next: 0,
         }
@@ -48,48 +152,132 @@ impl SlidingDistinct {
     /// Adds one interval ending at `t_end_s`; `pages` are indices into this tracker's page
     /// space. Returns the pages never seen before.
     pub fn push(&mut self, t_end_s: f64, pages: impl IntoIterator<Item = u64>) -> u64 {
-        let id = self.next;
-        self.next += 1;
-        let front_id = self.buckets.front().map_or(id, |b| b.0);
-        self.buckets.push_back((id, t_end_s, 0));
-        let mut new = 0;
+        let mut st = self.begin();
         for p in pages {
-            let slot = &mut self.last[p as usize];
-            if *slot == 0 {
-                new += 1;
-                self.in_window += 1;
-            } else {
-                let old = *slot - 1;
-                if old == id {
-                    continue;
-                }
-                if old >= front_id {
-                    self.buckets[(old - front_id) as usize].2 -= 1;
-                } else {
-                    // It had left the window: it comes back into it.
-                    self.in_window += 1;
-                }
-            }
-            *slot = id + 1;
-            self.buckets.back_mut().unwrap().2 += 1;
+            self.visit(p as usize, &mut st);
         }
-        self.ever += new;
-        while let Some(&(_, t, count)) = self.buckets.front() {
-            if t > t_end_s - self.window_s + 1e-9 {
-                break;
-            }
-            self.in_window -= count;
-            self.buckets.pop_front();
-        }
-        new
+        self.end(t_end_s, st)
     }
 
+    /// [`SlidingDistinct::push`] for a slice of page indices, prefetching the per-page state
+    /// a few pages ahead: the lookups miss the cache when the pages are scattered.
+    pub fn push_slice(&mut self, t_end_s: f64, pages: &[u32]) -> u64 {
+        const AHEAD: usize = 16;
+        let mut st = self.begin();
+        for (i, &p) in pages.iter().enumerate() {
+            if let Some(&next) = pages.get(i + AHEAD) {
+                prefetch(self.last.as_ptr().wrapping_add(next as usize));
+            }
+            self.visit(p as usize, &mut st);
+        }
+        self.end(t_end_s, st)
+    }
+
+    fn begin(&mut self) -> PushState {
+        let id = self.next;
+        self.next += 1;
+        if (id - self.head) as usize >= self.ring_count.len() {
+            self.grow();
+        }
+        self.ring_count[id as usize & self.mask] = 0;
+        let front_id = self.head;
+        // A page last dirtied before `min_front` is outside every window, one last dirtied at
+        // or after `max_front` inside every window; in between, it depends on the window.
+        let min_front = self.windows.last().map_or(id, |w| w.front);
+        let max_front = self.windows.first().map_or(id, |w| w.front);
+        self.reenter.fill(0);
+        PushState { id, front_id, min_front, max_front, new: 0, added: 0 }
+    }
+
+    #[inline(always)]
+    fn visit(&mut self, p: usize, st: &mut PushState) {
+        let slot = &mut self.last[p];
+        let n = self.windows.len();
+        if slot.last() == 0 {
+            st.new += 1;
+            self.reenter[n] += 1;
+        } else {
+            let old = slot.last() - 1;
+            if old == st.id {
+                return;
+            }
+            if old >= st.front_id {
+                self.ring_count[old as usize & self.mask] -= 1;
+            }
+            // It comes back into the windows it had left: those whose front is past `old`.
+            if old < st.min_front {
+                self.reenter[n] += 1;
+            } else if old < st.max_front {
+                let k = self.windows.iter().take_while(|w| w.front > old).count();
+                self.reenter[k] += 1;
+            }
+        }
+        slot.dirtied(st.id + 1);
+        st.added += 1;
+    }
+
+    fn end(&mut self, t_end_s: f64, st: PushState) -> u64 {
+        let mut back_into = 0;
+        for k in (1..=self.windows.len()).rev() {
+            back_into += self.reenter[k];
+            self.windows[k - 1].in_window += back_into;
+        }
+        let slot = st.id as usize & self.mask;
+        self.ring_count[slot] += st.added;
+        self.ring_time[slot] = t_end_s;
+        self.ever += st.new;
+        let mut oldest_needed = st.id + 1;
+        for w in &mut self.windows {
+            let mut j = w.front.max(st.front_id);
+            while j <= st.id && self.ring_time[j as usize & self.mask] <= t_end_s - w.seconds + 1e-9 {
+                w.in_window -= self.ring_count[j as usize & self.mask];
+                j += 1;
+            }
+            w.front = j;
+            oldest_needed = oldest_needed.min(j);
+        }
+        self.head = oldest_needed;
+        st.new
+    }
+
+    /// Doubles the ring, keeping the tracked intervals at their new places.
+    fn grow(&mut self) {
+        let cap = self.ring_count.len() * 2;
+        let (mut count, mut time) = (vec![0; cap], vec![0.0; cap]);
+        for id in self.head..self.next - 1 {
+            count[id as usize & (cap - 1)] = self.ring_count[id as usize & self.mask];
+            time[id as usize & (cap - 1)] = self.ring_time[id as usize & self.mask];
+        }
+        (self.ring_count, self.ring_time, self.mask) = (count, time, cap - 1);
+    }
+
+    /// Distinct pages in the (first) window.
     pub fn in_window(&self) -> u64 {
-        self.in_window
+        self.windows[self.order[0]].in_window
+    }
+
+    /// Distinct pages in window `i` of [`SlidingDistinct::with_windows`].
+    pub fn in_window_of(&self, i: usize) -> u64 {
+        self.windows[self.order[i]].in_window
     }
 
     pub fn ever(&self) -> u64 {
         self.ever
+    }
+
+    /// The per-page state, indexed by page.
+    pub fn slots(&self) -> &[S] {
+        &self.last
+    }
+
+    /// Starts over, as a new tracker with the same windows would, but keeps what the slots
+    /// hold besides the last interval (a [`CountedSlot`]'s counts).
+    pub fn restart(&mut self) {
+        self.last.iter_mut().for_each(S::forget_last);
+        for w in &mut self.windows {
+            (w.front, w.in_window) = (0, 0);
+        }
+        (self.head, self.next, self.ever) = (0, 0, 0);
     }
 }
 
@@ -99,7 +287,7 @@ mod tests {
 
     #[test]
     fn window_counts_distinct_pages() {
-        let mut s = SlidingDistinct::new(100, 0.25);
+        let mut s: SlidingDistinct = SlidingDistinct::new(100, 0.25);
         assert_eq!(s.push(0.1, [1, 2, 3]), 3);
         assert_eq!(s.in_window(), 3);
         assert_eq!(s.push(0.2, [3, 4]), 1);
@@ -111,6 +299,50 @@ mod tests {
         assert_eq!(s.push(0.4, [1]), 0);
         assert_eq!(s.in_window(), 4);
         assert_eq!(s.ever(), 5);
+    }
+
+    #[test]
+    fn several_windows_match_brute_force() {
+        // A deterministic pseudo-random stream of intervals, some with jittered ends.
+        let windows = [0.5, 0.05, 3.0, 0.25, 1.0];
+        let mut multi: SlidingDistinct = SlidingDistinct::with_windows(500, &windows);
+        let mut sliced: SlidingDistinct<CountedSlot> = SlidingDistinct::with_windows(500, &windows);
+        let mut dirty_intervals = vec![0u32; 500];
+        let mut history: Vec<(f64, Vec<u64>)> = Vec::new();
+        let mut x = 12345u64;
+        for k in 0..400u64 {
+            let t = (k + 1) as f64 * 0.1 + if k % 7 == 0 { 0.003 } else { 0.0 };
+            let mut pages = Vec::new();
+            for _ in 0..(k % 13) * 5 {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                pages.push((x >> 33) % if k % 50 < 25 { 60 } else { 500 });
+            }
+            let seen_before: std::collections::HashSet<u64> = history.iter().flat_map(|h| h.1.clone()).collect();
+            let new = multi.push(t, pages.iter().copied());
+            let mut dedup: Vec<u32> = pages.iter().map(|&p| p as u32).collect();
+            dedup.sort_unstable();
+            dedup.dedup();
+            dedup.iter().for_each(|&p| dirty_intervals[p as usize] += 1);
+            assert_eq!(sliced.push_slice(t, &dedup), new);
+            history.push((t, pages.clone()));
+            let fresh: std::collections::HashSet<u64> =
+                pages.iter().filter(|p| !seen_before.contains(p)).copied().collect();
+            assert_eq!(new, fresh.len() as u64);
+            for (i, &w) in windows.iter().enumerate() {
+                let distinct: std::collections::HashSet<u64> =
+                    history.iter().filter(|h| h.0 > t - w + 1e-9).flat_map(|h| h.1.clone()).collect();
+                assert_eq!(multi.in_window_of(i), distinct.len() as u64, "window {w} at interval {k}");
+                assert_eq!(sliced.in_window_of(i), distinct.len() as u64);
+            }
+        }
+        let counted: Vec<u32> = sliced.slots().iter().map(|s| s.dirty_intervals).collect();
+        assert_eq!(counted, dirty_intervals);
+        // A restart forgets the windows but keeps the counts.
+        sliced.restart();
+        assert_eq!(sliced.in_window_of(0), 0);
+        assert_eq!(sliced.push_slice(100.0, &[1, 2]), 2);
+        assert_eq!(sliced.in_window_of(4), 2);
+        assert_eq!(sliced.slots()[1].dirty_intervals, dirty_intervals[1] + 1);
     }
 
     #[test]

@@ -48,10 +48,16 @@ pub fn encode(
     Ok((Encoding::Zstd, raw.len() as u64, compressor.compress(raw)?))
 }
 
-/// The bitmap words of a slot with `num_pages` pages.
-pub fn decode(encoding: Encoding, data: &[u8], raw_bytes: u64, num_pages: u64) -> Result<Vec<u64>, String> {
+/// The bitmap words of a slot with `num_pages` pages; `dec` is reused across calls.
+pub fn decode(
+    dec: &mut zstd::bulk::Decompressor<'static>,
+    encoding: Encoding,
+    data: &[u8],
+    raw_bytes: u64,
+    num_pages: u64,
+) -> Result<Vec<u64>, String> {
     let Encoding::Zstd = encoding;
-    let raw = zstd::bulk::decompress(data, raw_bytes as usize).map_err(|e| format!("bitmap data: {e}"))?;
+    let raw = dec.decompress(data, raw_bytes as usize).map_err(|e| format!("bitmap data: {e}"))?;
     if raw.len() as u64 != raw_bytes || raw.len() as u64 != num_pages.div_ceil(64) * 8 {
         return Err("bitmap data has the wrong length".into());
     }
@@ -65,12 +71,13 @@ mod tests {
     #[test]
     fn round_trips() {
         let mut c = zstd::bulk::Compressor::new(1).unwrap();
+        let mut d = zstd::bulk::Decompressor::new().unwrap();
         let words: Vec<u64> = (0..1000).map(|i| if i % 97 == 0 { 1 << (i % 64) } else { 0 }).collect();
         let mut seen = 0;
         let (enc, raw, data) = encode(&words, &mut c, |_, _| seen += 1).unwrap();
         assert_eq!(seen, 11);
-        assert_eq!(decode(enc, &data, raw, 64_000).unwrap(), words);
-        assert!(decode(enc, &data, raw, 64_064).is_err());
-        assert!(decode(enc, &[1, 2, 3], raw, 64_000).is_err());
+        assert_eq!(decode(&mut d, enc, &data, raw, 64_000).unwrap(), words);
+        assert!(decode(&mut d, enc, &data, raw, 64_064).is_err());
+        assert!(decode(&mut d, enc, &[1, 2, 3], raw, 64_000).is_err());
     }
 }

@@ -125,7 +125,7 @@ impl Trace {
     pub fn bitmaps(&self) -> Result<BitmapStream, TraceError> {
         let path = self.dir.join(BITMAPS);
         let reader = self.builder(BITMAPS)?.with_batch_size(64).build().map_err(|e| corrupt(&path, e))?;
-        Ok(BitmapStream { path, reader, buffered: Vec::new().into_iter(), current: None })
+        BitmapStream::new(path, reader)
     }
 
     /// The bitmaps of one interval, read without touching the others' data pages.
@@ -137,7 +137,7 @@ impl Trace {
         let per = self.manifest.slots.len();
         let sel = RowSelection::from(vec![RowSelector::skip(interval as usize * per), RowSelector::select(per)]);
         let reader = self.builder(BITMAPS)?.with_row_selection(sel).build().map_err(|e| corrupt(&path, e))?;
-        let mut stream = BitmapStream { path: path.clone(), reader, buffered: Vec::new().into_iter(), current: None };
+        let mut stream = BitmapStream::new(path.clone(), reader)?;
         match stream.next() {
             Some(Ok(b)) if b.interval == interval => Ok(b),
             Some(Err(e)) => Err(e),
@@ -171,16 +171,28 @@ impl Iterator for RatesStream {
 }
 
 pub struct BitmapStream {
+    dec: zstd::bulk::Decompressor<'static>,
     path: PathBuf,
     reader: ParquetRecordBatchReader,
     buffered: std::vec::IntoIter<(u64, super::SlotBlob)>,
     current: Option<IntervalBitmaps>,
 }
 
-fn decode(path: &Path, blob: super::SlotBlob) -> Result<SlotBitmap, TraceError> {
-    let words = super::bitmap::decode(blob.encoding, &blob.data, blob.raw_bytes, blob.num_pages)
+fn decode(
+    dec: &mut zstd::bulk::Decompressor<'static>,
+    path: &Path,
+    blob: super::SlotBlob,
+) -> Result<SlotBitmap, TraceError> {
+    let words = super::bitmap::decode(dec, blob.encoding, &blob.data, blob.raw_bytes, blob.num_pages)
         .map_err(|e| corrupt(path, format!("interval slot {}: {e}", blob.slot)))?;
     Ok(SlotBitmap { slot: blob.slot, first_page: blob.first_page, num_pages: blob.num_pages, words })
+}
+
+impl BitmapStream {
+    fn new(path: PathBuf, reader: ParquetRecordBatchReader) -> Result<Self, TraceError> {
+        let dec = zstd::bulk::Decompressor::new().map_err(|e| corrupt(&path, format!("zstd: {e}")))?;
+        Ok(BitmapStream { path, reader, buffered: Vec::new().into_iter(), current: None, dec })
+    }
 }
 
 impl Iterator for BitmapStream {
@@ -200,7 +212,7 @@ impl Iterator for BitmapStream {
                     None => return self.current.take().map(Ok),
                 }
             };
-            let bitmap = match decode(&self.path, blob) {
+            let bitmap = match decode(&mut self.dec, &self.path, blob) {
                 Ok(b) => b,
                 Err(e) => return Some(Err(e)),
             };

@@ -1,0 +1,327 @@
+//! `dirtytrace replay`: a precopy live migration driven by the trace's exact page sets.
+//!
+//! The model (`schemas/analysis.md`, *replay*):
+//! - The migration starts at trace time `start_s`. Round 0 sends all RAM at the bandwidth
+//!   (`zero_pages = skip`: a page still zero costs [`ZERO_PAGE_BYTES`] instead of a page).
+//! - Round `r` runs over `(s_r, e_r]`, `e_r = s_r + bytes_r / bandwidth`. An interval belongs
+//!   to the round in which its end time falls. Round `r + 1` sends the union of the pages
+//!   dirtied by the intervals of round `r`.
+//! - After each round: when the bytes to send next fit within `max_downtime` at the bandwidth
+//!   (`bytes ≤ bandwidth × max_downtime`, SimGrid's test), or `max_rounds` rounds have run,
+//!   the VM stops and the rest is sent (stop-and-copy): that is the downtime.
+
+use super::{bad, for_each_interval, AnalysisError, PageBits, PageSpace, Result};
+use crate::trace::Trace;
+use serde::Serialize;
+use std::ops::ControlFlow;
+
+/// What QEMU sends for a page that is all zeroes: an 8-byte page header and one byte.
+pub const ZERO_PAGE_BYTES: u64 = 9;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroPages {
+    /// Round 0 sends every page in full (SimGrid's convention).
+    Send,
+    /// Round 0 sends a page that is still zero as [`ZERO_PAGE_BYTES`] (QEMU's behaviour).
+    Skip,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub bandwidth_bytes_per_s: f64,
+    pub max_downtime_s: f64,
+    pub max_rounds: u32,
+    pub start_s: f64,
+    /// Repeat the trace when the migration outlasts it.
+    pub looped: bool,
+    pub zero_pages: ZeroPages,
+}
+
+impl ReplayOptions {
+    pub fn new(bandwidth_bytes_per_s: f64) -> Self {
+        ReplayOptions {
+            bandwidth_bytes_per_s,
+            max_downtime_s: 0.03,
+            max_rounds: 30,
+            start_s: 0.0,
+            looped: false,
+            zero_pages: ZeroPages::Send,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Round {
+    /// 0 for the full-RAM round.
+    pub round: u32,
+    /// Seconds since the migration started.
+    pub start_s: f64,
+    pub duration_s: f64,
+    pub bytes: u64,
+    /// Pages sent in full (round 0 with `skip`: the non-zero ones).
+    pub pages: u64,
+    /// Intervals whose end fell in this round.
+    pub intervals: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StopAndCopy {
+    pub bytes: u64,
+    pub pages: u64,
+    pub duration_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReplayResult {
+    /// From the start of round 0 to the end of stop-and-copy.
+    pub total_time_s: f64,
+    /// The stop-and-copy: the VM is paused this long.
+    pub downtime_s: f64,
+    /// Precopy rounds, round 0 included (stop-and-copy not counted).
+    pub rounds: u32,
+    /// All rounds plus stop-and-copy.
+    pub transferred_bytes: u64,
+    /// `converged`: the rest fit within max_downtime; `max_rounds`: the cap was reached.
+    pub stop_reason: String,
+    pub converged: bool,
+    pub per_round: Vec<Round>,
+    pub stop_and_copy: StopAndCopy,
+    pub bandwidth_bytes_per_s: f64,
+    pub max_downtime_s: f64,
+    /// `bandwidth × max_downtime`: stop-and-copy starts once the rest is at most this.
+    pub threshold_bytes: f64,
+    pub max_rounds: u32,
+    pub start_s: f64,
+    pub looped: bool,
+    /// How many times the trace was read (more than 1 only with `--loop`).
+    pub trace_passes: u64,
+    pub zero_pages: ZeroPages,
+    pub ramsize_bytes: u64,
+    pub page_size_bytes: u64,
+    pub trace_id: String,
+    /// Anything that limits these numbers.
+    pub notes: Vec<String>,
+}
+
+fn validate(trace: &Trace, o: &ReplayOptions, end_s: f64) -> Result<()> {
+    if !o.bandwidth_bytes_per_s.is_finite() || o.bandwidth_bytes_per_s <= 0.0 {
+        return Err(bad("--bandwidth", format!("must be greater than 0 bytes/s, got {}", o.bandwidth_bytes_per_s)));
+    }
+    if !o.max_downtime_s.is_finite() || o.max_downtime_s < 0.0 {
+        return Err(bad("--max-downtime", format!("must be 0 s or more, got {}", o.max_downtime_s)));
+    }
+    if o.max_rounds == 0 {
+        return Err(bad("--max-rounds", "must be at least 1 (round 0 sends all RAM)"));
+    }
+    if !o.start_s.is_finite() || o.start_s < 0.0 {
+        return Err(bad("--start", format!("must be 0 s or more, got {}", o.start_s)));
+    }
+    if end_s <= 0.0 {
+        return Err(AnalysisError::TraceTooShort(format!(
+            "{} has no intervals to replay",
+            trace.dir.join(crate::trace::RATES).display()
+        )));
+    }
+    if o.start_s >= end_s {
+        return Err(bad(
+            "--start",
+            format!("{} s is not before the end of {} ({end_s:.3} s)", o.start_s, trace.dir.display()),
+        ));
+    }
+    Ok(())
+}
+
+/// Where the migration stands.
+struct State {
+    bw: f64,
+    threshold: f64,
+    page_size: u64,
+    max_rounds: u32,
+    /// Pages dirtied before round 0 starts (`skip` only) and the initially non-zero ones.
+    nonzero: Option<PageBits>,
+    /// Pages dirtied in the current round.
+    dirty: PageBits,
+    rounds: Vec<Round>,
+    /// End of the current round, in the replay's (looped) time; `None` before round 0.
+    round_end: Option<f64>,
+    round_intervals: u64,
+    done: Option<(StopAndCopy, bool)>,
+}
+
+impl State {
+    fn begin_round0(&mut self, start: f64, total_pages: u64) {
+        let (bytes, pages) = match &self.nonzero {
+            None => (total_pages * self.page_size, total_pages),
+            Some(nz) => {
+                let n = nz.count();
+                (n * self.page_size + (total_pages - n) * ZERO_PAGE_BYTES, n)
+            }
+        };
+        self.push_round(start, bytes, pages);
+    }
+
+    fn push_round(&mut self, start: f64, bytes: u64, pages: u64) {
+        let duration = bytes as f64 / self.bw;
+        self.rounds.push(Round {
+            round: self.rounds.len() as u32,
+            start_s: start,
+            duration_s: duration,
+            bytes,
+            pages,
+            intervals: 0,
+        });
+        self.round_end = Some(start + duration);
+        self.round_intervals = 0;
+    }
+
+    /// Closes the current round: either starts the next one or ends the migration.
+    fn close_round(&mut self) {
+        let end = self.round_end.expect("a round is running");
+        self.rounds.last_mut().expect("a round is running").intervals = self.round_intervals;
+        let pages = self.dirty.count();
+        let bytes = pages * self.page_size;
+        self.dirty.clear();
+        let converged = bytes as f64 <= self.threshold;
+        if converged || self.rounds.len() as u32 >= self.max_rounds {
+            self.done = Some((StopAndCopy { bytes, pages, duration_s: bytes as f64 / self.bw }, converged));
+        } else {
+            self.push_round(end, bytes, pages);
+        }
+    }
+}
+
+/// Replays a precopy migration over the trace. Reads only as much of the trace as the
+/// migration lasts (and the trace again from its start with `looped`).
+pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
+    let m = &trace.manifest;
+    let mut end_s = 0.0f64;
+    for row in trace.rates_stream()? {
+        end_s = row?.t_end_s;
+    }
+    validate(trace, o, end_s)?;
+    let space = PageSpace::new(m);
+    let nonzero = match o.zero_pages {
+        ZeroPages::Send => None,
+        ZeroPages::Skip => {
+            let mut nz = PageBits::new(space.total_pages);
+            for r in &m.initial_nonzero_pages {
+                for p in r.first..r.first + r.count {
+                    if let Some(d) = space.dense(p) {
+                        nz.insert(d as u32);
+                    }
+                }
+            }
+            Some(nz)
+        }
+    };
+    let mut st = State {
+        bw: o.bandwidth_bytes_per_s,
+        threshold: o.bandwidth_bytes_per_s * o.max_downtime_s,
+        page_size: m.page_size,
+        max_rounds: o.max_rounds,
+        nonzero,
+        dirty: PageBits::new(space.total_pages),
+        rounds: Vec::new(),
+        round_end: None,
+        round_intervals: 0,
+        done: None,
+    };
+    // Replay time: trace time plus `pass × end_s`. Migration time: replay time − start.
+    let mut passes = 0u64;
+    let mut last_t = 0.0f64;
+    while st.done.is_none() {
+        if let (Some(r), Some(re)) = (st.rounds.last(), st.round_end) {
+            // A round that already spans a whole pass has every page the trace dirties: the
+            // passes that lie entirely inside it add nothing, so skip them without reading.
+            let ps = passes as f64 * end_s - o.start_s;
+            if r.start_s <= ps - end_s && ps + end_s <= re {
+                let k = ((re - ps) / end_s).floor().max(1.0) as u64;
+                passes += k;
+                st.round_intervals += k * m.intervals;
+                continue;
+            }
+        }
+        let offset = passes as f64 * end_s;
+        passes += 1;
+        for_each_interval(trace, &space, |row, pages| {
+            let t = row.t_end_s + offset - o.start_s;
+            last_t = t;
+            if t <= 0.0 {
+                // Before the migration: only which pages are non-zero matters.
+                if let Some(nz) = st.nonzero.as_mut() {
+                    pages.iter().for_each(|&p| {
+                        nz.insert(p);
+                    });
+                }
+                return Ok(ControlFlow::Continue(()));
+            }
+            if st.round_end.is_none() {
+                st.begin_round0(0.0, space.total_pages);
+            }
+            while t > st.round_end.expect("round 0 has begun") {
+                st.close_round();
+                if st.done.is_some() {
+                    return Ok(ControlFlow::Break(()));
+                }
+            }
+            st.round_intervals += 1;
+            pages.iter().for_each(|&p| {
+                st.dirty.insert(p);
+            });
+            Ok(ControlFlow::Continue(()))
+        })?;
+        if st.done.is_none() {
+            // The trace ended: a round that ends exactly at its end is complete.
+            if st.round_end.is_some_and(|e| last_t >= e) {
+                st.close_round();
+            }
+        }
+        if st.done.is_none() && !o.looped {
+            let r = st.rounds.last().map_or(0, |r| r.round);
+            let need = st.round_end.unwrap_or(0.0) + o.start_s;
+            return Err(AnalysisError::TraceTooShort(format!(
+                "{} ends at {end_s:.3} s, before the migration does: round {r} runs until {need:.3} s of trace time \
+                 (--start {} s, --bandwidth {:.2} MiB/s). Record a longer trace, or pass --loop to repeat this one",
+                trace.dir.display(),
+                o.start_s,
+                o.bandwidth_bytes_per_s / crate::units::MIB,
+            )));
+        }
+    }
+    let (sc, converged) = st.done.take().expect("the loop ran until done");
+    let mut notes = Vec::new();
+    let short = st.rounds.iter().filter(|r| r.duration_s < m.interval_s).count();
+    if short > 0 {
+        notes.push(format!(
+            "{short} round(s) lasted less than the trace's {:.0} ms interval: a round's page set is made of whole \
+             intervals (each belongs to the round its end falls in), so these rounds, and the downtime after \
+             them, are coarse; a trace recorded with a shorter --interval resolves them",
+            m.interval_s * 1e3
+        ));
+    }
+    let precopy: f64 = st.rounds.iter().map(|r| r.duration_s).sum();
+    let transferred = st.rounds.iter().map(|r| r.bytes).sum::<u64>() + sc.bytes;
+    Ok(ReplayResult {
+        total_time_s: precopy + sc.duration_s,
+        downtime_s: sc.duration_s,
+        rounds: st.rounds.len() as u32,
+        transferred_bytes: transferred,
+        stop_reason: if converged { "converged" } else { "max_rounds" }.into(),
+        converged,
+        per_round: st.rounds,
+        stop_and_copy: sc,
+        bandwidth_bytes_per_s: o.bandwidth_bytes_per_s,
+        max_downtime_s: o.max_downtime_s,
+        threshold_bytes: st.threshold,
+        max_rounds: o.max_rounds,
+        start_s: o.start_s,
+        looped: o.looped,
+        trace_passes: passes,
+        zero_pages: o.zero_pages,
+        ramsize_bytes: m.ramsize_bytes,
+        page_size_bytes: m.page_size,
+        trace_id: m.trace_id.clone(),
+        notes,
+    })
+}

@@ -1,0 +1,399 @@
+//! summarize, replay and plot on a recorded synthetic trace, checked against what the spec
+//! implies; and every kind of bad input. One trace is recorded (8 s) and shared.
+//! These need /dev/kvm and fail, not skip, without it.
+
+mod common;
+
+use common::*;
+use dirtytrace::analysis::replay::{self, ReplayOptions, ZeroPages};
+use dirtytrace::analysis::summary::{self, SummaryOptions};
+use dirtytrace::analysis::{plot, simgrid, AnalysisError};
+use dirtytrace::trace::Trace;
+use serde_json::Value;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const MIB: u64 = 1 << 20;
+const PAGE: u64 = 4096;
+/// The workload: 16 MiB written sequentially at 32 MiB/s for 6 s (a sweep every 0.5 s),
+/// then 2 s idle, in a 64 MiB guest, harvested every 100 ms.
+const SPEC: &str = r#"mem = "64MiB"
+seed = 3
+[[phase]]
+name = "seq"
+duration = "6s"
+working_set = "16MiB"
+rate = "32MiB/s"
+pattern = "sequential"
+[[phase]]
+name = "idle"
+duration = "2s"
+rate = "0"
+cpu = 0.0
+"#;
+const WS_PAGES: u64 = 16 * MIB / PAGE;
+const RAM: u64 = 64 * MIB;
+
+fn trace_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let _g = kvm_lock();
+        let (_, t) = record_spec("analysis-seq-idle", SPEC, Duration::from_millis(100), None);
+        t.dir
+    })
+}
+
+fn trace() -> Trace {
+    Trace::open(trace_dir()).unwrap()
+}
+
+/// Runs the CLI; returns (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn cli_json(args: &[&str]) -> Value {
+    let (ok, out, err) = cli(args);
+    assert!(ok, "dirtytrace {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("dirtytrace {args:?}: not JSON ({e}): {out}"))
+}
+
+fn td() -> &'static str {
+    trace_dir().to_str().unwrap()
+}
+
+#[test]
+fn summarize_sequential_phase_matches_the_spec() {
+    let t = trace();
+    let own = t.manifest.guest_own_pages.clone();
+    assert_eq!(own.len(), 1, "the synthetic guest has one own page, its control page");
+    let s = summary::summarize(&t, &SummaryOptions { phase: Some("seq".into()), ..Default::default() }).unwrap();
+    // Every page of the working set, plus the control page, and nothing else.
+    assert_eq!(s.distinct_pages, WS_PAGES + 1);
+    assert_eq!(s.distinct_bytes, (WS_PAGES + 1) * PAGE);
+    // The phase changes at the guest's 6 s, a few ms after the recording's: the interval
+    // ending at 6.0 s may fall on either side.
+    assert!((60..=61).contains(&s.intervals), "{} intervals", s.intervals);
+    let rows: Vec<_> = t.rates().unwrap().into_iter().filter(|r| r.phase == "seq").collect();
+    assert_eq!(rows.len() as u64, s.intervals);
+    assert_eq!(s.dirtied_bytes_total, rows.iter().map(|r| r.dirty_bytes).sum::<u64>());
+
+    // Rate: 32 MiB/s of workload plus one control page per interval.
+    let want = 32.0 * MIB as f64 + PAGE as f64 / 0.1;
+    let p50 = s.dirty_rate_bytes_per_s.p50;
+    assert!((p50 / want - 1.0).abs() < 0.01, "p50 {p50} B/s, spec {want} B/s");
+    // Nearest-rank percentiles and the maximum over the full intervals, exactly.
+    let mut full: Vec<f64> = rows.iter().filter(|r| !r.partial).map(|r| r.dirty_rate_bytes_per_s).collect();
+    full.sort_by(f64::total_cmp);
+    let rank = |q: f64| full[((q * full.len() as f64).ceil() as usize).clamp(1, full.len()) - 1];
+    assert_eq!(s.dirty_rate_bytes_per_s.p50, rank(0.5));
+    assert_eq!(s.dirty_rate_bytes_per_s.p95, rank(0.95));
+    assert_eq!(s.dirty_rate_bytes_per_s.max, *full.last().unwrap());
+    let mut cpus: Vec<f64> = rows.iter().filter(|r| !r.partial).map(|r| r.cpu_util).collect();
+    cpus.sort_by(f64::total_cmp);
+    assert_eq!(s.cpu_util_cores.p95, cpus[((0.95 * cpus.len() as f64).ceil() as usize) - 1]);
+    // The guest spins between its writes (cpu = 1.0); a loaded host may take some of it.
+    assert!(s.cpu_util_cores.p50 > 0.5, "the guest was busy writing: {:?}", s.cpu_util_cores);
+
+    // The working-set curve saturates at the working set (plus the control page): a sweep
+    // takes 0.5 s, so every window of 1 s or more holds every page, and some 0.5 s one does.
+    let windows: Vec<f64> = s.working_set_curve.iter().map(|p| p.window_s).collect();
+    assert_eq!(windows, vec![0.1, 0.5, 1.0, 2.0, 5.0], "10 s and 30 s do not fit a 6 s phase");
+    let full = (WS_PAGES + 1) * PAGE;
+    for p in &s.working_set_curve {
+        assert_eq!(p.intervals_per_window, (p.window_s / 0.1).round() as u64);
+        assert!(p.max_bytes <= full, "{p:?}");
+        if p.window_s >= 0.5 {
+            assert_eq!(p.max_bytes, full, "{p:?}");
+        }
+        if p.window_s >= 1.0 {
+            assert_eq!(p.mean_bytes, full as f64, "every window saturates: {p:?}");
+        }
+    }
+    // The 0.1 s window is one interval: its mean is the mean distinct pages per interval.
+    let p = &s.working_set_curve[0];
+    assert_eq!(p.windows, s.intervals);
+    let mean_pages = rows.iter().map(|r| r.dirty_pages).sum::<u64>() as f64 / rows.len() as f64;
+    assert!((p.mean_bytes / PAGE as f64 - mean_pages).abs() < 1e-6);
+    assert!((mean_pages / (0.1 * 32.0 * MIB as f64 / PAGE as f64 + 1.0) - 1.0).abs() < 0.02, "{mean_pages}");
+
+    // Hottest: the control page, dirty in every interval of the phase; then workload pages,
+    // each written 12 times in 6 s (a sweep per 0.5 s), in 12 or (at a harvest) up to 24.
+    let hot = &s.hottest_pages;
+    assert_eq!(hot.len(), 10);
+    assert_eq!(hot[0].guest_page, own[0]);
+    assert!(hot[0].guest_own);
+    assert_eq!(hot[0].dirty_intervals, s.intervals);
+    assert_eq!(hot[0].fraction_of_intervals, 1.0);
+    for h in &hot[1..] {
+        assert!(!h.guest_own);
+        assert!((12..=24).contains(&h.dirty_intervals), "{h:?}");
+        assert!(h.guest_page >= 512 && h.guest_page < 512 + WS_PAGES, "{h:?}");
+    }
+    assert!(hot.windows(2).all(|w| w[0].dirty_intervals >= w[1].dirty_intervals));
+    assert_eq!(s.phases.len(), 1);
+    assert_eq!(s.phases[0].distinct_pages, s.distinct_pages);
+}
+
+#[test]
+fn summarize_whole_trace_and_phase_breakdown() {
+    let t = trace();
+    let s = summary::summarize(&t, &SummaryOptions::default()).unwrap();
+    let rows = t.rates().unwrap();
+    assert_eq!(s.intervals, rows.len() as u64);
+    assert_eq!(s.intervals, t.manifest.intervals);
+    assert!((s.duration_s - rows.last().unwrap().t_end_s).abs() < 1e-9);
+    let names: Vec<&str> = s.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["seq", "idle"]);
+    assert_eq!(s.phases.iter().map(|p| p.intervals).sum::<u64>(), s.intervals);
+    assert!(s.phases.iter().all(|p| p.runs == 1));
+    // The idle phase writes nothing: its only dirty pages are the last sweep's tail in its
+    // first interval, all inside the working set.
+    assert_eq!(s.distinct_pages, WS_PAGES + 1);
+    let idle = &s.phases[1];
+    assert_eq!(idle.dirty_rate_bytes_per_s.p50, 0.0);
+    assert!(idle.distinct_pages < WS_PAGES / 10, "{idle:?}");
+    let total: u64 = rows.iter().map(|r| r.dirty_bytes).sum();
+    assert_eq!(s.dirtied_bytes_total, total);
+    assert!((s.dirty_rate_bytes_per_s.mean - total as f64 / s.duration_s).abs() < 1e-6);
+    // 8 s: the 5 s window fits, 10 s and 30 s do not.
+    assert_eq!(s.working_set_curve.last().unwrap().window_s, 5.0);
+
+    // The CLI prints the same, as JSON and for people (with units).
+    let j = cli_json(&["summarize", td(), "--json"]);
+    assert_eq!(j["distinct_pages"], WS_PAGES + 1);
+    assert_eq!(j["intervals"], s.intervals);
+    let (ok, text, _) = cli(&["summarize", td()]);
+    assert!(ok);
+    assert!(text.contains("MiB/s") && text.contains("cores") && text.contains("guest's own page"), "{text}");
+}
+
+#[test]
+fn replay_of_an_idle_stretch_takes_ramsize_over_bandwidth() {
+    let t = trace();
+    // From 6.5 s the guest is idle; round 0 (64 MiB at 64 MiB/s) ends at 7.5 s, inside it.
+    let mut o = ReplayOptions::new(64.0 * MIB as f64);
+    o.start_s = 6.5;
+    let r = replay::replay(&t, &o).unwrap();
+    let own = t.manifest.guest_own_pages.len() as u64;
+    assert_eq!(r.per_round[0].bytes, RAM);
+    assert_eq!(r.per_round[0].duration_s, 1.0);
+    assert!(r.converged);
+    assert_eq!(r.rounds, 1);
+    assert!(r.stop_and_copy.bytes <= own * PAGE, "{:?}", r.stop_and_copy);
+    assert!(r.total_time_s >= 1.0 && r.total_time_s <= 1.0 + (own * PAGE) as f64 / (64 * MIB) as f64);
+    assert_eq!(r.transferred_bytes, RAM + r.stop_and_copy.bytes);
+
+    // zero-pages skip: round 0 sends in full only the pages loaded at the start or dirtied
+    // before 6.5 s; every other page costs 9 bytes.
+    o.zero_pages = ZeroPages::Skip;
+    let r = replay::replay(&t, &o).unwrap();
+    let mut nonzero: HashSet<u64> = HashSet::new();
+    for pr in &t.manifest.initial_nonzero_pages {
+        nonzero.extend(pr.first..pr.first + pr.count);
+    }
+    let rows = t.rates().unwrap();
+    for (row, bm) in rows.iter().zip(t.bitmaps().unwrap()) {
+        if row.t_end_s <= 6.5 {
+            nonzero.extend(bm.unwrap().pages());
+        }
+    }
+    let n = nonzero.len() as u64;
+    assert!(n > WS_PAGES, "the working set and the loaded guest: {n} pages");
+    assert_eq!(r.per_round[0].bytes, n * PAGE + (RAM / PAGE - n) * replay::ZERO_PAGE_BYTES);
+    assert_eq!(r.per_round[0].pages, n);
+    assert_eq!(r.zero_pages, ZeroPages::Skip);
+}
+
+#[test]
+fn replay_faster_dirtying_than_bandwidth_stops_at_max_rounds() {
+    // 32 MiB/s of writes against 24 MiB/s: every round after the first lasts 0.67 s, longer
+    // than a 0.5 s sweep, so it dirties the whole working set again: it never converges.
+    let j = cli_json(&["replay", td(), "--bandwidth", "24MiB/s", "--max-rounds", "5", "--json"]);
+    assert_eq!(j["rounds"], 5);
+    assert_eq!(j["stop_reason"], "max_rounds");
+    assert_eq!(j["converged"], false);
+    let rounds = j["per_round"].as_array().unwrap();
+    assert_eq!(rounds.len(), 5);
+    assert_eq!(rounds[0]["bytes"], RAM);
+    let ws = (WS_PAGES + 1) * PAGE;
+    for r in &rounds[1..] {
+        assert_eq!(r["bytes"], ws, "{r}");
+    }
+    assert_eq!(j["stop_and_copy"]["bytes"], ws);
+    let bw = 24.0 * MIB as f64;
+    let want = RAM as f64 / bw + 5.0 * ws as f64 / bw;
+    assert!((j["total_time_s"].as_f64().unwrap() - want).abs() < 1e-9, "{j}");
+    assert!((j["downtime_s"].as_f64().unwrap() - ws as f64 / bw).abs() < 1e-12);
+    assert_eq!(j["transferred_bytes"], RAM + 5 * ws);
+    for key in ["total_time_s", "downtime_s", "rounds", "transferred_bytes", "per_round"] {
+        assert!(j.get(key).is_some(), "JSON lacks {key}");
+    }
+    let r0 = &rounds[0];
+    assert!(r0.get("duration_s").is_some() && r0.get("bytes").is_some());
+}
+
+#[test]
+fn replay_loop_repeats_a_short_trace() {
+    let t = trace();
+    // 64 MiB at 4 MiB/s: round 0 lasts 16 s, twice the trace.
+    let mut o = ReplayOptions::new(4.0 * MIB as f64);
+    let err = replay::replay(&t, &o).unwrap_err();
+    assert!(matches!(err, AnalysisError::TraceTooShort(_)), "{err}");
+    assert!(err.to_string().contains("--loop"), "{err}");
+    o.looped = true;
+    let r = replay::replay(&t, &o).unwrap();
+    assert!(r.trace_passes >= 2, "{r:?}");
+    assert_eq!(r.per_round[0].bytes, RAM);
+    // Round 0 spans whole passes: round 1 sends every page the trace ever dirties.
+    assert_eq!(r.per_round[1].bytes, (WS_PAGES + 1) * PAGE);
+}
+
+#[test]
+fn simgrid_parameters_of_the_sequential_phase() {
+    let t = trace();
+    let speed = 64.0 * MIB as f64;
+    let p =
+        simgrid::fit(&t, &simgrid::SimgridOptions { migration_speed: Some(speed), phase: Some("seq".into()) }).unwrap();
+    let rows: Vec<_> = t.rates().unwrap().into_iter().filter(|r| r.phase == "seq").collect();
+    let bytes: u64 = rows.iter().map(|r| r.dirty_bytes).sum();
+    let cpu_s: f64 = rows.iter().map(|r| r.cpu_util * r.duration_s).sum();
+    assert_eq!(p.ramsize_bytes, RAM);
+    assert_eq!(p.migration_speed_bytes_per_s, speed);
+    assert!((p.dp_intensity - bytes as f64 / (speed * cpu_s)).abs() < 1e-12);
+    // A full-RAM round at 64 MiB/s lasts 1 s: longer than a sweep, so the whole working set.
+    assert_eq!(p.working_set_window_s, 1.0);
+    assert!(p.working_set_window_covered);
+    assert_eq!(p.working_set_memory_bytes, (WS_PAGES + 1) * PAGE);
+    // intensity × load × speed is the dirty rate.
+    assert!((p.dp_intensity * p.cpu_util * speed / p.dirty_rate_bytes_per_s - 1.0).abs() < 1e-9);
+    assert_eq!(p.create_migratable.ramsize_mib, 64);
+    assert_eq!(p.create_migratable.mig_netspeed_mib_per_s, 64);
+    assert_eq!(p.create_migratable.dp_intensity_percent, (p.dp_intensity * 100.0).round() as u64);
+
+    let j = cli_json(&["simgrid", td(), "--migration-speed", "64MiB/s", "--phase", "seq", "--json"]);
+    for key in ["ramsize_bytes", "dp_intensity", "working_set_memory_bytes", "migration_speed_bytes_per_s"] {
+        assert!(j[key].is_number(), "{key}: {j}");
+    }
+    assert_eq!(j["working_set_memory_bytes"], p.working_set_memory_bytes);
+    for (format, needle) in [("c", "sg_vm_set_dirty_page_intensity(vm, "), ("cpp", "simgrid::s4u::VirtualMachine* vm")]
+    {
+        let (ok, out, _) = cli(&["simgrid", td(), "--format", format]);
+        assert!(ok);
+        for f in [
+            "sg_vm_set_ramsize",
+            "sg_vm_set_dirty_page_intensity",
+            "sg_vm_set_working_set_memory",
+            "sg_vm_set_migration_speed",
+        ] {
+            assert!(out.contains(f), "{format} snippet lacks {f}");
+        }
+        assert!(out.contains(needle), "{out}");
+    }
+}
+
+#[test]
+fn plot_draws_png_and_svg() {
+    let t = trace();
+    let dir = tempdir("plot");
+    let png = dir.join("figure.png");
+    let (ok, _, err) = cli(&["plot", td(), "-o", png.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 1200);
+    assert_eq!(u32::from_be_bytes(bytes[20..24].try_into().unwrap()), 1150);
+    let svg = dir.join("figure.svg");
+    let d = plot::plot(&t, &plot::PlotOptions::new(&svg)).unwrap();
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg") && text.contains("working-set curve") && text.contains("seq"));
+
+    // The heatmap holds what the spec wrote: nothing above the working set, every page bin
+    // of the working set dirtied during the sequential phase.
+    let total = d.total_pages as f64;
+    let bins = d.heat_page_bins;
+    let bin_of = |page: u64| (page as f64 * bins as f64 / total) as usize;
+    let (ws_lo, ws_hi) = (bin_of(512), bin_of(512 + WS_PAGES - 1));
+    let ctrl = bin_of(t.manifest.guest_own_pages[0]);
+    for tb in 0..d.heat_time_bins {
+        for pb in 0..bins {
+            let v = d.heat_at(tb, pb);
+            if pb > ws_hi + 1 || (pb < ws_lo && pb != ctrl) {
+                assert_eq!(v, 0.0, "time bin {tb}, page bin {pb}");
+            }
+        }
+    }
+    let seq_bins = d.heat_time_bins * 5 / 8; // the first 5 s of 8
+    for pb in ws_lo + 1..ws_hi {
+        assert!((0..seq_bins).any(|tb| d.heat_at(tb, pb) > 0.0), "page bin {pb} never dirty");
+    }
+    assert_eq!(d.summary.distinct_pages, WS_PAGES + 1);
+    assert_eq!(d.phase_runs.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["seq", "idle"]);
+}
+
+/// A copy of the shared trace to damage.
+fn copy_trace(name: &str) -> PathBuf {
+    let dst = tempdir(name).join("trace");
+    std::fs::create_dir_all(&dst).unwrap();
+    for e in std::fs::read_dir(trace_dir()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst
+}
+
+fn assert_fails(args: &[&str], needles: &[&str]) {
+    let (ok, out, err) = cli(args);
+    assert!(!ok, "dirtytrace {args:?} should fail; printed {out}");
+    for n in needles {
+        assert!(err.contains(n), "dirtytrace {args:?}: error should name `{n}`: {err}");
+    }
+    assert!(err.starts_with("error"), "{err}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_naming_the_file_or_flag() {
+    let t = td();
+    // Missing trace, missing file, truncated and corrupt files.
+    assert_fails(&["summarize", "/nonexistent/trace"], &["/nonexistent/trace", "manifest.json"]);
+    let no_bitmaps = copy_trace("bad-missing");
+    std::fs::remove_file(no_bitmaps.join("bitmaps.parquet")).unwrap();
+    assert_fails(&["summarize", no_bitmaps.to_str().unwrap()], &["bitmaps.parquet", "missing"]);
+    let truncated = copy_trace("bad-truncated");
+    let b = truncated.join("bitmaps.parquet");
+    let len = std::fs::metadata(&b).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&b).unwrap().set_len(len / 2).unwrap();
+    for cmd in [&["summarize"][..], &["replay", "--bandwidth", "1Gbit/s"], &["simgrid"], &["plot"]] {
+        let mut args = cmd.to_vec();
+        args.insert(1, truncated.to_str().unwrap());
+        assert_fails(&args, &["bitmaps.parquet"]);
+    }
+    let corrupt = copy_trace("bad-corrupt");
+    std::fs::write(corrupt.join("rates.parquet"), b"PAR1 this is not parquet PAR1").unwrap();
+    assert_fails(&["summarize", corrupt.to_str().unwrap()], &["rates.parquet"]);
+    let manifest = copy_trace("bad-manifest");
+    std::fs::write(manifest.join("manifest.json"), b"{\"format_version\": 1, \"trace_id\": ").unwrap();
+    assert_fails(&["replay", manifest.to_str().unwrap(), "--bandwidth", "1Gbit/s"], &["manifest.json"]);
+
+    // A phase that does not exist.
+    assert_fails(&["summarize", t, "--phase", "nosuch"], &["--phase", "nosuch", "`seq`", "`idle`"]);
+    assert_fails(&["simgrid", t, "--phase", "nosuch"], &["--phase", "nosuch"]);
+    // Bandwidths of 0 and below, and other flags out of range.
+    assert_fails(&["replay", t, "--bandwidth", "0"], &["--bandwidth"]);
+    assert_fails(&["replay", t, "--bandwidth", "0MiB/s"], &["--bandwidth"]);
+    assert_fails(&["replay", t, "--bandwidth", "-1Gbit/s"], &["--bandwidth", "negative"]);
+    assert_fails(&["replay", t, "--bandwidth=-5MiB/s"], &["--bandwidth", "negative"]);
+    assert_fails(&["replay", t, "--bandwidth", "fast"], &["--bandwidth"]);
+    assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--max-rounds", "0"], &["--max-rounds"]);
+    assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--start", "100s"], &["--start"]);
+    assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--max-downtime", "-1ms"], &["--max-downtime"]);
+    assert_fails(&["simgrid", t, "--migration-speed", "0"], &["--migration-speed"]);
+    // A trace too short for the migration, without --loop.
+    assert_fails(&["replay", t, "--bandwidth", "4MiB/s"], &["--loop", t]);
+    // A figure format we do not write.
+    assert_fails(&["plot", t, "-o", "/tmp/figure.jpg"], &["-o", "figure.jpg"]);
+}

@@ -1,0 +1,199 @@
+//! SimGrid against `dirtytrace replay`, with SimGrid 3.32 itself (Debian's libsimgrid-dev;
+//! `.ci/run` installs it): examples/simgrid/ is built and run on parameters fitted by
+//! `dirtytrace simgrid`. Also the closed-form precopy of a sequential workload, and the
+//! C/C++ snippets compiled against SimGrid's headers. Recording needs /dev/kvm.
+
+mod common;
+
+use common::*;
+use dirtytrace::analysis::replay::{self, ReplayOptions};
+use dirtytrace::trace::Trace;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const MIB: f64 = 1024.0 * 1024.0;
+const PAGE: f64 = 4096.0;
+/// Migration speed = link bandwidth = 64 MiB/s: one full round of the 256 MiB guest is 4 s.
+const BANDWIDTH: &str = "64MiB/s";
+const BW: f64 = 64.0 * MIB;
+const RATE: f64 = 32.0 * MIB;
+const INTERVAL_S: f64 = 0.05;
+
+fn spec(pattern: &str) -> String {
+    format!(
+        "mem = \"256MiB\"\nseed = 5\n[[phase]]\nname = \"{pattern}\"\nduration = \"8.5s\"\nworking_set = \"224MiB\"\n\
+         rate = \"32MiB/s\"\npattern = \"{pattern}\"\nhot_fraction = 0.1\nhot_share = 0.9\n"
+    )
+}
+
+/// A large working set written sequentially at half the bandwidth: every precopy round
+/// dirties exactly `rate × round length` bytes, well under the working set.
+fn sequential() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let _g = kvm_lock();
+        record_spec("simgrid-seq", &spec("sequential"), Duration::from_secs_f64(INTERVAL_S), None).1.dir
+    })
+}
+
+/// The same volume of writes, 90 % of them into 10 % of the working set.
+fn hotcold() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let _g = kvm_lock();
+        record_spec("simgrid-hotcold", &spec("hotcold"), Duration::from_secs_f64(INTERVAL_S), None).1.dir
+    })
+}
+
+/// examples/simgrid/migrate, built once per test run.
+fn migrate_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = tempdir("simgrid-build").join("migrate");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/simgrid/build.sh");
+        let o = Command::new("sh").arg(&script).arg(&out).output().unwrap();
+        assert!(
+            o.status.success(),
+            "building examples/simgrid failed (is libsimgrid-dev installed? .ci/run installs it):\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        out
+    })
+}
+
+fn simgrid_time(params: &Value) -> f64 {
+    let dir = tempdir("simgrid-run");
+    let path = write(&dir, "params.json", &params.to_string());
+    let o = Command::new(migrate_bin()).arg(&path).arg("--json").output().unwrap();
+    assert!(o.status.success(), "migrate failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["migration_time_s"].as_f64().unwrap()
+}
+
+fn dirtytrace_json(args: &[&str]) -> Value {
+    let o = Command::new(bin()).args(args).output().unwrap();
+    assert!(o.status.success(), "dirtytrace {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// SimGrid's migration time and the replay's total time for a trace at [`BANDWIDTH`].
+fn compare(trace: &Path) -> (f64, Value, f64, Value) {
+    let t = trace.to_str().unwrap();
+    let params = dirtytrace_json(&["simgrid", t, "--migration-speed", BANDWIDTH, "--json"]);
+    let sg = simgrid_time(&params);
+    let r = dirtytrace_json(&["replay", t, "--bandwidth", BANDWIDTH, "--json"]);
+    (sg, params, r["total_time_s"].as_f64().unwrap(), r)
+}
+
+#[test]
+fn simgrid_network_delivers_the_stated_bandwidth() {
+    // The two cases of shared/notes/simgrid-model.md, computed by hand there.
+    let p = |intensity: f64, ws: f64| {
+        serde_json::json!({"ramsize_bytes": 1u64 << 30, "dp_intensity": intensity,
+            "working_set_memory_bytes": ws, "migration_speed_bytes_per_s": 100.0 * MIB, "cpu_util": 1.0})
+    };
+    assert!((simgrid_time(&p(0.0, 0.0)) - 10.24).abs() < 1e-6);
+    let t = simgrid_time(&p(0.3, 500.0 * MIB));
+    // 10.24 + 3.072 + 0.9216 + 0.27648 + 0.082944 + 0.0248832 (the last, 2.49 MiB, is stop-and-copy).
+    let want = 10.24 * (1.0 + 0.3 + 0.09 + 0.027 + 0.0081 + 0.00243);
+    assert!((t - want).abs() < 1e-6, "{t} vs {want}");
+}
+
+/// The precopy of the sequential trace, computed from the spec alone: round 0 sends all RAM;
+/// each later round sends what was written during the previous one (`rate × its length`,
+/// plus the guest's control page), until that fits in 30 ms.
+fn closed_form() -> (f64, Vec<f64>) {
+    let mut rounds = vec![256.0 * MIB];
+    loop {
+        let next = RATE * rounds.last().unwrap() / BW + PAGE;
+        if next <= BW * 0.03 {
+            let total: f64 = rounds.iter().sum::<f64>() / BW + next / BW;
+            return (total, rounds);
+        }
+        rounds.push(next);
+    }
+}
+
+#[test]
+fn replay_of_a_sequential_workload_matches_the_closed_form() {
+    let t = Trace::open(sequential()).unwrap();
+    let r = replay::replay(&t, &ReplayOptions::new(BW)).unwrap();
+    let (total, rounds) = closed_form();
+    eprintln!(
+        "closed form {total:.4} s in {} rounds; replay {:.4} s in {} rounds ({:?})",
+        rounds.len(),
+        r.total_time_s,
+        r.rounds,
+        r.per_round.iter().map(|x| x.bytes).collect::<Vec<_>>()
+    );
+    assert_eq!(r.per_round[0].bytes, 256 << 20);
+    assert_eq!(r.per_round[0].duration_s, 4.0);
+    // Each round may gain or lose up to one interval's writes at its edges (an interval
+    // belongs to the round its end falls in): RATE × (one interval) bytes, half that in time.
+    let longest = t.rates().unwrap().iter().map(|r| r.duration_s).fold(0.0, f64::max);
+    assert!(longest < INTERVAL_S * 1.1, "the harvests kept time: longest interval {longest} s");
+    // The guest paces itself against its TSC and may trail its schedule by a few ms (first
+    // touches of fresh memory are slow): allow 10 ms of writes on top.
+    let slack = RATE * (longest + 0.010);
+    for (got, want) in r.per_round.iter().zip(&rounds).skip(1).take(3) {
+        assert!((got.bytes as f64 - want).abs() <= slack + PAGE, "round {}: {} vs {want}", got.round, got.bytes);
+    }
+    // Those errors shrink by RATE/BW = 1/2 per round: in all, within one interval.
+    assert!((r.total_time_s - total).abs() <= longest, "replay {} s vs closed form {total} s", r.total_time_s);
+    assert!(r.converged);
+    assert!((r.rounds as i64 - rounds.len() as i64).abs() <= 1);
+}
+
+#[test]
+fn simgrid_agrees_with_replay_on_a_large_sequential_working_set() {
+    let (sg, params, rp, r) = compare(sequential());
+    let diff = sg / rp - 1.0;
+    eprintln!(
+        "sequential: SimGrid {sg:.4} s, replay {rp:.4} s ({:+.2} %); intensity {:.4}, working set {:.1} MiB, load {:.3}; replay rounds {}",
+        diff * 100.0,
+        params["dp_intensity"].as_f64().unwrap(),
+        params["working_set_memory_bytes"].as_f64().unwrap() / MIB,
+        params["cpu_util"].as_f64().unwrap(),
+        r["rounds"]
+    );
+    assert!(diff.abs() < 0.05, "SimGrid {sg} s vs replay {rp} s: {:+.2} %", diff * 100.0);
+}
+
+#[test]
+fn simgrid_and_replay_on_a_hot_cold_workload() {
+    let (sg, params, rp, r) = compare(hotcold());
+    let diff = sg / rp - 1.0;
+    eprintln!(
+        "hotcold: SimGrid {sg:.4} s, replay {rp:.4} s ({:+.2} %); intensity {:.4}, working set {:.1} MiB, load {:.3}; replay rounds {} {:?}",
+        diff * 100.0,
+        params["dp_intensity"].as_f64().unwrap(),
+        params["working_set_memory_bytes"].as_f64().unwrap() / MIB,
+        params["cpu_util"].as_f64().unwrap(),
+        r["rounds"],
+        r["per_round"].as_array().unwrap().iter().map(|x| x["bytes"].as_u64().unwrap()).collect::<Vec<_>>()
+    );
+    // Both start with the same 4 s full round; after it, re-writes of hot pages are one page
+    // each to the replay but count again in SimGrid's linear model: SimGrid takes longer.
+    assert!(rp > 4.0 && sg > 4.0);
+    assert!(sg > rp, "SimGrid {sg} s vs replay {rp} s");
+}
+
+#[test]
+fn c_and_cpp_snippets_compile_against_simgrid() {
+    let t = sequential().to_str().unwrap();
+    let dir = tempdir("snippets");
+    for (format, compiler, file) in [("c", "gcc", "params.c"), ("cpp", "g++", "params.cpp")] {
+        let o = Command::new(bin())
+            .args(["simgrid", t, "--migration-speed", BANDWIDTH, "--format", format])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        let path = write(&dir, file, &String::from_utf8(o.stdout).unwrap());
+        let c =
+            Command::new(compiler).args(["-fsyntax-only", "-Wall", "-Wextra", "-Werror"]).arg(&path).output().unwrap();
+        assert!(c.status.success(), "{file} does not compile:\n{}", String::from_utf8_lossy(&c.stderr));
+    }
+}
