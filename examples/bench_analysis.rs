@@ -178,12 +178,9 @@ fn child(mode: &str, dir: &Path) -> Result<(), String> {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or("no VmHWM in /proc/self/status")?;
-    // SAFETY: an all-zero rusage is valid, and getrusage fills it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: RUSAGE_SELF with a pointer to our own struct.
-    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    let cpu_s = secs(ru.ru_utime) + secs(ru.ru_stime);
+    let ru = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_err(|e| e.to_string())?;
+    let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    let cpu_s = secs(ru.user_time()) + secs(ru.system_time());
     println!(
         "{}",
         serde_json::json!({"wall_s": wall_s, "cpu_s": cpu_s, "peak_rss_bytes": hwm_kib * 1024, "detail": detail})

@@ -1,42 +1,54 @@
 //! CLOCK_MONOTONIC, read and slept on directly so that deadlines are absolute.
 
-/// Nanoseconds on CLOCK_MONOTONIC.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+use nix::sys::time::TimeSpec;
+use nix::time::{clock_gettime, clock_nanosleep, ClockId, ClockNanosleepFlags};
+
+fn ns(ts: TimeSpec) -> u64 {
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
-fn to_timespec(ns: u64) -> libc::timespec {
-    libc::timespec { tv_sec: (ns / 1_000_000_000) as libc::time_t, tv_nsec: (ns % 1_000_000_000) as libc::c_long }
+/// Nanoseconds on CLOCK_MONOTONIC.
+pub fn now_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map(ns).unwrap_or(0)
 }
 
 /// Sleeps until CLOCK_MONOTONIC reaches `deadline_ns`. Returns false if a signal cut it short.
 pub fn sleep_until(deadline_ns: u64) -> bool {
-    let ts = to_timespec(deadline_ns);
-    // SAFETY: clock_nanosleep reads the timespec and writes nothing with TIMER_ABSTIME.
-    let rc = unsafe { libc::clock_nanosleep(libc::CLOCK_MONOTONIC, libc::TIMER_ABSTIME, &ts, std::ptr::null_mut()) };
-    rc == 0
+    let ts = TimeSpec::new((deadline_ns / 1_000_000_000) as _, (deadline_ns % 1_000_000_000) as _);
+    clock_nanosleep(ClockId::CLOCK_MONOTONIC, ClockNanosleepFlags::TIMER_ABSTIME, &ts).is_ok()
 }
 
-/// CPU time consumed by a thread, through its CPU-time clock.
-pub fn thread_cpu_ns(clock: libc::clockid_t) -> Option<u64> {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime only writes the timespec; a stale clock id gives an error, not UB.
-    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
-    (rc == 0).then(|| ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+/// A thread's CPU-time clock, as glibc's `pthread_getcpuclockid` makes it from a thread id:
+/// the kernel's `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)`.
+pub fn thread_cpu_clock(tid: i32) -> ClockId {
+    ClockId::from_raw(((!(tid as libc::clockid_t)) << 3) | 6)
 }
 
-/// The CPU-time clock of the calling thread.
-pub fn current_thread_cpu_clock() -> libc::clockid_t {
-    let mut id: libc::clockid_t = 0;
-    // SAFETY: pthread_self is always valid for the calling thread; the call writes only `id`.
-    unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) };
-    id
+/// The CPU-time clock of the calling thread, usable from other threads.
+pub fn current_thread_cpu_clock() -> ClockId {
+    thread_cpu_clock(nix::unistd::gettid().as_raw())
+}
+
+/// CPU time a thread has used, through its CPU-time clock; `None` once the thread is gone.
+pub fn thread_cpu_ns(clock: ClockId) -> Option<u64> {
+    clock_gettime(clock).ok().map(ns)
 }
 
 /// CPU time the calling thread has used, in nanoseconds.
 pub fn this_thread_cpu_ns() -> u64 {
-    thread_cpu_ns(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
+    thread_cpu_ns(ClockId::CLOCK_THREAD_CPUTIME_ID).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thread_clock_matches_the_thread_s_own() {
+        let clock = super::current_thread_cpu_clock();
+        let spin = std::time::Instant::now();
+        while spin.elapsed().as_millis() < 20 {}
+        let (a, own, b) =
+            (super::thread_cpu_ns(clock).unwrap(), super::this_thread_cpu_ns(), super::thread_cpu_ns(clock).unwrap());
+        assert!(a <= own && own <= b, "{a} {own} {b}");
+        assert!(own >= 15_000_000);
+    }
 }

@@ -102,17 +102,6 @@ struct PushState {
     added: u64,
 }
 
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint; it never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Window {
     seconds: f64,
@@ -159,15 +148,10 @@ impl<S: PageSlot> SlidingDistinct<S> {
         self.end(t_end_s, st)
     }
 
-    /// [`SlidingDistinct::push`] for a slice of page indices, prefetching the per-page state
-    /// a few pages ahead: the lookups miss the cache when the pages are scattered.
+    /// [`SlidingDistinct::push`] for a slice of page indices.
     pub fn push_slice(&mut self, t_end_s: f64, pages: &[u32]) -> u64 {
-        const AHEAD: usize = 16;
         let mut st = self.begin();
-        for (i, &p) in pages.iter().enumerate() {
-            if let Some(&next) = pages.get(i + AHEAD) {
-                prefetch(self.last.as_ptr().wrapping_add(next as usize));
-            }
+        for &p in pages {
             self.visit(p as usize, &mut st);
         }
         self.end(t_end_s, st)

@@ -176,17 +176,13 @@ fn validate(opts: &RecordOptions) -> anyhow::Result<()> {
 }
 
 fn host_info() -> (String, String) {
-    // SAFETY: uname fills the struct we own; all-zero is a valid initial value.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return ("unknown".into(), "unknown".into());
+    match nix::sys::utsname::uname() {
+        Ok(u) => (
+            format!("{} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy()),
+            u.nodename().to_string_lossy().into_owned(),
+        ),
+        Err(_) => ("unknown".into(), "unknown".into()),
     }
-    let s = |f: &[libc::c_char]| {
-        let bytes: Vec<u8> = f.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-        String::from_utf8_lossy(&bytes).into_owned()
-    };
-    (format!("{} {}", s(&u.sysname), s(&u.release)), s(&u.nodename))
 }
 
 fn new_trace_id() -> String {

@@ -186,21 +186,11 @@ fn decode_intervals(
 #[inline(never)]
 fn extract_pages(words: &[u64], n: u64, base: u32, pages: &mut Vec<u32>) {
     let push_word = |pages: &mut Vec<u32>, i: usize, mut bits: u64| {
-        if bits == 0 {
-            return;
-        }
         let first = base + (i as u32) * 64;
-        pages.reserve(64);
-        let spare = &mut pages.spare_capacity_mut()[..64];
-        let mut k = 0;
         while bits != 0 {
-            spare[k].write(first + bits.trailing_zeros());
-            k += 1;
+            pages.push(first + bits.trailing_zeros());
             bits &= bits - 1;
         }
-        let len = pages.len();
-        // SAFETY: the `k` elements after `len` were just written, within the reserved capacity.
-        unsafe { pages.set_len(len + k) };
     };
     let Some((&last, full)) = words.split_last() else { return };
     // Bitmaps are mostly zero: skip eight words at a time.

@@ -3,6 +3,7 @@
 //! exits through a [`Bus`].
 
 mod vcpu;
+pub mod x86;
 
 pub use vcpu::{ExitAction, GuestFault, VcpuOutcome};
 

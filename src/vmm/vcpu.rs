@@ -101,8 +101,7 @@ impl Control {
 
 pub(super) struct VcpuThread {
     handle: JoinHandle<VcpuOutcome>,
-    pthread: libc::pthread_t,
-    cpu_clock: Arc<Mutex<Option<libc::clockid_t>>>,
+    cpu_clock: Arc<Mutex<Option<nix::time::ClockId>>>,
     final_cpu_ns: Arc<SharedU64>,
     finished: Arc<AtomicBool>,
 }
@@ -144,9 +143,7 @@ pub(super) fn spawn(
             outcome
         })
         .map_err(|e| VmmError::Other(format!("cannot start a vCPU thread: {e}")))?;
-    use std::os::unix::thread::JoinHandleExt;
-    let pthread = handle.as_pthread_t();
-    Ok(VcpuThread { handle, pthread, cpu_clock, final_cpu_ns, finished })
+    Ok(VcpuThread { handle, cpu_clock, final_cpu_ns, finished })
 }
 
 impl VcpuThread {
@@ -161,8 +158,8 @@ impl VcpuThread {
 
     pub fn kick(&self) {
         if !self.finished() {
-            // SAFETY: the thread has not been joined, so its pthread_t is valid.
-            unsafe { libc::pthread_kill(self.pthread, kick_signal()) };
+            use vmm_sys_util::signal::Killable;
+            let _ = self.handle.kill(kick_signal());
         }
     }
 

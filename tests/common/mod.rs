@@ -26,9 +26,7 @@ pub fn kvm_lock() -> KvmLock {
         .write(true)
         .open(std::env::temp_dir().join("dirtytrace-kvm-tests.lock"))
         .unwrap();
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: flock on a file descriptor we own; released when the file closes.
-    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    file.lock().expect("lock the KVM test lock file");
     KvmLock { _guard: guard, _file: file }
 }
 

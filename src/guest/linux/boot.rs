@@ -3,8 +3,9 @@
 //! the vCPUs' entry state.
 
 use super::acpi;
+use crate::vmm::x86::flat_segment;
 use anyhow::{bail, Context};
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd};
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::pvh::PvhBootConfigurator;
@@ -339,22 +340,6 @@ fn write_gdt(mem: &GuestMemoryMmap, protocol: BootProtocol) -> anyhow::Result<()
     Ok(())
 }
 
-fn segment(selector: u16, type_: u8, long: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xFFFF_FFFF,
-        selector,
-        type_,
-        present: 1,
-        dpl: 0,
-        db: (!long) as u8,
-        s: 1,
-        l: long as u8,
-        g: 1,
-        ..Default::default()
-    }
-}
-
 /// Registers, segments, CPUID, MSRs, FPU and LAPIC of one vCPU. vCPU 0 starts at the entry;
 /// the others wait in KVM for the kernel's INIT/SIPI.
 pub fn setup_vcpu(kvm: &Kvm, fd: &VcpuFd, index: u32, vcpus: u32, boot: &BootInfo) -> anyhow::Result<()> {
@@ -402,8 +387,8 @@ pub fn setup_vcpu(kvm: &Kvm, fd: &VcpuFd, index: u32, vcpus: u32, boot: &BootInf
     }
     let mut s = fd.get_sregs().context("KVM_GET_SREGS")?;
     let long = boot.protocol != BootProtocol::Pvh;
-    s.cs = segment(CODE_SELECTOR, 0xB, long);
-    let data = segment(DATA_SELECTOR, 0x3, false);
+    s.cs = flat_segment(CODE_SELECTOR, 0xB, 0, long);
+    let data = flat_segment(DATA_SELECTOR, 0x3, 0, false);
     (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
     s.gdt.base = GDT_ADDR;
     s.gdt.limit = (gdt(boot.protocol).len() * 8 - 1) as u16;

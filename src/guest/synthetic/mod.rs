@@ -8,9 +8,10 @@ pub mod verify;
 
 use crate::events::GuestLog;
 use crate::guest::Guest;
+use crate::vmm::x86::flat_segment;
 use crate::vmm::{kvm_err, Bus, ExitAction, Vm, VmSpec};
 use anyhow::Context;
-use kvm_bindings::{kvm_regs, kvm_segment};
+use kvm_bindings::kvm_regs;
 use plan::*;
 use spec::WorkloadSpec;
 use std::sync::{Arc, Mutex};
@@ -62,22 +63,6 @@ fn write_page_tables(mem: &GuestMemoryMmap, mem_bytes: u64) -> anyhow::Result<()
     Ok(())
 }
 
-fn segment(selector: u16, type_: u8, code: bool) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xFFFF_FFFF,
-        selector,
-        type_,
-        present: 1,
-        dpl: 3,
-        db: (!code) as u8,
-        s: 1,
-        l: code as u8,
-        g: 1,
-        ..Default::default()
-    }
-}
-
 impl Guest for SyntheticGuest {
     fn kind(&self) -> &'static str {
         "synthetic"
@@ -105,8 +90,8 @@ impl Guest for SyntheticGuest {
         }
         for (i, fd) in vm.vcpus.iter().enumerate() {
             let mut s = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-            s.cs = segment(0x1B, 11, true);
-            let data = segment(0x23, 3, false);
+            s.cs = flat_segment(0x1B, 11, 3, true);
+            let data = flat_segment(0x23, 3, 3, false);
             (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
             // TR keeps KVM's default: a TR loaded here made this host's KVM fail the first `out`.
             s.gdt.base = GDT_ADDR;
