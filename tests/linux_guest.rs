@@ -327,6 +327,37 @@ fn guest_panic_and_triple_fault_keep_the_trace() {
     assert_eq!(Trace::open(&out).unwrap().manifest.status, TraceStatus::GuestFault);
 }
 
+/// `lock cmpxchg16b` at CPL0: this CI's KVM emulates guest kernel code and cannot emulate it
+/// (Debian's kernel dies on it too), so the recording must end with KVM_EXIT_INTERNAL_ERROR,
+/// the registers and the instruction bytes; with VT-x/AMD-V the instruction just runs.
+#[test]
+fn emulation_failure_is_reported_with_registers_and_bytes() {
+    let _g = kvm_lock();
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(64).unwrap();
+    a.mov(rdi, 0x20_0000u64).unwrap();
+    a.xor(eax, eax).unwrap();
+    a.xor(edx, edx).unwrap();
+    a.lock().cmpxchg16b(xmmword_ptr(rdi)).unwrap();
+    let mut code = a.assemble(0x10_0000).unwrap();
+    let cx16_at = code.len() - 5; // lock cmpxchg16b [rdi] is f0 48 0f c7 0f
+    code.extend(&print_then_reset("DIRTYTRACE:workload_end:0\n")[..]);
+    let (summary, out) = record_tiny("emulation", &code);
+    let summary = summary.unwrap();
+    let trace = Trace::open(&out).unwrap();
+    if hardware_virtualisation() {
+        assert_eq!(summary.guest_exit_status, Some(0));
+    } else {
+        assert_eq!(summary.status, TraceStatus::GuestFault);
+        let err = summary.error.unwrap();
+        assert!(err.contains("KVM_EXIT_INTERNAL_ERROR") && err.contains("emulation failed"), "{err}");
+        assert!(err.contains(&format!("rip={:#x}", 0x10_0000 + cx16_at)), "{err}");
+        assert!(err.contains("instruction bytes at rip: f0 48 0f c7 0f"), "{err}");
+        assert_eq!(trace.manifest.status, TraceStatus::GuestFault);
+        assert!(trace.manifest.error.unwrap().contains("KVM_EXIT_INTERNAL_ERROR"));
+    }
+}
+
 #[test]
 fn no_kit_says_which_command_to_run() {
     let dir = tempdir("nokit");
