@@ -14,10 +14,6 @@ pub fn for_each_set_bit(words: &[u64], mut f: impl FnMut(u64)) {
     }
 }
 
-pub fn count_set_bits(words: &[u64]) -> u64 {
-    words.iter().map(|w| w.count_ones() as u64).sum()
-}
-
 /// What a [`SlidingDistinct`] keeps per page: at least the last interval that dirtied it.
 pub trait PageSlot: Copy + Default {
     /// 1 + the last interval (in the tracker's numbering) that dirtied the page; 0 = never.
@@ -334,6 +330,5 @@ mod tests {
         let mut v = Vec::new();
         for_each_set_bit(&[0b101, 1 << 63], |b| v.push(b));
         assert_eq!(v, vec![0, 2, 127]);
-        assert_eq!(count_set_bits(&[0b101, 1 << 63]), 3);
     }
 }

@@ -43,11 +43,7 @@ pub fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The progress word a vCPU publishes after every write: `phase << 48 | writes_in_phase`.
-pub fn encode_progress(phase: u64, writes: u64) -> u64 {
-    (phase << 48) | writes
-}
-
+/// The progress word a vCPU publishes after every write is `phase << 48 | writes_in_phase`.
 pub fn decode_progress(word: u64) -> (u64, u64) {
     (word >> 48, word & ((1 << 48) - 1))
 }
