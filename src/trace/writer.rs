@@ -6,7 +6,7 @@ use super::journal::{self, JournalReader, SlotBlob};
 use super::manifest::{HarvestTiming, Manifest, TraceStatus};
 use super::tables::{self, IntervalRow};
 use super::{BITMAPS, CONSOLE, GUEST_LOG, JOURNAL, RATES};
-use crate::pagestats::SlidingDistinct;
+use crate::pagestats::{for_each_set_bit, SlidingDistinct};
 use crate::sampler::Harvest;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -130,16 +130,11 @@ impl TraceWriter {
         let mut all_pages = std::mem::take(&mut self.pages);
         all_pages.clear();
         for (slot, words) in m.slots.iter().zip(&h.bitmaps) {
-            let mut n = 0;
-            let (encoding, raw_bytes, data) = bitmap::encode(words, &mut self.compressor, |i, w| {
-                n += w.count_ones() as u64;
-                let mut bits = w;
-                while bits != 0 {
-                    all_pages.push(page_base + i as u64 * 64 + bits.trailing_zeros() as u64);
-                    bits &= bits - 1;
-                }
-            })
-            .map_err(|e| format!("zstd: {e}"))?;
+            let before = all_pages.len();
+            for_each_set_bit(words, |b| all_pages.push(page_base + b));
+            let n = (all_pages.len() - before) as u64;
+            let (encoding, raw_bytes, data) =
+                bitmap::encode(words, &mut self.compressor).map_err(|e| format!("zstd: {e}"))?;
             dirty_pages += n;
             page_base += slot.num_pages();
             blobs.push(SlotBlob {
