@@ -88,10 +88,95 @@ pub struct BenchReport {
 }
 
 pub struct BenchOptions {
+    /// The bench records into a fresh directory of its own inside this one, and removes only
+    /// that directory when it ends.
     pub work_dir: PathBuf,
     pub mem: u64,
     pub deadline_mem: u64,
     pub seconds: f64,
+}
+
+/// The measurements `bench` can make, in the order it makes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchStep {
+    /// Linux guest: time from `record` to the guest's first instruction.
+    Linux,
+    /// What `--exact-cut` costs.
+    Cut,
+    /// Harvest cost per GiB.
+    Cost,
+    /// Deadlines kept at short intervals.
+    Deadline,
+    /// Guest slowdown from tracking.
+    Slowdown,
+    /// Bitmap bytes on disk.
+    Compression,
+}
+
+impl BenchStep {
+    /// Every step, in the order `bench` runs them.
+    pub const ALL: [BenchStep; 6] = [
+        BenchStep::Linux,
+        BenchStep::Cut,
+        BenchStep::Cost,
+        BenchStep::Deadline,
+        BenchStep::Slowdown,
+        BenchStep::Compression,
+    ];
+}
+
+/// A directory the bench created and alone removes: never the user's `--work-dir` itself,
+/// nor anything that was in it.
+struct Workspace {
+    dir: PathBuf,
+    /// `--work-dir` did not exist and the bench made it: removed too if it is empty at the end.
+    made_parent: bool,
+    parent: PathBuf,
+}
+
+impl Workspace {
+    fn create(parent: &Path) -> anyhow::Result<Workspace> {
+        use anyhow::Context;
+        let made_parent = !parent.exists();
+        std::fs::create_dir_all(parent).with_context(|| format!("--work-dir: cannot create {}", parent.display()))?;
+        let dir = parent.join(format!("dirtytrace-bench-{}-{}", std::process::id(), crate::clock::now_ns()));
+        // create_dir, not create_dir_all: it fails rather than adopt a directory that exists.
+        std::fs::create_dir(&dir).with_context(|| format!("--work-dir: cannot create {}", dir.display()))?;
+        Ok(Workspace { dir, made_parent, parent: parent.to_path_buf() })
+    }
+}
+
+impl Drop for Workspace {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.made_parent {
+            let _ = std::fs::remove_dir(&self.parent);
+        }
+    }
+}
+
+/// Runs `steps` (every step when empty) and returns their report. Recordings go to a fresh
+/// directory inside `opts.work_dir`, which is removed at the end; nothing else is touched.
+pub fn run_steps(
+    opts: &BenchOptions,
+    steps: &[BenchStep],
+    mut progress: impl FnMut(BenchStep),
+) -> anyhow::Result<BenchReport> {
+    let workspace = Workspace::create(&opts.work_dir)?;
+    let inner = BenchOptions { work_dir: workspace.dir.clone(), ..*opts };
+    let mut report = BenchReport::default();
+    for step in BenchStep::ALL.into_iter().filter(|s| steps.is_empty() || steps.contains(s)) {
+        progress(step);
+        match step {
+            BenchStep::Linux => linux_setup(&inner, &mut report)?,
+            BenchStep::Cut => exact_cut(&inner, &mut report)?,
+            BenchStep::Cost => harvest_cost(&inner, &mut report)?,
+            BenchStep::Deadline => deadlines(&inner, &mut report)?,
+            BenchStep::Slowdown => slowdown(&inner, &mut report)?,
+            BenchStep::Compression => compression(&inner, &mut report)?,
+        }
+    }
+    Ok(report)
 }
 
 fn run(
@@ -112,8 +197,6 @@ fn run_with(
     tweak: impl FnOnce(&mut RecordOptions),
 ) -> anyhow::Result<(RecordSummary, Trace)> {
     let dir = opts.work_dir.join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&opts.work_dir)?;
     let spec_path = opts.work_dir.join(format!("{name}.toml"));
     std::fs::write(&spec_path, spec)?;
     let mut ro = RecordOptions::new(dir.clone());
@@ -153,7 +236,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Feeds a recorded trace's bitmaps through a fresh writer, alone on the machine, and returns
 /// the median wall time of one append (statistics, compression, journal), in seconds.
 fn writer_cost(trace: &Trace, scratch: &Path) -> anyhow::Result<f64> {
-    let _ = std::fs::remove_dir_all(scratch);
     crate::trace::writer_prepare_dir(scratch).map_err(anyhow::Error::msg)?;
     let mut manifest = trace.manifest.clone();
     manifest.status = crate::trace::TraceStatus::Recording;
@@ -374,12 +456,12 @@ pub fn exact_cut(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Resul
 /// Time to the Linux guest's first instruction, with the initramfs built cold and cached.
 pub fn linux_setup(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Result<()> {
     let script = opts.work_dir.join("linux-bench.sh");
-    std::fs::create_dir_all(&opts.work_dir)?;
-    std::fs::write(&script, "#!/bin/sh\ndt-phase bench\nsleep 1\n")?;
-    let _ = std::fs::remove_dir_all(crate::guest::linux::kit::cache_dir().join("initramfs"));
+    // A script no earlier run has seen, so the first build misses the initramfs cache; the
+    // one archive this adds to the cache is removed at the end.
+    std::fs::write(&script, format!("#!/bin/sh\n# bench {}\ndt-phase bench\nsleep 1\n", crate::clock::now_ns()))?;
+    let mut cached_archive = None;
     for (i, seconds) in [8.0, 1.0].into_iter().enumerate() {
         let dir = opts.work_dir.join(format!("linux-{i}"));
-        let _ = std::fs::remove_dir_all(&dir);
         let mut ro = RecordOptions::new(dir.clone());
         ro.workload = Some(script.clone());
         ro.mem = Some(512 << 20);
@@ -388,12 +470,16 @@ pub fn linux_setup(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Res
         let trace = Trace::open(&dir)?;
         let g = &trace.manifest.guest;
         let banner = trace.guest_log()?.iter().find(|e| e.name == "kernel banner").map(|e| e.t_s);
+        cached_archive = g["initramfs_sha256"].as_str().map(|sha| format!("{sha}.cpio.gz"));
         report.linux_setup.push(LinuxSetupRow {
             initramfs_cached: g["initramfs_cached"].as_bool().unwrap_or(false),
             setup_s: summary.setup_s.unwrap_or(0.0),
             initramfs_bytes: g["initramfs_bytes"].as_u64().unwrap_or(0),
             banner_s: banner,
         });
+    }
+    if let Some(name) = cached_archive {
+        let _ = std::fs::remove_file(crate::guest::linux::kit::cache_dir().join("initramfs").join(name));
     }
     Ok(())
 }

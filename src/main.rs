@@ -263,9 +263,9 @@ struct RecordArgs {
 
 #[derive(Args)]
 struct BenchArgs {
-    /// Which measurements: linux, cut, cost, deadline, slowdown, compression (default: all).
-    #[arg(long, value_delimiter = ',')]
-    only: Vec<String>,
+    /// Which measurements (default: all).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<dirtytrace::bench::BenchStep>,
     /// Guest RAM for the cost, slowdown and compression runs.
     #[arg(long, default_value = "1GiB", value_parser = parse_size)]
     mem: u64,
@@ -275,7 +275,8 @@ struct BenchArgs {
     /// Length of each recording, in seconds.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Where the recordings go (removed afterwards).
+    /// Where the recordings go: a fresh directory of the bench's own is made inside it and
+    /// removed afterwards; nothing else in it is touched.
     #[arg(long, default_value = "target/bench-traces")]
     work_dir: PathBuf,
     /// Print the report as JSON on stdout.
@@ -285,30 +286,9 @@ struct BenchArgs {
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
     use dirtytrace::bench;
-    let opts = bench::BenchOptions {
-        work_dir: a.work_dir.clone(),
-        mem: a.mem,
-        deadline_mem: a.deadline_mem,
-        seconds: a.seconds,
-    };
-    let want = |k: &str| a.only.is_empty() || a.only.iter().any(|o| o == k);
-    let mut report = bench::BenchReport::default();
-    type Step = fn(&bench::BenchOptions, &mut bench::BenchReport) -> anyhow::Result<()>;
-    let steps: [(&str, Step); 6] = [
-        ("linux", bench::linux_setup),
-        ("cut", bench::exact_cut),
-        ("cost", bench::harvest_cost),
-        ("deadline", bench::deadlines),
-        ("slowdown", bench::slowdown),
-        ("compression", bench::compression),
-    ];
-    for (name, step) in steps {
-        if want(name) {
-            eprintln!("bench: {name} ...");
-            step(&opts, &mut report)?;
-        }
-    }
-    let _ = std::fs::remove_dir_all(&a.work_dir);
+    let opts =
+        bench::BenchOptions { work_dir: a.work_dir, mem: a.mem, deadline_mem: a.deadline_mem, seconds: a.seconds };
+    let report = bench::run_steps(&opts, &a.only, |step| eprintln!("bench: {step:?} ..."))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -329,7 +309,8 @@ fn parse_rate(s: &str) -> Result<f64, String> {
 
 fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+    // SIGHUP too: a closed terminal ends the recording with a finalised trace, as Ctrl-C does.
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         let _ = signal_hook::flag::register(sig, flag.clone());
     }
     flag

@@ -13,6 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
+/// The longest harvest interval: longer ones would say little about a dirty rate.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// The longest recording `--duration` allows.
+pub const MAX_RECORD_DURATION: Duration = Duration::from_secs(366 * 86_400);
 /// zstd level of the bitmaps: level 1 compresses sparse bitmaps as well as 3, faster.
 pub const ZSTD_LEVEL: i32 = 1;
 
@@ -166,11 +170,17 @@ fn validate(opts: &RecordOptions) -> anyhow::Result<()> {
     if opts.interval < MIN_INTERVAL {
         bail!("--interval must be at least 1ms, got {:?}", opts.interval);
     }
+    if opts.interval > MAX_INTERVAL {
+        bail!("--interval must be at most 1h, got {:?}", opts.interval);
+    }
     if opts.duration.is_some_and(|d| d.is_zero()) {
         bail!("--duration must be longer than 0");
     }
-    if opts.migration_speed.is_nan() || opts.migration_speed <= 0.0 {
-        bail!("--migration-speed must be greater than 0");
+    if opts.duration.is_some_and(|d| d > MAX_RECORD_DURATION) {
+        bail!("--duration must be at most 366 days, got {:?}", opts.duration.unwrap_or_default());
+    }
+    if !(opts.migration_speed > 0.0 && opts.migration_speed <= crate::units::MAX_RATE_BYTES_PER_S) {
+        bail!("--migration-speed must be greater than 0 and at most 1 PB/s, got {} B/s", opts.migration_speed);
     }
     Ok(())
 }

@@ -3,6 +3,14 @@
 use std::fmt;
 use std::time::Duration;
 
+/// The longest duration any flag or key accepts: ten years. Longer ones are refused rather
+/// than wrapped when they become nanoseconds.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86_400);
+
+/// The highest rate any flag or key accepts: 1 PB/s, far above any memory bus or network.
+/// Higher ones are refused rather than becoming infinity.
+pub const MAX_RATE_BYTES_PER_S: f64 = 1e15;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ParseError(String);
@@ -52,7 +60,8 @@ pub fn parse_size(s: &str) -> Result<u64, ParseError> {
     if bytes.fract() != 0.0 {
         return Err(ParseError(format!("`{s}` is not a whole number of bytes")));
     }
-    if bytes > u64::MAX as f64 {
+    // u64::MAX as f64 rounds up to 2^64, which does not fit.
+    if bytes >= u64::MAX as f64 {
         return Err(ParseError(format!("`{s}` is too large")));
     }
     Ok(bytes as u64)
@@ -70,7 +79,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, ParseError> {
         "h" => 3600.0,
         _ => return Err(ParseError(format!("unknown duration unit `{unit}` in `{s}` (use ns, us, ms, s, min, h)"))),
     };
-    Duration::try_from_secs_f64(v * secs).map_err(|_| ParseError(format!("`{s}` is out of range")))
+    match Duration::try_from_secs_f64(v * secs) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(ParseError(format!("`{s}` is longer than the longest duration accepted (10 years)"))),
+    }
 }
 
 /// A rate in bytes per second: `100MiB/s`, `125MB/s`, `1Gbit/s`, `10Mbit/s`.
@@ -101,7 +113,11 @@ pub fn parse_rate(s: &str) -> Result<f64, ParseError> {
             ))
         })?,
     };
-    Ok(v * m)
+    let rate = v * m;
+    if rate.is_nan() || rate > MAX_RATE_BYTES_PER_S {
+        return Err(ParseError(format!("`{s}` is above the highest rate accepted (1 PB/s)")));
+    }
+    Ok(rate)
 }
 
 /// Bytes shown to people: `256.0 MiB`.
@@ -140,6 +156,8 @@ mod tests {
         assert!(parse_size("-1MiB").unwrap_err().0.contains("negative"));
         assert!(parse_size("12 parsecs").is_err());
         assert!(parse_size("MiB").is_err());
+        assert!(parse_size("16EiB").is_err());
+        assert!(parse_size("18446744073709551616").unwrap_err().0.contains("too large"));
     }
 
     #[test]
@@ -150,6 +168,14 @@ mod tests {
         assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("5 fortnights").is_err());
+        // Durations that would wrap as nanoseconds are refused, not truncated.
+        assert!(parse_duration("36028797018963968s").unwrap_err().0.contains("longest"));
+        assert!(parse_duration("18446744073.7105s").is_err());
+        assert_eq!(
+            parse_duration("3650days").unwrap_err().0,
+            "unknown duration unit `days` in `3650days` (use ns, us, ms, s, min, h)"
+        );
+        assert_eq!(parse_duration("87600h").unwrap(), Duration::from_secs(87600 * 3600));
     }
 
     #[test]
@@ -161,5 +187,9 @@ mod tests {
         assert!(parse_rate("-5MiB/s").unwrap_err().0.contains("negative"));
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("100MiB").is_err());
+        assert!(parse_rate("1e305TB/s").unwrap_err().0.contains("highest rate"));
+        assert!(parse_rate("1PB/s").is_err(), "PB is not a unit");
+        assert_eq!(parse_rate("1000TB/s").unwrap(), 1e15);
+        assert!(parse_rate("1001TB/s").is_err());
     }
 }

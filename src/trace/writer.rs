@@ -90,7 +90,14 @@ impl TraceWriter {
         let dir = opts.dir;
         manifest.store(&dir).map_err(io_err("cannot write manifest in", &dir))?;
         let jpath = dir.join(JOURNAL);
-        let mut journal = File::create(&jpath).map_err(io_err("cannot create", &jpath))?;
+        let mut journal = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&jpath)
+            .map_err(io_err("cannot create", &jpath))?;
+        // Held until the trace is finalised: `recover` refuses a journal that is locked.
+        lock_journal(&journal, &jpath)?;
         journal::write_header(&mut journal).map_err(io_err("cannot write", &jpath))?;
         let lpath = dir.join(GUEST_LOG);
         let guest_log = BufWriter::new(File::create(&lpath).map_err(io_err("cannot create", &lpath))?);
@@ -229,11 +236,11 @@ impl TraceWriter {
     ) -> Result<(Manifest, WriterStats), String> {
         self.persist()?;
         self.journal.sync_all().map_err(io_err("cannot sync journal in", &self.dir))?;
-        drop(self.journal);
         self.manifest.end_reason = Some(end_reason.to_string());
         self.manifest.error = error;
         self.manifest.store(&self.dir).map_err(io_err("cannot write manifest in", &self.dir))?;
-        Ok((finalize(&self.dir, status)?, self.stats))
+        // The journal stays locked through finalising, so `recover` cannot start in between.
+        Ok((finalize_locked(&self.dir, status, self.journal)?, self.stats))
     }
 }
 
@@ -283,12 +290,38 @@ fn parquet_props(uncompressed: Option<&str>, row_group: usize) -> WriterProperti
     b.build()
 }
 
-/// Builds `rates.parquet` and `bitmaps.parquet` from the journal and rewrites the manifest.
-/// Used at the end of every recording, and by `dirtytrace recover` after a kill.
+/// Takes the journal's lock, or says that a recorder still holds it.
+fn lock_journal(journal: &File, path: &Path) -> Result<(), String> {
+    match journal.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{} is being recorded right now (its recorder holds the journal's lock): let the recording end, or stop \
+             it with Ctrl-C; `recover` is for a trace whose recorder was killed",
+            path.parent().unwrap_or(path).display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock journal {}: {e}", path.display())),
+    }
+}
+
+/// Builds `rates.parquet` and `bitmaps.parquet` from the journal of a trace whose recorder
+/// died, and rewrites the manifest: `dirtytrace recover`. Refuses while a recorder holds the
+/// trace.
 pub fn finalize(dir: &Path, status: TraceStatus) -> Result<Manifest, String> {
+    let jpath = dir.join(JOURNAL);
+    if !jpath.exists() && dir.join(RATES).exists() {
+        return Err(format!("{} is already finalised: there is nothing to recover", dir.display()));
+    }
+    let jfile = File::open(&jpath).map_err(io_err("cannot open journal", &jpath))?;
+    lock_journal(&jfile, &jpath)?;
+    finalize_locked(dir, status, jfile)
+}
+
+/// [`finalize`] with the journal already open and locked by the caller.
+fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<Manifest, String> {
+    use std::io::Seek;
     let mut manifest = Manifest::load(dir)?;
     let jpath = dir.join(JOURNAL);
-    let jfile = File::open(&jpath).map_err(io_err("cannot open journal", &jpath))?;
+    jfile.seek(std::io::SeekFrom::Start(0)).map_err(io_err("cannot read journal", &jpath))?;
     let mut reader = JournalReader::new(BufReader::new(jfile)).map_err(io_err("cannot read journal", &jpath))?;
     let tmp_bitmaps = dir.join(".bitmaps.parquet.tmp");
     let bfile = File::create(&tmp_bitmaps).map_err(io_err("cannot create", &tmp_bitmaps))?;
