@@ -87,6 +87,16 @@ pub struct BenchReport {
     pub compression: Vec<CompressionRow>,
 }
 
+/// `--mem`'s default: guest RAM of the cost, slowdown and compression runs.
+pub const DEFAULT_MEM: u64 = crate::units::GIB;
+/// `--deadline-mem`'s default: guest RAM of the deadline runs.
+pub const DEFAULT_DEADLINE_MEM: u64 = 4 * crate::units::GIB;
+/// `--seconds`'s default: the length of each recording.
+pub const DEFAULT_SECONDS: f64 = 3.0;
+/// `--work-dir`'s default.
+pub const DEFAULT_WORK_DIR: &str = "target/bench-traces";
+
+/// What `bench` is told.
 pub struct BenchOptions {
     /// The bench records into a fresh directory of its own inside this one, and removes only
     /// that directory when it ends.
@@ -186,7 +196,11 @@ fn run(
     interval: Duration,
     untracked: bool,
 ) -> anyhow::Result<(RecordSummary, Trace)> {
-    run_with(opts, name, spec, interval, |ro| ro.untracked = untracked)
+    run_with(opts, name, spec, interval, |ro| {
+        if untracked {
+            ro.dirty_tracking = crate::vmm::DirtyTracking::Off;
+        }
+    })
 }
 
 fn run_with(
@@ -230,40 +244,33 @@ fn steady(trace: &Trace) -> anyhow::Result<Vec<crate::trace::IntervalRow>> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    crate::trace::percentile(&v, 0.5)
+    crate::stats::percentile(&v, 0.5)
 }
 
-/// Feeds a recorded trace's bitmaps through a fresh writer, alone on the machine, and returns
-/// the median wall time of one append (statistics, compression, journal), in seconds.
+/// Feeds a recorded trace's bitmaps through fresh accounting and a fresh writer, alone on the
+/// machine, and returns the median wall time of one interval (statistics, compression,
+/// journal), in seconds.
 fn writer_cost(trace: &Trace, scratch: &Path) -> anyhow::Result<f64> {
-    crate::trace::writer_prepare_dir(scratch).map_err(anyhow::Error::msg)?;
+    crate::trace::prepare_dir(scratch)?;
     let mut manifest = trace.manifest.clone();
     manifest.status = crate::trace::TraceStatus::Recording;
-    let opts = crate::trace::WriterOptions { dir: scratch.to_path_buf(), zstd_level: crate::record::ZSTD_LEVEL };
-    let mut writer = crate::trace::TraceWriter::create(opts, manifest, None).map_err(anyhow::Error::msg)?;
+    let mut writer = crate::trace::TraceWriter::create(scratch, manifest)?;
+    let mut accounting = crate::accounting::IntervalAccounting::new(writer.manifest(), crate::trace::ZSTD_LEVEL)?;
     let mut times = Vec::new();
-    for (row, bm) in trace.rates()?.into_iter().zip(trace.bitmaps()?) {
-        let bm = bm?;
-        let h = crate::sampler::Harvest {
-            index: row.interval,
-            t_start_ns: (row.t_start_s * 1e9) as u64,
-            t_end_ns: (row.t_end_s * 1e9) as u64,
-            lateness_ns: 0,
-            ioctl_ns: 0,
-            ioctl_cpu_ns: 0,
-            pause_ns: 0,
-            sampler_cpu_ns: 0,
-            bitmaps: bm.slots.into_iter().map(|s| s.words).collect(),
-            vcpu_cpu_ns: vec![0; row.cpu_util_per_vcpu.len()],
-            progress_before: row.guest_progress_before,
-            progress_after: row.guest_progress_after,
-            phase: row.phase,
-            events: Vec::new(),
-            console: Vec::new(),
-            partial: row.partial,
-        };
+    for item in trace.intervals()? {
+        let (row, bm) = item?;
+        let mut h = crate::sampler::Harvest::new(
+            row.interval,
+            (row.t_start_s * 1e9) as u64,
+            (row.t_end_s * 1e9) as u64,
+            bm.slots.into_iter().map(|s| s.words).collect(),
+        );
+        h.vcpu_cpu_ns = vec![0; row.cpu_util_per_vcpu.len()];
+        (h.progress_before, h.progress_after, h.phase, h.partial) =
+            (row.guest_progress_before, row.guest_progress_after, row.phase, row.partial);
         let t = crate::clock::now_ns();
-        writer.append(h).map_err(anyhow::Error::msg)?;
+        let i = accounting.account(h)?;
+        writer.append(&i.row, &i.blobs, &i.events, &i.console)?;
         times.push((crate::clock::now_ns() - t) as f64 / 1e9);
     }
     drop(writer);

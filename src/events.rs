@@ -1,20 +1,10 @@
-//! What a guest reports while it runs: phase marks, notes and its exit status.
-//! The guest's bus writes here; the sampler reads the current phase and hands new events on.
+//! What a guest reports while it runs: phase marks, its start and end, a panic, notes.
+//! The guest's bus writes here; the sampler reads the current phase and hands new events on
+//! as the trace's [`GuestEvent`]s (kinds `phase`, `workload_start`, `workload_end`, `done`,
+//! `panic`, `note`).
 
-use serde::{Deserialize, Serialize};
+use crate::trace::GuestEvent;
 use std::sync::Mutex;
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GuestEvent {
-    /// Seconds since the recording started.
-    pub t_s: f64,
-    pub vcpu: Option<u32>,
-    /// `phase`, `workload_start`, `workload_end`, `done`, `fault`, `note`.
-    pub kind: String,
-    pub name: String,
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub detail: serde_json::Value,
-}
 
 #[derive(Default)]
 struct Inner {

@@ -1,17 +1,22 @@
 //! dirtytrace: record how fast a VM dirties its memory, and turn that into datasets that
 //! live-migration simulators use.
 //!
-//! Data flows one way: [`guest`] → [`vmm`] → [`sampler`] → [`trace`] → [`analysis`].
+//! Data flows one way: workload → [`guest`] → [`vmm`] → [`sampler`] → [`accounting`] →
+//! [`trace`] (format: writer, journal, reader) → [`analysis`]. [`record`] wires the recording
+//! half together; `docs/DESIGN.md` draws the picture and lists the non-goals.
 
+pub mod accounting;
 pub mod analysis;
 pub mod bench;
 pub mod clock;
 pub mod events;
+pub mod files;
 pub mod guest;
 pub mod pagestats;
 pub mod record;
 pub mod report;
 pub mod sampler;
+pub mod stats;
 pub mod trace;
 pub mod units;
 pub mod vmm;

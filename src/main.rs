@@ -1,7 +1,9 @@
 //! The command line: parse, then hand over to the library.
 
-use clap::{Args, Parser, Subcommand};
-use dirtytrace::{record, report, trace, units};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use dirtytrace::analysis::{plot, replay, simgrid, summary};
+use dirtytrace::units::{HumanDuration, HumanRate, HumanSize, MIB};
+use dirtytrace::{bench, record, report, trace};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +51,13 @@ Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130
         /// The trace directory.
         trace: PathBuf,
     },
+    #[command(flatten)]
+    Analysis(AnalysisCommand),
+}
+
+/// The offline tools: each reads a finished trace.
+#[derive(Subcommand)]
+enum AnalysisCommand {
     /// Summarize a trace: rates, CPU, distinct pages, working-set curve, hottest pages, phases.
     Summarize(SummarizeArgs),
     /// Fit SimGrid's live-migration parameters (schemas/analysis.md) to a trace.
@@ -67,11 +76,24 @@ struct SummarizeArgs {
     #[arg(long)]
     phase: Option<String>,
     /// How many of the hottest pages to list.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = summary::DEFAULT_TOP_PAGES)]
     top: usize,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// How `simgrid` prints the parameters.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SimgridFormat {
+    /// For people.
+    Human,
+    /// JSON on stdout.
+    Json,
+    /// A C function calling the sg_vm_set_* setters.
+    C,
+    /// The same for C++ (s4u).
+    Cpp,
 }
 
 #[derive(Args)]
@@ -79,14 +101,14 @@ struct SimgridArgs {
     /// The trace directory.
     trace: PathBuf,
     /// Migration speed (bytes/s or bits/s). Default: the one the trace was recorded with.
-    #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
-    migration_speed: Option<f64>,
+    #[arg(long, allow_hyphen_values = true)]
+    migration_speed: Option<HumanRate>,
     /// Fit to the intervals of this phase only.
     #[arg(long)]
     phase: Option<String>,
-    /// human, json, c (a C function calling the sg_vm_set_* setters) or cpp.
-    #[arg(long, default_value = "human", value_parser = ["human", "json", "c", "cpp"])]
-    format: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = SimgridFormat::Human)]
+    format: SimgridFormat,
     /// Same as --format json.
     #[arg(long, conflicts_with = "format")]
     json: bool,
@@ -97,23 +119,23 @@ struct ReplayArgs {
     /// The trace directory.
     trace: PathBuf,
     /// Bandwidth of the migration stream (bytes/s or bits/s).
-    #[arg(long, value_parser = parse_rate, allow_hyphen_values = true)]
-    bandwidth: f64,
+    #[arg(long, allow_hyphen_values = true)]
+    bandwidth: HumanRate,
     /// Stop-and-copy starts once the rest can be sent within this long.
-    #[arg(long, default_value = "30ms", value_parser = parse_duration, allow_hyphen_values = true)]
-    max_downtime: Duration,
+    #[arg(long, default_value_t = HumanDuration(replay::DEFAULT_MAX_DOWNTIME), allow_hyphen_values = true)]
+    max_downtime: HumanDuration,
     /// Precopy rounds (round 0 included) before a forced stop-and-copy.
-    #[arg(long, default_value_t = 30, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = replay::DEFAULT_MAX_ROUNDS, allow_hyphen_values = true)]
     max_rounds: u32,
     /// Trace time at which the migration starts.
-    #[arg(long, default_value = "0s", value_parser = parse_duration, allow_hyphen_values = true)]
-    start: Duration,
+    #[arg(long, default_value_t = HumanDuration(Duration::ZERO), allow_hyphen_values = true)]
+    start: HumanDuration,
     /// Repeat the trace when the migration outlasts it.
     #[arg(long = "loop")]
     looped: bool,
     /// send: round 0 sends every page (SimGrid); skip: a still-zero page costs 9 bytes (QEMU).
-    #[arg(long, default_value = "send", value_parser = ["send", "skip"])]
-    zero_pages: String,
+    #[arg(long, value_enum, default_value_t = replay::ZeroPages::Send)]
+    zero_pages: replay::ZeroPages,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -128,44 +150,47 @@ struct PlotArgs {
     output: Option<PathBuf>,
 }
 
-fn run_analysis(command: Command) -> anyhow::Result<ExitCode> {
-    use dirtytrace::analysis::{plot, replay, simgrid, summary};
+fn json(value: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
+}
+
+fn run_analysis(command: AnalysisCommand) -> anyhow::Result<ExitCode> {
     let open = |dir: &PathBuf| trace::Trace::open(dir);
     match command {
-        Command::Summarize(a) => {
+        AnalysisCommand::Summarize(a) => {
             let opts = summary::SummaryOptions { phase: a.phase, top_pages: a.top, ..Default::default() };
             let s = summary::summarize(&open(&a.trace)?, &opts)?;
-            print!("{}", if a.json { serde_json::to_string_pretty(&s)? + "\n" } else { report::summary_text(&s) });
+            print!("{}", if a.json { json(&s)? } else { report::summary_text(&s) });
         }
-        Command::Simgrid(a) => {
-            let opts = simgrid::SimgridOptions { migration_speed: a.migration_speed, phase: a.phase };
+        AnalysisCommand::Simgrid(a) => {
+            let opts = simgrid::SimgridOptions { migration_speed: a.migration_speed.map(|r| r.0), phase: a.phase };
             let p = simgrid::fit(&open(&a.trace)?, &opts)?;
+            let format = if a.json { SimgridFormat::Json } else { a.format };
             print!(
                 "{}",
-                match (a.json, a.format.as_str()) {
-                    (true, _) | (_, "json") => serde_json::to_string_pretty(&p)? + "\n",
-                    (_, "c") => simgrid::c_snippet(&p),
-                    (_, "cpp") => simgrid::cpp_snippet(&p),
-                    _ => report::simgrid_text(&p),
+                match format {
+                    SimgridFormat::Json => json(&p)?,
+                    SimgridFormat::C => simgrid::c_snippet(&p),
+                    SimgridFormat::Cpp => simgrid::cpp_snippet(&p),
+                    SimgridFormat::Human => report::simgrid_text(&p),
                 }
             );
         }
-        Command::Replay(a) => {
-            let mut o = replay::ReplayOptions::new(a.bandwidth);
-            o.max_downtime_s = a.max_downtime.as_secs_f64();
+        AnalysisCommand::Replay(a) => {
+            let mut o = replay::ReplayOptions::new(a.bandwidth.0);
+            o.max_downtime_s = a.max_downtime.0.as_secs_f64();
             o.max_rounds = a.max_rounds;
-            o.start_s = a.start.as_secs_f64();
+            o.start_s = a.start.0.as_secs_f64();
             o.looped = a.looped;
-            o.zero_pages = if a.zero_pages == "skip" { replay::ZeroPages::Skip } else { replay::ZeroPages::Send };
+            o.zero_pages = a.zero_pages;
             let r = replay::replay(&open(&a.trace)?, &o)?;
-            print!("{}", if a.json { serde_json::to_string_pretty(&r)? + "\n" } else { report::replay_text(&r) });
+            print!("{}", if a.json { json(&r)? } else { report::replay_text(&r) });
         }
-        Command::Plot(a) => {
+        AnalysisCommand::Plot(a) => {
             let out = a.output.unwrap_or_else(|| a.trace.join("plot.png"));
             plot::plot(&open(&a.trace)?, &plot::PlotOptions::new(&out))?;
             eprintln!("wrote {}", out.display());
         }
-        _ => unreachable!("not an analysis command"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -216,21 +241,21 @@ struct RecordArgs {
     /// Linux guest (.sh, see schemas/linux-guest.md). Default: the built-in synthetic spec.
     #[arg(long, value_name = "FILE")]
     workload: Option<PathBuf>,
-    /// Time between harvests of the dirty log (1ms or more).
-    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    interval: Duration,
+    /// Time between harvests of the dirty log (1ms to 1h).
+    #[arg(long, default_value_t = HumanDuration(record::DEFAULT_INTERVAL))]
+    interval: HumanDuration,
     /// Stop after this long, even if the workload goes on.
-    #[arg(long, value_parser = parse_duration)]
-    duration: Option<Duration>,
+    #[arg(long)]
+    duration: Option<HumanDuration>,
     /// Guest RAM, overriding the workload's `mem`.
-    #[arg(long, value_parser = parse_size)]
-    mem: Option<u64>,
+    #[arg(long)]
+    mem: Option<HumanSize>,
     /// Number of vCPUs, overriding the workload's `vcpus`.
     #[arg(long)]
     vcpus: Option<u32>,
     /// Migration speed for the SimGrid columns (bytes/s or bits/s).
-    #[arg(long, default_value = "1Gbit/s", value_parser = parse_rate)]
-    migration_speed: f64,
+    #[arg(long, default_value_t = HumanRate(record::DEFAULT_MIGRATION_SPEED_BYTES_PER_S))]
+    migration_speed: HumanRate,
     /// Trace directory to create (must not exist, or be empty). Default: ./trace-<UTC time>.
     #[arg(long, short)]
     output: Option<PathBuf>,
@@ -261,23 +286,47 @@ struct RecordArgs {
     bzimage: bool,
 }
 
+impl RecordArgs {
+    fn into_options(self) -> record::RecordOptions {
+        let mut opts = record::RecordOptions::new(self.output.unwrap_or_else(record::default_output_dir));
+        opts.workload = self.workload;
+        opts.interval = self.interval.0;
+        opts.duration = self.duration.map(|d| d.0);
+        opts.mem = self.mem.map(|m| m.0);
+        opts.vcpus = self.vcpus;
+        opts.migration_speed = self.migration_speed.0;
+        opts.exact_cut = self.exact_cut;
+        if let Some(k) = self.kvm_device {
+            opts.kvm_device = k;
+        }
+        opts.linux = record::LinuxRecordOptions {
+            kernel: self.kernel,
+            files: self.files,
+            cmdline: self.cmdline,
+            console: self.console,
+            force_bzimage: self.bzimage,
+        };
+        opts
+    }
+}
+
 #[derive(Args)]
 struct BenchArgs {
     /// Which measurements (default: all).
     #[arg(long, value_delimiter = ',', value_enum)]
-    only: Vec<dirtytrace::bench::BenchStep>,
+    only: Vec<bench::BenchStep>,
     /// Guest RAM for the cost, slowdown and compression runs.
-    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
-    mem: u64,
+    #[arg(long, default_value_t = HumanSize(bench::DEFAULT_MEM))]
+    mem: HumanSize,
     /// Guest RAM for the deadline runs.
-    #[arg(long, default_value = "4GiB", value_parser = parse_size)]
-    deadline_mem: u64,
+    #[arg(long, default_value_t = HumanSize(bench::DEFAULT_DEADLINE_MEM))]
+    deadline_mem: HumanSize,
     /// Length of each recording, in seconds.
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = bench::DEFAULT_SECONDS)]
     seconds: f64,
     /// Where the recordings go: a fresh directory of the bench's own is made inside it and
     /// removed afterwards; nothing else in it is touched.
-    #[arg(long, default_value = "target/bench-traces")]
+    #[arg(long, default_value = bench::DEFAULT_WORK_DIR)]
     work_dir: PathBuf,
     /// Print the report as JSON on stdout.
     #[arg(long)]
@@ -285,26 +334,11 @@ struct BenchArgs {
 }
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    use dirtytrace::bench;
     let opts =
-        bench::BenchOptions { work_dir: a.work_dir, mem: a.mem, deadline_mem: a.deadline_mem, seconds: a.seconds };
+        bench::BenchOptions { work_dir: a.work_dir, mem: a.mem.0, deadline_mem: a.deadline_mem.0, seconds: a.seconds };
     let report = bench::run_steps(&opts, &a.only, |step| eprintln!("bench: {step:?} ..."))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", bench::render(&report));
-    }
+    print!("{}", if a.json { json(&report)? } else { bench::render(&report) });
     Ok(ExitCode::SUCCESS)
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    units::parse_duration(s).map_err(|e| e.to_string())
-}
-fn parse_size(s: &str) -> Result<u64, String> {
-    units::parse_size(s).map_err(|e| e.to_string())
-}
-fn parse_rate(s: &str) -> Result<f64, String> {
-    units::parse_rate(s).map_err(|e| e.to_string())
 }
 
 fn interrupt_flag() -> Arc<AtomicBool> {
@@ -316,7 +350,7 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn progress_bar(expected: Option<Duration>) -> Option<dirtytrace::trace::WriterProgress> {
+fn progress_bar(expected: Option<Duration>) -> Option<record::Progress> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
@@ -334,39 +368,19 @@ fn progress_bar(expected: Option<Duration>) -> Option<dirtytrace::trace::WriterP
         bar.set_message(format!(
             "{} intervals, {:.1} MiB/s, phase {}",
             row.interval + 1,
-            row.dirty_rate_bytes_per_s / units::MIB,
+            row.dirty_rate_bytes_per_s / MIB as f64,
             row.phase
         ));
     }))
 }
 
 fn run_record(a: RecordArgs) -> anyhow::Result<ExitCode> {
-    let mut opts = record::RecordOptions::new(a.output.unwrap_or_else(record::default_output_dir));
-    opts.workload = a.workload;
-    opts.interval = a.interval;
-    opts.duration = a.duration;
-    opts.mem = a.mem;
-    opts.vcpus = a.vcpus;
-    opts.migration_speed = a.migration_speed;
-    opts.exact_cut = a.exact_cut;
-    if let Some(k) = a.kvm_device {
-        opts.kvm_device = k;
-    }
-    opts.linux = record::LinuxRecordOptions {
-        kernel: a.kernel,
-        files: a.files,
-        cmdline: a.cmdline,
-        console: a.console,
-        force_bzimage: a.bzimage,
-    };
-    let expected = record::load_guest(&opts).ok().and_then(|g| g.expected_duration());
-    let expected = match (expected, opts.duration) {
-        (Some(e), Some(d)) => Some(e.min(d)),
-        (e, d) => e.or(d),
-    };
-    let summary = record::record(&opts, interrupt_flag(), progress_bar(expected))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+    let json_out = a.json;
+    let recorder = record::Recorder::try_from(a.into_options())?;
+    let progress = progress_bar(recorder.expected_duration());
+    let summary = recorder.run(interrupt_flag(), progress)?;
+    if json_out {
+        print!("{}", json(&summary)?);
     } else {
         eprint!("{}", report::record_summary(&summary));
     }
@@ -380,20 +394,23 @@ fn run_record(a: RecordArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+fn run_recover(dir: PathBuf) -> anyhow::Result<ExitCode> {
+    let finalized = trace::finalize(&dir, trace::TraceStatus::Recovered)?;
+    let summary = record::RecordSummary::of_trace(&dir, None)?;
+    eprint!("recovered\n{}", report::record_summary(&summary));
+    if finalized.losses().is_none() {
+        eprintln!("  every frame of the journal was kept");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match Cli::parse().command {
         Command::Record(a) => run_record(a),
         Command::Bench(a) => run_bench(a),
         Command::Kit(c) => run_kit(c),
-        c @ (Command::Summarize(_) | Command::Simgrid(_) | Command::Replay(_) | Command::Plot(_)) => run_analysis(c),
-        Command::Recover { trace: dir } => trace::finalize(&dir, trace::TraceStatus::Recovered)
-            .map_err(anyhow::Error::msg)
-            .and_then(|_| record::summarize_recording(&dir, None))
-            .map(|s| {
-                eprint!("recovered\n{}", report::record_summary(&s));
-                ExitCode::SUCCESS
-            }),
+        Command::Recover { trace } => run_recover(trace),
+        Command::Analysis(c) => run_analysis(c),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

@@ -1,17 +1,81 @@
-//! Page-level statistics over a stream of dirty bitmaps: distinct pages ever dirtied, and
-//! distinct pages dirtied within a trailing time window. The recorder and the offline tools
-//! share these, so a trace's columns and `summarize` agree by construction.
+//! Page-level statistics over a stream of dirty bitmaps: the dense numbering of a trace's
+//! pages, distinct pages ever dirtied, and distinct pages dirtied within a trailing time
+//! window. The recorder's per-interval accounting and the offline tools share these, so a
+//! trace's columns and `summarize` agree by construction.
 
-/// Calls `f` with the index of every set bit in KVM-layout words.
-pub fn for_each_set_bit(words: &[u64], mut f: impl FnMut(u64)) {
-    for (w, &word) in words.iter().enumerate() {
-        let mut bits = word;
+use crate::trace::MemorySlot;
+
+/// A trace's pages numbered densely: slot by slot, in the manifest's order. Page state
+/// (windows, counts, sets) is indexed by these numbers; [`PageSpace::guest_page`] maps back.
+#[derive(Debug, Clone)]
+pub struct PageSpace {
+    /// Per slot, in order: (slot id, first guest page, pages, first dense index).
+    slots: Vec<(u32, u64, u64, u64)>,
+    /// Pages in all slots.
+    pub total_pages: u64,
+}
+
+impl PageSpace {
+    /// The numbering of `slots`, in their order.
+    pub fn new(slots: &[MemorySlot]) -> Self {
+        let mut base = 0;
+        let slots = slots
+            .iter()
+            .map(|s| {
+                let e = (s.slot, s.first_page(), s.num_pages(), base);
+                base += s.num_pages();
+                e
+            })
+            .collect();
+        PageSpace { slots, total_pages: base }
+    }
+
+    /// The guest page number of dense page `i`.
+    pub fn guest_page(&self, i: u64) -> u64 {
+        self.slots.iter().find(|s| i >= s.3 && i < s.3 + s.2).map_or(i, |s| s.1 + (i - s.3))
+    }
+
+    /// The dense index of guest page `page`, if a slot holds it.
+    pub fn dense(&self, page: u64) -> Option<u64> {
+        self.slots.iter().find(|s| page >= s.1 && page < s.1 + s.2).map(|s| s.3 + (page - s.1))
+    }
+
+    /// Appends the dense index of every page set in `words`, the bitmap of the slot at
+    /// `index` in the manifest's order, to `pages` (ascending).
+    pub fn push_dirty(&self, index: usize, words: &[u64], pages: &mut Vec<u32>) {
+        let (_, _, n, base) = self.slots[index];
+        let words = &words[..n.div_ceil(64).min(words.len() as u64) as usize];
+        push_set_bits(words, n, base as u32, pages);
+    }
+}
+
+/// Appends `base + i` for every set bit `i < n` of `words` (KVM's layout) to `pages`.
+#[inline(never)]
+fn push_set_bits(words: &[u64], n: u64, base: u32, pages: &mut Vec<u32>) {
+    let push_word = |pages: &mut Vec<u32>, i: usize, mut bits: u64| {
+        let first = base + (i as u32) * 64;
         while bits != 0 {
-            let b = bits.trailing_zeros() as u64;
-            f(w as u64 * 64 + b);
+            pages.push(first + bits.trailing_zeros());
             bits &= bits - 1;
         }
+    };
+    let Some((&last, full)) = words.split_last() else { return };
+    // Bitmaps are mostly zero: skip eight words at a time.
+    let mut chunks = full.chunks_exact(8);
+    for (c, chunk) in chunks.by_ref().enumerate() {
+        if chunk.iter().fold(0, |a, w| a | w) != 0 {
+            for (j, &w) in chunk.iter().enumerate() {
+                push_word(pages, c * 8 + j, w);
+            }
+        }
     }
+    let done = full.len() - chunks.remainder().len();
+    for (j, &w) in chunks.remainder().iter().enumerate() {
+        push_word(pages, done + j, w);
+    }
+    // Bits past the slot's last page, if its size is not a multiple of 64 pages, are not pages.
+    let tail = n % 64;
+    push_word(pages, words.len() - 1, if tail == 0 { last } else { last & ((1u64 << tail) - 1) });
 }
 
 /// What a [`SlidingDistinct`] keeps per page: at least the last interval that dirtied it.
@@ -326,9 +390,19 @@ mod tests {
     }
 
     #[test]
-    fn set_bits() {
-        let mut v = Vec::new();
-        for_each_set_bit(&[0b101, 1 << 63], |b| v.push(b));
-        assert_eq!(v, vec![0, 2, 127]);
+    fn dense_numbering_across_slots() {
+        let slots = [
+            MemorySlot { slot: 0, guest_phys_addr: 0, size_bytes: 100 * 4096 },
+            MemorySlot { slot: 1, guest_phys_addr: 1 << 32, size_bytes: 70 * 4096 },
+        ];
+        let space = PageSpace::new(&slots);
+        assert_eq!(space.total_pages, 170);
+        assert_eq!(space.guest_page(100), (1 << 32) / 4096);
+        assert_eq!(space.dense((1 << 32) / 4096 + 5), Some(105));
+        let mut pages = Vec::new();
+        space.push_dirty(0, &[1, 1 << 35 | 1 << 36], &mut pages);
+        // Bit 100 of slot 0 and bit 70 of slot 1 lie past their last pages.
+        space.push_dirty(1, &[1 << 63, 1 << 5 | 1 << 6], &mut pages);
+        assert_eq!(pages, vec![0, 64 + 35, 100 + 63, 100 + 64 + 5]);
     }
 }

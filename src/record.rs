@@ -1,10 +1,13 @@
-//! `dirtytrace record`: guest → VM → sampler → trace writer, wired together.
+//! `dirtytrace record`: a [`Recorder`] is built from [`RecordOptions`] (the guest loaded, the
+//! VM created, the output directory and manifest written), then [`Recorder::run`] wires the
+//! guest's VM, the sampler, the per-interval accounting and the trace writer together.
 
+use crate::accounting::IntervalAccounting;
 use crate::events::GuestLog;
 use crate::guest::{self, linux, synthetic, Guest};
-use crate::sampler::{self, EndReason, SamplerConfig};
-use crate::trace::{self, Manifest, TraceStatus, TraceWriter, WriterOptions, WriterProgress};
-use crate::vmm::{self, VcpuOutcome, Vm};
+use crate::sampler::{self, EndReason, Harvest, SamplerConfig};
+use crate::trace::{self, IntervalRow, Manifest, MemorySlot, TraceStatus, TraceWriter};
+use crate::vmm::{self, Bus, DirtyTracking, VcpuOutcome, Vm};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -12,71 +15,122 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The shortest harvest interval.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// The longest harvest interval: longer ones would say little about a dirty rate.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// The longest recording `--duration` allows.
 pub const MAX_RECORD_DURATION: Duration = Duration::from_secs(366 * 86_400);
-/// zstd level of the bitmaps: level 1 compresses sparse bitmaps as well as 3, faster.
-pub const ZSTD_LEVEL: i32 = 1;
+/// `--interval`'s default.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
+/// `--migration-speed`'s default: 1 Gbit/s.
+pub const DEFAULT_MIGRATION_SPEED_BYTES_PER_S: f64 = 125_000_000.0;
+/// A Linux guest's RAM when neither `--mem` nor the workload says.
+pub const LINUX_DEFAULT_MEM: u64 = 2 * crate::units::GIB;
 
+/// Everything `record` is told.
+#[derive(Debug, Clone)]
 pub struct RecordOptions {
-    /// A `.toml` synthetic workload spec; `None` runs the built-in default.
+    /// A `.toml` synthetic workload spec or a `.sh` Linux workload; `None` runs the built-in
+    /// synthetic default.
     pub workload: Option<PathBuf>,
+    /// Time between harvests.
     pub interval: Duration,
+    /// Stop after this long, even if the workload goes on.
     pub duration: Option<Duration>,
+    /// Guest RAM, overriding the workload's.
     pub mem: Option<u64>,
+    /// vCPUs, overriding the workload's.
     pub vcpus: Option<u32>,
+    /// Migration speed of the SimGrid columns, bytes per second.
     pub migration_speed: f64,
+    /// The trace directory to create.
     pub output: PathBuf,
+    /// The KVM device.
     pub kvm_device: PathBuf,
+    /// zstd level of the bitmaps.
     pub zstd_level: i32,
-    /// Run without dirty logging (bitmaps stay empty): the baseline of the slowdown benchmark.
-    pub untracked: bool,
+    /// How writes are tracked (off only to measure what tracking costs).
+    pub dirty_tracking: DirtyTracking,
+    /// Settings of `.sh` workloads.
     pub linux: LinuxRecordOptions,
     /// Pause the vCPUs around each harvest for an exact cut (costs guest time).
     pub exact_cut: bool,
 }
 
 impl RecordOptions {
+    /// The defaults, recording into `output`.
     pub fn new(output: PathBuf) -> Self {
         RecordOptions {
             workload: None,
-            interval: Duration::from_millis(100),
+            interval: DEFAULT_INTERVAL,
             duration: None,
             mem: None,
             vcpus: None,
-            migration_speed: 125_000_000.0,
+            migration_speed: DEFAULT_MIGRATION_SPEED_BYTES_PER_S,
             output,
             kvm_device: vmm::kvm_device_path(),
-            zstd_level: ZSTD_LEVEL,
-            untracked: false,
+            zstd_level: trace::ZSTD_LEVEL,
+            dirty_tracking: DirtyTracking::Bitmap,
             linux: LinuxRecordOptions::default(),
             exact_cut: false,
         }
     }
 }
 
+/// Linux-guest settings of `record`, used when the workload is a `.sh` script.
+#[derive(Debug, Clone, Default)]
+pub struct LinuxRecordOptions {
+    /// A bzImage or ELF vmlinux; default: `$DIRTYTRACE_KERNEL`, then the kit.
+    pub kernel: Option<PathBuf>,
+    /// `HOST_PATH:GUEST_PATH` extras for the initramfs.
+    pub files: Vec<String>,
+    /// Extra kernel command-line arguments.
+    pub cmdline: Option<String>,
+    /// Stream the console to stderr too.
+    pub console: bool,
+    /// Boot the kit's bzImage even when its vmlinux is there.
+    pub force_bzimage: bool,
+}
+
 /// How a recording went, as `record` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecordSummary {
+    /// The trace directory.
     pub trace_dir: PathBuf,
+    /// The manifest's `trace_id`.
     pub trace_id: String,
+    /// Where the trace stands.
     pub status: TraceStatus,
+    /// Why the recording ended.
     pub end_reason: String,
+    /// The guest fault or error that ended it.
     pub error: Option<String>,
+    /// Rows recorded.
     pub intervals: u64,
+    /// Seconds recorded.
     pub duration_s: f64,
+    /// Guest RAM in bytes.
     pub ramsize_bytes: u64,
+    /// Bytes dirtied over seconds recorded.
     pub mean_dirty_rate_bytes_per_s: f64,
+    /// The highest rate of a full interval.
     pub max_dirty_rate_bytes_per_s: f64,
+    /// Distinct pages dirtied in the whole recording.
     pub distinct_pages: u64,
+    /// Mean cores the vCPUs kept busy.
     pub mean_cpu_util: f64,
+    /// Harvest lateness, median (s).
     pub harvest_lateness_p50_s: f64,
+    /// Harvest lateness, 99th percentile (s).
     pub harvest_lateness_p99_s: f64,
+    /// Harvest lateness, maximum (s).
     pub harvest_lateness_max_s: f64,
+    /// `KVM_GET_DIRTY_LOG` time, median (s).
     pub harvest_ioctl_p50_s: f64,
+    /// Harvests that began more than a tenth of the interval late.
     pub missed_deadlines: u64,
+    /// Mean length of a full interval (s).
     pub mean_interval_s: f64,
     /// The guest's own exit status, where it reported one.
     pub guest_exit_status: Option<i32>,
@@ -87,57 +141,98 @@ pub struct RecordSummary {
     pub setup_s: Option<f64>,
 }
 
+impl RecordSummary {
+    /// The summary of the finished trace in `dir`.
+    pub fn of_trace(dir: &Path, guest_exit_status: Option<i32>) -> anyhow::Result<RecordSummary> {
+        let t = trace::Trace::open(dir)?;
+        let rows = t.rates()?;
+        let m = &t.manifest;
+        let duration_s = rows.last().map_or(0.0, |r| r.t_end_s);
+        let total_bytes: u64 = rows.iter().map(|r| r.dirty_bytes).sum();
+        let cpu_time: f64 = rows.iter().map(|r| r.cpu_util * r.duration_s).sum();
+        let per_second = |x: f64| if duration_s > 0.0 { x / duration_s } else { 0.0 };
+        Ok(RecordSummary {
+            trace_dir: dir.to_path_buf(),
+            trace_id: m.trace_id.clone(),
+            status: m.status,
+            end_reason: m.end_reason.clone().unwrap_or_default(),
+            error: m.error.clone(),
+            intervals: rows.len() as u64,
+            duration_s,
+            ramsize_bytes: m.ramsize_bytes,
+            mean_dirty_rate_bytes_per_s: per_second(total_bytes as f64),
+            max_dirty_rate_bytes_per_s: rows
+                .iter()
+                .filter(|r| !r.partial)
+                .map(|r| r.dirty_rate_bytes_per_s)
+                .fold(0.0, f64::max),
+            distinct_pages: rows.last().map_or(0, |r| r.distinct_pages_total),
+            mean_cpu_util: per_second(cpu_time),
+            harvest_lateness_p50_s: m.timing.lateness_p50_s,
+            harvest_lateness_p99_s: m.timing.lateness_p99_s,
+            harvest_lateness_max_s: m.timing.lateness_max_s,
+            harvest_ioctl_p50_s: m.timing.ioctl_p50_s,
+            missed_deadlines: m.timing.missed_deadlines,
+            mean_interval_s: m.timing.mean_interval_s,
+            guest_exit_status,
+            cost: None,
+            setup_s: None,
+        })
+    }
+}
+
 /// Mean seconds per interval spent inside KVM and in the recorder's own work.
 #[derive(Debug, Clone, Serialize)]
 pub struct HarvestCost {
+    /// Inside `KVM_GET_DIRTY_LOG` (thread CPU time).
     pub ioctl_mean_s: f64,
+    /// The sampler's work around the ioctl: progress words, CPU clocks, hand-off.
     pub sampler_own_mean_s: f64,
+    /// Per-interval accounting: counting, statistics and zstd compression of the bitmaps.
     pub compress_mean_s: f64,
+    /// Appending to the journal and logs.
     pub persist_mean_s: f64,
-    /// Taking the vCPUs out of the guest, per harvest (`--exact-cut` only).
+    /// Taking the vCPUs out of the guest, per harvest (`--exact-cut` only; wall time).
     pub pause_mean_s: f64,
     /// (sampler own + compress + persist) / ioctl.
     pub own_over_ioctl: f64,
 }
 
-impl HarvestCost {
-    pub fn from_stats(s: &trace::WriterStats) -> Self {
+/// Where the recorder's CPU time goes, per interval, in nanoseconds of thread CPU time (so
+/// that time the machine gives to other threads is not counted as ours).
+#[derive(Debug, Clone, Default)]
+struct CostLog {
+    ioctl_ns: Vec<u64>,
+    sampler_own_ns: Vec<u64>,
+    compress_ns: Vec<u64>,
+    persist_ns: Vec<u64>,
+    pause_ns: Vec<u64>,
+}
+
+impl CostLog {
+    fn mean(&self) -> HarvestCost {
         let mean = |v: &[u64]| if v.is_empty() { 0.0 } else { v.iter().sum::<u64>() as f64 / v.len() as f64 / 1e9 };
         let (ioctl, own, compress, persist) =
-            (mean(&s.ioctl_ns), mean(&s.sampler_own_ns), mean(&s.compress_ns), mean(&s.persist_ns));
+            (mean(&self.ioctl_ns), mean(&self.sampler_own_ns), mean(&self.compress_ns), mean(&self.persist_ns));
         HarvestCost {
             ioctl_mean_s: ioctl,
             sampler_own_mean_s: own,
             compress_mean_s: compress,
             persist_mean_s: persist,
-            pause_mean_s: mean(&s.pause_ns),
+            pause_mean_s: mean(&self.pause_ns),
             own_over_ioctl: if ioctl > 0.0 { (own + compress + persist) / ioctl } else { 0.0 },
         }
     }
 }
 
-/// Linux-guest settings of `record`, used when the workload is a `.sh` script.
-#[derive(Debug, Clone, Default)]
-pub struct LinuxRecordOptions {
-    pub kernel: Option<PathBuf>,
-    /// `HOST_PATH:GUEST_PATH` extras for the initramfs.
-    pub files: Vec<String>,
-    pub cmdline: Option<String>,
-    pub console: bool,
-    pub force_bzimage: bool,
-}
-
-pub const LINUX_DEFAULT_MEM: u64 = 2 << 30;
-
-pub fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
-    let (text, _source) = match &opts.workload {
-        None => (synthetic::spec::DEFAULT_SPEC.to_string(), "built-in default".to_string()),
-        Some(p) => {
-            let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if ext == "sh" {
-                if !p.is_file() {
-                    bail!("workload script {} does not exist", p.display());
-                }
+/// Loads the workload `opts` names: a synthetic spec, a Linux script, or the built-in default.
+fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
+    let text = match &opts.workload {
+        None => synthetic::spec::DEFAULT_SPEC.to_string(),
+        Some(p) => match p.extension().and_then(|e| e.to_str()).unwrap_or("") {
+            "sh" => {
+                crate::files::check_regular(p, linux::initramfs::MAX_SCRIPT_BYTES, "workload script")
+                    .context("--workload")?;
                 let files =
                     opts.linux.files.iter().map(|f| linux::initramfs::parse_extra(f)).collect::<Result<_, _>>()?;
                 let guest = linux::LinuxGuest::new(linux::LinuxOptions {
@@ -152,12 +247,13 @@ pub fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
                 })?;
                 return Ok(Box::new(guest));
             }
-            if ext != "toml" {
-                bail!("{}: a workload is a synthetic spec (.toml) or a Linux workload script (.sh)", p.display());
+            "toml" => {
+                let bytes = crate::files::read_regular(p, synthetic::spec::MAX_SPEC_BYTES, "workload spec")
+                    .with_context(|| "--workload".to_string())?;
+                String::from_utf8(bytes).with_context(|| format!("--workload {}: not UTF-8 text", p.display()))?
             }
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read workload {}", p.display()))?;
-            (text, p.display().to_string())
-        }
+            _ => bail!("{}: a workload is a synthetic spec (.toml) or a Linux workload script (.sh)", p.display()),
+        },
     };
     let spec = synthetic::spec::WorkloadSpec::parse(&text, opts.mem, opts.vcpus).map_err(|e| match &opts.workload {
         Some(p) => anyhow::anyhow!("{}: {e}", p.display()),
@@ -176,8 +272,8 @@ fn validate(opts: &RecordOptions) -> anyhow::Result<()> {
     if opts.duration.is_some_and(|d| d.is_zero()) {
         bail!("--duration must be longer than 0");
     }
-    if opts.duration.is_some_and(|d| d > MAX_RECORD_DURATION) {
-        bail!("--duration must be at most 366 days, got {:?}", opts.duration.unwrap_or_default());
+    if let Some(d) = opts.duration.filter(|&d| d > MAX_RECORD_DURATION) {
+        bail!("--duration must be at most 366 days, got {d:?}");
     }
     if !(opts.migration_speed > 0.0 && opts.migration_speed <= crate::units::MAX_RATE_BYTES_PER_S) {
         bail!("--migration-speed must be greater than 0 and at most 1 PB/s, got {} B/s", opts.migration_speed);
@@ -220,148 +316,167 @@ pub fn default_output_dir() -> PathBuf {
     PathBuf::from(format!("trace-{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60))
 }
 
-/// Records a trace. `interrupt` set (by Ctrl-C) ends it early with a complete trace.
+/// What the recorder tells whoever shows progress, after each interval.
+pub type Progress = Box<dyn FnMut(&IntervalRow) + Send>;
+
+/// A recording ready to start: guest loaded, VM created and prepared, trace directory and
+/// manifest written. Nothing runs until [`Recorder::run`].
+pub struct Recorder {
+    guest: Box<dyn Guest>,
+    vm: Vm,
+    bus: Arc<dyn Bus>,
+    log: Arc<GuestLog>,
+    writer: TraceWriter,
+    accounting: IntervalAccounting,
+    sampler: SamplerConfig,
+    t_begin_ns: u64,
+}
+
+impl TryFrom<RecordOptions> for Recorder {
+    type Error = anyhow::Error;
+
+    /// Checks the options and builds everything that can fail before the guest runs. The
+    /// output directory is made last, so an error leaves nothing behind.
+    fn try_from(opts: RecordOptions) -> anyhow::Result<Recorder> {
+        let t_begin_ns = crate::clock::now_ns();
+        validate(&opts)?;
+        let mut guest = load_guest(&opts)?;
+        let kvm = vmm::open_kvm(&opts.kvm_device)?;
+        let mut spec = guest.vm_spec();
+        spec.dirty_tracking = opts.dirty_tracking;
+        let mut vm = Vm::create(kvm, &spec)?;
+        let log = Arc::new(GuestLog::new(&guest.initial_phase()));
+        let bus = guest.prepare(&mut vm, log.clone())?;
+
+        let slots = vm.slots.iter().map(|s| MemorySlot {
+            slot: s.slot,
+            guest_phys_addr: s.guest_phys_addr,
+            size_bytes: s.size_bytes,
+        });
+        let mut manifest =
+            Manifest::new(new_trace_id(), opts.interval, slots.collect(), vm.vcpus.len() as u32, opts.migration_speed);
+        (manifest.host_kernel, manifest.host_name) = host_info();
+        manifest.duration_limit_s = opts.duration.map(|d| d.as_secs_f64());
+        manifest.exact_cut = opts.exact_cut;
+        manifest.guest = guest.describe();
+        manifest.guest_own_pages = guest.own_pages();
+        manifest.initial_nonzero_pages = guest::nonzero_pages(&vm, &guest.loaded_ranges());
+        // The same checks a reader makes, before anything is recorded.
+        trace::check_manifest(&manifest).context("the trace's manifest would be invalid")?;
+
+        trace::prepare_dir(&opts.output)?;
+        let writer = TraceWriter::create(&opts.output, manifest)?;
+        let accounting = IntervalAccounting::new(writer.manifest(), opts.zstd_level).context("zstd")?;
+        let sampler = SamplerConfig {
+            interval: opts.interval,
+            duration: opts.duration,
+            progress_words: guest.progress_words(),
+            exact_cut: opts.exact_cut,
+        };
+        Ok(Recorder { guest, vm, bus, log, writer, accounting, sampler, t_begin_ns })
+    }
+}
+
+impl Recorder {
+    /// How long the recording will last, where known: the workload's length or `--duration`,
+    /// whichever is shorter.
+    pub fn expected_duration(&self) -> Option<Duration> {
+        match (self.guest.expected_duration(), self.sampler.duration) {
+            (Some(e), Some(d)) => Some(e.min(d)),
+            (e, d) => e.or(d),
+        }
+    }
+
+    /// The trace directory.
+    pub fn output(&self) -> &Path {
+        self.writer.dir()
+    }
+
+    /// Runs the guest and records it. `interrupt` set (by Ctrl-C) ends the recording early
+    /// with a complete trace.
+    pub fn run(self, interrupt: Arc<AtomicBool>, mut progress: Option<Progress>) -> anyhow::Result<RecordSummary> {
+        let Recorder { vm, bus, log, writer, mut accounting, sampler: cfg, t_begin_ns, guest: _guest } = self;
+        let (tx, rx) = std::sync::mpsc::channel::<Harvest>();
+        // The writer thread does everything but the harvest itself, so that accounting and
+        // I/O never delay a deadline.
+        let writer_thread = std::thread::Builder::new().name("trace-writer".into()).spawn(move || {
+            let mut writer = writer;
+            let mut cost = CostLog::default();
+            for h in rx {
+                let cpu_begin = crate::clock::this_thread_cpu_ns();
+                cost.ioctl_ns.push(h.ioctl_cpu_ns);
+                cost.pause_ns.push(h.pause_ns);
+                cost.sampler_own_ns.push(h.sampler_cpu_ns.saturating_sub(h.ioctl_cpu_ns));
+                let done = accounting.account(h).map_err(anyhow::Error::from).and_then(|i| {
+                    let cpu_persist = crate::clock::this_thread_cpu_ns();
+                    cost.compress_ns.push(cpu_persist - cpu_begin);
+                    writer.append(&i.row, &i.blobs, &i.events, &i.console)?;
+                    cost.persist_ns.push(crate::clock::this_thread_cpu_ns() - cpu_persist);
+                    Ok(i.row)
+                });
+                match done {
+                    Ok(row) => {
+                        if let Some(p) = progress.as_mut() {
+                            p(&row);
+                        }
+                    }
+                    Err(e) => return (writer, cost, Some(e)),
+                }
+            }
+            (writer, cost, None)
+        })?;
+        vm.clear_dirty_log()?;
+        log.start_clock();
+        let running = vm.start(bus)?;
+        let setup_s = (crate::clock::now_ns() - t_begin_ns) as f64 / 1e9;
+        let result = sampler::run(running, &cfg, &log, &tx, &interrupt);
+        drop(tx);
+        let (writer, cost, write_error) =
+            writer_thread.join().map_err(|_| anyhow::anyhow!("the trace writer panicked"))?;
+        let result = result?;
+
+        let fault = result.outcomes.iter().find_map(|o| match o {
+            VcpuOutcome::Fault(f) => Some(f.to_string()),
+            _ => None,
+        });
+        let exit_status = result.outcomes.iter().find_map(|o| match o {
+            VcpuOutcome::PowerOff(s) => Some(*s),
+            _ => None,
+        });
+        let status = match result.end {
+            EndReason::Interrupted => TraceStatus::Interrupted,
+            EndReason::GuestFault if fault.is_some() => TraceStatus::GuestFault,
+            _ => TraceStatus::Complete,
+        };
+        let dir = writer.dir().to_path_buf();
+        let write_error = write_error.map(|e| format!("{e:#}"));
+        let error = write_error.clone().or_else(|| fault.clone());
+        let finalized = writer.finish(status, result.end.as_str(), error).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\nthe intervals recorded so far are in {}'s journal: free the problem, then run `dirtytrace recover {}`",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        if let Some(e) = write_error {
+            bail!(
+                "writing the trace failed: {e}\n{} intervals were kept in {}",
+                finalized.manifest.intervals,
+                dir.display()
+            );
+        }
+        let mut summary = RecordSummary::of_trace(&dir, exit_status)?;
+        summary.cost = Some(cost.mean());
+        summary.setup_s = Some(setup_s);
+        Ok(summary)
+    }
+}
+
+/// Records a trace: [`Recorder::try_from`], then [`Recorder::run`].
 pub fn record(
     opts: &RecordOptions,
     interrupt: Arc<AtomicBool>,
-    progress: Option<WriterProgress>,
+    progress: Option<Progress>,
 ) -> anyhow::Result<RecordSummary> {
-    let t_begin = crate::clock::now_ns();
-    validate(opts)?;
-    let mut guest = load_guest(opts)?;
-    let kvm = vmm::open_kvm(&opts.kvm_device)?;
-    let mut spec = guest.vm_spec();
-    spec.dirty_log = !opts.untracked;
-    let mut vm = Vm::create(kvm, &spec)?;
-    let log = Arc::new(GuestLog::new(&guest.initial_phase()));
-    let bus = guest.prepare(&mut vm, log.clone())?;
-    let initial_nonzero = guest::nonzero_pages(&vm, &guest.loaded_ranges());
-    trace::writer_prepare_dir(&opts.output).map_err(anyhow::Error::msg)?;
-
-    let ramsize = vm.ram_bytes();
-    let (host_kernel, host_name) = host_info();
-    let manifest = Manifest {
-        format_version: trace::FORMAT_VERSION,
-        trace_id: new_trace_id(),
-        status: TraceStatus::Recording,
-        end_reason: None,
-        error: None,
-        tool: "dirtytrace".into(),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-        host_kernel,
-        host_name,
-        start_unix_s: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0),
-        interval_s: opts.interval.as_secs_f64(),
-        duration_limit_s: opts.duration.map(|d| d.as_secs_f64()),
-        page_size: vmm::PAGE_SIZE,
-        ramsize_bytes: ramsize,
-        vcpus: vm.vcpus.len() as u32,
-        migration_speed_bytes_per_s: opts.migration_speed,
-        working_set_window_s: ramsize as f64 / opts.migration_speed,
-        slots: vm.slots.clone(),
-        exact_cut: opts.exact_cut,
-        guest: guest.describe(),
-        guest_own_pages: guest.own_pages(),
-        initial_nonzero_pages: initial_nonzero,
-        timing: Default::default(),
-        intervals: 0,
-    };
-    let writer = TraceWriter::create(
-        WriterOptions { dir: opts.output.clone(), zstd_level: opts.zstd_level },
-        manifest,
-        progress,
-    )
-    .map_err(anyhow::Error::msg)?;
-
-    let cfg = SamplerConfig {
-        interval: opts.interval,
-        duration: opts.duration,
-        progress_words: guest.progress_words(),
-        exact_cut: opts.exact_cut,
-    };
-    let (tx, rx) = std::sync::mpsc::channel();
-    let writer_thread = std::thread::Builder::new().name("trace-writer".into()).spawn(move || {
-        let mut writer = writer;
-        for h in rx {
-            if let Err(e) = writer.append(h) {
-                return (writer, Some(e));
-            }
-        }
-        (writer, None)
-    })?;
-    vm.clear_dirty_log()?;
-    log.start_clock();
-    let running = vm.start(bus)?;
-    let setup_s = (crate::clock::now_ns() - t_begin) as f64 / 1e9;
-    let result = sampler::run(running, &cfg, &log, &tx, &interrupt);
-    drop(tx);
-    let (writer, write_error) = writer_thread.join().map_err(|_| anyhow::anyhow!("the trace writer panicked"))?;
-    let result = result?;
-
-    let fault = result.outcomes.iter().find_map(|o| match o {
-        VcpuOutcome::Fault(f) => Some(f.to_string()),
-        _ => None,
-    });
-    let exit_status = result.outcomes.iter().find_map(|o| match o {
-        VcpuOutcome::PowerOff(s) => Some(*s),
-        _ => None,
-    });
-    let status = match result.end {
-        EndReason::Interrupted => TraceStatus::Interrupted,
-        EndReason::GuestFault if fault.is_some() => TraceStatus::GuestFault,
-        _ => TraceStatus::Complete,
-    };
-    let end_name = serde_json::to_value(result.end).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-    let dir = writer.dir().to_path_buf();
-    let error = write_error.clone().or_else(|| fault.clone());
-    let (manifest, stats) = writer.finish(status, &end_name, error.clone()).map_err(|e| {
-        anyhow::anyhow!("{e}\nthe intervals recorded so far are in {}'s journal: free the problem, then run `dirtytrace recover {}`", dir.display(), dir.display())
-    })?;
-    if let Some(e) = write_error {
-        bail!("writing the trace failed: {e}\n{} intervals were kept in {}", manifest.intervals, dir.display());
-    }
-    let mut summary = summarize_recording(&dir, exit_status)?;
-    summary.cost = Some(HarvestCost::from_stats(&stats));
-    summary.setup_s = Some(setup_s);
-    Ok(summary)
-}
-
-/// The summary `record` prints, read back from the finished trace.
-pub fn summarize_recording(dir: &Path, guest_exit_status: Option<i32>) -> anyhow::Result<RecordSummary> {
-    let t = trace::Trace::open(dir)?;
-    let rows = t.rates()?;
-    let m = &t.manifest;
-    let duration_s = rows.last().map_or(0.0, |r| r.t_end_s);
-    let total_bytes: u64 = rows.iter().map(|r| r.dirty_bytes).sum();
-    let cpu_time: f64 = rows.iter().map(|r| r.cpu_util * r.duration_s).sum();
-    Ok(RecordSummary {
-        trace_dir: dir.to_path_buf(),
-        trace_id: m.trace_id.clone(),
-        status: m.status,
-        end_reason: m.end_reason.clone().unwrap_or_default(),
-        error: m.error.clone(),
-        intervals: rows.len() as u64,
-        duration_s,
-        ramsize_bytes: m.ramsize_bytes,
-        mean_dirty_rate_bytes_per_s: if duration_s > 0.0 { total_bytes as f64 / duration_s } else { 0.0 },
-        max_dirty_rate_bytes_per_s: rows
-            .iter()
-            .filter(|r| !r.partial)
-            .map(|r| r.dirty_rate_bytes_per_s)
-            .fold(0.0, f64::max),
-        distinct_pages: rows.last().map_or(0, |r| r.distinct_pages_total),
-        mean_cpu_util: if duration_s > 0.0 { cpu_time / duration_s } else { 0.0 },
-        harvest_lateness_p50_s: m.timing.lateness_p50_s,
-        harvest_lateness_p99_s: m.timing.lateness_p99_s,
-        harvest_lateness_max_s: m.timing.lateness_max_s,
-        harvest_ioctl_p50_s: m.timing.ioctl_p50_s,
-        missed_deadlines: m.timing.missed_deadlines,
-        mean_interval_s: m.timing.mean_interval_s,
-        guest_exit_status,
-        cost: None,
-        setup_s: None,
-    })
+    Recorder::try_from(opts.clone())?.run(interrupt, progress)
 }

@@ -13,8 +13,8 @@ pub fn record_summary(s: &RecordSummary) -> String {
         format!("{} over {:.3} s (mean interval {:.3} ms)", s.intervals, s.duration_s, s.mean_interval_s * 1e3),
     );
     line("guest RAM", HumanBytes(s.ramsize_bytes as f64).to_string());
-    line("dirty rate, mean", format!("{:.2} MiB/s", s.mean_dirty_rate_bytes_per_s / MIB));
-    line("dirty rate, max interval", format!("{:.2} MiB/s", s.max_dirty_rate_bytes_per_s / MIB));
+    line("dirty rate, mean", format!("{:.2} MiB/s", s.mean_dirty_rate_bytes_per_s / MIB as f64));
+    line("dirty rate, max interval", format!("{:.2} MiB/s", s.max_dirty_rate_bytes_per_s / MIB as f64));
     line("distinct pages dirtied", format!("{} ({})", s.distinct_pages, HumanBytes(s.distinct_pages as f64 * 4096.0)));
     line("vCPU utilisation, mean", format!("{:.3} cores", s.mean_cpu_util));
     line(
@@ -45,7 +45,13 @@ use crate::analysis::summary::{Stats, Summary};
 use crate::units::HumanBytes as HB;
 
 fn rate_stats(s: &Stats) -> String {
-    format!("mean {:.2}, p50 {:.2}, p95 {:.2}, max {:.2} MiB/s", s.mean / MIB, s.p50 / MIB, s.p95 / MIB, s.max / MIB)
+    format!(
+        "mean {:.2}, p50 {:.2}, p95 {:.2}, max {:.2} MiB/s",
+        s.mean / MIB as f64,
+        s.p50 / MIB as f64,
+        s.p95 / MIB as f64,
+        s.max / MIB as f64
+    )
 }
 
 fn cpu_stats(s: &Stats) -> String {
@@ -86,8 +92,8 @@ pub fn summary_text(s: &Summary) -> String {
             "  {:>8.1} s {:>10} {:>10.1} MiB {:>10.1} MiB\n",
             p.window_s,
             p.windows,
-            p.max_bytes as f64 / MIB,
-            p.mean_bytes / MIB
+            p.max_bytes as f64 / MIB as f64,
+            p.mean_bytes / MIB as f64
         ));
     }
     if s.working_set_curve.is_empty() {
@@ -132,7 +138,7 @@ pub fn simgrid_text(p: &SimgridParams) -> String {
     }
     line("fitted over", format!("{} intervals, {:.3} s", p.intervals, p.duration_s));
     line("ramsize", format!("{} bytes ({})", p.ramsize_bytes, HB(p.ramsize_bytes as f64)));
-    line("migration speed", format!("{:.2} MiB/s", p.migration_speed_bytes_per_s / MIB));
+    line("migration speed", format!("{:.2} MiB/s", p.migration_speed_bytes_per_s / MIB as f64));
     line("dirty page intensity", format!("{:.6} (of the migration speed, per core of load)", p.dp_intensity));
     line(
         "working set memory",
@@ -144,7 +150,7 @@ pub fn simgrid_text(p: &SimgridParams) -> String {
         ),
     );
     line("VM load", format!("{:.3} cores (mean)", p.cpu_util));
-    line("dirty rate", format!("{:.2} MiB/s (mean)", p.dirty_rate_bytes_per_s / MIB));
+    line("dirty rate", format!("{:.2} MiB/s (mean)", p.dirty_rate_bytes_per_s / MIB as f64));
     line(
         "sg_vm_create_migratable",
         format!(
@@ -165,7 +171,7 @@ pub fn replay_text(r: &ReplayResult) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "  precopy migration at {:.2} MiB/s, max downtime {:.1} ms, at most {} rounds, from {:.3} s{}{}\n",
-        r.bandwidth_bytes_per_s / MIB,
+        r.bandwidth_bytes_per_s / MIB as f64,
         r.max_downtime_s * 1e3,
         r.max_rounds,
         r.start_s,
@@ -179,7 +185,7 @@ pub fn replay_text(r: &ReplayResult) -> String {
             x.round,
             x.start_s,
             x.duration_s,
-            x.bytes as f64 / MIB
+            x.bytes as f64 / MIB as f64
         ));
     }
     out.push_str(&format!(
@@ -187,7 +193,7 @@ pub fn replay_text(r: &ReplayResult) -> String {
         "stop",
         r.total_time_s - r.downtime_s,
         r.downtime_s,
-        r.stop_and_copy.bytes as f64 / MIB
+        r.stop_and_copy.bytes as f64 / MIB as f64
     ));
     let downtime =
         if r.downtime_s < 1.0 { format!("{:.1} ms", r.downtime_s * 1e3) } else { format!("{:.3} s", r.downtime_s) };

@@ -3,7 +3,8 @@
 //! this path, so compression and I/O never delay a deadline.
 
 use crate::clock;
-use crate::events::{GuestEvent, GuestLog};
+use crate::events::GuestLog;
+use crate::trace::GuestEvent;
 use crate::vmm::{RunningVm, VcpuOutcome, VmmError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -12,8 +13,11 @@ use std::time::Duration;
 /// The longest the sampler sleeps before looking at stop conditions again.
 const POLL_NS: u64 = 20_000_000;
 
+/// What the sampler needs to know.
 pub struct SamplerConfig {
+    /// Time between harvests.
     pub interval: Duration,
+    /// Stop after this long.
     pub duration: Option<Duration>,
     /// Guest-physical addresses of u64 progress words, read just before and after each harvest.
     pub progress_words: Vec<u64>,
@@ -21,12 +25,14 @@ pub struct SamplerConfig {
     pub exact_cut: bool,
 }
 
-/// One interval's harvest, as it leaves the sampler.
-#[derive(Debug, Clone)]
+/// One interval's harvest, as it leaves the sampler: the raw material of one trace row.
+#[derive(Debug, Clone, Default)]
 pub struct Harvest {
+    /// The interval's number.
     pub index: u64,
-    /// Nanoseconds since the recording started.
+    /// When the previous harvest began, in nanoseconds since the recording started.
     pub t_start_ns: u64,
+    /// When this harvest began, in nanoseconds since the recording started.
     pub t_end_ns: u64,
     /// How late the harvest started after its deadline (0 for a final, early harvest).
     pub lateness_ns: u64,
@@ -34,16 +40,21 @@ pub struct Harvest {
     pub ioctl_ns: u64,
     /// How long taking the vCPUs out of the guest took (exact cut only).
     pub pause_ns: u64,
-    /// CPU time of the sampler thread on this harvest: inside the ioctl, and all of it.
+    /// CPU time of the sampler thread inside the ioctl.
     pub ioctl_cpu_ns: u64,
+    /// CPU time of the sampler thread on this harvest, all of it.
     pub sampler_cpu_ns: u64,
     /// Raw bitmap words per slot, KVM's layout.
     pub bitmaps: Vec<Vec<u64>>,
     /// CPU time each vCPU used in the interval.
     pub vcpu_cpu_ns: Vec<u64>,
+    /// The guest's progress words, read just before the harvest.
     pub progress_before: Vec<u64>,
+    /// The guest's progress words, read just after the harvest.
     pub progress_after: Vec<u64>,
+    /// The guest's phase at the harvest.
     pub phase: String,
+    /// What the guest reported since the last harvest.
     pub events: Vec<GuestEvent>,
     /// Console output since the last harvest.
     pub console: Vec<u8>,
@@ -51,22 +62,57 @@ pub struct Harvest {
     pub partial: bool,
 }
 
+impl Harvest {
+    /// A harvest of interval `index` over `[t_start_ns, t_end_ns]` with these bitmaps, one per
+    /// slot; everything else starts empty.
+    pub fn new(index: u64, t_start_ns: u64, t_end_ns: u64, bitmaps: Vec<Vec<u64>>) -> Harvest {
+        Harvest { index, t_start_ns, t_end_ns, bitmaps, ..Harvest::default() }
+    }
+}
+
+/// Why the sampler stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
+    /// Every vCPU said it was done.
     WorkloadDone,
+    /// `--duration` passed.
     Duration,
+    /// Ctrl-C, SIGTERM or SIGHUP.
     Interrupted,
+    /// The guest powered off or reset.
     GuestPowerOff,
+    /// A vCPU faulted.
     GuestFault,
+    /// The trace writer stopped taking harvests.
     WriterFailed,
 }
 
+impl EndReason {
+    /// The name in `manifest.json`'s `end_reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::WorkloadDone => "workload_done",
+            EndReason::Duration => "duration",
+            EndReason::Interrupted => "interrupted",
+            EndReason::GuestPowerOff => "guest_power_off",
+            EndReason::GuestFault => "guest_fault",
+            EndReason::WriterFailed => "writer_failed",
+        }
+    }
+}
+
+/// How the sampler's run went.
 pub struct SamplerResult {
+    /// Why it stopped.
     pub end: EndReason,
+    /// How each vCPU ended.
     pub outcomes: Vec<VcpuOutcome>,
+    /// Harvests taken.
     pub intervals: u64,
+    /// Deadlines passed over because the sampler was more than an interval behind.
     pub skipped_deadlines: u64,
+    /// Nanoseconds from the start to the last harvest.
     pub elapsed_ns: u64,
 }
 
@@ -93,10 +139,7 @@ fn harvest(
     let progress_before: Vec<u64> = cfg.progress_words.iter().map(|&a| vm.read_u64(a)).collect();
     let t_h = clock::now_ns();
     let cpu_ioctl = clock::this_thread_cpu_ns();
-    let mut bitmaps = Vec::with_capacity(vm.slots.len());
-    for slot in &vm.slots {
-        bitmaps.push(vm.harvest(slot)?);
-    }
+    let bitmaps = vm.harvest_all()?;
     let t_after = clock::now_ns();
     let ioctl_cpu_ns = clock::this_thread_cpu_ns() - cpu_ioctl;
     let progress_after: Vec<u64> = cfg.progress_words.iter().map(|&a| vm.read_u64(a)).collect();
@@ -108,7 +151,8 @@ fn harvest(
     let h = Harvest {
         index: st.index,
         t_start_ns: st.last_t_ns,
-        t_end_ns: t_h - t0,
+        // Never a zero-length interval, even on a coarse clock.
+        t_end_ns: (t_h - t0).max(st.last_t_ns + 1),
         lateness_ns: deadline_ns.map_or(0, |d| t_h.saturating_sub(d)),
         ioctl_ns: t_after - t_h,
         ioctl_cpu_ns,
@@ -124,7 +168,7 @@ fn harvest(
         partial: deadline_ns.is_none(),
     };
     st.index += 1;
-    st.last_t_ns = t_h - t0;
+    st.last_t_ns = h.t_end_ns;
     st.last_cpu = cpu;
     let mut h = h;
     h.sampler_cpu_ns = clock::this_thread_cpu_ns() - cpu_begin;
@@ -141,10 +185,11 @@ pub fn run(
     interrupt: &AtomicBool,
 ) -> Result<SamplerResult, VmmError> {
     let t0 = log.t0_ns();
-    let interval_ns = cfg.interval.as_nanos() as u64;
-    let end_ns = cfg.duration.map(|d| t0 + d.as_nanos() as u64);
+    // Callers bound both (`record`'s checks); saturate rather than wrap regardless.
+    let interval_ns = u64::try_from(cfg.interval.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let end_ns = cfg.duration.map(|d| t0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
     let mut st = State { index: 0, last_t_ns: 0, last_cpu: vm.vcpu_cpu_ns() };
-    let mut next_deadline = t0 + interval_ns;
+    let mut next_deadline = t0.saturating_add(interval_ns);
     let mut skipped = 0u64;
     let end = loop {
         let deadline = end_ns.map_or(next_deadline, |e| next_deadline.min(e));
@@ -175,13 +220,13 @@ pub fn run(
         if end_ns.is_some_and(|e| deadline >= e) {
             break EndReason::Duration;
         }
-        next_deadline += interval_ns;
+        next_deadline = next_deadline.saturating_add(interval_ns);
         let now = clock::now_ns();
         if now >= next_deadline {
             // Far behind: skip to the next deadline in the future rather than harvest in a burst.
             let behind = (now - next_deadline) / interval_ns + 1;
             skipped += behind;
-            next_deadline += behind * interval_ns;
+            next_deadline = next_deadline.saturating_add(behind.saturating_mul(interval_ns));
         }
     };
     let outcomes = vm.stop();

@@ -1,7 +1,15 @@
-//! Human-written quantities: sizes (`64MiB`), durations (`250ms`) and rates (`1Gbit/s`).
+//! Units, and human-written quantities: sizes (`64MiB`), durations (`250ms`) and rates
+//! (`1Gbit/s`), parsed with their ranges checked and shown the same way.
 
 use std::fmt;
 use std::time::Duration;
+
+/// Bytes per page, guest and host: x86-64's base page.
+pub const PAGE_SIZE: u64 = 4096;
+/// 2^20 bytes.
+pub const MIB: u64 = 1 << 20;
+/// 2^30 bytes.
+pub const GIB: u64 = 1 << 30;
 
 /// The longest duration any flag or key accepts: ten years. Longer ones are refused rather
 /// than wrapped when they become nanoseconds.
@@ -120,6 +128,79 @@ pub fn parse_rate(s: &str) -> Result<f64, ParseError> {
     Ok(rate)
 }
 
+/// A duration on the command line: parsed as [`parse_duration`], shown as `100ms` or `1.5s`,
+/// so that a flag's default is written once, as a constant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl std::str::FromStr for HumanDuration {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse_duration(s).map(HumanDuration)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ns = self.0.as_nanos();
+        match ns {
+            0 => write!(f, "0s"),
+            _ if ns.is_multiple_of(1_000_000_000) => write!(f, "{}s", ns / 1_000_000_000),
+            _ if ns.is_multiple_of(1_000_000) && ns < 1_000_000_000 => write!(f, "{}ms", ns / 1_000_000),
+            _ => write!(f, "{}s", self.0.as_secs_f64()),
+        }
+    }
+}
+
+/// A rate on the command line: parsed as [`parse_rate`], shown as `1Gbit/s`, `100MiB/s` or
+/// bytes per second.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HumanRate(pub f64);
+
+impl std::str::FromStr for HumanRate {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse_rate(s).map(HumanRate)
+    }
+}
+
+impl fmt::Display for HumanRate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (bytes, bits) = (self.0, self.0 * 8.0);
+        let whole = |v: f64, unit: f64| v >= unit && (v / unit).fract() == 0.0;
+        if whole(bits, 1e9) {
+            write!(f, "{}Gbit/s", bits / 1e9)
+        } else if whole(bits, 1e6) {
+            write!(f, "{}Mbit/s", bits / 1e6)
+        } else if whole(bytes, MIB as f64) {
+            write!(f, "{}MiB/s", bytes / MIB as f64)
+        } else {
+            write!(f, "{bytes}B/s")
+        }
+    }
+}
+
+/// A size on the command line: parsed as [`parse_size`], shown as `4GiB`, `64MiB` or bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanSize(pub u64);
+
+impl std::str::FromStr for HumanSize {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        parse_size(s).map(HumanSize)
+    }
+}
+
+impl fmt::Display for HumanSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            b if b >= GIB && b % GIB == 0 => write!(f, "{}GiB", b / GIB),
+            b if b >= MIB && b % MIB == 0 => write!(f, "{}MiB", b / MIB),
+            b => write!(f, "{b}B"),
+        }
+    }
+}
+
 /// Bytes shown to people: `256.0 MiB`.
 pub struct HumanBytes(pub f64);
 
@@ -139,8 +220,6 @@ impl fmt::Display for HumanBytes {
         }
     }
 }
-
-pub const MIB: f64 = 1024.0 * 1024.0;
 
 #[cfg(test)]
 mod tests {
@@ -179,10 +258,26 @@ mod tests {
     }
 
     #[test]
+    fn defaults_show_as_they_parse() {
+        for text in ["100ms", "30ms", "1s", "1.5s", "0s"] {
+            let d: HumanDuration = text.parse().unwrap();
+            assert_eq!(d.to_string(), text);
+        }
+        for text in ["1Gbit/s", "10Mbit/s", "100MiB/s", "12345B/s"] {
+            let r: HumanRate = text.parse().unwrap();
+            assert_eq!(r.to_string(), text);
+        }
+        for text in ["4GiB", "64MiB", "4097B"] {
+            let b: HumanSize = text.parse().unwrap();
+            assert_eq!(b.to_string(), text);
+        }
+    }
+
+    #[test]
     fn rates() {
         assert_eq!(parse_rate("1Gbit/s").unwrap(), 125_000_000.0);
         assert_eq!(parse_rate("125MB/s").unwrap(), 125_000_000.0);
-        assert_eq!(parse_rate("100MiB/s").unwrap(), 100.0 * MIB);
+        assert_eq!(parse_rate("100MiB/s").unwrap(), 100.0 * MIB as f64);
         assert_eq!(parse_rate("0").unwrap(), 0.0);
         assert!(parse_rate("-5MiB/s").unwrap_err().0.contains("negative"));
         assert!(parse_rate("fast").is_err());

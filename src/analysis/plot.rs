@@ -70,7 +70,7 @@ impl PlotData {
 /// Reads the trace once and collects what the figure shows.
 pub fn collect(trace: &Trace) -> Result<PlotData> {
     let m = &trace.manifest;
-    let space = PageSpace::new(m);
+    let space = PageSpace::new(&m.slots);
     let n = m.intervals.max(1) as usize;
     let total_pages = space.total_pages.max(1);
     let tb = n.min(HEAT_TIME_BINS);
@@ -156,23 +156,45 @@ pub fn collect(trace: &Trace) -> Result<PlotData> {
     })
 }
 
-fn load_font() -> std::result::Result<(), String> {
-    static FONT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+/// Why the figure's font could not be loaded.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FontError {
+    /// `$DIRTYTRACE_FONT` or a system font is not a font plotters can use.
+    #[error("{} is not a TrueType/OpenType font", .0.display())]
+    NotAFont(PathBuf),
+    /// `$DIRTYTRACE_FONT` cannot be read (missing, not a regular file, too large).
+    #[error("DIRTYTRACE_FONT: {0}")]
+    Unreadable(String),
+    /// No font in the usual places.
+    #[error(
+        "no font for the figure's labels: install DejaVu Sans (Debian/Ubuntu: apt-get install fonts-dejavu-core) or \
+         set DIRTYTRACE_FONT to a .ttf file (looked in {0})"
+    )]
+    Missing(String),
+}
+
+/// The largest font file read.
+const MAX_FONT_BYTES: u64 = 64 << 20;
+
+fn load_font() -> std::result::Result<(), FontError> {
+    static FONT: OnceLock<std::result::Result<(), FontError>> = OnceLock::new();
     FONT.get_or_init(|| {
-        let candidates: Vec<PathBuf> = std::env::var_os("DIRTYTRACE_FONT")
-            .map(|p| vec![PathBuf::from(p)])
-            .unwrap_or_else(|| FONT_PATHS.iter().map(PathBuf::from).collect());
-        for path in &candidates {
-            if let Ok(bytes) = std::fs::read(path) {
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                return plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-                    .map_err(|_| format!("{} is not a TrueType/OpenType font", path.display()));
+        let register = |path: &Path, bytes: Vec<u8>| {
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map_err(|_| FontError::NotAFont(path.to_path_buf()))
+        };
+        if let Some(p) = std::env::var_os("DIRTYTRACE_FONT").map(PathBuf::from) {
+            let bytes = crate::files::read_regular(&p, MAX_FONT_BYTES, "font")
+                .map_err(|e| FontError::Unreadable(e.to_string()))?;
+            return register(&p, bytes);
+        }
+        for path in FONT_PATHS.iter().map(Path::new) {
+            if let Ok(bytes) = crate::files::read_regular(path, MAX_FONT_BYTES, "font") {
+                return register(path, bytes);
             }
         }
-        Err(format!(
-            "no font for the figure's labels: install DejaVu Sans (Debian/Ubuntu: apt-get install fonts-dejavu-core) or set DIRTYTRACE_FONT to a .ttf file (looked in {})",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        ))
+        Err(FontError::Missing(FONT_PATHS.join(", ")))
     })
     .clone()
 }
@@ -206,13 +228,13 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &PlotData, trace: &
     let (w, h) = root.dim_in_pixel();
     let title = format!(
         "dirtytrace {}: {} guest RAM, {} intervals of {} ms, {:.1} s; mean dirty rate {:.1} MiB/s, {:.1} MiB distinct",
-        &m.trace_id[..m.trace_id.len().min(8)],
+        m.trace_id.chars().take(8).collect::<String>(),
         crate::units::HumanBytes(m.ramsize_bytes as f64),
         s.intervals,
         m.interval_s * 1e3,
         s.duration_s,
-        s.dirty_rate_bytes_per_s.mean / MIB,
-        s.distinct_bytes as f64 / MIB
+        s.dirty_rate_bytes_per_s.mean / MIB as f64,
+        s.distinct_bytes as f64 / MIB as f64
     );
     let (top, rest) = root.split_vertically(36);
     top.draw_text(&title, &("sans-serif", 17).into_text_style(&top), (12, 10))?;
@@ -223,7 +245,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &PlotData, trace: &
     let y_label_area = 80;
 
     // (a) Dirty rate over time, phases shaded.
-    let ymax = d.rate.iter().map(|r| r.2).fold(0.0f64, f64::max) / MIB * 1.1 + 1e-3;
+    let ymax = d.rate.iter().map(|r| r.2).fold(0.0f64, f64::max) / MIB as f64 * 1.1 + 1e-3;
     let mut a = ChartBuilder::on(&areas[0])
         .margin(10)
         .margin_right(110)
@@ -257,17 +279,17 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &PlotData, trace: &
     }
     let per_bucket = d.summary.intervals as usize > d.rate.len();
     if per_bucket {
-        a.draw_series(LineSeries::new(d.rate.iter().map(|r| (r.0, r.2 / MIB)), RGBColor(150, 170, 220)))?
+        a.draw_series(LineSeries::new(d.rate.iter().map(|r| (r.0, r.2 / MIB as f64)), RGBColor(150, 170, 220)))?
             .label("max interval in bucket")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], RGBColor(150, 170, 220)));
     }
-    a.draw_series(LineSeries::new(d.rate.iter().map(|r| (r.0, r.1 / MIB)), BLUE.stroke_width(2)))?
+    a.draw_series(LineSeries::new(d.rate.iter().map(|r| (r.0, r.1 / MIB as f64)), BLUE.stroke_width(2)))?
         .label(if per_bucket { "mean (bucketed)" } else { "per interval" })
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLUE.stroke_width(2)));
     a.configure_series_labels().background_style(WHITE.mix(0.85)).border_style(BLACK.mix(0.4)).draw()?;
 
     // (b) Page-by-time heatmap.
-    let mem_mib = d.total_pages as f64 * m.page_size as f64 / MIB;
+    let mem_mib = d.total_pages as f64 * m.page_size as f64 / MIB as f64;
     let mut b = ChartBuilder::on(&areas[1])
         .margin(10)
         .margin_right(110)
@@ -339,7 +361,8 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &PlotData, trace: &
     // (c) Working-set curve, one category per window.
     let curve = &s.working_set_curve;
     let nw = curve.len().max(1) as u32;
-    let cmax = (curve.iter().map(|p| p.max_bytes as f64).fold(s.distinct_bytes as f64, f64::max) / MIB * 1.1).max(1e-3);
+    let cmax =
+        (curve.iter().map(|p| p.max_bytes as f64).fold(s.distinct_bytes as f64, f64::max) / MIB as f64 * 1.1).max(1e-3);
     let mut c = ChartBuilder::on(&areas[2])
         .margin(10)
         .margin_right(110)
@@ -358,7 +381,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &PlotData, trace: &
         .x_label_formatter(&window_label)
         .light_line_style(WHITE.mix(0.0))
         .draw()?;
-    let all = s.distinct_bytes as f64 / MIB;
+    let all = s.distinct_bytes as f64 / MIB as f64;
     c.draw_series(LineSeries::new([(SegmentValue::Exact(0), all), (SegmentValue::Last, all)], BLACK.mix(0.5)))?
         .label("distinct in the whole trace")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], BLACK.mix(0.5)));
@@ -370,7 +393,7 @@ fn draw<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, d: &PlotData, trace: &
         )))?;
     }
     let pts = |f: fn(&super::summary::WorkingSetPoint) -> f64| {
-        curve.iter().enumerate().map(move |(i, p)| (SegmentValue::CenterOf(i as u32), f(p) / MIB))
+        curve.iter().enumerate().map(move |(i, p)| (SegmentValue::CenterOf(i as u32), f(p) / MIB as f64))
     };
     c.draw_series(LineSeries::new(pts(|p| p.max_bytes as f64), RED.stroke_width(2)))?
         .label("max over windows")
@@ -406,7 +429,7 @@ pub fn plot(trace: &Trace, opts: &PlotOptions) -> Result<PlotData> {
             return Err(out_err(format!("cannot write here: {} is not a directory", parent.display())));
         }
     }
-    load_font().map_err(out_err)?;
+    load_font().map_err(|e| out_err(e.to_string()))?;
     let data = collect(trace)?;
     let size = (opts.width, opts.height);
     let drawn = match kind {

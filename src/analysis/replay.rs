@@ -18,7 +18,13 @@ use std::ops::ControlFlow;
 /// What QEMU sends for a page that is all zeroes: an 8-byte page header and one byte.
 pub const ZERO_PAGE_BYTES: u64 = 9;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// `--max-downtime`'s default.
+pub const DEFAULT_MAX_DOWNTIME: std::time::Duration = std::time::Duration::from_millis(30);
+/// `--max-rounds`'s default.
+pub const DEFAULT_MAX_ROUNDS: u32 = 30;
+
+/// How round 0 counts pages that were never written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ZeroPages {
     /// Round 0 sends every page in full (SimGrid's convention).
@@ -42,8 +48,8 @@ impl ReplayOptions {
     pub fn new(bandwidth_bytes_per_s: f64) -> Self {
         ReplayOptions {
             bandwidth_bytes_per_s,
-            max_downtime_s: 0.03,
-            max_rounds: 30,
+            max_downtime_s: DEFAULT_MAX_DOWNTIME.as_secs_f64(),
+            max_rounds: DEFAULT_MAX_ROUNDS,
             start_s: 0.0,
             looped: false,
             zero_pages: ZeroPages::Send,
@@ -200,7 +206,7 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
         end_s = row?.t_end_s;
     }
     validate(trace, o, end_s)?;
-    let space = PageSpace::new(m);
+    let space = PageSpace::new(&m.slots);
     let nonzero = match o.zero_pages {
         ZeroPages::Send => None,
         ZeroPages::Skip => {
@@ -285,7 +291,7 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
                  (--start {} s, --bandwidth {:.2} MiB/s). Record a longer trace, or pass --loop to repeat this one",
                 trace.dir.display(),
                 o.start_s,
-                o.bandwidth_bytes_per_s / crate::units::MIB,
+                o.bandwidth_bytes_per_s / crate::units::MIB as f64,
             )));
         }
     }

@@ -71,7 +71,7 @@ pub fn fit(trace: &Trace, opts: &SimgridOptions) -> Result<SimgridParams> {
         return Err(bad("--migration-speed", format!("must be greater than 0 bytes/s, got {speed}")));
     }
     check_phase(trace, opts.phase.as_deref())?;
-    let space = PageSpace::new(m);
+    let space = PageSpace::new(&m.slots);
     let window_s = m.ramsize_bytes as f64 / speed;
     let interval_s = m.interval_s;
     let eff = SummaryBuilder::effective_window(window_s, interval_s);
@@ -138,8 +138,8 @@ pub fn fit(trace: &Trace, opts: &SimgridOptions) -> Result<SimgridParams> {
         working_set_window_s: window_s,
         working_set_window_covered: covered,
         create_migratable: CreateMigratable {
-            ramsize_mib: (m.ramsize_bytes as f64 / MIB).round() as u64,
-            mig_netspeed_mib_per_s: (speed / MIB).round() as u64,
+            ramsize_mib: (m.ramsize_bytes as f64 / MIB as f64).round() as u64,
+            mig_netspeed_mib_per_s: (speed / MIB as f64).round() as u64,
             dp_intensity_percent: (dp_intensity * 100.0).round() as u64,
         },
         trace_id: m.trace_id.clone(),
@@ -181,12 +181,12 @@ fn body(p: &SimgridParams) -> String {
          sg_vm_set_working_set_memory(vm, {}); /* bytes ({:.1} MiB) */\n  \
          sg_vm_set_migration_speed(vm, {:.1}); /* bytes/s ({:.2} MiB/s) */\n",
         p.ramsize_bytes,
-        p.ramsize_bytes as f64 / MIB,
+        p.ramsize_bytes as f64 / MIB as f64,
         p.dp_intensity,
         p.working_set_memory_bytes,
-        p.working_set_memory_bytes as f64 / MIB,
+        p.working_set_memory_bytes as f64 / MIB as f64,
         p.migration_speed_bytes_per_s,
-        p.migration_speed_bytes_per_s / MIB,
+        p.migration_speed_bytes_per_s / MIB as f64,
     )
 }
 

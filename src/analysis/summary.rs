@@ -14,6 +14,9 @@ use std::path::PathBuf;
 /// longer than the trace (or phase run) are left out.
 pub const DEFAULT_WINDOWS_S: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
 
+/// `--top`'s default: how many of the hottest pages `summarize` lists.
+pub const DEFAULT_TOP_PAGES: usize = 10;
+
 #[derive(Debug, Clone)]
 pub struct SummaryOptions {
     /// Only the intervals of this phase.
@@ -25,7 +28,7 @@ pub struct SummaryOptions {
 
 impl Default for SummaryOptions {
     fn default() -> Self {
-        SummaryOptions { phase: None, top_pages: 10, windows_s: DEFAULT_WINDOWS_S.to_vec() }
+        SummaryOptions { phase: None, top_pages: DEFAULT_TOP_PAGES, windows_s: DEFAULT_WINDOWS_S.to_vec() }
     }
 }
 
@@ -227,7 +230,7 @@ pub(crate) struct SummaryBuilder {
 impl SummaryBuilder {
     pub fn new(trace: &Trace, opts: SummaryOptions) -> Self {
         let m = &trace.manifest;
-        let space = PageSpace::new(m);
+        let space = PageSpace::new(&m.slots);
         let interval_s = m.interval_s;
         let windows: Vec<WindowAcc> = opts
             .windows_s
@@ -473,7 +476,7 @@ impl SummaryBuilder {
 /// Summarizes a trace (or one of its phases) in one pass over its bitmaps.
 pub fn summarize(trace: &Trace, opts: &SummaryOptions) -> Result<Summary> {
     check_phase(trace, opts.phase.as_deref())?;
-    let space = PageSpace::new(&trace.manifest);
+    let space = PageSpace::new(&trace.manifest.slots);
     let mut b = SummaryBuilder::new(trace, opts.clone());
     for_each_interval(trace, &space, |row, pages| {
         b.push(row, pages);

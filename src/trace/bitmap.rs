@@ -3,58 +3,101 @@
 //! zstd's level 1 over KVM's raw bitmap beat a sparse (index, word) encoding both in size
 //! and, for guests up to tens of GiB, in time: runs of zero words cost it almost nothing.
 
-use serde::{Deserialize, Serialize};
+use super::records::{Encoding, MemorySlot, SlotBlob};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Encoding {
-    /// zstd of the raw bitmap: little-endian u64 words, KVM's layout.
-    Zstd,
+/// zstd level of the bitmaps: level 1 compresses sparse bitmaps as well as 3, faster.
+pub const ZSTD_LEVEL: i32 = 1;
+
+/// Turns raw bitmaps into [`SlotBlob`]s, reusing one compression context.
+pub struct BitmapEncoder {
+    compressor: zstd::bulk::Compressor<'static>,
 }
 
-impl Encoding {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Encoding::Zstd => "zstd",
+impl BitmapEncoder {
+    /// An encoder at zstd `level`.
+    pub fn new(level: i32) -> std::io::Result<Self> {
+        Ok(BitmapEncoder { compressor: zstd::bulk::Compressor::new(level)? })
+    }
+
+    /// Encodes the bitmap of `slot`; `dirty_pages` is its count of set bits.
+    pub fn encode(&mut self, slot: &MemorySlot, words: &[u64], dirty_pages: u64) -> std::io::Result<SlotBlob> {
+        // KVM's words are native-endian, and x86-64 hosts are little-endian.
+        let raw: &[u8] = bytemuck::cast_slice(words);
+        Ok(SlotBlob {
+            slot: slot.slot,
+            first_page: slot.first_page(),
+            num_pages: slot.num_pages(),
+            encoding: Encoding::Zstd,
+            raw_bytes: raw.len() as u64,
+            dirty_pages,
+            data: self.compressor.compress(raw)?,
+        })
+    }
+}
+
+/// Calls `f` with the index of every set bit in KVM-layout words.
+pub fn for_each_set_bit(words: &[u64], mut f: impl FnMut(u64)) {
+    for (w, &word) in words.iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            let b = bits.trailing_zeros() as u64;
+            f(w as u64 * 64 + b);
+            bits &= bits - 1;
         }
     }
-
-    pub fn parse(s: &str) -> Option<Encoding> {
-        (s == "zstd").then_some(Encoding::Zstd)
-    }
-
-    pub fn code(self) -> u8 {
-        self as u8
-    }
-
-    pub fn from_code(c: u8) -> Option<Encoding> {
-        (c == 0).then_some(Encoding::Zstd)
-    }
 }
 
-/// Compresses `words`; returns the encoding, the uncompressed length and the compressed bytes.
-pub fn encode(
-    words: &[u64],
-    compressor: &mut zstd::bulk::Compressor<'static>,
-) -> std::io::Result<(Encoding, u64, Vec<u8>)> {
-    // KVM's words are native-endian, and x86-64 hosts are little-endian.
-    let raw: &[u8] = bytemuck::cast_slice(words);
-    Ok((Encoding::Zstd, raw.len() as u64, compressor.compress(raw)?))
+/// Why a bitmap could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The zstd frame is damaged, or expands beyond the bitmap's size.
+    #[error("its data is not a zstd frame of at most {expected} bytes ({source})")]
+    Data {
+        /// The raw bitmap's size.
+        expected: u64,
+        /// What zstd said.
+        source: std::io::Error,
+    },
+    /// The frame expands to the wrong size.
+    #[error("its data expands to {got} bytes, not {expected}")]
+    Length {
+        /// What it expanded to.
+        got: u64,
+        /// The raw bitmap's size.
+        expected: u64,
+    },
+    /// The bits do not agree with the row's `dirty_pages`, or lie past the slot's last page.
+    #[error("it has {got} dirty pages within the slot, the row says {expected}")]
+    Count {
+        /// Set bits within the slot.
+        got: u64,
+        /// The row's `dirty_pages`.
+        expected: u64,
+    },
 }
 
-/// The bitmap words of a slot with `num_pages` pages; `dec` is reused across calls.
-pub fn decode(
-    dec: &mut zstd::bulk::Decompressor<'static>,
-    encoding: Encoding,
-    data: &[u8],
-    raw_bytes: u64,
-    num_pages: u64,
-) -> Result<Vec<u64>, String> {
-    let Encoding::Zstd = encoding;
-    let raw = dec.decompress(data, raw_bytes as usize).map_err(|e| format!("bitmap data: {e}"))?;
-    if raw.len() as u64 != raw_bytes || raw.len() as u64 != num_pages.div_ceil(64) * 8 {
-        return Err("bitmap data has the wrong length".into());
+/// The bitmap words of `blob`, whose sizes the caller has checked against its slot. The
+/// output is capped at `raw_bytes`, so a small frame cannot expand without bound.
+pub fn decode(dec: &mut zstd::bulk::Decompressor<'static>, blob: &SlotBlob) -> Result<Vec<u64>, DecodeError> {
+    let Encoding::Zstd = blob.encoding;
+    let expected = blob.raw_bytes;
+    let raw = dec.decompress(&blob.data, expected as usize).map_err(|source| DecodeError::Data { expected, source })?;
+    if raw.len() as u64 != expected {
+        return Err(DecodeError::Length { got: raw.len() as u64, expected });
     }
-    Ok(raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).collect())
+    let mut words: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+    // Bits past the slot's last page are not pages: refuse them rather than guess.
+    let tail = blob.num_pages % 64;
+    let stray = match words.last_mut() {
+        Some(last) if tail != 0 => *last >> tail != 0,
+        _ => false,
+    };
+    let got: u64 = words.iter().map(|w| w.count_ones() as u64).sum();
+    if stray || got != blob.dirty_pages {
+        return Err(DecodeError::Count { got, expected: blob.dirty_pages });
+    }
+    words.shrink_to_fit();
+    Ok(words)
 }
 
 #[cfg(test)]
@@ -62,13 +105,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips() {
-        let mut c = zstd::bulk::Compressor::new(1).unwrap();
+    fn set_bits() {
+        let mut v = Vec::new();
+        for_each_set_bit(&[0b101, 1 << 63], |b| v.push(b));
+        assert_eq!(v, vec![0, 2, 127]);
+    }
+
+    #[test]
+    fn round_trips_and_refuses_lies() {
+        let mut e = BitmapEncoder::new(1).unwrap();
         let mut d = zstd::bulk::Decompressor::new().unwrap();
+        let slot = MemorySlot { slot: 0, guest_phys_addr: 0, size_bytes: 64_000 * 4096 };
         let words: Vec<u64> = (0..1000).map(|i| if i % 97 == 0 { 1 << (i % 64) } else { 0 }).collect();
-        let (enc, raw, data) = encode(&words, &mut c).unwrap();
-        assert_eq!(decode(&mut d, enc, &data, raw, 64_000).unwrap(), words);
-        assert!(decode(&mut d, enc, &data, raw, 64_064).is_err());
-        assert!(decode(&mut d, enc, &[1, 2, 3], raw, 64_000).is_err());
+        let n = words.iter().map(|w| w.count_ones() as u64).sum();
+        let blob = e.encode(&slot, &words, n).unwrap();
+        assert_eq!(decode(&mut d, &blob).unwrap(), words);
+        let lying_count = SlotBlob { dirty_pages: n + 1, ..blob.clone() };
+        assert!(matches!(decode(&mut d, &lying_count), Err(DecodeError::Count { .. })));
+        let garbage = SlotBlob { data: vec![1, 2, 3], ..blob.clone() };
+        assert!(matches!(decode(&mut d, &garbage), Err(DecodeError::Data { .. })));
+        // A bomb: a small frame of a large zero buffer, against a small expected size.
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 19).unwrap();
+        assert!(bomb.len() < 10_000);
+        let small = SlotBlob { data: bomb, ..blob };
+        assert!(matches!(decode(&mut d, &small), Err(DecodeError::Data { .. })));
     }
 }

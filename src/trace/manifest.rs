@@ -1,42 +1,49 @@
 //! `manifest.json`: what was recorded, how, and how the recording went.
 
+use super::records::{MemorySlot, PageRange};
 use super::FORMAT_VERSION;
-use crate::vmm::Slot;
+use crate::units::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::time::Duration;
 
+/// Where a trace stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TraceStatus {
     /// The recorder is running, or was killed: `dirtytrace recover` finalises it.
     Recording,
+    /// The workload ended, or `--duration` passed.
     Complete,
+    /// Ctrl-C, SIGTERM or SIGHUP ended the recording.
     Interrupted,
+    /// The guest faulted; `error` says how.
     GuestFault,
     /// Finalised by `dirtytrace recover` after the recorder died.
     Recovered,
 }
 
-/// `count` pages from guest page number `first`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PageRange {
-    pub first: u64,
-    pub count: u64,
-}
-
+/// Harvest timing, derived from the rows so that a recovered trace gets the same figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HarvestTiming {
+    /// Harvests (rows).
     pub intervals: u64,
-    /// Lateness of a harvest: how long after its deadline it started, in seconds.
+    /// Lateness of a harvest: how long after its deadline it began, in seconds (nearest-rank
+    /// percentiles over full intervals).
     pub lateness_p50_s: f64,
+    /// The 99th percentile of the lateness.
     pub lateness_p99_s: f64,
+    /// The largest lateness.
     pub lateness_max_s: f64,
-    /// Time inside KVM_GET_DIRTY_LOG per harvest, in seconds.
+    /// Time inside `KVM_GET_DIRTY_LOG` per harvest, in seconds.
     pub ioctl_p50_s: f64,
+    /// The 99th percentile of the ioctl time.
     pub ioctl_p99_s: f64,
+    /// The longest ioctl.
     pub ioctl_max_s: f64,
-    /// Harvests that started later than `on_time_tolerance_s` after their deadline.
+    /// Harvests that began later than `on_time_tolerance_s` after their deadline.
     pub missed_deadlines: u64,
+    /// A tenth of the interval.
     pub on_time_tolerance_s: f64,
     /// Deadlines passed over entirely because the sampler was more than an interval behind.
     pub skipped_deadlines: u64,
@@ -44,29 +51,45 @@ pub struct HarvestTiming {
     pub mean_interval_s: f64,
 }
 
+/// `manifest.json`, field by field (`schemas/trace.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`FORMAT_VERSION`].
     pub format_version: u32,
+    /// 32 hex digits, random per recording.
     pub trace_id: String,
+    /// Where the trace stands.
     pub status: TraceStatus,
+    /// Why the recording ended.
     pub end_reason: Option<String>,
     /// A guest fault or other error that ended the recording.
     pub error: Option<String>,
+    /// `dirtytrace`.
     pub tool: String,
+    /// The version of the tool that wrote the trace.
     pub tool_version: String,
+    /// The host's kernel, from `uname`.
     pub host_kernel: String,
+    /// The host's name, from `uname`.
     pub host_name: String,
     /// Wall-clock start, seconds since the Unix epoch.
     pub start_unix_s: f64,
+    /// The requested harvest interval, in seconds.
     pub interval_s: f64,
+    /// `--duration`, if given, in seconds.
     pub duration_limit_s: Option<f64>,
+    /// Bytes per page: 4096.
     pub page_size: u64,
+    /// Guest RAM, all slots, in bytes.
     pub ramsize_bytes: u64,
+    /// Number of vCPUs.
     pub vcpus: u32,
+    /// The migration speed of the SimGrid columns, bytes per second.
     pub migration_speed_bytes_per_s: f64,
     /// The window of `working_set_memory_bytes`: one full-RAM precopy round at the migration speed.
     pub working_set_window_s: f64,
-    pub slots: Vec<Slot>,
+    /// The memory slots; each bitmap row covers one.
+    pub slots: Vec<MemorySlot>,
     /// Whether the vCPUs were held outside the guest around each harvest (`--exact-cut`).
     #[serde(default)]
     pub exact_cut: bool,
@@ -76,35 +99,83 @@ pub struct Manifest {
     pub guest_own_pages: Vec<u64>,
     /// Pages holding non-zero data when recording began (what the VMM loaded).
     pub initial_nonzero_pages: Vec<PageRange>,
+    /// Harvest timing, filled in when the trace is finalised.
     pub timing: HarvestTiming,
-    /// Interval rows and bytes of bitmaps, filled in when the trace is finalised.
+    /// Rows of `rates.parquet`, filled in when the trace is finalised.
     pub intervals: u64,
 }
 
 impl Manifest {
+    /// The manifest of a recording about to start (status `recording`). The caller adds what
+    /// it knows of the host and the guest; the writer fills in `timing` and `intervals`.
+    pub fn new(
+        trace_id: String,
+        interval: Duration,
+        slots: Vec<MemorySlot>,
+        vcpus: u32,
+        migration_speed_bytes_per_s: f64,
+    ) -> Manifest {
+        let ramsize_bytes = slots.iter().map(|s| s.size_bytes).sum();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            trace_id,
+            status: TraceStatus::Recording,
+            end_reason: None,
+            error: None,
+            tool: "dirtytrace".into(),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            host_kernel: "unknown".into(),
+            host_name: "unknown".into(),
+            start_unix_s: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            interval_s: interval.as_secs_f64(),
+            duration_limit_s: None,
+            page_size: PAGE_SIZE,
+            ramsize_bytes,
+            vcpus,
+            migration_speed_bytes_per_s,
+            working_set_window_s: ramsize_bytes as f64 / migration_speed_bytes_per_s,
+            slots,
+            exact_cut: false,
+            guest: serde_json::Value::Null,
+            guest_own_pages: Vec::new(),
+            initial_nonzero_pages: Vec::new(),
+            timing: HarvestTiming::default(),
+            intervals: 0,
+        }
+    }
+
+    /// Pages in all slots.
     pub fn total_pages(&self) -> u64 {
         self.slots.iter().map(|s| s.num_pages()).sum()
     }
 
-    pub fn load(dir: &Path) -> Result<Manifest, String> {
+    /// Reads and checks `dir/manifest.json`.
+    pub fn load(dir: &Path) -> Result<Manifest, super::TraceError> {
+        use super::TraceError;
         let path = dir.join(super::MANIFEST);
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let m: Manifest =
-            serde_json::from_str(&text).map_err(|e| format!("{} is not a valid manifest: {e}", path.display()))?;
-        if m.format_version != FORMAT_VERSION {
-            return Err(format!(
-                "{} has format_version {}, this dirtytrace reads {FORMAT_VERSION}",
-                path.display(),
-                m.format_version
-            ));
+        let bytes = crate::files::read_regular(&path, super::limits::MAX_MANIFEST_BYTES, "manifest")?;
+        #[derive(Deserialize)]
+        struct Version {
+            format_version: u32,
         }
+        // The version first, so a newer trace gets that error rather than a field's.
+        if let Ok(v) = serde_json::from_slice::<Version>(&bytes) {
+            if v.format_version != FORMAT_VERSION {
+                return Err(TraceError::FormatVersion { path, found: v.format_version });
+            }
+        }
+        let m: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|source| TraceError::ManifestSyntax { path: path.clone(), source })?;
+        super::validate::check_manifest(&m).map_err(|invalid| TraceError::Invalid { path, invalid })?;
         Ok(m)
     }
 
     /// Writes the manifest atomically (temporary file, then rename).
     pub fn store(&self, dir: &Path) -> std::io::Result<()> {
         let tmp = dir.join(".manifest.json.tmp");
-        let mut text = serde_json::to_string_pretty(self).expect("manifest serialises");
+        let mut text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         text.push('\n');
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, dir.join(super::MANIFEST))

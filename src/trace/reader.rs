@@ -1,39 +1,91 @@
 //! Reading a finished trace: the manifest, the rates table, and the bitmaps streamed in
-//! order or fetched by interval.
+//! order or fetched by interval. Everything read is checked against the manifest and the
+//! trace's invariants ([`super::validate`]) before anyone sees it, so a damaged or lying
+//! trace is refused with the file, row and field named, and never makes a reader allocate
+//! or loop without bound.
 
+use super::bitmap;
+use super::limits::{MAX_GUEST_LOG_BYTES, MAX_GUEST_LOG_LINE};
 use super::manifest::{Manifest, TraceStatus};
-use super::tables::{self, IntervalRow};
+use super::records::{GuestEvent, IntervalRow, SlotBlob};
+use super::tables;
+use super::validate::{check_blob, invalid, Invalid, RowChecker};
 use super::{BITMAPS, GUEST_LOG, JOURNAL, MANIFEST, RATES};
-use crate::events::GuestEvent;
-use crate::pagestats::for_each_set_bit;
+use crate::files::FileError;
 use parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
 };
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+/// Why a trace could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("{0} is not a trace directory (no manifest.json)")]
+    /// The directory has no manifest.
+    #[error("{} is not a trace directory (no manifest.json)", .0.display())]
     NotATrace(PathBuf),
-    #[error("{0} was never finalised (the recorder was killed?): run `dirtytrace recover {0}` to rebuild it from its journal")]
+    /// The recorder never finalised the trace.
+    #[error(
+        "{} was never finalised (the recorder was killed?): run `dirtytrace recover {}` to rebuild it from its journal",
+        .0.display(), .0.display()
+    )]
     NotFinalised(PathBuf),
-    #[error("{path}: {msg}")]
-    Corrupt { path: PathBuf, msg: String },
-    #[error("{0}")]
-    Manifest(String),
+    /// A file is missing, unreadable, too large, or not a regular file.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// `manifest.json` is not the JSON of a manifest.
+    #[error("{} is not a valid manifest: {source}", path.display())]
+    ManifestSyntax {
+        /// The manifest.
+        path: PathBuf,
+        /// What serde_json said.
+        source: serde_json::Error,
+    },
+    /// The trace was written by another version of the format.
+    #[error("{} has format_version {found}, this dirtytrace reads {}", path.display(), super::FORMAT_VERSION)]
+    FormatVersion {
+        /// The manifest.
+        path: PathBuf,
+        /// The version it has.
+        found: u32,
+    },
+    /// A file breaks the trace's invariants: the row and field say where.
+    #[error("{}: {invalid}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        invalid: Invalid,
+    },
+    /// A file cannot be read as what it should be (not Parquet, a damaged page, …).
+    #[error("{}: {msg}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 fn corrupt(path: &Path, msg: impl ToString) -> TraceError {
     TraceError::Corrupt { path: path.to_path_buf(), msg: msg.to_string() }
 }
 
+fn invalid_in(path: &Path) -> impl Fn(Invalid) -> TraceError + '_ {
+    move |invalid| TraceError::Invalid { path: path.to_path_buf(), invalid }
+}
+
 /// One slot's dirty bitmap for one interval, decompressed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlotBitmap {
+    /// The memory slot.
     pub slot: u32,
+    /// Guest page number of the slot's first page.
     pub first_page: u64,
+    /// Pages in the slot.
     pub num_pages: u64,
+    /// Set bits in `words`.
+    pub dirty_pages: u64,
     /// KVM's layout: bit `i % 64` of word `i / 64` is page `first_page + i`.
     pub words: Vec<u64>,
 }
@@ -42,35 +94,49 @@ impl SlotBitmap {
     /// Guest page numbers of the dirty pages.
     pub fn pages(&self) -> Vec<u64> {
         let mut v = Vec::new();
-        for_each_set_bit(&self.words, |b| v.push(self.first_page + b));
+        bitmap::for_each_set_bit(&self.words, |b| v.push(self.first_page + b));
         v
     }
 }
 
+/// Every slot's bitmap for one interval, in the manifest's slot order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IntervalBitmaps {
+    /// The interval (`rates.parquet`'s `interval`).
     pub interval: u64,
+    /// One bitmap per slot.
     pub slots: Vec<SlotBitmap>,
 }
 
 impl IntervalBitmaps {
+    /// Guest page numbers of the dirty pages, slot by slot.
     pub fn pages(&self) -> Vec<u64> {
         self.slots.iter().flat_map(|s| s.pages()).collect()
     }
 }
 
+/// A finished trace, opened for reading.
 pub struct Trace {
+    /// Its directory.
     pub dir: PathBuf,
+    /// Its manifest, checked.
     pub manifest: Manifest,
 }
 
+/// Rows per batch a reader asks Parquet for: bitmaps, rates.
+const BITMAP_BATCH: usize = 64;
+const RATES_BATCH: usize = 1024;
+/// The most a rates row can take uncompressed, for the sanity check of Parquet's metadata.
+const MAX_RATES_ROW_BYTES: u64 = 64 * 1024;
+
 impl Trace {
+    /// Opens a finished trace and checks its manifest.
     pub fn open(dir: impl AsRef<Path>) -> Result<Trace, TraceError> {
         let dir = dir.as_ref().to_path_buf();
         if !dir.join(MANIFEST).exists() {
             return Err(TraceError::NotATrace(dir));
         }
-        let manifest = Manifest::load(&dir).map_err(TraceError::Manifest)?;
+        let manifest = Manifest::load(&dir)?;
         if manifest.status == TraceStatus::Recording || !dir.join(RATES).exists() {
             if dir.join(JOURNAL).exists() {
                 return Err(TraceError::NotFinalised(dir));
@@ -85,82 +151,203 @@ impl Trace {
         Ok(Trace { dir, manifest })
     }
 
-    fn builder(&self, name: &str) -> Result<ParquetRecordBatchReaderBuilder<File>, TraceError> {
+    /// A Parquet reader of one of the trace's tables, whose metadata promises no more data
+    /// than `max_row_bytes` per row.
+    fn builder(&self, name: &str, max_row_bytes: u64) -> Result<ParquetRecordBatchReaderBuilder<File>, TraceError> {
         let path = self.dir.join(name);
-        let f = File::open(&path).map_err(|e| corrupt(&path, e))?;
-        ParquetRecordBatchReaderBuilder::try_new(f)
-            .map_err(|e| corrupt(&path, format!("not a readable Parquet file ({e})")))
+        let f = crate::files::open_regular(&path, u64::MAX, "Parquet table")?;
+        let b = ParquetRecordBatchReaderBuilder::try_new(f)
+            .map_err(|e| corrupt(&path, format!("not a readable Parquet file ({e})")))?;
+        for rg in b.metadata().row_groups() {
+            let cap = (rg.num_rows().max(0) as u64).saturating_mul(max_row_bytes).saturating_add(1 << 20);
+            if rg.columns().iter().any(|c| c.uncompressed_size().max(0) as u64 > cap) {
+                return Err(corrupt(&path, "its metadata claims more data per row than any valid trace has"));
+            }
+        }
+        Ok(b)
+    }
+
+    /// The most a bitmaps row can take uncompressed: the largest slot's raw bitmap, and slack.
+    fn max_bitmap_row_bytes(&self) -> u64 {
+        self.manifest.slots.iter().map(|s| s.bitmap_bytes()).max().unwrap_or(0) * 2 + 1024
     }
 
     /// Every row of `rates.parquet`, in interval order.
     pub fn rates(&self) -> Result<Vec<IntervalRow>, TraceError> {
-        let path = self.dir.join(RATES);
-        let reader = self.builder(RATES)?.build().map_err(|e| corrupt(&path, e))?;
-        let mut rows = Vec::new();
-        for batch in reader {
-            let batch = batch.map_err(|e| corrupt(&path, e))?;
-            rows.extend(tables::rows_from_batch(&batch).map_err(|e| corrupt(&path, e))?);
-        }
-        Ok(rows)
+        self.rates_stream()?.collect()
     }
 
     /// Streams `rates.parquet` in interval order, one batch of rows in memory at a time.
     pub fn rates_stream(&self) -> Result<RatesStream, TraceError> {
         let path = self.dir.join(RATES);
-        let reader = self.builder(RATES)?.with_batch_size(1024).build().map_err(|e| corrupt(&path, e))?;
-        Ok(RatesStream { path, reader, buffered: Vec::new().into_iter() })
+        let reader = self
+            .builder(RATES, MAX_RATES_ROW_BYTES)?
+            .with_batch_size(RATES_BATCH)
+            .build()
+            .map_err(|e| corrupt(&path, e))?;
+        Ok(RatesStream {
+            checker: RowChecker::new(&self.manifest),
+            expected: self.manifest.intervals,
+            path,
+            reader,
+            buffered: Vec::new().into_iter(),
+            done: false,
+        })
     }
 
     /// The guest's own log: phase marks and whatever else it reported.
     pub fn guest_log(&self) -> Result<Vec<GuestEvent>, TraceError> {
+        use std::io::BufRead;
         let path = self.dir.join(GUEST_LOG);
-        let text = std::fs::read_to_string(&path).map_err(|e| corrupt(&path, e))?;
-        text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(|e| corrupt(&path, e)))
-            .collect()
+        let file = crate::files::open_regular(&path, MAX_GUEST_LOG_BYTES, "guest log")?;
+        let mut reader = std::io::BufReader::new(file);
+        let mut events = Vec::new();
+        let mut line = Vec::new();
+        for n in 0u64.. {
+            line.clear();
+            let got = std::io::Read::take(&mut reader, MAX_GUEST_LOG_LINE as u64 + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|source| FileError::Io { path: path.clone(), source })?;
+            if got == 0 {
+                break;
+            }
+            if line.len() > MAX_GUEST_LOG_LINE {
+                return Err(invalid_in(&path)(invalid(
+                    Some(n),
+                    "line",
+                    format!("is longer than {MAX_GUEST_LOG_LINE} bytes"),
+                )));
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let event = serde_json::from_slice(&line)
+                .map_err(|e| invalid_in(&path)(invalid(Some(n), "line", e.to_string())))?;
+            events.push(event);
+        }
+        Ok(events)
     }
 
     /// Streams the bitmaps in interval order, a few intervals in memory at a time.
-    pub fn bitmaps(&self) -> Result<BitmapStream, TraceError> {
+    pub fn bitmaps(&self) -> Result<BitmapStream<'_>, TraceError> {
         let path = self.dir.join(BITMAPS);
-        let reader = self.builder(BITMAPS)?.with_batch_size(64).build().map_err(|e| corrupt(&path, e))?;
-        BitmapStream::new(path, reader)
+        let reader = self
+            .builder(BITMAPS, self.max_bitmap_row_bytes())?
+            .with_batch_size(BITMAP_BATCH)
+            .build()
+            .map_err(|e| corrupt(&path, e))?;
+        BitmapStream::new(self, path, reader, 0)
     }
 
     /// The bitmaps of one interval, read without touching the others' data pages.
     pub fn bitmap(&self, interval: u64) -> Result<IntervalBitmaps, TraceError> {
         let path = self.dir.join(BITMAPS);
-        if interval >= self.manifest.intervals {
-            return Err(corrupt(&path, format!("no interval {interval}: the trace has {}", self.manifest.intervals)));
+        // Row `k` of the rates is the interval's position; a recovered trace may skip numbers.
+        let mut position = None;
+        for (k, row) in self.rates_stream()?.enumerate() {
+            if row?.interval == interval {
+                position = Some(k);
+                break;
+            }
         }
+        let Some(k) = position else {
+            return Err(corrupt(&self.dir.join(RATES), format!("has no interval {interval}")));
+        };
         let per = self.manifest.slots.len();
-        let sel = RowSelection::from(vec![RowSelector::skip(interval as usize * per), RowSelector::select(per)]);
-        let reader = self.builder(BITMAPS)?.with_row_selection(sel).build().map_err(|e| corrupt(&path, e))?;
-        let mut stream = BitmapStream::new(path.clone(), reader)?;
+        let sel = RowSelection::from(vec![RowSelector::skip(k * per), RowSelector::select(per)]);
+        let reader = self
+            .builder(BITMAPS, self.max_bitmap_row_bytes())?
+            .with_row_selection(sel)
+            .build()
+            .map_err(|e| corrupt(&path, e))?;
+        let mut stream = BitmapStream::new(self, path.clone(), reader, k as u64 * per as u64)?;
         match stream.next() {
             Some(Ok(b)) if b.interval == interval => Ok(b),
             Some(Err(e)) => Err(e),
-            _ => Err(corrupt(&path, format!("interval {interval} is not where the manifest says"))),
+            _ => Err(corrupt(&path, format!("interval {interval} is not where rates.parquet says"))),
         }
+    }
+
+    /// Streams every interval: its `rates.parquet` row with its bitmaps, checking that the
+    /// two tables line up and that every bitmap agrees with its row.
+    pub fn intervals(&self) -> Result<IntervalStream<'_>, TraceError> {
+        Ok(IntervalStream { rates: self.rates_stream()?, bitmaps: self.bitmaps()?, path: self.dir.join(BITMAPS) })
     }
 }
 
+/// `rates.parquet`, row by row, each checked.
 pub struct RatesStream {
+    checker: RowChecker,
+    expected: u64,
     path: PathBuf,
     reader: ParquetRecordBatchReader,
     buffered: std::vec::IntoIter<IntervalRow>,
+    done: bool,
 }
 
 impl Iterator for RatesStream {
     type Item = Result<IntervalRow, TraceError>;
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
+        if self.done {
+            return None;
+        }
+        let item = loop {
             if let Some(row) = self.buffered.next() {
-                return Some(Ok(row));
+                break match self.checker.check(&row) {
+                    Ok(()) => Some(Ok(row)),
+                    Err(e) => Some(Err(invalid_in(&self.path)(e))),
+                };
+            }
+            match self.reader.next() {
+                Some(Ok(batch)) => match tables::rows_from_batch(&batch) {
+                    Ok(rows) => self.buffered = rows.into_iter(),
+                    Err(e) => break Some(Err(corrupt(&self.path, e))),
+                },
+                Some(Err(e)) => break Some(Err(corrupt(&self.path, e))),
+                None if self.checker.rows() != self.expected => {
+                    break Some(Err(corrupt(
+                        &self.path,
+                        format!("has {} rows, the manifest says {}", self.checker.rows(), self.expected),
+                    )))
+                }
+                None => break None,
+            }
+        };
+        self.done = !matches!(item, Some(Ok(_)));
+        item
+    }
+}
+
+/// `bitmaps.parquet`, interval by interval, each checked against the manifest.
+pub struct BitmapStream<'a> {
+    trace: &'a Trace,
+    dec: zstd::bulk::Decompressor<'static>,
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+    buffered: std::vec::IntoIter<(u64, SlotBlob)>,
+    /// The next row's number in the file.
+    row: u64,
+    done: bool,
+}
+
+impl<'a> BitmapStream<'a> {
+    fn new(
+        trace: &'a Trace,
+        path: PathBuf,
+        reader: ParquetRecordBatchReader,
+        first_row: u64,
+    ) -> Result<Self, TraceError> {
+        let dec = zstd::bulk::Decompressor::new().map_err(|e| corrupt(&path, format!("zstd: {e}")))?;
+        Ok(BitmapStream { trace, dec, path, reader, buffered: Vec::new().into_iter(), row: first_row, done: false })
+    }
+
+    fn next_blob(&mut self) -> Option<Result<(u64, SlotBlob), TraceError>> {
+        loop {
+            if let Some(b) = self.buffered.next() {
+                return Some(Ok(b));
             }
             match self.reader.next()? {
-                Ok(batch) => match tables::rows_from_batch(&batch) {
+                Ok(batch) => match tables::blobs_from_batch(&batch) {
                     Ok(rows) => self.buffered = rows.into_iter(),
                     Err(e) => return Some(Err(corrupt(&self.path, e))),
                 },
@@ -168,63 +355,122 @@ impl Iterator for RatesStream {
             }
         }
     }
-}
 
-pub struct BitmapStream {
-    dec: zstd::bulk::Decompressor<'static>,
-    path: PathBuf,
-    reader: ParquetRecordBatchReader,
-    buffered: std::vec::IntoIter<(u64, super::SlotBlob)>,
-    current: Option<IntervalBitmaps>,
-}
-
-fn decode(
-    dec: &mut zstd::bulk::Decompressor<'static>,
-    path: &Path,
-    blob: super::SlotBlob,
-) -> Result<SlotBitmap, TraceError> {
-    let words = super::bitmap::decode(dec, blob.encoding, &blob.data, blob.raw_bytes, blob.num_pages)
-        .map_err(|e| corrupt(path, format!("interval slot {}: {e}", blob.slot)))?;
-    Ok(SlotBitmap { slot: blob.slot, first_page: blob.first_page, num_pages: blob.num_pages, words })
-}
-
-impl BitmapStream {
-    fn new(path: PathBuf, reader: ParquetRecordBatchReader) -> Result<Self, TraceError> {
-        let dec = zstd::bulk::Decompressor::new().map_err(|e| corrupt(&path, format!("zstd: {e}")))?;
-        Ok(BitmapStream { path, reader, buffered: Vec::new().into_iter(), current: None, dec })
+    fn next_interval(&mut self) -> Option<Result<IntervalBitmaps, TraceError>> {
+        let m = &self.trace.manifest;
+        let mut out: Option<IntervalBitmaps> = None;
+        for i in 0..m.slots.len() {
+            let (interval, blob) = match self.next_blob() {
+                None if i == 0 => return None,
+                None => {
+                    return Some(Err(corrupt(
+                        &self.path,
+                        format!("ends inside interval {:?}", out.map(|o| o.interval)),
+                    )))
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(x)) => x,
+            };
+            let row = Some(self.row);
+            self.row += 1;
+            let bad = invalid_in(&self.path);
+            if let Err(e) = check_blob(m, i, &blob, row) {
+                return Some(Err(bad(e)));
+            }
+            if out.as_ref().is_some_and(|o| o.interval != interval) {
+                return Some(Err(bad(invalid(
+                    row,
+                    "interval",
+                    format!("is {interval}, but the interval before lacks a bitmap for some slot"),
+                ))));
+            }
+            let words = match bitmap::decode(&mut self.dec, &blob) {
+                Ok(w) => w,
+                Err(e) => {
+                    return Some(Err(bad(invalid(
+                        row,
+                        "data",
+                        format!("(interval {interval}, slot {}): {e}", blob.slot),
+                    ))))
+                }
+            };
+            let bitmap = SlotBitmap {
+                slot: blob.slot,
+                first_page: blob.first_page,
+                num_pages: blob.num_pages,
+                dirty_pages: blob.dirty_pages,
+                words,
+            };
+            out.get_or_insert_with(|| IntervalBitmaps { interval, slots: Vec::with_capacity(m.slots.len()) })
+                .slots
+                .push(bitmap);
+        }
+        out.map(Ok)
     }
 }
 
-impl Iterator for BitmapStream {
+impl Iterator for BitmapStream<'_> {
     type Item = Result<IntervalBitmaps, TraceError>;
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let Some((interval, blob)) = self.buffered.next() else {
-                match self.reader.next() {
-                    Some(Ok(batch)) => match tables::blobs_from_batch(&batch) {
-                        Ok(rows) => {
-                            self.buffered = rows.into_iter();
-                            continue;
-                        }
-                        Err(e) => return Some(Err(corrupt(&self.path, e))),
-                    },
-                    Some(Err(e)) => return Some(Err(corrupt(&self.path, e))),
-                    None => return self.current.take().map(Ok),
-                }
-            };
-            let bitmap = match decode(&mut self.dec, &self.path, blob) {
-                Ok(b) => b,
-                Err(e) => return Some(Err(e)),
-            };
-            match &mut self.current {
-                Some(cur) if cur.interval == interval => cur.slots.push(bitmap),
-                _ => {
-                    let done = self.current.replace(IntervalBitmaps { interval, slots: vec![bitmap] });
-                    if done.is_some() {
-                        return done.map(Ok);
-                    }
+        if self.done {
+            return None;
+        }
+        let item = self.next_interval();
+        self.done = !matches!(item, Some(Ok(_)));
+        item
+    }
+}
+
+/// Every interval's row and bitmaps, the two tables checked against each other.
+pub struct IntervalStream<'a> {
+    rates: RatesStream,
+    bitmaps: BitmapStream<'a>,
+    path: PathBuf,
+}
+
+impl Iterator for IntervalStream<'_> {
+    type Item = Result<(IntervalRow, IntervalBitmaps), TraceError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let row = match self.rates.next() {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return Some(Err(e)),
+            None => {
+                return match self.bitmaps.next() {
+                    None => None,
+                    Some(Err(e)) => Some(Err(e)),
+                    Some(Ok(extra)) => Some(Err(corrupt(
+                        &self.path,
+                        format!("has interval {}, which rates.parquet lacks", extra.interval),
+                    ))),
                 }
             }
+        };
+        let bm = match self.bitmaps.next() {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => return Some(Err(e)),
+            None => {
+                return Some(Err(corrupt(
+                    &self.path,
+                    format!("has no bitmaps for interval {} (rates.parquet has it)", row.interval),
+                )))
+            }
+        };
+        if bm.interval != row.interval {
+            return Some(Err(corrupt(
+                &self.path,
+                format!("holds interval {} where rates.parquet has interval {}", bm.interval, row.interval),
+            )));
         }
+        let dirty: u64 = bm.slots.iter().map(|s| s.dirty_pages).sum();
+        if dirty != row.dirty_pages {
+            return Some(Err(corrupt(
+                &self.path,
+                format!(
+                    "interval {}: the bitmaps hold {dirty} dirty pages, rates.parquet says {}",
+                    row.interval, row.dirty_pages
+                ),
+            )));
+        }
+        Some(Ok((row, bm)))
     }
 }

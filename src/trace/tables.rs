@@ -2,45 +2,17 @@
 //! (one row per interval and memory slot). Column names, types and units are documented in
 //! `schemas/rates.md` and `schemas/bitmaps.md`; a test keeps the two in step.
 
-use super::bitmap::Encoding;
-use super::journal::SlotBlob;
+use super::records::{Encoding, IntervalRow, SlotBlob};
 use arrow::array::*;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-/// One row of `rates.parquet`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IntervalRow {
-    pub interval: u64,
-    pub t_start_s: f64,
-    pub t_end_s: f64,
-    pub duration_s: f64,
-    pub partial: bool,
-    pub dirty_pages: u64,
-    pub dirty_bytes: u64,
-    pub dirty_rate_bytes_per_s: f64,
-    pub new_pages: u64,
-    pub distinct_pages_total: u64,
-    pub working_set_memory_bytes: u64,
-    pub cpu_util: f64,
-    pub cpu_util_per_vcpu: Vec<f64>,
-    pub phase: String,
-    pub trace_id: String,
-    pub ramsize_bytes: u64,
-    pub migration_speed_bytes_per_s: f64,
-    pub dp_intensity: Option<f64>,
-    pub harvest_lateness_s: f64,
-    pub harvest_ioctl_s: f64,
-    pub guest_progress_before: Vec<u64>,
-    pub guest_progress_after: Vec<u64>,
-}
 
 fn list_of(item: DataType) -> DataType {
     DataType::List(Arc::new(Field::new("item", item, true)))
 }
 
+/// The schema of `rates.parquet`.
 pub fn rates_schema() -> SchemaRef {
     use DataType::*;
     let f = |n: &str, t: DataType| Field::new(n, t, false);
@@ -70,6 +42,7 @@ pub fn rates_schema() -> SchemaRef {
     ]))
 }
 
+/// The schema of `bitmaps.parquet`.
 pub fn bitmaps_schema() -> SchemaRef {
     use DataType::*;
     let f = |n: &str, t: DataType| Field::new(n, t, false);
@@ -85,10 +58,12 @@ pub fn bitmaps_schema() -> SchemaRef {
     ]))
 }
 
+/// The column names of `rates.parquet`, in order.
 pub fn rate_columns() -> Vec<String> {
     rates_schema().fields().iter().map(|f| f.name().clone()).collect()
 }
 
+/// The column names of `bitmaps.parquet`, in order.
 pub fn bitmap_columns() -> Vec<String> {
     bitmaps_schema().fields().iter().map(|f| f.name().clone()).collect()
 }
@@ -123,6 +98,7 @@ fn list_u64(rows: &[IntervalRow], f: impl Fn(&IntervalRow) -> &[u64]) -> ArrayRe
     Arc::new(b.finish())
 }
 
+/// Rows as a batch of `rates.parquet`.
 pub fn rates_batch(rows: &[IntervalRow]) -> RecordBatch {
     let cols: Vec<ArrayRef> = vec![
         u64_col(rows, |r| r.interval),
@@ -151,19 +127,39 @@ pub fn rates_batch(rows: &[IntervalRow]) -> RecordBatch {
     RecordBatch::try_new(rates_schema(), cols).expect("columns match the schema")
 }
 
-fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, String> {
+/// A table whose columns are not the documented ones.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ColumnError {
+    /// A documented column is not there.
+    #[error("column `{0}` is missing")]
+    Missing(String),
+    /// A column has another type than documented.
+    #[error("column `{0}` has the wrong type")]
+    WrongType(String),
+    /// An encoding this dirtytrace does not know.
+    #[error("row {row}: `encoding` is `{value}`, which this dirtytrace does not know (a newer dirtytrace?)")]
+    UnknownEncoding {
+        /// The row within the batch.
+        row: usize,
+        /// The value found.
+        value: String,
+    },
+}
+
+fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ColumnError> {
     b.column_by_name(name)
-        .ok_or_else(|| format!("column `{name}` is missing"))?
+        .ok_or_else(|| ColumnError::Missing(name.into()))?
         .as_any()
         .downcast_ref::<T>()
-        .ok_or_else(|| format!("column `{name}` has the wrong type"))
+        .ok_or_else(|| ColumnError::WrongType(name.into()))
 }
 
 fn list_values<T: arrow::datatypes::ArrowPrimitiveType>(l: &ListArray, i: usize) -> Vec<T::Native> {
     l.value(i).as_any().downcast_ref::<PrimitiveArray<T>>().map(|a| a.values().to_vec()).unwrap_or_default()
 }
 
-pub fn rows_from_batch(b: &RecordBatch) -> Result<Vec<IntervalRow>, String> {
+/// A batch of `rates.parquet` as rows, or the first column that is missing or mistyped.
+pub fn rows_from_batch(b: &RecordBatch) -> Result<Vec<IntervalRow>, ColumnError> {
     use arrow::datatypes::{Float64Type, UInt64Type};
     let u = |n| col::<UInt64Array>(b, n);
     let f = |n| col::<Float64Array>(b, n);
@@ -211,6 +207,7 @@ pub fn rows_from_batch(b: &RecordBatch) -> Result<Vec<IntervalRow>, String> {
         .collect())
 }
 
+/// `(interval, blob)` pairs as a batch of `bitmaps.parquet`.
 pub fn bitmaps_batch(rows: &[(u64, SlotBlob)]) -> RecordBatch {
     let cols: Vec<ArrayRef> = vec![
         Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.0))),
@@ -225,7 +222,8 @@ pub fn bitmaps_batch(rows: &[(u64, SlotBlob)]) -> RecordBatch {
     RecordBatch::try_new(bitmaps_schema(), cols).expect("columns match the schema")
 }
 
-pub fn blobs_from_batch(b: &RecordBatch) -> Result<Vec<(u64, SlotBlob)>, String> {
+/// A batch of `bitmaps.parquet` as `(interval, blob)` pairs.
+pub fn blobs_from_batch(b: &RecordBatch) -> Result<Vec<(u64, SlotBlob)>, ColumnError> {
     let u = |n| col::<UInt64Array>(b, n);
     let (interval, first, num, dirty, raw) =
         (u("interval")?, u("first_page")?, u("num_pages")?, u("dirty_pages")?, u("raw_bytes")?);
@@ -234,8 +232,10 @@ pub fn blobs_from_batch(b: &RecordBatch) -> Result<Vec<(u64, SlotBlob)>, String>
     let data = col::<BinaryArray>(b, "data")?;
     (0..b.num_rows())
         .map(|i| {
-            let encoding = Encoding::parse(enc.value(i))
-                .ok_or_else(|| format!("unknown bitmap encoding `{}` (a newer dirtytrace?)", enc.value(i)))?;
+            let encoding = Encoding::parse(enc.value(i)).ok_or_else(|| ColumnError::UnknownEncoding {
+                row: i,
+                value: enc.value(i).chars().take(64).collect(),
+            })?;
             Ok((
                 interval.value(i),
                 SlotBlob {

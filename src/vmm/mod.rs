@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
-pub const PAGE_SIZE: u64 = 4096;
+use crate::units::PAGE_SIZE;
 
 /// The device file, overridable for tests and unusual hosts.
 pub fn kvm_device_path() -> PathBuf {
@@ -35,8 +35,14 @@ pub enum VmmError {
     Kvm { what: &'static str, source: kvm_ioctls::Error },
     #[error("cannot allocate {bytes} bytes of guest memory: {msg}")]
     Memory { bytes: u64, msg: String },
-    #[error("{0}")]
-    Other(String),
+    #[error("{} is not a usable device path (it holds a NUL byte)", path.display())]
+    BadDevicePath { path: PathBuf },
+    #[error("cannot find the host address of guest memory at {gpa:#x}")]
+    HostAddress { gpa: u64 },
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    KickHandler(vmm_sys_util::errno::Error),
+    #[error("cannot start a vCPU thread: {0}")]
+    VcpuThread(std::io::Error),
 }
 
 pub fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
@@ -46,7 +52,7 @@ pub fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError
 /// Opens KVM with an error that tells people what to do.
 pub fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
     let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| VmmError::Other(format!("bad KVM device path {}", path.display())))?;
+        .map_err(|_| VmmError::BadDevicePath { path: path.into() })?;
     let kvm = Kvm::new_with_path(&cpath).map_err(|e| match e.errno() {
         libc::ENOENT => VmmError::NoKvm { path: path.into() },
         libc::EACCES | libc::EPERM => VmmError::KvmPermission { path: path.into() },
@@ -59,7 +65,7 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
 }
 
 /// One KVM memory slot, logged for dirty pages.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
     pub slot: u32,
     pub guest_phys_addr: u64,
@@ -75,15 +81,26 @@ impl Slot {
     }
 }
 
+/// How the VM's writes to memory are tracked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DirtyTracking {
+    /// Not at all: harvests are empty. Only to measure what tracking costs.
+    Off,
+    /// KVM's dirty bitmap (`KVM_MEM_LOG_DIRTY_PAGES`, `KVM_GET_DIRTY_LOG`).
+    #[default]
+    Bitmap,
+}
+
 /// What a guest asks of the VMM before its vCPUs exist.
 pub struct VmSpec {
     /// Guest-physical RAM ranges `(start, size)`, sorted, page-aligned.
     pub ram: Vec<(u64, u64)>,
+    /// vCPUs to create.
     pub vcpus: u32,
     /// In-kernel LAPIC/IOAPIC/PIC and PIT, as a Linux guest needs.
     pub irqchip: bool,
-    /// Register memory with KVM_MEM_LOG_DIRTY_PAGES (off only to measure tracking's cost).
-    pub dirty_log: bool,
+    /// How writes are tracked.
+    pub dirty_tracking: DirtyTracking,
 }
 
 /// A created VM, not yet running: guests load memory and set vCPU state on it.
@@ -93,7 +110,7 @@ pub struct Vm {
     pub memory: GuestMemoryMmap,
     pub slots: Vec<Slot>,
     pub vcpus: Vec<VcpuFd>,
-    dirty_log: bool,
+    dirty_tracking: DirtyTracking,
 }
 
 impl Vm {
@@ -107,10 +124,13 @@ impl Vm {
         for (i, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|e| VmmError::Other(e.to_string()))?;
+                .map_err(|_| VmmError::HostAddress { gpa: region.start_addr().0 })?;
             let r = kvm_userspace_memory_region {
                 slot: i as u32,
-                flags: if spec.dirty_log { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                flags: match spec.dirty_tracking {
+                    DirtyTracking::Bitmap => KVM_MEM_LOG_DIRTY_PAGES,
+                    DirtyTracking::Off => 0,
+                },
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -130,13 +150,13 @@ impl Vm {
         let vcpus = (0..spec.vcpus)
             .map(|i| fd.create_vcpu(i as u64).map_err(kvm_err("KVM_CREATE_VCPU")))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Vm { kvm, fd: Arc::new(fd), memory, slots, vcpus, dirty_log: spec.dirty_log })
+        Ok(Vm { kvm, fd: Arc::new(fd), memory, slots, vcpus, dirty_tracking: spec.dirty_tracking })
     }
 
     /// Empties the dirty log, so that the first interval holds only what the guest writes.
     /// The VMM's own loading writes are not logged by KVM, but start from a known state.
     pub fn clear_dirty_log(&self) -> Result<(), VmmError> {
-        for slot in self.slots.iter().filter(|_| self.dirty_log) {
+        for slot in self.slots.iter().filter(|_| self.dirty_tracking == DirtyTracking::Bitmap) {
             self.fd.get_dirty_log(slot.slot, slot.size_bytes as usize).map_err(kvm_err("KVM_GET_DIRTY_LOG"))?;
         }
         Ok(())
@@ -161,7 +181,7 @@ impl Vm {
             threads,
             control,
             stopped_cpu_ns: Vec::new(),
-            dirty_log: self.dirty_log,
+            dirty_tracking: self.dirty_tracking,
             _kvm: self.kvm,
         })
     }
@@ -191,18 +211,24 @@ pub struct RunningVm {
     control: Arc<vcpu::Control>,
     /// CPU time of each vCPU thread once [`RunningVm::stop`] has joined them.
     stopped_cpu_ns: Vec<u64>,
-    dirty_log: bool,
+    dirty_tracking: DirtyTracking,
     _kvm: Kvm,
 }
 
 impl RunningVm {
-    /// `KVM_GET_DIRTY_LOG` of one slot: the pages dirtied since the last call, which the
-    /// ioctl also clears and write-protects again.
-    pub fn harvest(&self, slot: &Slot) -> Result<Vec<u64>, VmmError> {
-        if !self.dirty_log {
-            return Ok(vec![0; slot.num_pages().div_ceil(64) as usize]);
-        }
-        self.fd.get_dirty_log(slot.slot, slot.size_bytes as usize).map_err(kvm_err("KVM_GET_DIRTY_LOG"))
+    /// The pages every slot dirtied since the last harvest, one bitmap per slot in KVM's
+    /// layout; the tracking starts over for the next harvest.
+    pub fn harvest_all(&self) -> Result<Vec<Vec<u64>>, VmmError> {
+        self.slots
+            .iter()
+            .map(|slot| match self.dirty_tracking {
+                DirtyTracking::Off => Ok(vec![0; slot.num_pages().div_ceil(64) as usize]),
+                // Returns the bitmap, clears it and write-protects the slot again.
+                DirtyTracking::Bitmap => {
+                    self.fd.get_dirty_log(slot.slot, slot.size_bytes as usize).map_err(kvm_err("KVM_GET_DIRTY_LOG"))
+                }
+            })
+            .collect()
     }
 
     /// Reads a u64 the guest publishes (progress counters).

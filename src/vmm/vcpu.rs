@@ -113,8 +113,7 @@ fn kick_signal() -> libc::c_int {
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 pub(super) fn install_kick_handler() -> Result<(), VmmError> {
-    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-        .map_err(|e| VmmError::Other(format!("cannot install the vCPU kick signal handler: {e}")))
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(VmmError::KickHandler)
 }
 
 pub(super) fn spawn(
@@ -142,7 +141,7 @@ pub(super) fn spawn(
             d.store(true, Ordering::Release);
             outcome
         })
-        .map_err(|e| VmmError::Other(format!("cannot start a vCPU thread: {e}")))?;
+        .map_err(VmmError::VcpuThread)?;
     Ok(VcpuThread { handle, cpu_clock, final_cpu_ns, finished })
 }
 
@@ -205,7 +204,7 @@ fn run_loop(index: u32, fd: &mut VcpuFd, bus: &dyn Bus, memory: &GuestMemoryMmap
                 )
             }
             Ok(VcpuExit::InternalError) => {
-                let internal = unsafe_internal(fd);
+                let internal = describe_internal_error(fd);
                 return fault(index, fd, memory, format!("KVM_EXIT_INTERNAL_ERROR: {internal}"));
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
@@ -246,7 +245,7 @@ fn run_loop(index: u32, fd: &mut VcpuFd, bus: &dyn Bus, memory: &GuestMemoryMmap
 }
 
 /// Describes `kvm_run.internal` after KVM_EXIT_INTERNAL_ERROR.
-fn unsafe_internal(fd: &mut VcpuFd) -> String {
+fn describe_internal_error(fd: &mut VcpuFd) -> String {
     let run = fd.get_kvm_run();
     // SAFETY: the exit reason was KVM_EXIT_INTERNAL_ERROR, so `internal` is the active field.
     let internal = unsafe { run.__bindgen_anon_1.internal };

@@ -16,7 +16,7 @@ use linux_loader::loader::{self, BzImage, Elf, KernelLoader, PvhBootCapability};
 use std::io::Cursor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-pub const MIB: u64 = 1 << 20;
+pub use crate::units::MIB;
 pub const HIMEM_START: u64 = 0x10_0000;
 /// RAM stops here below 4 GiB; the rest of the 32-bit space is for the APICs and MMIO.
 pub const LOW_RAM_END: u64 = 3 << 30;

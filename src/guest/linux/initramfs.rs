@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 /// Marker lines the guest writes to its serial port; the VMM timestamps each as it arrives.
 pub const MARKER_PREFIX: &str = "DIRTYTRACE:";
 
+/// The largest workload script accepted.
+pub const MAX_SCRIPT_BYTES: u64 = 16 << 20;
+
 /// Bumped whenever what goes into the archive changes, so cached archives are rebuilt.
 const LAYOUT_VERSION: &str = "1";
 

@@ -92,7 +92,12 @@ impl Guest for LinuxGuest {
     }
 
     fn vm_spec(&self) -> VmSpec {
-        VmSpec { ram: boot::ram_ranges(self.opts.mem), vcpus: self.opts.vcpus, irqchip: true, dirty_log: true }
+        VmSpec {
+            ram: boot::ram_ranges(self.opts.mem),
+            vcpus: self.opts.vcpus,
+            irqchip: true,
+            dirty_tracking: Default::default(),
+        }
     }
 
     fn prepare(&mut self, vm: &mut Vm, log: Arc<GuestLog>) -> anyhow::Result<Arc<dyn Bus>> {

@@ -1,6 +1,7 @@
 //! The built-in micro-guest: a CPL3 program that writes pages on a known schedule.
 //! Its ground truth is exact: see [`plan::GuestPlan::pages_between`].
 
+pub mod generate;
 pub mod plan;
 pub mod program;
 pub mod spec;
@@ -69,7 +70,12 @@ impl Guest for SyntheticGuest {
     }
 
     fn vm_spec(&self) -> VmSpec {
-        VmSpec { ram: vec![(0, self.spec.mem_bytes)], vcpus: self.spec.vcpus, irqchip: false, dirty_log: true }
+        VmSpec {
+            ram: vec![(0, self.spec.mem_bytes)],
+            vcpus: self.spec.vcpus,
+            irqchip: false,
+            dirty_tracking: Default::default(),
+        }
     }
 
     fn prepare(&mut self, vm: &mut Vm, log: Arc<GuestLog>) -> anyhow::Result<Arc<dyn Bus>> {
@@ -216,7 +222,7 @@ impl Bus for SyntheticBus {
 
 /// Reconstructs the phase-final write counts per vCPU from a trace's guest log.
 pub fn final_counts_from_log(
-    events: &[crate::events::GuestEvent],
+    events: &[crate::trace::GuestEvent],
     vcpus: usize,
     phases: usize,
 ) -> Vec<Vec<Option<u64>>> {

@@ -6,9 +6,13 @@ use std::time::Duration;
 
 /// Bytes below this address belong to the guest itself (code, page tables, control page).
 pub const SYSTEM_AREA_BYTES: u64 = 2 << 20;
+/// The largest guest the synthetic workload drives.
 pub const MAX_MEM_BYTES: u64 = 256 << 30;
+/// The most vCPUs a synthetic workload runs on.
 pub const MAX_VCPUS: u32 = 64;
-pub const PAGE_SIZE: u64 = 4096;
+/// The largest spec file read.
+pub const MAX_SPEC_BYTES: u64 = 1 << 20;
+pub use crate::units::PAGE_SIZE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
