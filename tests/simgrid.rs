@@ -1,12 +1,14 @@
 //! SimGrid against `dirtytrace replay`, with SimGrid 3.32 itself (Debian's libsimgrid-dev;
 //! `.ci/run` installs it): examples/simgrid/ is built and run on parameters fitted by
 //! `dirtytrace simgrid`. Also the closed-form precopy of a sequential workload, and the
-//! C/C++ snippets compiled against SimGrid's headers. Recording needs /dev/kvm.
+//! C/C++ snippets compiled against SimGrid's headers. The traces are generated without KVM
+//! (`guest::synthetic::generate`): the models are under test here, not the recorder.
 
 mod common;
 
 use common::*;
 use dirtytrace::analysis::replay::{self, ReplayOptions};
+use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
 use dirtytrace::trace::Trace;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -33,19 +35,20 @@ fn spec(pattern: &str) -> String {
 /// dirties exactly `rate × round length` bytes, well under the working set.
 fn sequential() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let _g = kvm_lock();
-        record_spec("simgrid-seq", &spec("sequential"), Duration::from_secs_f64(INTERVAL_S), None).1.dir
-    })
+    DIR.get_or_init(|| generated("simgrid-seq", &spec("sequential")))
+}
+
+fn generated(name: &str, spec: &str) -> PathBuf {
+    let dir = tempdir(name).join("trace");
+    let opts = GenerateOptions { interval: Duration::from_secs_f64(INTERVAL_S), ..Default::default() };
+    generate(&dir, spec, &opts).unwrap();
+    dir
 }
 
 /// The same volume of writes, 90 % of them into 10 % of the working set.
 fn hotcold() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let _g = kvm_lock();
-        record_spec("simgrid-hotcold", &spec("hotcold"), Duration::from_secs_f64(INTERVAL_S), None).1.dir
-    })
+    DIR.get_or_init(|| generated("simgrid-hotcold", &spec("hotcold")))
 }
 
 /// examples/simgrid/migrate, built once per test run.
