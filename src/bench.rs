@@ -11,33 +11,50 @@ use std::time::Duration;
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
+/// One row of the harvest-cost table.
 #[derive(Debug, Serialize)]
 pub struct HarvestCostRow {
+    /// The fraction of pages the run meant to dirty per interval.
     pub dirty_fraction_target: f64,
+    /// The fraction it dirtied.
     pub dirty_fraction_measured: f64,
+    /// `KVM_GET_DIRTY_LOG` time per GiB of guest (median, s).
     pub ioctl_s_per_gib: f64,
+    /// The recorder's own work per GiB: sampler and writer (s).
     pub own_s_per_gib: f64,
+    /// The sampler's own work per GiB (s).
     pub sampler_own_s_per_gib: f64,
     /// Statistics, compression and journal append, measured by replaying the recorded bitmaps.
     pub writer_s_per_gib: f64,
+    /// Own work over the ioctl's time.
     pub own_over_ioctl: f64,
 }
 
+/// One row of the deadline table.
 #[derive(Debug, Serialize)]
 pub struct DeadlineRow {
+    /// The harvest interval (s).
     pub interval_s: f64,
+    /// Full intervals recorded.
     pub intervals: u64,
+    /// Harvests that began within a tenth of the interval of their deadline.
     pub on_time_fraction: f64,
+    /// Lateness, 99th percentile (s).
     pub lateness_p99_s: f64,
+    /// Lateness, maximum (s).
     pub lateness_max_s: f64,
 }
 
+/// One row of the slowdown table.
 #[derive(Debug, Serialize)]
 pub struct SlowdownRow {
+    /// The run's working set.
     pub working_set_bytes: u64,
     /// `None`: untracked.
     pub interval_s: Option<f64>,
+    /// Page-writes per second the guest achieved.
     pub writes_per_s: f64,
+    /// Untracked writes per second over these.
     pub slowdown: f64,
     /// Write-protect faults per second: distinct pages per interval, summed, over time.
     pub faults_per_s: f64,
@@ -48,27 +65,38 @@ pub struct SlowdownRow {
     pub floor_explains: f64,
 }
 
+/// One row of the compression table.
 #[derive(Debug, Serialize)]
 pub struct CompressionRow {
+    /// The workload's pattern.
     pub pattern: String,
+    /// Fraction of pages dirty per interval.
     pub dirty_fraction: f64,
+    /// Raw bitmap bytes per interval.
     pub raw_bytes_per_interval: f64,
+    /// Stored (compressed) bytes per interval.
     pub stored_bytes_per_interval: f64,
+    /// Raw over stored.
     pub ratio: f64,
 }
 
+/// One row of the Linux setup table.
 #[derive(Debug, Serialize)]
 pub struct LinuxSetupRow {
+    /// Whether the initramfs came from the cache.
     pub initramfs_cached: bool,
     /// From the start of `record` to the guest's first instruction, initramfs build included.
     pub setup_s: f64,
+    /// The initramfs's size.
     pub initramfs_bytes: u64,
     /// When the kernel's `Linux version` banner reached the console, from the first instruction.
     pub banner_s: Option<f64>,
 }
 
+/// One row of the exact-cut table.
 #[derive(Debug, Serialize)]
 pub struct ExactCutRow {
+    /// The harvest interval (s).
     pub interval_s: f64,
     /// Wall time to take every vCPU out of the guest, per harvest.
     pub pause_mean_s: f64,
@@ -76,14 +104,22 @@ pub struct ExactCutRow {
     pub write_rate_ratio: f64,
 }
 
+/// Everything one `bench` run measured.
 #[derive(Debug, Default, Serialize)]
 pub struct BenchReport {
+    /// What `--exact-cut` costs.
     pub exact_cut: Vec<ExactCutRow>,
+    /// Linux guest setup times.
     pub linux_setup: Vec<LinuxSetupRow>,
+    /// Harvest cost per GiB.
     pub harvest_cost: Vec<HarvestCostRow>,
+    /// Deadlines kept, per interval.
     pub deadlines: Vec<DeadlineRow>,
+    /// The shortest interval tried with at least 99 % of harvests on time.
     pub shortest_on_time_interval_s: Option<f64>,
+    /// Guest slowdown from tracking.
     pub slowdown: Vec<SlowdownRow>,
+    /// Bitmap bytes on disk.
     pub compression: Vec<CompressionRow>,
 }
 
@@ -101,8 +137,11 @@ pub struct BenchOptions {
     /// The bench records into a fresh directory of its own inside this one, and removes only
     /// that directory when it ends.
     pub work_dir: PathBuf,
+    /// Guest RAM of the cost, slowdown and compression runs.
     pub mem: u64,
+    /// Guest RAM of the deadline runs.
     pub deadline_mem: u64,
+    /// Length of each recording (s).
     pub seconds: f64,
 }
 
@@ -278,6 +317,7 @@ fn writer_cost(trace: &Trace, scratch: &Path) -> anyhow::Result<f64> {
     Ok(median(times))
 }
 
+/// Harvest cost per GiB at three dirty fractions.
 pub fn harvest_cost(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Result<()> {
     let gib = opts.mem as f64 / GIB;
     let arena = opts.mem as f64 - 2.0 * 1024.0 * 1024.0;
@@ -304,6 +344,7 @@ pub fn harvest_cost(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Re
     Ok(())
 }
 
+/// Deadlines kept at 2 to 50 ms intervals.
 pub fn deadlines(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Result<()> {
     let ws = (opts.deadline_mem / 4).min(1 << 30);
     let text = spec(opts.deadline_mem, ws, "100MiB/s", "random", opts.seconds.max(3.0));
@@ -378,6 +419,7 @@ pub fn slowdown(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Result
     Ok(())
 }
 
+/// Bitmap bytes on disk for three patterns at about 1 % dirty per interval.
 pub fn compression(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Result<()> {
     // About 1% of memory dirtied per 100 ms interval.
     let per_interval = opts.mem as f64 * 0.01;
@@ -491,6 +533,7 @@ pub fn linux_setup(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Res
     Ok(())
 }
 
+/// The report, for people.
 pub fn render(r: &BenchReport) -> String {
     let mut s = String::new();
     if !r.linux_setup.is_empty() {

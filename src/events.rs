@@ -13,12 +13,15 @@ struct Inner {
     phase: String,
 }
 
+/// The guest's log while it runs, shared by its bus (which writes) and the sampler (which
+/// reads the phase and takes new events at each harvest).
 pub struct GuestLog {
     t0_ns: std::sync::atomic::AtomicU64,
     inner: Mutex<Inner>,
 }
 
 impl GuestLog {
+    /// A log whose phase is `initial_phase` until the guest marks another.
     pub fn new(initial_phase: &str) -> Self {
         GuestLog {
             t0_ns: std::sync::atomic::AtomicU64::new(crate::clock::now_ns()),
@@ -33,6 +36,7 @@ impl GuestLog {
         now
     }
 
+    /// Time zero of the recording, on CLOCK_MONOTONIC.
     pub fn t0_ns(&self) -> u64 {
         self.t0_ns.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -49,11 +53,13 @@ impl GuestLog {
         self.push(&mut inner, vcpu, "phase", name, detail);
     }
 
+    /// Logs an event of `kind`.
     pub fn record(&self, vcpu: Option<u32>, kind: &str, name: &str, detail: serde_json::Value) {
         let mut inner = self.inner.lock().unwrap();
         self.push(&mut inner, vcpu, kind, name, detail);
     }
 
+    /// The current phase.
     pub fn phase(&self) -> String {
         self.inner.lock().unwrap().phase.clone()
     }

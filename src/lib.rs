@@ -5,6 +5,9 @@
 //! [`trace`] (format: writer, journal, reader) → [`analysis`]. [`record`] wires the recording
 //! half together; `docs/DESIGN.md` draws the picture and lists the non-goals.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![cfg_attr(any(), warn(missing_docs))]
+
 pub mod accounting;
 pub mod analysis;
 pub mod bench;

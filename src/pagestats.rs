@@ -107,7 +107,9 @@ impl PageSlot for u32 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[repr(C, align(8))]
 pub struct CountedSlot {
+    /// 1 + the last interval that dirtied the page; 0 = never.
     pub last: u32,
+    /// Intervals that dirtied the page.
     pub dirty_intervals: u32,
 }
 
@@ -171,6 +173,7 @@ struct Window {
 }
 
 impl<S: PageSlot> SlidingDistinct<S> {
+    /// A tracker of `total_pages` pages and one window of `window_s` seconds.
     pub fn new(total_pages: u64, window_s: f64) -> Self {
         Self::with_windows(total_pages, &[window_s])
     }
@@ -305,6 +308,7 @@ impl<S: PageSlot> SlidingDistinct<S> {
         self.windows[self.order[i]].in_window
     }
 
+    /// Distinct pages dirtied since the start (or the last restart).
     pub fn ever(&self) -> u64 {
         self.ever
     }

@@ -3,6 +3,7 @@
 use crate::record::RecordSummary;
 use crate::units::{HumanBytes, MIB};
 
+/// `dirtytrace record`'s summary, for people.
 pub fn record_summary(s: &RecordSummary) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<26} {v}\n"));

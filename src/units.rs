@@ -21,6 +21,7 @@ pub const MAX_RATE_BYTES_PER_S: f64 = 1e15;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
+/// A quantity that does not parse or is out of range; the message says which and why.
 pub struct ParseError(String);
 
 fn split_number(s: &str) -> Result<(f64, &str), ParseError> {

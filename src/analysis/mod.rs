@@ -19,21 +19,44 @@ use crate::trace::{IntervalRow, Trace, TraceError};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
+/// Why an analysis could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AnalysisError {
+    /// The trace could not be read.
     #[error(transparent)]
     Trace(#[from] TraceError),
     /// A command-line value the analysis cannot use; `flag` names it (`--bandwidth`).
     #[error("{flag}: {msg}")]
-    BadArgument { flag: &'static str, msg: String },
+    BadArgument {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong with its value.
+        msg: String,
+    },
+    /// `--phase` names a phase the trace does not have.
     #[error("--phase: {} has no phase `{phase}`; its phases are: {available}", trace.display())]
-    NoSuchPhase { trace: PathBuf, phase: String, available: String },
+    NoSuchPhase {
+        /// The trace.
+        trace: PathBuf,
+        /// The phase asked for.
+        phase: String,
+        /// The phases the trace has, listed.
+        available: String,
+    },
+    /// The trace ends before the analysis can.
     #[error("{0}")]
     TraceTooShort(String),
+    /// The output file cannot be written.
     #[error("{}: {msg}", path.display())]
-    Output { path: PathBuf, msg: String },
+    Output {
+        /// The output file.
+        path: PathBuf,
+        /// What went wrong.
+        msg: String,
+    },
 }
 
+/// An analysis's result.
 pub type Result<T> = std::result::Result<T, AnalysisError>;
 
 pub(crate) fn bad(flag: &'static str, msg: impl Into<String>) -> AnalysisError {

@@ -16,7 +16,9 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// The heatmap's most columns (time bins).
 pub const HEAT_TIME_BINS: usize = 480;
+/// The heatmap's most rows (page bins).
 pub const HEAT_PAGE_BINS: usize = 192;
 /// The rate panel draws at most this many points: longer traces are averaged in buckets.
 pub const RATE_POINTS: usize = 2000;
@@ -29,15 +31,19 @@ const FONT_PATHS: [&str; 5] = [
     "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
 ];
 
+/// Where and how large to draw.
 #[derive(Debug, Clone)]
 pub struct PlotOptions {
     /// `.png` or `.svg`.
     pub output: PathBuf,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
 }
 
 impl PlotOptions {
+    /// The default size, into `output`.
     pub fn new(output: impl Into<PathBuf>) -> Self {
         PlotOptions { output: output.into(), width: 1200, height: 1150 }
     }
@@ -46,22 +52,28 @@ impl PlotOptions {
 /// What was drawn, for the caller to report (and tests to check).
 #[derive(Debug, Clone)]
 pub struct PlotData {
+    /// The trace's summary, as `summarize` gives it.
     pub summary: Summary,
     /// (time s, mean rate B/s, max rate B/s) per bucket of intervals.
     pub rate: Vec<(f64, f64, f64)>,
     /// (phase, start s, end s) per run of consecutive intervals.
     pub phase_runs: Vec<(String, f64, f64)>,
+    /// The heatmap's columns.
     pub heat_time_bins: usize,
+    /// The heatmap's rows.
     pub heat_page_bins: usize,
     /// Start time of each time bin, and the trace's end: `heat_time_bins + 1` edges (s).
     pub heat_time_edges_s: Vec<f64>,
     /// Fraction of (page, interval) pairs dirty per cell, time-major.
     pub heat: Vec<f32>,
+    /// Pages in the guest.
     pub total_pages: u64,
+    /// When the trace ends (s).
     pub end_s: f64,
 }
 
 impl PlotData {
+    /// The dirty fraction of one heatmap cell.
     pub fn heat_at(&self, time_bin: usize, page_bin: usize) -> f32 {
         self.heat[time_bin * self.heat_page_bins + page_bin]
     }

@@ -33,18 +33,25 @@ pub enum ZeroPages {
     Skip,
 }
 
+/// How to replay a migration over a trace.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
+    /// The migration stream's bandwidth, bytes per second.
     pub bandwidth_bytes_per_s: f64,
+    /// Stop-and-copy starts once the rest can be sent within this long (s).
     pub max_downtime_s: f64,
+    /// Precopy rounds, round 0 included, before a forced stop-and-copy.
     pub max_rounds: u32,
+    /// Trace time at which the migration starts (s).
     pub start_s: f64,
     /// Repeat the trace when the migration outlasts it.
     pub looped: bool,
+    /// How round 0 counts pages never written.
     pub zero_pages: ZeroPages,
 }
 
 impl ReplayOptions {
+    /// The defaults, at `bandwidth_bytes_per_s`.
     pub fn new(bandwidth_bytes_per_s: f64) -> Self {
         ReplayOptions {
             bandwidth_bytes_per_s,
@@ -57,13 +64,16 @@ impl ReplayOptions {
     }
 }
 
+/// One precopy round.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Round {
     /// 0 for the full-RAM round.
     pub round: u32,
     /// Seconds since the migration started.
     pub start_s: f64,
+    /// Its length: `bytes / bandwidth`.
     pub duration_s: f64,
+    /// Bytes sent.
     pub bytes: u64,
     /// Pages sent in full (round 0 with `skip`: the non-zero ones).
     pub pages: u64,
@@ -71,13 +81,18 @@ pub struct Round {
     pub intervals: u64,
 }
 
+/// The last round, with the VM paused.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StopAndCopy {
+    /// Bytes sent.
     pub bytes: u64,
+    /// Pages sent.
     pub pages: u64,
+    /// Its length: the downtime.
     pub duration_s: f64,
 }
 
+/// How the replayed migration went (`schemas/analysis.md`, *replay*).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplayResult {
     /// From the start of round 0 to the end of stop-and-copy.
@@ -90,21 +105,33 @@ pub struct ReplayResult {
     pub transferred_bytes: u64,
     /// `converged`: the rest fit within max_downtime; `max_rounds`: the cap was reached.
     pub stop_reason: String,
+    /// The rest fit within `max_downtime` before `max_rounds`.
     pub converged: bool,
+    /// Every precopy round.
     pub per_round: Vec<Round>,
+    /// The stop-and-copy.
     pub stop_and_copy: StopAndCopy,
+    /// The bandwidth replayed, bytes per second.
     pub bandwidth_bytes_per_s: f64,
+    /// The `--max-downtime` replayed (s).
     pub max_downtime_s: f64,
     /// `bandwidth × max_downtime`: stop-and-copy starts once the rest is at most this.
     pub threshold_bytes: f64,
+    /// The `--max-rounds` replayed.
     pub max_rounds: u32,
+    /// The `--start` replayed (s).
     pub start_s: f64,
+    /// Whether the trace could be repeated (`--loop`).
     pub looped: bool,
     /// How many times the trace was read (more than 1 only with `--loop`).
     pub trace_passes: u64,
+    /// How round 0 counted pages never written.
     pub zero_pages: ZeroPages,
+    /// Guest RAM in bytes.
     pub ramsize_bytes: u64,
+    /// Bytes per page.
     pub page_size_bytes: u64,
+    /// The trace's id.
     pub trace_id: String,
     /// Anything that limits these numbers.
     pub notes: Vec<String>,

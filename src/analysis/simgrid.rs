@@ -21,10 +21,12 @@ use crate::units::MIB;
 use serde::Serialize;
 use std::ops::ControlFlow;
 
+/// What `simgrid` is asked for.
 #[derive(Debug, Clone, Default)]
 pub struct SimgridOptions {
     /// Bytes/s; `None`: the speed the trace was recorded with (`manifest.json`).
     pub migration_speed: Option<f64>,
+    /// Fit to this phase's intervals only.
     pub phase: Option<String>,
 }
 
@@ -32,20 +34,28 @@ pub struct SimgridOptions {
 /// dp_intensity)`. That call also sets the working set to 90 % of RAM, not the fitted value.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CreateMigratable {
+    /// `ramsize`, MiB.
     pub ramsize_mib: u64,
+    /// `mig_netspeed`, MiB/s.
     pub mig_netspeed_mib_per_s: u64,
+    /// `dp_intensity`, percent.
     pub dp_intensity_percent: u64,
 }
 
+/// SimGrid's live-migration parameters, fitted to a trace (`schemas/analysis.md`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SimgridParams {
+    /// SimGrid's `ramsize`: guest RAM in bytes.
     pub ramsize_bytes: u64,
     /// Fraction of the migration speed dirtied per second per core of CPU load.
     pub dp_intensity: f64,
+    /// SimGrid's working-set memory, bytes.
     pub working_set_memory_bytes: u64,
+    /// SimGrid's migration speed, bytes per second.
     pub migration_speed_bytes_per_s: f64,
     /// The load to run the VM at in SimGrid: mean cores busy over the selected intervals.
     pub cpu_util: f64,
+    /// The guest's vCPUs.
     pub vcpus: u32,
     /// `Σ dirty_bytes / Σ duration_s`: what the VM dirties per second at `cpu_util`.
     pub dirty_rate_bytes_per_s: f64,
@@ -54,10 +64,15 @@ pub struct SimgridParams {
     /// False when no window of that length fits inside the trace (or a run of the phase):
     /// the working set is then the most dirtied in the longest stretch there is.
     pub working_set_window_covered: bool,
+    /// The same, as `sg_vm_create_migratable`'s integers.
     pub create_migratable: CreateMigratable,
+    /// The trace's id.
     pub trace_id: String,
+    /// The phase fitted to, if one was chosen.
     pub phase: Option<String>,
+    /// Intervals fitted to.
     pub intervals: u64,
+    /// Their total length, in seconds.
     pub duration_s: f64,
     /// Anything a modeller should know about these numbers.
     pub notes: Vec<String>,

@@ -17,12 +17,14 @@ pub const DEFAULT_WINDOWS_S: [f64; 7] = [0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0];
 /// `--top`'s default: how many of the hottest pages `summarize` lists.
 pub const DEFAULT_TOP_PAGES: usize = 10;
 
+/// What `summarize` is asked for.
 #[derive(Debug, Clone)]
 pub struct SummaryOptions {
     /// Only the intervals of this phase.
     pub phase: Option<String>,
     /// How many of the hottest pages to list.
     pub top_pages: usize,
+    /// The working-set curve's windows, in seconds.
     pub windows_s: Vec<f64>,
 }
 
@@ -37,15 +39,20 @@ impl Default for SummaryOptions {
 /// unless it is the only one).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {
+    /// Mean, weighted by interval length.
     pub mean: f64,
+    /// Median (nearest rank).
     pub p50: f64,
+    /// 95th percentile (nearest rank).
     pub p95: f64,
+    /// Maximum.
     pub max: f64,
 }
 
 /// One point of the working-set curve.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkingSetPoint {
+    /// The window's length, in seconds.
     pub window_s: f64,
     /// Whole intervals in one window: `round(window_s / interval_s)`.
     pub intervals_per_window: u64,
@@ -58,9 +65,12 @@ pub struct WorkingSetPoint {
     pub mean_bytes: f64,
 }
 
+/// A page dirtied in many intervals.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HotPage {
+    /// Its guest page number.
     pub guest_page: u64,
+    /// Its guest-physical address.
     pub guest_phys_addr: u64,
     /// Intervals in which the page was dirty.
     pub dirty_intervals: u64,
@@ -70,38 +80,57 @@ pub struct HotPage {
     pub guest_own: bool,
 }
 
+/// One phase's share of a summary.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PhaseSummary {
+    /// The phase's name.
     pub name: String,
     /// Separate stretches of consecutive intervals in this phase.
     pub runs: u64,
+    /// Intervals in this phase.
     pub intervals: u64,
+    /// Their total length, in seconds.
     pub duration_s: f64,
+    /// When the phase's first interval starts.
     pub first_start_s: f64,
+    /// When its last interval ends.
     pub last_end_s: f64,
+    /// Dirty rate, bytes per second.
     pub dirty_rate_bytes_per_s: Stats,
+    /// vCPU utilisation, cores.
     pub cpu_util_cores: Stats,
     /// Distinct pages dirtied in this phase's intervals.
     pub distinct_pages: u64,
+    /// `distinct_pages` in bytes.
     pub distinct_bytes: u64,
 }
 
+/// What `summarize` says of a trace (`schemas/analysis.md`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
+    /// The trace directory.
     pub trace_dir: PathBuf,
+    /// The trace's id.
     pub trace_id: String,
     /// The `--phase` the summary is restricted to.
     pub phase: Option<String>,
+    /// Intervals summarized.
     pub intervals: u64,
     /// Sum of the summarized intervals' lengths.
     pub duration_s: f64,
+    /// When the first summarized interval starts.
     pub start_s: f64,
+    /// When the last one ends.
     pub end_s: f64,
     /// The requested harvest interval.
     pub interval_s: f64,
+    /// Bytes per page.
     pub page_size_bytes: u64,
+    /// Guest RAM in bytes.
     pub ramsize_bytes: u64,
+    /// vCPUs.
     pub vcpus: u32,
+    /// Dirty rate, bytes per second.
     pub dirty_rate_bytes_per_s: Stats,
     /// Summed over vCPUs: 1.0 is one full core.
     pub cpu_util_cores: Stats,
@@ -109,10 +138,15 @@ pub struct Summary {
     pub cpu_util_per_vcpu_mean: Vec<f64>,
     /// Sum of every interval's dirty bytes (a page dirty in k intervals counts k times).
     pub dirtied_bytes_total: u64,
+    /// Distinct pages dirtied in the summarized intervals.
     pub distinct_pages: u64,
+    /// `distinct_pages` in bytes.
     pub distinct_bytes: u64,
+    /// Distinct bytes dirtied within sliding windows of several lengths.
     pub working_set_curve: Vec<WorkingSetPoint>,
+    /// The pages dirty in the most intervals.
     pub hottest_pages: Vec<HotPage>,
+    /// Per phase, in order of first appearance.
     pub phases: Vec<PhaseSummary>,
 }
 

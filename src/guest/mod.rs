@@ -9,9 +9,9 @@ use crate::trace::PageRange;
 use crate::vmm::{Bus, Vm, VmSpec};
 use std::sync::Arc;
 
+/// A way to fill a VM's memory, set its vCPUs' entry state and answer its exits.
 pub trait Guest {
-    /// `synthetic` or `linux`.
-    fn kind(&self) -> &'static str;
+    /// The VM it needs: RAM ranges, vCPUs, irqchip.
     fn vm_spec(&self) -> VmSpec;
     /// Loads memory and sets every vCPU's state; returns the bus that answers its exits.
     fn prepare(&mut self, vm: &mut Vm, log: Arc<GuestLog>) -> anyhow::Result<Arc<dyn Bus>>;

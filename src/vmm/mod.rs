@@ -21,30 +21,74 @@ pub fn kvm_device_path() -> PathBuf {
     std::env::var_os("DIRTYTRACE_KVM_DEVICE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/dev/kvm"))
 }
 
+/// Why the VMM could not open KVM, build the VM or run it.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
+    /// The KVM device does not exist.
     #[error("{path} does not exist: this host has no KVM. Enable virtualisation in the firmware (or nested virtualisation in the cloud VM) and load the kvm module")]
-    NoKvm { path: PathBuf },
+    NoKvm {
+        /// The device path.
+        path: PathBuf,
+    },
+    /// The KVM device may not be opened by this user.
     #[error("permission denied opening {path}: run as root, or add yourself to its group (`sudo usermod -aG kvm $USER`, then log in again)")]
-    KvmPermission { path: PathBuf },
+    KvmPermission {
+        /// The device path.
+        path: PathBuf,
+    },
+    /// Opening the KVM device failed otherwise.
     #[error("cannot use {path}: {source}")]
-    KvmOpen { path: PathBuf, source: std::io::Error },
+    KvmOpen {
+        /// The device path.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// The device is not KVM, or a KVM of another API.
     #[error("cannot use {path}: it is not a KVM device (KVM_GET_API_VERSION returned {version}, expected 12)")]
-    ApiVersion { path: PathBuf, version: i32 },
+    ApiVersion {
+        /// The device path.
+        path: PathBuf,
+        /// What `KVM_GET_API_VERSION` returned.
+        version: i32,
+    },
+    /// A KVM ioctl failed.
     #[error("{what}: {source}")]
-    Kvm { what: &'static str, source: kvm_ioctls::Error },
+    Kvm {
+        /// The ioctl.
+        what: &'static str,
+        /// What KVM said.
+        source: kvm_ioctls::Error,
+    },
+    /// Guest memory could not be mapped.
     #[error("cannot allocate {bytes} bytes of guest memory: {msg}")]
-    Memory { bytes: u64, msg: String },
+    Memory {
+        /// How much was asked for.
+        bytes: u64,
+        /// What vm-memory said.
+        msg: String,
+    },
+    /// The device path cannot be passed to the kernel.
     #[error("{} is not a usable device path (it holds a NUL byte)", path.display())]
-    BadDevicePath { path: PathBuf },
+    BadDevicePath {
+        /// The device path.
+        path: PathBuf,
+    },
+    /// vm-memory has no host mapping for a region it made.
     #[error("cannot find the host address of guest memory at {gpa:#x}")]
-    HostAddress { gpa: u64 },
+    HostAddress {
+        /// The region's guest-physical address.
+        gpa: u64,
+    },
+    /// The signal that kicks vCPUs out of `KVM_RUN` could not be set up.
     #[error("cannot install the vCPU kick signal handler: {0}")]
     KickHandler(vmm_sys_util::errno::Error),
+    /// A vCPU thread could not be spawned.
     #[error("cannot start a vCPU thread: {0}")]
     VcpuThread(std::io::Error),
 }
 
+/// Wraps a failed ioctl's error with the ioctl's name.
 pub fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |source| VmmError::Kvm { what, source }
 }
@@ -67,15 +111,20 @@ pub fn open_kvm(path: &Path) -> Result<Kvm, VmmError> {
 /// One KVM memory slot, logged for dirty pages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
+    /// KVM's slot number.
     pub slot: u32,
+    /// Guest-physical address of its first byte.
     pub guest_phys_addr: u64,
+    /// Its length in bytes.
     pub size_bytes: u64,
 }
 
 impl Slot {
+    /// Guest page number of its first page.
     pub fn first_page(&self) -> u64 {
         self.guest_phys_addr / PAGE_SIZE
     }
+    /// Pages in it.
     pub fn num_pages(&self) -> u64 {
         self.size_bytes / PAGE_SIZE
     }
@@ -105,15 +154,21 @@ pub struct VmSpec {
 
 /// A created VM, not yet running: guests load memory and set vCPU state on it.
 pub struct Vm {
+    /// The KVM system fd.
     pub kvm: Kvm,
+    /// The VM fd.
     pub fd: Arc<VmFd>,
+    /// Guest RAM, mapped in this process.
     pub memory: GuestMemoryMmap,
+    /// The memory slots, one per RAM range.
     pub slots: Vec<Slot>,
+    /// The vCPU fds, before their threads start.
     pub vcpus: Vec<VcpuFd>,
     dirty_tracking: DirtyTracking,
 }
 
 impl Vm {
+    /// Creates the VM `spec` asks for: memory, slots with dirty tracking, irqchip, vCPUs.
     pub fn create(kvm: Kvm, spec: &VmSpec) -> Result<Vm, VmmError> {
         let fd = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
         let total: u64 = spec.ram.iter().map(|r| r.1).sum();
@@ -162,6 +217,7 @@ impl Vm {
         Ok(())
     }
 
+    /// Guest RAM in bytes, all slots.
     pub fn ram_bytes(&self) -> u64 {
         self.slots.iter().map(|s| s.size_bytes).sum()
     }
@@ -189,23 +245,30 @@ impl Vm {
 
 /// Devices and guest protocols, as seen from exits.
 pub trait Bus: Send + Sync {
+    /// The guest wrote `data` to I/O port `port`.
     fn io_out(&self, vcpu: u32, port: u16, data: &[u8]) -> ExitAction;
+    /// The guest reads `data.len()` bytes from I/O port `port`; nothing there reads as ones.
     fn io_in(&self, _vcpu: u32, _port: u16, data: &mut [u8]) -> ExitAction {
         data.fill(0xFF);
         ExitAction::Continue
     }
+    /// The guest wrote `data` to an address no memory backs; ignored unless a device is there.
     fn mmio_write(&self, _vcpu: u32, _addr: u64, _data: &[u8]) -> ExitAction {
         ExitAction::Continue
     }
+    /// The guest reads an address no memory backs; it reads as ones unless a device is there.
     fn mmio_read(&self, _vcpu: u32, _addr: u64, data: &mut [u8]) -> ExitAction {
         data.fill(0xFF);
         ExitAction::Continue
     }
 }
 
+/// A VM whose vCPUs run, each on its own thread, until [`RunningVm::stop`].
 pub struct RunningVm {
     fd: Arc<VmFd>,
+    /// Guest RAM, mapped in this process.
     pub memory: GuestMemoryMmap,
+    /// The memory slots.
     pub slots: Vec<Slot>,
     threads: Vec<vcpu::VcpuThread>,
     control: Arc<vcpu::Control>,
@@ -250,6 +313,7 @@ impl RunningVm {
         !self.threads.is_empty() && self.threads.iter().all(|t| t.finished())
     }
 
+    /// True once a vCPU asked the whole VM to stop (a fault or a power-off).
     pub fn stop_requested(&self) -> bool {
         self.control.stop.load(Ordering::Acquire)
     }
@@ -260,6 +324,7 @@ impl RunningVm {
         self.control.pause(running, || self.threads.iter().for_each(|t| t.kick()));
     }
 
+    /// Lets the vCPUs held by [`RunningVm::pause`] run again.
     pub fn resume(&self) {
         self.control.resume();
     }
@@ -275,13 +340,13 @@ impl RunningVm {
 
 /// A counter shared between a vCPU thread and the sampler.
 #[derive(Default)]
-pub struct SharedU64(AtomicU64);
+pub(crate) struct SharedU64(AtomicU64);
 
 impl SharedU64 {
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }
-    pub fn set(&self, v: u64) {
+    pub(crate) fn set(&self, v: u64) {
         self.0.store(v, Ordering::Release)
     }
 }

@@ -13,6 +13,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 /// What the bus wants after an exit.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExitAction {
+    /// Run the guest on.
     Continue,
     /// Leave the vCPU off the CPU for this long, then resume it.
     Sleep(Duration),
@@ -24,11 +25,16 @@ pub enum ExitAction {
     Fail(String),
 }
 
+/// A vCPU stopped by something the guest did: the exit, its registers and the bytes at rip.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GuestFault {
+    /// The vCPU.
     pub vcpu: u32,
+    /// The exit reason, as people read it.
     pub reason: String,
+    /// General-purpose and control registers.
     pub registers: String,
+    /// The 16 bytes at rip, hex.
     pub instruction_bytes: String,
 }
 
@@ -40,6 +46,7 @@ impl fmt::Display for GuestFault {
     }
 }
 
+/// How a vCPU thread ended.
 #[derive(Debug, Clone)]
 pub enum VcpuOutcome {
     /// The guest said it was done (synthetic guest).
@@ -48,6 +55,7 @@ pub enum VcpuOutcome {
     Stopped,
     /// The guest powered off, with this status.
     PowerOff(i32),
+    /// The guest faulted.
     Fault(GuestFault),
 }
 

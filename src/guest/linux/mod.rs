@@ -87,10 +87,6 @@ impl LinuxGuest {
 }
 
 impl Guest for LinuxGuest {
-    fn kind(&self) -> &'static str {
-        "linux"
-    }
-
     fn vm_spec(&self) -> VmSpec {
         VmSpec {
             ram: boot::ram_ranges(self.opts.mem),

@@ -19,14 +19,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+/// The synthetic guest, ready to load.
 pub struct SyntheticGuest {
+    /// Its workload, parsed.
     pub spec: WorkloadSpec,
+    /// The workload as written.
     pub spec_text: String,
+    /// Where each vCPU writes, phase by phase.
     pub plan: GuestPlan,
     tsc_hz: f64,
 }
 
 impl SyntheticGuest {
+    /// The guest of `spec`; `spec_text` is kept for the manifest.
     pub fn new(spec: WorkloadSpec, spec_text: String) -> anyhow::Result<Self> {
         let plan = GuestPlan::new(&spec)?;
         Ok(SyntheticGuest { spec, spec_text, plan, tsc_hz: 0.0 })
@@ -65,10 +70,6 @@ fn write_page_tables(mem: &GuestMemoryMmap, mem_bytes: u64) -> anyhow::Result<()
 }
 
 impl Guest for SyntheticGuest {
-    fn kind(&self) -> &'static str {
-        "synthetic"
-    }
-
     fn vm_spec(&self) -> VmSpec {
         VmSpec {
             ram: vec![(0, self.spec.mem_bytes)],

@@ -7,29 +7,40 @@ use super::spec::{Pattern, WorkloadSpec, WriteRate, PAGE_SIZE, SYSTEM_AREA_BYTES
 use serde::Serialize;
 
 // The system area, [0, 2 MiB): the guest's own pages.
+/// The guest's GDT.
 pub const GDT_ADDR: u64 = 0x1000;
+/// The top-level page table.
 pub const PML4_ADDR: u64 = 0x2000;
+/// The page-directory-pointer table.
 pub const PDPT_ADDR: u64 = 0x3000;
 /// The 4 KiB page table of the system area.
 pub const SYSTEM_PT_ADDR: u64 = 0x4000;
 /// One page directory per GiB of memory, 256 at most.
 pub const PD_ADDR: u64 = 0x10000;
+/// The guest's code.
 pub const CODE_ADDR: u64 = 0x120000;
+/// Per-vCPU parameters: a header and one entry per phase.
 pub const PARAMS_ADDR: u64 = 0x130000;
+/// The end of the parameter area.
 pub const PARAMS_END: u64 = 0x1F0000;
 /// The only page the guest writes outside its working set: one 64-byte slot per vCPU.
 pub const CONTROL_PAGE: u64 = 0x1F0000;
+/// Bytes of the control page per vCPU.
 pub const CONTROL_SLOT_BYTES: u64 = 64;
 
 /// Port I/O the guest uses to talk to the VMM (data is 32-bit `eax`).
 pub const PORT_PHASE: u16 = 0x0DA0;
+/// Port: idle for `eax` TSC ticks.
 pub const PORT_IDLE: u16 = 0x0DA1;
+/// Port: this vCPU is done.
 pub const PORT_DONE: u16 = 0x0DA2;
 
 /// The pacing period: the vCPU is busy for `cpu` of each period and idles for the rest.
 pub const PERIOD_NS: u64 = 1_000_000;
 
+/// Bytes of a vCPU's parameter header.
 pub const HEADER_BYTES: u64 = 64;
+/// Bytes of one phase's parameters.
 pub const PHASE_ENTRY_BYTES: u64 = 128;
 
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -48,21 +59,30 @@ pub fn decode_progress(word: u64) -> (u64, u64) {
     (word >> 48, word & ((1 << 48) - 1))
 }
 
+/// Where and how fast one vCPU writes in one phase.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct PhasePlan {
+    /// Which page each write goes to.
     pub pattern: Pattern,
+    /// The PRNG key of the random patterns.
     pub key: u64,
     /// First page (guest-physical page number) of the working set.
     pub base_page: u64,
+    /// Pages in this vCPU's share of the working set.
     pub ws_pages: u64,
+    /// Pages in its hot part (hot/cold).
     pub hot_pages: u64,
+    /// First page of its cold part.
     pub cold_base_page: u64,
+    /// Pages in its cold part.
     pub cold_pages: u64,
     /// A write goes to the hot part when the low 32 bits of its random word are below this.
     pub hot_threshold: u64,
     /// Page-writes per second for this vCPU; `None` means as fast as it can.
     pub writes_per_sec: Option<f64>,
+    /// Fraction of each pacing period the vCPU is busy.
     pub cpu: f64,
+    /// The phase's length.
     pub duration_ns: u64,
 }
 
@@ -81,6 +101,7 @@ impl PhasePlan {
         }
     }
 
+    /// False for a phase that writes nothing.
     pub fn writes(&self) -> bool {
         self.writes_per_sec != Some(0.0)
     }
@@ -89,17 +110,23 @@ impl PhasePlan {
 /// Every vCPU's plan for every phase: `plans[vcpu][phase]`.
 #[derive(Debug, Clone, Serialize)]
 pub struct GuestPlan {
+    /// Guest RAM.
     pub mem_bytes: u64,
+    /// vCPUs.
     pub vcpus: u32,
+    /// Pages of the arena each vCPU owns.
     pub slice_pages: u64,
+    /// `plans[vcpu][phase]`.
     pub plans: Vec<Vec<PhasePlan>>,
 }
 
+/// A spec whose plan does not fit the guest.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct PlanError(pub String);
 
 impl GuestPlan {
+    /// Every vCPU's plan for `spec`.
     pub fn new(spec: &WorkloadSpec) -> Result<Self, PlanError> {
         let vcpus = spec.vcpus as u64;
         let params_bytes = vcpus * (HEADER_BYTES + spec.phases.len() as u64 * PHASE_ENTRY_BYTES);
@@ -143,11 +170,13 @@ impl GuestPlan {
         Ok(GuestPlan { mem_bytes: spec.mem_bytes, vcpus: spec.vcpus, slice_pages, plans })
     }
 
+    /// Where vCPU `vcpu`'s parameters are.
     pub fn params_addr(&self, vcpu: u32) -> u64 {
         let phases = self.plans[0].len() as u64;
         PARAMS_ADDR + vcpu as u64 * (HEADER_BYTES + phases * PHASE_ENTRY_BYTES)
     }
 
+    /// Where vCPU `vcpu` publishes its progress word.
     pub fn control_addr(vcpu: u32) -> u64 {
         CONTROL_PAGE + vcpu as u64 * CONTROL_SLOT_BYTES
     }

@@ -29,6 +29,7 @@ const P_THRESH: i32 = 88;
 /// Writes between two reads of the TSC.
 const BATCH: u32 = 16;
 
+/// The guest's machine code, assembled.
 pub fn assemble() -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
     let mut phase_loop = a.create_label();

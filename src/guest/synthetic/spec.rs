@@ -14,14 +14,19 @@ pub const MAX_VCPUS: u32 = 64;
 pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 pub use crate::units::PAGE_SIZE;
 
+/// Which page each write goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Pattern {
+    /// Page after page through the working set, round and round.
     Sequential,
+    /// Uniformly random pages of the working set.
     Random,
+    /// `hot_share` of the writes to the first `hot_fraction` of the working set.
     Hotcold,
 }
 
+/// How fast a phase writes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WriteRate {
@@ -31,32 +36,54 @@ pub enum WriteRate {
     BytesPerSec(f64),
 }
 
+/// One phase of a workload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
+    /// Its name, as intervals carry it.
     pub name: String,
+    /// How long it lasts.
     pub duration: Duration,
+    /// The memory it writes, split between the vCPUs.
     pub working_set_bytes: u64,
+    /// How fast it writes, in total.
     pub rate: WriteRate,
+    /// Which page each write goes to.
     pub pattern: Pattern,
+    /// Hot/cold: the hot part's share of the working set.
     pub hot_fraction: f64,
+    /// Hot/cold: the share of writes that go to the hot part.
     pub hot_share: f64,
+    /// Fraction of the time each vCPU is busy.
     pub cpu: f64,
 }
 
+/// A synthetic workload (`schemas/workload.md`), checked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadSpec {
+    /// Guest RAM.
     pub mem_bytes: u64,
+    /// vCPUs.
     pub vcpus: u32,
+    /// The PRNG seed of the random patterns.
     pub seed: u64,
+    /// The phases, in order.
     pub phases: Vec<Phase>,
 }
 
+/// Why a spec was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// It is not TOML, or has a key that does not exist.
     #[error("{0}")]
     Toml(String),
+    /// A key's value is wrong.
     #[error("`{key}`: {msg}")]
-    Value { key: String, msg: String },
+    Value {
+        /// The key, e.g. `phase[0].rate`, or the flag that overrode it.
+        key: String,
+        /// What is wrong with it.
+        msg: String,
+    },
 }
 
 fn bad(key: impl Into<String>, msg: impl Into<String>) -> SpecError {
@@ -247,6 +274,7 @@ impl WorkloadSpec {
         Ok(WorkloadSpec { mem_bytes, vcpus, seed: seed as u64, phases })
     }
 
+    /// The workload's length: its phases' sum.
     pub fn total_duration(&self) -> Duration {
         self.phases.iter().map(|p| p.duration).sum()
     }

@@ -14,9 +14,12 @@ use super::plan::{decode_progress, GuestPlan};
 use super::spec::WorkloadSpec;
 use crate::trace::Trace;
 
+/// One interval of a synthetic trace against the guest's ground truth.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct IntervalCheck {
+    /// The interval.
     pub interval: u64,
+    /// Pages its bitmap holds.
     pub recorded_pages: u64,
     /// Pages certainly written in the interval but absent from its bitmap.
     pub missing: u64,
@@ -59,6 +62,7 @@ impl PageSet {
     }
 }
 
+/// Checks every interval of a synthetic trace against the ground truth.
 pub fn verify(trace: &Trace) -> anyhow::Result<Vec<IntervalCheck>> {
     let m = &trace.manifest;
     anyhow::ensure!(m.guest["kind"] == "synthetic", "{} is not a synthetic-guest trace", trace.dir.display());
