@@ -266,6 +266,11 @@ struct RecordArgs {
     /// at the cost of a short pause of the guest per harvest (see `bench --only cut`).
     #[arg(long)]
     exact_cut: bool,
+    /// Real-time priority (SCHED_FIFO) for the sampler thread alone, so that short intervals
+    /// keep their deadlines: auto uses it where permitted (root or CAP_SYS_NICE) and says when
+    /// it cannot; on makes the lack of permission an error.
+    #[arg(long, value_enum, default_value_t = dirtytrace::sampler::RealtimeMode::Auto)]
+    realtime: dirtytrace::sampler::RealtimeMode,
     /// The KVM device (default /dev/kvm, or $DIRTYTRACE_KVM_DEVICE).
     #[arg(long, value_name = "PATH")]
     kvm_device: Option<PathBuf>,
@@ -296,6 +301,7 @@ impl RecordArgs {
         opts.vcpus = self.vcpus;
         opts.migration_speed = self.migration_speed.0;
         opts.exact_cut = self.exact_cut;
+        opts.realtime = self.realtime;
         if let Some(k) = self.kvm_device {
             opts.kvm_device = k;
         }
@@ -318,9 +324,9 @@ struct BenchArgs {
     /// Guest RAM for the cost, slowdown and compression runs.
     #[arg(long, default_value_t = HumanSize(bench::DEFAULT_MEM))]
     mem: HumanSize,
-    /// Guest RAM for the deadline runs.
-    #[arg(long, default_value_t = HumanSize(bench::DEFAULT_DEADLINE_MEM))]
-    deadline_mem: HumanSize,
+    /// Guest sizes for the deadline runs (sparse; comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = bench::DEFAULT_DEADLINE_MEM.map(HumanSize))]
+    deadline_mem: Vec<HumanSize>,
     /// Length of each recording, in seconds.
     #[arg(long, default_value_t = bench::DEFAULT_SECONDS)]
     seconds: f64,
@@ -334,8 +340,12 @@ struct BenchArgs {
 }
 
 fn run_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    let opts =
-        bench::BenchOptions { work_dir: a.work_dir, mem: a.mem.0, deadline_mem: a.deadline_mem.0, seconds: a.seconds };
+    let opts = bench::BenchOptions {
+        work_dir: a.work_dir,
+        mem: a.mem.0,
+        deadline_mem: a.deadline_mem.iter().map(|m| m.0).collect(),
+        seconds: a.seconds,
+    };
     let report = bench::run_steps(&opts, &a.only, |step| eprintln!("bench: {step:?} ..."))?;
     print!("{}", if a.json { json(&report)? } else { bench::render(&report) });
     Ok(ExitCode::SUCCESS)
@@ -377,6 +387,9 @@ fn progress_bar(expected: Option<Duration>) -> Option<record::Progress> {
 fn run_record(a: RecordArgs) -> anyhow::Result<ExitCode> {
     let json_out = a.json;
     let recorder = record::Recorder::try_from(a.into_options())?;
+    for note in recorder.notes() {
+        eprintln!("note: {note}");
+    }
     let progress = progress_bar(recorder.expected_duration());
     let summary = recorder.run(interrupt_flag(), progress)?;
     if json_out {

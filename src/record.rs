@@ -5,8 +5,8 @@
 use crate::accounting::IntervalAccounting;
 use crate::events::GuestLog;
 use crate::guest::{self, linux, synthetic, Guest};
-use crate::sampler::{self, EndReason, Harvest, SamplerConfig};
-use crate::trace::{self, IntervalRow, Manifest, MemorySlot, TraceStatus, TraceWriter};
+use crate::sampler::{self, EndReason, Harvest, RealtimeMode, SamplerConfig};
+use crate::trace::{self, IntervalRow, Manifest, MemorySlot, SamplerScheduling, TraceStatus, TraceWriter};
 use crate::vmm::{self, Bus, DirtyTracking, VcpuOutcome, Vm};
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -56,6 +56,19 @@ pub struct RecordOptions {
     pub linux: LinuxRecordOptions,
     /// Pause the vCPUs around each harvest for an exact cut (costs guest time).
     pub exact_cut: bool,
+    /// Whether the sampler thread runs at real-time priority.
+    pub realtime: RealtimeMode,
+    /// Stop sleeping this long before each deadline and watch the clock; `None`: the default
+    /// ([`default_spin`]).
+    pub spin: Option<Duration>,
+    /// Lock the recorder's own memory (not the guest's) with `mlockall(MCL_CURRENT)` before
+    /// the guest's memory exists.
+    pub lock_memory: bool,
+}
+
+/// The sampler's default spin before a deadline for `interval`: none.
+pub fn default_spin(_interval: Duration) -> Duration {
+    Duration::ZERO
 }
 
 impl RecordOptions {
@@ -74,6 +87,9 @@ impl RecordOptions {
             dirty_tracking: DirtyTracking::Bitmap,
             linux: LinuxRecordOptions::default(),
             exact_cut: false,
+            realtime: RealtimeMode::Auto,
+            spin: None,
+            lock_memory: false,
         }
     }
 }
@@ -139,6 +155,10 @@ pub struct RecordSummary {
     /// Seconds from the start of `record` to the guest's first instruction (guest build,
     /// initramfs included).
     pub setup_s: Option<f64>,
+    /// How the sampler thread was scheduled.
+    pub sampler: Option<SamplerScheduling>,
+    /// The sampler thread's CPU time over the recording's length (not kept in the trace).
+    pub sampler_cpu_share: Option<f64>,
 }
 
 impl RecordSummary {
@@ -177,6 +197,8 @@ impl RecordSummary {
             guest_exit_status,
             cost: None,
             setup_s: None,
+            sampler: m.sampler.clone(),
+            sampler_cpu_share: None,
         })
     }
 }
@@ -322,6 +344,8 @@ pub type Progress = Box<dyn FnMut(&IntervalRow) + Send>;
 /// A recording ready to start: guest loaded, VM created and prepared, trace directory and
 /// manifest written. Nothing runs until [`Recorder::run`].
 pub struct Recorder {
+    notes: Vec<String>,
+    realtime: bool,
     guest: Box<dyn Guest>,
     vm: Vm,
     bus: Arc<dyn Bus>,
@@ -340,6 +364,21 @@ impl TryFrom<RecordOptions> for Recorder {
     fn try_from(opts: RecordOptions) -> anyhow::Result<Recorder> {
         let t_begin_ns = crate::clock::now_ns();
         validate(&opts)?;
+        let mut notes = Vec::new();
+        let realtime = match (opts.realtime, sampler::probe_realtime()) {
+            (RealtimeMode::Off, _) => false,
+            (_, Ok(())) => true,
+            (RealtimeMode::On, Err(e)) => bail!("--realtime on: {e}"),
+            (RealtimeMode::Auto, Err(e)) => {
+                notes.push(format!("the sampler runs at normal priority: {e}"));
+                false
+            }
+        };
+        if opts.lock_memory {
+            // Before the guest's memory exists, and only what is mapped now: never the guest's.
+            nix::sys::mman::mlockall(nix::sys::mman::MlockAllFlags::MCL_CURRENT)
+                .context("mlockall(MCL_CURRENT) of the recorder's own memory")?;
+        }
         let mut guest = load_guest(&opts)?;
         let kvm = vmm::open_kvm(&opts.kvm_device)?;
         let mut spec = guest.vm_spec();
@@ -358,6 +397,13 @@ impl TryFrom<RecordOptions> for Recorder {
         (manifest.host_kernel, manifest.host_name) = host_info();
         manifest.duration_limit_s = opts.duration.map(|d| d.as_secs_f64());
         manifest.exact_cut = opts.exact_cut;
+        let spin = opts.spin.unwrap_or_else(|| default_spin(opts.interval));
+        manifest.sampler = Some(SamplerScheduling {
+            requested: opts.realtime.as_str().into(),
+            policy: if realtime { "fifo" } else { "other" }.into(),
+            priority: if realtime { sampler::REALTIME_PRIORITY as u32 } else { 0 },
+            spin_us: spin.as_micros() as u64,
+        });
         manifest.guest = guest.describe();
         manifest.guest_own_pages = guest.own_pages();
         manifest.initial_nonzero_pages = guest::nonzero_pages(&vm, &guest.loaded_ranges());
@@ -372,8 +418,9 @@ impl TryFrom<RecordOptions> for Recorder {
             duration: opts.duration,
             progress_words: guest.progress_words(),
             exact_cut: opts.exact_cut,
+            spin,
         };
-        Ok(Recorder { guest, vm, bus, log, writer, accounting, sampler, t_begin_ns })
+        Ok(Recorder { notes, realtime, guest, vm, bus, log, writer, accounting, sampler, t_begin_ns })
     }
 }
 
@@ -392,10 +439,15 @@ impl Recorder {
         self.writer.dir()
     }
 
+    /// What the user should know before the recording starts (one line each).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
     /// Runs the guest and records it. `interrupt` set (by Ctrl-C) ends the recording early
     /// with a complete trace.
     pub fn run(self, interrupt: Arc<AtomicBool>, mut progress: Option<Progress>) -> anyhow::Result<RecordSummary> {
-        let Recorder { vm, bus, log, writer, mut accounting, sampler: cfg, t_begin_ns, guest: _guest } = self;
+        let Recorder { vm, bus, log, writer, mut accounting, sampler: cfg, t_begin_ns, realtime, .. } = self;
         let (tx, rx) = std::sync::mpsc::channel::<Harvest>();
         // The writer thread does everything but the harvest itself, so that accounting and
         // I/O never delay a deadline.
@@ -429,8 +481,21 @@ impl Recorder {
         log.start_clock();
         let running = vm.start(bus)?;
         let setup_s = (crate::clock::now_ns() - t_begin_ns) as f64 / 1e9;
-        let result = sampler::run(running, &cfg, &log, &tx, &interrupt);
+        // The sampler gets a thread of its own, so that real-time priority is its alone: the
+        // vCPU and writer threads exist already, and finalising runs on this thread.
+        let sampled = std::thread::scope(|scope| {
+            let sampler_thread = std::thread::Builder::new().name("sampler".into()).spawn_scoped(scope, || {
+                let got_realtime = realtime && sampler::make_current_thread_realtime().is_ok();
+                (sampler::run(running, &cfg, &log, &tx, &interrupt), got_realtime)
+            });
+            sampler_thread.map(|t| t.join())
+        });
         drop(tx);
+        let (result, got_realtime) = match sampled {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => bail!("the sampler panicked"),
+            Err(e) => bail!("cannot start the sampler thread: {e}"),
+        };
         let (writer, cost, write_error) =
             writer_thread.join().map_err(|_| anyhow::anyhow!("the trace writer panicked"))?;
         let result = result?;
@@ -448,6 +513,10 @@ impl Recorder {
             EndReason::GuestFault if fault.is_some() => TraceStatus::GuestFault,
             _ => TraceStatus::Complete,
         };
+        let mut writer = writer;
+        if let Some(s) = writer.manifest_mut().sampler.as_mut().filter(|_| realtime && !got_realtime) {
+            (s.policy, s.priority) = ("other".into(), 0);
+        }
         let dir = writer.dir().to_path_buf();
         let write_error = write_error.map(|e| format!("{e:#}"));
         let error = write_error.clone().or_else(|| fault.clone());
@@ -468,6 +537,8 @@ impl Recorder {
         let mut summary = RecordSummary::of_trace(&dir, exit_status)?;
         summary.cost = Some(cost.mean());
         summary.setup_s = Some(setup_s);
+        summary.sampler_cpu_share =
+            Some(if result.elapsed_ns > 0 { result.cpu_ns as f64 / result.elapsed_ns as f64 } else { 0.0 });
         Ok(summary)
     }
 }

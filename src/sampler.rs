@@ -13,6 +13,71 @@ use std::time::Duration;
 /// The longest the sampler sleeps before looking at stop conditions again.
 const POLL_NS: u64 = 20_000_000;
 
+/// The sampler's SCHED_FIFO priority: above every normal thread, below the kernel's own
+/// real-time threads (which run at 50 and 99).
+pub const REALTIME_PRIORITY: u8 = 10;
+
+/// Whether the sampler thread runs at real-time priority (`--realtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RealtimeMode {
+    /// SCHED_FIFO where permitted (root, CAP_SYS_NICE or RLIMIT_RTPRIO), else normal priority.
+    #[default]
+    Auto,
+    /// SCHED_FIFO, or an error naming the missing permission.
+    On,
+    /// Normal scheduling.
+    Off,
+}
+
+impl RealtimeMode {
+    /// The flag's value as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RealtimeMode::Auto => "auto",
+            RealtimeMode::On => "on",
+            RealtimeMode::Off => "off",
+        }
+    }
+}
+
+/// Why the sampler could not have real-time priority.
+#[derive(Debug, thiserror::Error)]
+pub enum RealtimeError {
+    /// The process may not use SCHED_FIFO.
+    #[error(
+        "no permission for real-time scheduling (SCHED_FIFO needs root, CAP_SYS_NICE, or an RLIMIT_RTPRIO of at \
+         least {REALTIME_PRIORITY}: `setcap cap_sys_nice+ep $(which dirtytrace)` or `ulimit -r {REALTIME_PRIORITY}`)"
+    )]
+    Permission,
+    /// The scheduler refused for another reason.
+    #[error("cannot set SCHED_FIFO: {0:?}")]
+    Other(thread_priority::Error),
+}
+
+/// Puts the calling thread under SCHED_FIFO at [`REALTIME_PRIORITY`].
+pub fn make_current_thread_realtime() -> Result<(), RealtimeError> {
+    use thread_priority::unix::{
+        set_thread_priority_and_policy, thread_native_id, RealtimeThreadSchedulePolicy, ThreadSchedulePolicy,
+    };
+    let value = thread_priority::ThreadPriorityValue::try_from(REALTIME_PRIORITY).expect("10 is a valid priority");
+    let policy = ThreadSchedulePolicy::Realtime(RealtimeThreadSchedulePolicy::Fifo);
+    match set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Crossplatform(value),
+        policy,
+    ) {
+        Ok(()) => Ok(()),
+        Err(thread_priority::Error::OS(e)) if e == libc::EPERM => Err(RealtimeError::Permission),
+        Err(e) => Err(RealtimeError::Other(e)),
+    }
+}
+
+/// Whether [`make_current_thread_realtime`] would succeed, tried on a thread of its own so
+/// that no other thread's scheduling changes.
+pub fn probe_realtime() -> Result<(), RealtimeError> {
+    std::thread::spawn(make_current_thread_realtime).join().unwrap_or(Err(RealtimeError::Permission))
+}
+
 /// What the sampler needs to know.
 pub struct SamplerConfig {
     /// Time between harvests.
@@ -23,6 +88,8 @@ pub struct SamplerConfig {
     pub progress_words: Vec<u64>,
     /// Hold every vCPU outside the guest around each harvest, so the cut is exact.
     pub exact_cut: bool,
+    /// Stop sleeping this long before each deadline and watch the clock instead (zero: never).
+    pub spin: Duration,
 }
 
 /// One interval's harvest, as it leaves the sampler: the raw material of one trace row.
@@ -114,6 +181,8 @@ pub struct SamplerResult {
     pub skipped_deadlines: u64,
     /// Nanoseconds from the start to the last harvest.
     pub elapsed_ns: u64,
+    /// CPU time the sampler thread used, all of it.
+    pub cpu_ns: u64,
 }
 
 struct State {
@@ -184,9 +253,11 @@ pub fn run(
     out: &Sender<Harvest>,
     interrupt: &AtomicBool,
 ) -> Result<SamplerResult, VmmError> {
+    let cpu_start = clock::this_thread_cpu_ns();
     let t0 = log.t0_ns();
     // Callers bound both (`record`'s checks); saturate rather than wrap regardless.
     let interval_ns = u64::try_from(cfg.interval.as_nanos()).unwrap_or(u64::MAX).max(1);
+    let spin_ns = u64::try_from(cfg.spin.as_nanos()).unwrap_or(0).min(interval_ns / 10);
     let end_ns = cfg.duration.map(|d| t0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
     let mut st = State { index: 0, last_t_ns: 0, last_cpu: vm.vcpu_cpu_ns() };
     let mut next_deadline = t0.saturating_add(interval_ns);
@@ -208,7 +279,14 @@ pub fn run(
             if now >= deadline {
                 break None;
             }
-            clock::sleep_until(deadline.min(now + POLL_NS));
+            if now + spin_ns >= deadline {
+                // The last few µs: watch the clock rather than trust the wake-up.
+                while clock::now_ns() < deadline {
+                    std::hint::spin_loop();
+                }
+                break None;
+            }
+            clock::sleep_until((deadline - spin_ns).min(now + POLL_NS));
         };
         if let Some(reason) = stop {
             break reason;
@@ -223,8 +301,13 @@ pub fn run(
         next_deadline = next_deadline.saturating_add(interval_ns);
         let now = clock::now_ns();
         if now >= next_deadline {
-            // Far behind: skip to the next deadline in the future rather than harvest in a burst.
-            let behind = (now - next_deadline) / interval_ns + 1;
+            // Far behind: skip to a deadline at least half an interval ahead rather than harvest
+            // in a burst, so the sampler always sleeps between harvests, even at real-time
+            // priority.
+            let mut behind = (now - next_deadline) / interval_ns + 1;
+            if next_deadline.saturating_add(behind.saturating_mul(interval_ns)) - now < interval_ns / 2 {
+                behind += 1;
+            }
             skipped += behind;
             next_deadline = next_deadline.saturating_add(behind.saturating_mul(interval_ns));
         }
@@ -245,5 +328,12 @@ pub fn run(
         let h = harvest(&vm, cfg, log, &mut st, None)?;
         let _ = out.send(h);
     }
-    Ok(SamplerResult { end, outcomes, intervals: st.index, skipped_deadlines: skipped, elapsed_ns: st.last_t_ns })
+    Ok(SamplerResult {
+        end,
+        outcomes,
+        intervals: st.index,
+        skipped_deadlines: skipped,
+        elapsed_ns: st.last_t_ns,
+        cpu_ns: clock::this_thread_cpu_ns() - cpu_start,
+    })
 }

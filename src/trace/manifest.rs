@@ -1,6 +1,6 @@
 //! `manifest.json`: what was recorded, how, and how the recording went.
 
-use super::records::{MemorySlot, PageRange};
+use super::records::{MemorySlot, PageRange, SamplerScheduling};
 use super::FORMAT_VERSION;
 use crate::units::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
@@ -93,6 +93,9 @@ pub struct Manifest {
     /// Whether the vCPUs were held outside the guest around each harvest (`--exact-cut`).
     #[serde(default)]
     pub exact_cut: bool,
+    /// How the sampler thread was scheduled; absent in traces of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<SamplerScheduling>,
     /// The guest kind (`synthetic` or `linux`) and its configuration, including the workload.
     pub guest: serde_json::Value,
     /// Pages the guest itself may dirty besides its workload (synthetic guest: the control page).
@@ -138,6 +141,7 @@ impl Manifest {
             working_set_window_s: ramsize_bytes as f64 / migration_speed_bytes_per_s,
             slots,
             exact_cut: false,
+            sampler: None,
             guest: serde_json::Value::Null,
             guest_own_pages: Vec::new(),
             initial_nonzero_pages: Vec::new(),

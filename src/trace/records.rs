@@ -156,3 +156,16 @@ pub struct GuestEvent {
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
 }
+
+/// How the sampler thread was scheduled (`manifest.json` `sampler`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SamplerScheduling {
+    /// What `--realtime` asked for: `auto`, `on` or `off`.
+    pub requested: String,
+    /// What the sampler thread got: `fifo` (SCHED_FIFO) or `other` (normal scheduling).
+    pub policy: String,
+    /// Its SCHED_FIFO priority; 0 under `other`.
+    pub priority: u32,
+    /// How long before each deadline it stopped sleeping and watched the clock, in µs (0: never).
+    pub spin_us: u64,
+}

@@ -147,6 +147,11 @@ impl TraceWriter {
         &self.manifest
     }
 
+    /// The manifest, to correct before [`TraceWriter::finish`] stores it again.
+    pub fn manifest_mut(&mut self) -> &mut Manifest {
+        &mut self.manifest
+    }
+
     /// Appends one interval: its row and bitmaps to the journal, the guest's events to the
     /// guest log, and its console output to the console log.
     pub fn append(

@@ -1,0 +1,79 @@
+//! `--realtime`: the sampler thread's scheduling, as the manifest records it. These tests run
+//! as root (as CI does); `setpriv` takes CAP_SYS_NICE away to show the unprivileged case. No
+//! timings are asserted here: `bench --only deadline` measures what the policy buys.
+
+mod common;
+
+use common::*;
+use dirtytrace::trace::{SamplerScheduling, Trace};
+use std::path::Path;
+use std::process::Command;
+
+const SPEC: &str = "mem = \"64MiB\"\n[[phase]]\nduration = \"0.3s\"\nworking_set = \"4MiB\"\nrate = \"8MiB/s\"\n";
+
+/// Records the spec with `args`, optionally without CAP_SYS_NICE; returns (exit code, stderr).
+fn record(out: &Path, args: &[&str], without_sys_nice: bool) -> (i32, String) {
+    let spec = write(out.parent().unwrap(), "spec.toml", SPEC);
+    let mut cmd = if without_sys_nice {
+        let mut c = Command::new("setpriv");
+        c.args(["--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice"]).arg(bin());
+        c
+    } else {
+        Command::new(bin())
+    };
+    cmd.args(["record", "--workload", spec.to_str().unwrap(), "--interval", "20ms", "--output"]).arg(out).args(args);
+    let o = cmd.output().expect("runs (setpriv is util-linux's)");
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn scheduling(out: &Path) -> SamplerScheduling {
+    Trace::open(out).unwrap().manifest.sampler.expect("the manifest records the sampler's scheduling")
+}
+
+fn sched(requested: &str, policy: &str, priority: u32) -> SamplerScheduling {
+    SamplerScheduling { requested: requested.into(), policy: policy.into(), priority, spin_us: 0 }
+}
+
+#[test]
+fn auto_gives_the_sampler_fifo_where_permitted() {
+    let _g = kvm_lock();
+    let out = tempdir("rt-auto").join("t");
+    let (code, stderr) = record(&out, &[], false);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("normal priority"), "{stderr}");
+    assert_eq!(scheduling(&out), sched("auto", "fifo", dirtytrace::sampler::REALTIME_PRIORITY as u32));
+}
+
+#[test]
+fn off_keeps_normal_scheduling() {
+    let _g = kvm_lock();
+    let out = tempdir("rt-off").join("t");
+    let (code, stderr) = record(&out, &["--realtime", "off"], false);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(scheduling(&out), sched("off", "other", 0));
+}
+
+#[test]
+fn auto_without_permission_says_so_and_goes_on() {
+    let _g = kvm_lock();
+    let out = tempdir("rt-auto-noperm").join("t");
+    let (code, stderr) = record(&out, &[], true);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stderr.matches("note: the sampler runs at normal priority").count(), 1, "{stderr}");
+    assert!(stderr.contains("CAP_SYS_NICE"), "{stderr}");
+    assert_eq!(scheduling(&out), sched("auto", "other", 0));
+}
+
+#[test]
+fn on_without_permission_is_an_error_that_leaves_nothing() {
+    let _g = kvm_lock();
+    let out = tempdir("rt-on-noperm").join("t");
+    let (code, stderr) = record(&out, &["--realtime", "on"], true);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--realtime on") && stderr.contains("CAP_SYS_NICE"), "{stderr}");
+    assert!(!out.exists(), "a refused recording left {}", out.display());
+    // With permission, `on` is granted.
+    let (code, stderr) = record(&out, &["--realtime", "on"], false);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(scheduling(&out), sched("on", "fifo", dirtytrace::sampler::REALTIME_PRIORITY as u32));
+}
