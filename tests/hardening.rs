@@ -7,7 +7,7 @@ use common::*;
 use dirtytrace::guest::synthetic::verify::verify;
 use dirtytrace::trace::{Trace, TraceStatus};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// Runs the CLI; returns (exit code, stderr).
@@ -34,17 +34,20 @@ fn bench_removes_only_what_it_created() {
     let precious = write(&dir, "precious.txt", "keep me");
     std::fs::create_dir(dir.join("sub")).unwrap();
     write(&dir.join("sub"), "also.txt", "keep me too");
-    let (code, stderr) = run(&[
-        "bench",
-        "--only",
-        "compression",
-        "--mem",
-        "64MiB",
-        "--seconds",
-        "0.5",
-        "--work-dir",
-        dir.to_str().unwrap(),
-    ]);
+    let small_bench = |work_dir: &Path| {
+        run(&[
+            "bench",
+            "--only",
+            "compression",
+            "--mem",
+            "64MiB",
+            "--seconds",
+            "0.5",
+            "--work-dir",
+            work_dir.to_str().unwrap(),
+        ])
+    };
+    let (code, stderr) = small_bench(&dir);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
     assert_eq!(std::fs::read_to_string(dir.join("sub/also.txt")).unwrap(), "keep me too");
@@ -54,17 +57,7 @@ fn bench_removes_only_what_it_created() {
     assert_eq!(left, ["precious.txt", "sub"], "the bench left its own files behind, or removed the user's");
     // A work dir the bench had to create is removed again, since it made it.
     let fresh = dir.join("made-by-bench");
-    let (code, stderr) = run(&[
-        "bench",
-        "--only",
-        "compression",
-        "--mem",
-        "64MiB",
-        "--seconds",
-        "0.5",
-        "--work-dir",
-        fresh.to_str().unwrap(),
-    ]);
+    let (code, stderr) = small_bench(&fresh);
     assert_eq!(code, 0, "{stderr}");
     assert!(!fresh.exists());
 }
@@ -77,21 +70,6 @@ fn bench_refuses_an_unknown_step() {
     assert!(stderr.contains("bogus") && stderr.contains("compression"), "{stderr}");
 }
 
-const LONG: &str = "mem = \"256MiB\"\nseed = 5\n[[phase]]\nname = \"a\"\nduration = \"60s\"\nworking_set = \"32MiB\"\nrate = \"20MiB/s\"\npattern = \"random\"\n";
-
-fn start_recording(name: &str) -> (std::process::Child, std::path::PathBuf) {
-    let dir = tempdir(name);
-    let spec = write(&dir, "long.toml", LONG);
-    let out = dir.join("trace");
-    let child = Command::new(bin())
-        .args(["record", "--interval", "50ms", "--workload", spec.to_str().unwrap(), "--output", out.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    (child, out)
-}
-
 fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
 }
@@ -100,7 +78,7 @@ fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
 #[test]
 fn recover_refuses_a_trace_that_is_being_recorded() {
     let _g = kvm_lock();
-    let (child, out) = start_recording("recover-live");
+    let (child, out) = start_long_recording("recover-live");
     std::thread::sleep(Duration::from_millis(1500));
     let (code, stderr) = run(&["recover", out.to_str().unwrap()]);
     assert_ne!(code, 0, "recover ran on a live recording");
@@ -132,7 +110,7 @@ fn recover_refuses_a_trace_that_is_being_recorded() {
 #[test]
 fn sighup_finalises_the_trace_like_sigterm() {
     let _g = kvm_lock();
-    let (child, out) = start_recording("sighup");
+    let (child, out) = start_long_recording("sighup");
     std::thread::sleep(Duration::from_millis(1000));
     signal(&child, nix::sys::signal::Signal::SIGHUP);
     let output = child.wait_with_output().unwrap();

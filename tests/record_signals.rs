@@ -5,23 +5,8 @@ mod common;
 use common::*;
 use dirtytrace::guest::synthetic::verify::verify;
 use dirtytrace::trace::{Trace, TraceError, TraceStatus};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-const LONG: &str = "mem = \"512MiB\"\nseed = 5\n[[phase]]\nname = \"a\"\nduration = \"60s\"\nworking_set = \"64MiB\"\nrate = \"50MiB/s\"\npattern = \"random\"\n";
-
-fn start(name: &str) -> (std::process::Child, std::path::PathBuf) {
-    let dir = tempdir(name);
-    let spec = write(&dir, "long.toml", LONG);
-    let out = dir.join("trace");
-    let child = Command::new(bin())
-        .args(["record", "--interval", "50ms", "--workload", spec.to_str().unwrap(), "--output", out.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    (child, out)
-}
 
 fn assert_all_exact(trace: &Trace) {
     for c in verify(trace).unwrap() {
@@ -32,7 +17,7 @@ fn assert_all_exact(trace: &Trace) {
 #[test]
 fn sigint_leaves_a_complete_trace() {
     let _g = kvm_lock();
-    let (child, out) = start("sigint");
+    let (child, out) = start_long_recording("sigint");
     std::thread::sleep(Duration::from_millis(1500));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let output = child.wait_with_output().unwrap();
@@ -49,7 +34,7 @@ fn sigint_leaves_a_complete_trace() {
 #[test]
 fn sigkill_then_recover_keeps_every_interval() {
     let _g = kvm_lock();
-    let (mut child, out) = start("sigkill");
+    let (mut child, out) = start_long_recording("sigkill");
     std::thread::sleep(Duration::from_millis(2500));
     child.kill().unwrap();
     child.wait().unwrap();

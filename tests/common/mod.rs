@@ -61,3 +61,21 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// A 60 s synthetic workload (random writes at 50 MiB/s over 64 MiB), to interrupt.
+pub const LONG_SPEC: &str = "mem = \"512MiB\"\nseed = 5\n[[phase]]\nname = \"a\"\nduration = \"60s\"\nworking_set = \"64MiB\"\nrate = \"50MiB/s\"\npattern = \"random\"\n";
+
+/// Starts `dirtytrace record` of [`LONG_SPEC`] at 50 ms in the background; returns the child
+/// and its trace directory.
+pub fn start_long_recording(name: &str) -> (std::process::Child, PathBuf) {
+    let dir = tempdir(name);
+    let spec = write(&dir, "long.toml", LONG_SPEC);
+    let out = dir.join("trace");
+    let child = std::process::Command::new(bin())
+        .args(["record", "--interval", "50ms", "--workload", spec.to_str().unwrap(), "--output", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, out)
+}
