@@ -6,8 +6,7 @@ use anyhow::{bail, Context};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Marker lines the guest writes to its serial port; the VMM timestamps each as it arrives.
-pub const MARKER_PREFIX: &str = "DIRTYTRACE:";
+pub use super::console::MARKER_PREFIX;
 
 /// Bumped whenever what goes into the archive changes, so cached archives are rebuilt.
 const LAYOUT_VERSION: &str = "1";

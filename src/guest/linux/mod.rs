@@ -4,6 +4,7 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod console;
 pub mod initramfs;
 pub mod kit;
 
@@ -11,7 +12,6 @@ use crate::events::GuestLog;
 use crate::guest::Guest;
 use crate::vmm::{kvm_err, Bus, ExitAction, Vm, VmSpec};
 use anyhow::Context;
-use initramfs::MARKER_PREFIX;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -113,8 +113,7 @@ impl Guest for LinuxGuest {
         let irq = EventFd::new(libc::EFD_NONBLOCK).context("eventfd for the serial interrupt")?;
         vm.fd.register_irqfd(&irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD"))?;
         self.boot = Some(info);
-        let sink =
-            ConsoleSink { log: log.clone(), line: Vec::new(), echo: self.opts.console, status: None, panic: None };
+        let sink = ConsoleSink { log: log.clone(), echo: self.opts.console, parser: console::ConsoleParser::new() };
         Ok(Arc::new(LinuxBus { serial: Mutex::new(Serial::new(IrqTrigger(irq), sink)) }))
     }
 
@@ -163,39 +162,8 @@ impl vm_superio::Trigger for IrqTrigger {
 /// Where the UART's output goes: the trace's console log, marker lines, and optionally stderr.
 struct ConsoleSink {
     log: Arc<GuestLog>,
-    line: Vec<u8>,
     echo: bool,
-    /// The workload's exit status, from its `workload_end` marker.
-    status: Option<i32>,
-    panic: Option<String>,
-}
-
-impl ConsoleSink {
-    fn end_line(&mut self) {
-        let text = String::from_utf8_lossy(&self.line).trim_end_matches('\r').to_string();
-        self.line.clear();
-        if let Some(marker) = text.strip_prefix(MARKER_PREFIX) {
-            let (kind, value) = marker.split_once(':').unwrap_or((marker, ""));
-            match kind {
-                "phase" => self.log.mark_phase(None, value.trim(), serde_json::Value::Null),
-                "workload_start" => {
-                    self.log.record(None, "workload_start", "workload_start", serde_json::Value::Null);
-                    self.log.mark_phase(None, "workload", serde_json::Value::Null);
-                }
-                "workload_end" => {
-                    self.status = value.trim().parse().ok();
-                    self.log.record(None, "workload_end", "workload_end", serde_json::json!({ "status": self.status }));
-                    self.log.mark_phase(None, "shutdown", serde_json::Value::Null);
-                }
-                other => self.log.record(None, "note", other, serde_json::json!({ "value": value })),
-            }
-        } else if text.contains("Kernel panic - not syncing") {
-            self.log.record(None, "panic", "kernel panic", serde_json::json!({ "line": text }));
-            self.panic.get_or_insert(text);
-        } else if text.contains("Linux version") && self.log.phase() == "boot" {
-            self.log.record(None, "note", "kernel banner", serde_json::json!({ "line": text }));
-        }
-    }
+    parser: console::ConsoleParser,
 }
 
 impl Write for ConsoleSink {
@@ -204,13 +172,7 @@ impl Write for ConsoleSink {
         if self.echo {
             let _ = std::io::stderr().write_all(buf);
         }
-        for &b in buf {
-            if b == b'\n' {
-                self.end_line();
-            } else if self.line.len() < 4096 {
-                self.line.push(b);
-            }
-        }
+        self.parser.feed(buf, &self.log);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -231,8 +193,8 @@ impl Bus for LinuxBus {
             }
             I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
                 let serial = self.serial.lock().unwrap();
-                let sink = serial.writer();
-                match (sink.status, &sink.panic) {
+                let parser = &serial.writer().parser;
+                match (parser.status, &parser.panic) {
                     (_, Some(panic)) => ExitAction::Fail(format!("the guest kernel panicked: {panic}")),
                     (Some(status), None) => ExitAction::PowerOff(status),
                     (None, None) => ExitAction::Fail("the guest rebooted before its workload finished".into()),
