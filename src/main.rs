@@ -44,6 +44,8 @@ Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130
     /// The guest kernel kit for Linux workloads.
     #[command(subcommand)]
     Kit(KitCommand),
+    /// Write the initramfs `record` would boot for a .sh workload, to inspect or boot elsewhere.
+    Initramfs(InitramfsArgs),
     /// Finalise a trace whose recorder was killed, from its journal.
     Recover {
         /// The trace directory.
@@ -259,6 +261,48 @@ struct RecordArgs {
     /// Linux guest: boot the kit's bzImage even when its vmlinux (PVH entry) is available.
     #[arg(long, help_heading = "Linux guest (.sh workloads)")]
     bzimage: bool,
+    /// Linux guest: a root filesystem (directory, .tar, .tar.gz or .tar.zst) under dirtytrace's files.
+    #[arg(long, value_name = "PATH", help_heading = "Linux guest (.sh workloads)")]
+    rootfs: Option<PathBuf>,
+    /// Linux guest: a Debian package and its runtime dependencies, from the host's apt (repeatable).
+    #[arg(long = "package", value_name = "NAME", help_heading = "Linux guest (.sh workloads)")]
+    packages: Vec<String>,
+}
+
+#[derive(Args)]
+struct InitramfsArgs {
+    /// The workload script (.sh), run by the archive's /init.
+    #[arg(long, value_name = "FILE")]
+    workload: PathBuf,
+    /// A root filesystem (directory, .tar, .tar.gz or .tar.zst) under dirtytrace's files.
+    #[arg(long, value_name = "PATH")]
+    rootfs: Option<PathBuf>,
+    /// A Debian package and its runtime dependencies, from the host's apt (repeatable).
+    #[arg(long = "package", value_name = "NAME")]
+    packages: Vec<String>,
+    /// Copy a host file into the archive (repeatable).
+    #[arg(long = "file", value_name = "HOST_PATH:GUEST_PATH")]
+    files: Vec<String>,
+    /// The archive to write (.cpio.gz); must not exist.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+}
+
+fn run_initramfs(a: InitramfsArgs) -> anyhow::Result<ExitCode> {
+    use dirtytrace::guest::linux::{initramfs, kit};
+    let inputs = initramfs::Inputs {
+        busybox: kit::locate_busybox()?,
+        script: a.workload,
+        extras: a.files.iter().map(|f| initramfs::parse_extra(f)).collect::<Result<_, _>>()?,
+        rootfs: a.rootfs,
+        packages: a.packages,
+    };
+    let archive = initramfs::write_archive(&inputs, &a.output, &mut |m| eprintln!("initramfs: {m}"))?;
+    for note in &archive.notes {
+        eprintln!("initramfs: {note}");
+    }
+    eprintln!("wrote {}: {}", a.output.display(), archive.summary());
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -377,8 +421,12 @@ fn run_record(a: RecordArgs) -> anyhow::Result<ExitCode> {
         cmdline: a.cmdline,
         console: a.console,
         force_bzimage: a.bzimage,
+        rootfs: a.rootfs,
+        packages: a.packages,
     };
-    let expected = record::load_guest(&opts).ok().and_then(|g| g.expected_duration());
+    // A Linux guest does not know its duration: do not build it twice.
+    let linux = opts.workload.as_ref().is_some_and(|w| w.extension().is_some_and(|e| e == "sh"));
+    let expected = if linux { None } else { record::load_guest(&opts).ok().and_then(|g| g.expected_duration()) };
     let expected = match (expected, opts.duration) {
         (Some(e), Some(d)) => Some(e.min(d)),
         (e, d) => e.or(d),
@@ -405,6 +453,7 @@ fn main() -> ExitCode {
         Command::Record(a) => run_record(a),
         Command::Bench(a) => run_bench(a),
         Command::Kit(c) => run_kit(c),
+        Command::Initramfs(a) => run_initramfs(a),
         c @ (Command::Summarize(_) | Command::Simgrid(_) | Command::Replay(_) | Command::Plot(_)) => run_analysis(c),
         Command::Recover { trace: dir } => trace::finalize(&dir, trace::TraceStatus::Recovered)
             .map_err(anyhow::Error::msg)

@@ -121,6 +121,10 @@ pub struct LinuxRecordOptions {
     pub cmdline: Option<String>,
     pub console: bool,
     pub force_bzimage: bool,
+    /// `--rootfs`: a directory or tarball packed into the initramfs.
+    pub rootfs: Option<PathBuf>,
+    /// `--package`: Debian packages (and dependencies) packed into the initramfs.
+    pub packages: Vec<String>,
 }
 
 pub const LINUX_DEFAULT_MEM: u64 = 2 << 30;
@@ -145,6 +149,8 @@ pub fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
                     cmdline_extra: opts.linux.cmdline.clone(),
                     console: opts.linux.console,
                     force_bzimage: opts.linux.force_bzimage,
+                    rootfs: opts.linux.rootfs.clone(),
+                    packages: opts.linux.packages.clone(),
                 })?;
                 return Ok(Box::new(guest));
             }

@@ -7,6 +7,8 @@ pub mod boot;
 pub mod console;
 pub mod initramfs;
 pub mod kit;
+pub mod packages;
+pub mod rootfs;
 
 use crate::events::GuestLog;
 use crate::guest::Guest;
@@ -34,6 +36,10 @@ pub struct LinuxOptions {
     pub console: bool,
     /// Boot the kit's bzImage even when its vmlinux (PVH) is there.
     pub force_bzimage: bool,
+    /// A root filesystem (directory or tarball) packed under dirtytrace's files.
+    pub rootfs: Option<PathBuf>,
+    /// Debian packages, with their runtime dependencies, packed too.
+    pub packages: Vec<String>,
 }
 
 pub struct LinuxGuest {
@@ -61,8 +67,22 @@ impl LinuxGuest {
         boot::check_kernel(&kernel, &kit.kernel.display().to_string())?;
         let t = crate::clock::now_ns();
         let cache = kit::cache_dir().join("initramfs");
-        let initramfs = initramfs::build(&kit.busybox, &opts.script, &opts.files, Some(&cache))?;
+        let inputs = initramfs::Inputs {
+            busybox: kit.busybox.clone(),
+            script: opts.script.clone(),
+            extras: opts.files.clone(),
+            rootfs: opts.rootfs.clone(),
+            packages: opts.packages.clone(),
+        };
+        let initramfs = initramfs::build_with(&inputs, Some(&cache), &mut |m| eprintln!("initramfs: {m}"))?;
         let initramfs_build_s = (crate::clock::now_ns() - t) as f64 / 1e9;
+        for note in &initramfs.notes {
+            eprintln!("initramfs: {note}");
+        }
+        initramfs.check_fits(opts.mem, &initramfs::describe_inputs(&inputs))?;
+        if inputs.rootfs.is_some() || !inputs.packages.is_empty() {
+            eprintln!("initramfs: {}", initramfs.summary());
+        }
         let cmdline = boot::cmdline(opts.cmdline_extra.as_deref());
         Ok(LinuxGuest { opts, kit, kernel, initramfs, initramfs_build_s, cmdline, boot: None })
     }
@@ -129,7 +149,11 @@ impl Guest for LinuxGuest {
             "workload_script": std::fs::read_to_string(&self.opts.script).unwrap_or_default(),
             "workload_path": self.opts.script,
             "files": self.opts.files.iter().map(|f| format!("{}:{}", f.host.display(), f.guest)).collect::<Vec<_>>(),
+            "rootfs": self.opts.rootfs,
+            "packages": self.initramfs.packages,
             "initramfs_bytes": self.initramfs.bytes.len(),
+            "initramfs_unpacked_bytes": self.initramfs.unpacked_bytes,
+            "initramfs_entries": self.initramfs.entries,
             "initramfs_sha256": self.initramfs.sha256,
             "initramfs_cached": self.initramfs.cached,
             "initramfs_build_s": self.initramfs_build_s,
