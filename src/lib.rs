@@ -6,6 +6,7 @@
 pub mod analysis;
 pub mod bench;
 pub mod clock;
+pub mod doctor;
 pub mod events;
 pub mod guest;
 pub mod pagestats;

@@ -46,6 +46,12 @@ Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130
     Kit(KitCommand),
     /// Write the initramfs `record` would boot for a .sh workload, to inspect or boot elsewhere.
     Initramfs(InitramfsArgs),
+    /// Say what will work on this host: KVM, whether guest kernel code runs natively, extras.
+    Doctor {
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Finalise a trace whose recorder was killed, from its journal.
     Recover {
         /// The trace directory.
@@ -267,6 +273,9 @@ struct RecordArgs {
     /// Linux guest: a Debian package and its runtime dependencies, from the host's apt (repeatable).
     #[arg(long = "package", value_name = "NAME", help_heading = "Linux guest (.sh workloads)")]
     packages: Vec<String>,
+    /// Linux guest: boot the kit's kernel even where `doctor` finds guest kernel code emulated.
+    #[arg(long, help_heading = "Linux guest (.sh workloads)")]
+    allow_emulated_kernel: bool,
 }
 
 #[derive(Args)]
@@ -303,6 +312,16 @@ fn run_initramfs(a: InitramfsArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("wrote {}: {}", a.output.display(), archive.summary());
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_doctor(json: bool) -> anyhow::Result<ExitCode> {
+    let report = dirtytrace::doctor::run(&dirtytrace::vmm::kvm_device_path());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", dirtytrace::doctor::render(&report));
+    }
+    Ok(if report.synthetic_guest.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 #[derive(Args)]
@@ -423,6 +442,7 @@ fn run_record(a: RecordArgs) -> anyhow::Result<ExitCode> {
         force_bzimage: a.bzimage,
         rootfs: a.rootfs,
         packages: a.packages,
+        allow_emulated_kernel: a.allow_emulated_kernel,
     };
     // A Linux guest does not know its duration: do not build it twice.
     let linux = opts.workload.as_ref().is_some_and(|w| w.extension().is_some_and(|e| e == "sh"));
@@ -454,6 +474,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => run_bench(a),
         Command::Kit(c) => run_kit(c),
         Command::Initramfs(a) => run_initramfs(a),
+        Command::Doctor { json } => run_doctor(json),
         c @ (Command::Summarize(_) | Command::Simgrid(_) | Command::Replay(_) | Command::Plot(_)) => run_analysis(c),
         Command::Recover { trace: dir } => trace::finalize(&dir, trace::TraceStatus::Recovered)
             .map_err(anyhow::Error::msg)

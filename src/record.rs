@@ -125,6 +125,8 @@ pub struct LinuxRecordOptions {
     pub rootfs: Option<PathBuf>,
     /// `--package`: Debian packages (and dependencies) packed into the initramfs.
     pub packages: Vec<String>,
+    /// `--allow-emulated-kernel`: boot the kit's kernel on a host that emulates kernel code.
+    pub allow_emulated_kernel: bool,
 }
 
 pub const LINUX_DEFAULT_MEM: u64 = 2 << 30;
@@ -151,6 +153,8 @@ pub fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
                     force_bzimage: opts.linux.force_bzimage,
                     rootfs: opts.linux.rootfs.clone(),
                     packages: opts.linux.packages.clone(),
+                    kvm_device: opts.kvm_device.clone(),
+                    allow_emulated_kernel: opts.linux.allow_emulated_kernel,
                 })?;
                 return Ok(Box::new(guest));
             }

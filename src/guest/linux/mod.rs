@@ -40,6 +40,40 @@ pub struct LinuxOptions {
     pub rootfs: Option<PathBuf>,
     /// Debian packages, with their runtime dependencies, packed too.
     pub packages: Vec<String>,
+    /// The KVM device, for the kernel-mode probe.
+    pub kvm_device: PathBuf,
+    /// Boot the kit's kernel even when the probe says this host's KVM emulates kernel code.
+    pub allow_emulated_kernel: bool,
+}
+
+/// The flag that boots the kit's kernel on a host that emulates guest kernel code.
+pub const ALLOW_EMULATED_FLAG: &str = "--allow-emulated-kernel";
+
+/// Refuses the kit's kernel (and warns about a kernel of the user's own) when the probe says
+/// this host's KVM emulates guest kernel code. A probe that cannot run says nothing: `record`
+/// then reports the KVM problem itself.
+fn check_host(opts: &LinuxOptions, kit_kernel: bool) -> anyhow::Result<()> {
+    let Ok(probe) = crate::guest::probe::cached(&opts.kvm_device) else { return Ok(()) };
+    if probe.kernel_native() {
+        return Ok(());
+    }
+    let why = format!(
+        "this host's KVM emulates guest kernel code ({:.1} M instructions/s measured; no VT-x/AMD-V), so a Linux \
+         kernel runs for minutes and then stops at an instruction the emulator lacks",
+        probe.kernel_mode.instructions_per_s / 1e6
+    );
+    if kit_kernel && !opts.allow_emulated_kernel {
+        anyhow::bail!(
+            "{why}: no Linux workload can run here. Record the synthetic guest (a .toml workload) instead, run the \
+             guest side under QEMU with `dirtytrace initramfs`, see `dirtytrace doctor`, or pass {ALLOW_EMULATED_FLAG} \
+             to boot the kit's kernel anyway"
+        );
+    }
+    eprintln!(
+        "warning: {why}; going on{}",
+        if kit_kernel { " (--allow-emulated-kernel)" } else { " with your kernel" }
+    );
+    Ok(())
 }
 
 pub struct LinuxGuest {
@@ -65,6 +99,7 @@ impl LinuxGuest {
         let kernel =
             std::fs::read(&kit.kernel).with_context(|| format!("cannot read kernel {}", kit.kernel.display()))?;
         boot::check_kernel(&kernel, &kit.kernel.display().to_string())?;
+        check_host(&opts, kit.kernel.starts_with(kit::kit_dir()))?;
         let t = crate::clock::now_ns();
         let cache = kit::cache_dir().join("initramfs");
         let inputs = initramfs::Inputs {
