@@ -295,11 +295,12 @@ pub fn render(r: &Report) -> String {
                 };
                 let _ = writeln!(
                     s,
-                    "  {:<22} {}: {} ({} loop iterations in {took})",
+                    "  {:<22} {}: {} ({} loop iterations in {took}, fastest of {})",
                     name,
                     if t.native { "native" } else { "emulated" },
                     mips(t.instructions_per_s),
-                    t.iterations
+                    t.iterations,
+                    probe::REPEATS
                 );
             }
             let _ = writeln!(s, "  {:<22} {:.0} ms, TSC {} kHz", "probe took", p.elapsed_s * 1e3, p.tsc_khz);
