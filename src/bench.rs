@@ -593,6 +593,7 @@ pub fn linux_setup(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Res
         ro.workload = Some(script.clone());
         ro.mem = Some(512 << 20);
         ro.duration = Some(Duration::from_secs_f64(seconds));
+        ro.linux.allow_emulated_kernel = true;
         let summary = record::record(&ro, Arc::new(AtomicBool::new(false)), None)?;
         let trace = Trace::open(&dir)?;
         let g = &trace.manifest.guest;

@@ -12,6 +12,7 @@ pub mod accounting;
 pub mod analysis;
 pub mod bench;
 pub mod clock;
+pub mod doctor;
 pub mod events;
 pub mod files;
 pub mod guest;

@@ -46,6 +46,14 @@ Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130
     /// The guest kernel kit for Linux workloads.
     #[command(subcommand)]
     Kit(KitCommand),
+    /// Write the initramfs `record` would boot for a .sh workload, to inspect or boot elsewhere.
+    Initramfs(InitramfsArgs),
+    /// Say what will work on this host: KVM, whether guest kernel code runs natively, extras.
+    Doctor {
+        /// Print JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Finalise a trace whose recorder was killed, from its journal.
     Recover {
         /// The trace directory.
@@ -289,6 +297,61 @@ struct RecordArgs {
     /// Linux guest: boot the kit's bzImage even when its vmlinux (PVH entry) is available.
     #[arg(long, help_heading = "Linux guest (.sh workloads)")]
     bzimage: bool,
+    /// Linux guest: a root filesystem (directory, .tar, .tar.gz or .tar.zst) under dirtytrace's files.
+    #[arg(long, value_name = "PATH", help_heading = "Linux guest (.sh workloads)")]
+    rootfs: Option<PathBuf>,
+    /// Linux guest: a Debian package and its runtime dependencies, from the host's apt (repeatable).
+    #[arg(long = "package", value_name = "NAME", help_heading = "Linux guest (.sh workloads)")]
+    packages: Vec<String>,
+    /// Linux guest: boot the kit's kernel even where `doctor` finds guest kernel code emulated.
+    #[arg(long, help_heading = "Linux guest (.sh workloads)")]
+    allow_emulated_kernel: bool,
+}
+
+#[derive(Args)]
+struct InitramfsArgs {
+    /// The workload script (.sh), run by the archive's /init.
+    #[arg(long, value_name = "FILE")]
+    workload: PathBuf,
+    /// A root filesystem (directory, .tar, .tar.gz or .tar.zst) under dirtytrace's files.
+    #[arg(long, value_name = "PATH")]
+    rootfs: Option<PathBuf>,
+    /// A Debian package and its runtime dependencies, from the host's apt (repeatable).
+    #[arg(long = "package", value_name = "NAME")]
+    packages: Vec<String>,
+    /// Copy a host file into the archive (repeatable).
+    #[arg(long = "file", value_name = "HOST_PATH:GUEST_PATH")]
+    files: Vec<String>,
+    /// The archive to write (.cpio.gz); must not exist.
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+}
+
+fn run_initramfs(a: InitramfsArgs) -> anyhow::Result<ExitCode> {
+    use dirtytrace::guest::linux::{initramfs, kit};
+    let inputs = initramfs::Inputs {
+        busybox: kit::locate_busybox()?,
+        script: a.workload,
+        extras: a.files.iter().map(|f| initramfs::parse_extra(f)).collect::<Result<_, _>>()?,
+        rootfs: a.rootfs,
+        packages: a.packages,
+    };
+    let archive = initramfs::write_archive(&inputs, &a.output, &mut |m| eprintln!("initramfs: {m}"))?;
+    for note in &archive.notes {
+        eprintln!("initramfs: {note}");
+    }
+    eprintln!("wrote {}: {}", a.output.display(), archive.summary());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_doctor(json: bool) -> anyhow::Result<ExitCode> {
+    let report = dirtytrace::doctor::run(&dirtytrace::vmm::kvm_device_path());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", dirtytrace::doctor::render(&report));
+    }
+    Ok(if report.synthetic_guest.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 impl RecordArgs {
@@ -311,6 +374,9 @@ impl RecordArgs {
             cmdline: self.cmdline,
             console: self.console,
             force_bzimage: self.bzimage,
+            rootfs: self.rootfs,
+            packages: self.packages,
+            allow_emulated_kernel: self.allow_emulated_kernel,
         };
         opts
     }
@@ -423,6 +489,8 @@ fn main() -> ExitCode {
         Command::Bench(a) => run_bench(a),
         Command::Kit(c) => run_kit(c),
         Command::Recover { trace } => run_recover(trace),
+        Command::Initramfs(a) => run_initramfs(a),
+        Command::Doctor { json } => run_doctor(json),
         Command::Analysis(c) => run_analysis(c),
     };
     result.unwrap_or_else(|e| {

@@ -107,6 +107,12 @@ pub struct LinuxRecordOptions {
     pub console: bool,
     /// Boot the kit's bzImage even when its vmlinux is there.
     pub force_bzimage: bool,
+    /// `--rootfs`: a directory or tarball packed into the initramfs.
+    pub rootfs: Option<PathBuf>,
+    /// `--package`: Debian packages (and dependencies) packed into the initramfs.
+    pub packages: Vec<String>,
+    /// `--allow-emulated-kernel`: boot the kit's kernel on a host that emulates kernel code.
+    pub allow_emulated_kernel: bool,
 }
 
 /// How a recording went, as `record` prints it.
@@ -266,6 +272,10 @@ fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
                     cmdline_extra: opts.linux.cmdline.clone(),
                     console: opts.linux.console,
                     force_bzimage: opts.linux.force_bzimage,
+                    rootfs: opts.linux.rootfs.clone(),
+                    packages: opts.linux.packages.clone(),
+                    kvm_device: opts.kvm_device.clone(),
+                    allow_emulated_kernel: opts.linux.allow_emulated_kernel,
                 })?;
                 return Ok(Box::new(guest));
             }

@@ -2,6 +2,7 @@
 //! The VMM, the sampler and the trace writer do not know which kind is running.
 
 pub mod linux;
+pub mod probe;
 pub mod synthetic;
 
 use crate::events::GuestLog;

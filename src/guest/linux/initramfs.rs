@@ -1,19 +1,28 @@
-//! The initramfs dirtytrace builds around a workload script: busybox, an `/init` that mounts
-//! proc, sys and dev and runs the script, the marker commands, and `--file` extras. It is a
-//! gzip-compressed newc cpio built in memory and cached by content.
+//! The initramfs dirtytrace builds around a workload script: optionally a root filesystem
+//! (`--rootfs`, a directory or a tarball) and Debian packages (`--package`), then busybox, an
+//! `/init` that mounts proc, sys and dev and runs the script, the marker commands, and `--file`
+//! extras on top. It is a gzip-compressed newc cpio. Entries are streamed from their sources
+//! into the compressor one at a time; only the compressed archive is held in memory. Archives
+//! are cached by a key that covers every input (see [`build_with`]).
 
+use super::rootfs;
 use anyhow::{bail, Context};
-use std::io::Write;
+use sha2::Digest;
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Marker lines the guest writes to its serial port; the VMM timestamps each as it arrives.
-pub const MARKER_PREFIX: &str = "DIRTYTRACE:";
+pub use super::console::MARKER_PREFIX;
 
 /// The largest workload script accepted.
 pub const MAX_SCRIPT_BYTES: u64 = 16 << 20;
 
 /// Bumped whenever what goes into the archive changes, so cached archives are rebuilt.
-const LAYOUT_VERSION: &str = "1";
+const LAYOUT_VERSION: &str = "2";
+
+/// Guest RAM that the kernel and a small workload need besides the archive and its unpacked
+/// files, which both sit in RAM while the kernel unpacks.
+pub const ROOM_TO_RUN: u64 = 96 << 20;
 
 pub const INIT: &str = r#"#!/bin/busybox sh
 # dirtytrace's /init: mount the basics, run the workload, report its status, reboot.
@@ -58,137 +67,536 @@ pub fn parse_extra(s: &str) -> anyhow::Result<Extra> {
     Ok(Extra { host: PathBuf::from(host), guest: guest.to_string() })
 }
 
-struct Entry {
-    name: String,
-    mode: u32,
-    data: Vec<u8>,
-    rdev: Option<(u32, u32)>,
-}
-
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFLNK: u32 = 0o120000;
+pub const S_IFCHR: u32 = 0o020000;
+pub const S_IFIFO: u32 = 0o010000;
 const DIR: u32 = 0o040755;
 const EXEC: u32 = 0o100755;
-const LINK: u32 = 0o120777;
 
-/// The archive's entries, in order: directories before what they hold.
-fn entries(busybox: &[u8], script: &[u8], extras: &[(String, u32, Vec<u8>)]) -> Vec<Entry> {
-    let mut v = Vec::new();
-    let dir = |v: &mut Vec<Entry>, n: &str| v.push(Entry { name: n.into(), mode: DIR, data: vec![], rdev: None });
-    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "run", "mnt"] {
-        dir(&mut v, d);
-    }
-    v.push(Entry { name: "dev/console".into(), mode: 0o020600, data: vec![], rdev: Some((5, 1)) });
-    v.push(Entry { name: "bin/busybox".into(), mode: EXEC, data: busybox.to_vec(), rdev: None });
-    v.push(Entry { name: "bin/sh".into(), mode: LINK, data: b"busybox".to_vec(), rdev: None });
-    v.push(Entry { name: "init".into(), mode: EXEC, data: INIT.as_bytes().to_vec(), rdev: None });
-    v.push(Entry { name: "bin/dt-mark".into(), mode: EXEC, data: DT_MARK.as_bytes().to_vec(), rdev: None });
-    v.push(Entry { name: "bin/dt-phase".into(), mode: EXEC, data: DT_PHASE.as_bytes().to_vec(), rdev: None });
-    v.push(Entry { name: "workload.sh".into(), mode: EXEC, data: script.to_vec(), rdev: None });
-    let mut made: Vec<String> = v.iter().filter(|e| e.mode == DIR).map(|e| e.name.clone()).collect();
-    for (guest, mode, data) in extras {
-        let rel = guest.trim_start_matches('/');
-        let mut parent = String::new();
-        for part in rel.split('/').collect::<Vec<_>>().split_last().map(|x| x.1).unwrap_or(&[]) {
-            parent = if parent.is_empty() { part.to_string() } else { format!("{parent}/{part}") };
-            if !made.contains(&parent) {
-                dir(&mut v, &parent);
-                made.push(parent.clone());
-            }
-        }
-        v.push(Entry { name: rel.into(), mode: *mode, data: data.clone(), rdev: None });
-    }
-    v
+/// Ownership and time of an entry, as its source had them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u32,
 }
 
-fn cpio(entries: &[Entry]) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    for (ino, e) in entries.iter().enumerate() {
-        let mut b = cpio::NewcBuilder::new(&e.name).ino(ino as u32 + 1).mode(e.mode).nlink(1).uid(0).gid(0);
-        if let Some((major, minor)) = e.rdev {
-            b = b.rdev_major(major).rdev_minor(minor);
+/// The cpio stream being written: names seen so far (to create missing parents once and to
+/// let later entries see earlier symlinks), inode numbers, and what the tree will need in RAM.
+pub struct ArchiveWriter<W: Write> {
+    out: W,
+    next_ino: u32,
+    /// Every name written, with its mode.
+    names: HashMap<String, u32>,
+    /// Symlink name → target, to resolve paths through them.
+    symlinks: HashMap<String, String>,
+    pub unpacked_bytes: u64,
+    pub entries: u64,
+    pub notes: Vec<String>,
+}
+
+/// Each entry costs the guest about this much besides its data (inode, dentry).
+const ENTRY_OVERHEAD: u64 = 1024;
+
+fn io_err(msg: String) -> std::io::Error {
+    std::io::Error::other(msg)
+}
+
+impl<W: Write> ArchiveWriter<W> {
+    pub fn new(out: W) -> Self {
+        ArchiveWriter {
+            out,
+            next_ino: 1,
+            names: HashMap::new(),
+            symlinks: HashMap::new(),
+            unpacked_bytes: 0,
+            entries: 0,
+            notes: Vec::new(),
         }
-        if e.mode == DIR {
-            b = b.nlink(2);
-        }
-        let mut w = b.write(&mut out, e.data.len() as u32);
-        w.write_all(&e.data)?;
-        w.finish()?;
     }
-    cpio::newc::trailer(&mut out)?;
-    Ok(out)
+
+    /// A fresh inode number, for entries that share one (hard links).
+    pub fn new_ino(&mut self) -> u32 {
+        self.next_ino += 1;
+        self.next_ino - 1
+    }
+
+    /// Where `name` leads once the symlinks written so far are followed (within the archive).
+    pub fn resolve(&self, name: &str) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        let mut todo: Vec<String> = name.split('/').rev().map(String::from).collect();
+        let mut hops = 0;
+        while let Some(part) = todo.pop() {
+            match part.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    parts.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            parts.push(part);
+            let here = parts.join("/");
+            if let Some(target) = self.symlinks.get(&here) {
+                hops += 1;
+                if hops > 40 {
+                    break;
+                }
+                parts.pop();
+                if target.starts_with('/') {
+                    parts.clear();
+                }
+                todo.extend(target.split('/').rev().map(String::from));
+            }
+        }
+        parts.join("/")
+    }
+
+    /// `name` with its parent directory resolved through the symlinks written so far: where
+    /// an entry of that name lands in the guest.
+    pub fn resolve_parent(&self, name: &str) -> String {
+        match name.rsplit_once('/') {
+            Some((parent, base)) => {
+                let p = self.resolve(parent);
+                if p.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{p}/{base}")
+                }
+            }
+            None => name.to_string(),
+        }
+    }
+
+    /// Whether an entry lands at `name` already (a symlink counts as itself, not its target).
+    pub fn exists(&self, name: &str) -> bool {
+        self.names.contains_key(&self.resolve_parent(name))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn header(
+        &mut self,
+        name: &str,
+        mode: u32,
+        owner: Owner,
+        ino: u32,
+        nlink: u32,
+        rdev: (u32, u32),
+        size: u64,
+    ) -> std::io::Result<cpio::newc::Writer<&mut W>> {
+        let size32 = u32::try_from(size)
+            .map_err(|_| io_err(format!("{name} is {size} bytes; the initramfs format (newc cpio) stops at 4 GiB")))?;
+        self.entries += 1;
+        self.unpacked_bytes += size.div_ceil(4096) * 4096 + ENTRY_OVERHEAD;
+        self.names.insert(self.resolve_parent(name), mode);
+        Ok(cpio::NewcBuilder::new(name)
+            .ino(ino)
+            .mode(mode)
+            .uid(owner.uid)
+            .gid(owner.gid)
+            .mtime(owner.mtime)
+            .nlink(nlink)
+            .rdev_major(rdev.0)
+            .rdev_minor(rdev.1)
+            .write(&mut self.out, size32))
+    }
+
+    /// Creates the parents of `name` that are not there yet (as 0755 directories).
+    pub fn ensure_parents(&mut self, name: &str) -> std::io::Result<()> {
+        let mut end = 0;
+        while let Some(i) = name[end..].find('/') {
+            let parent = &name[..end + i];
+            if !self.exists(parent) {
+                self.dir(parent, DIR, Owner::default())?;
+            }
+            end += i + 1;
+        }
+        Ok(())
+    }
+
+    /// A directory; skipped when the name is already there (a directory, or a symlink to one).
+    pub fn dir(&mut self, name: &str, mode: u32, owner: Owner) -> std::io::Result<()> {
+        if self.exists(name) {
+            return Ok(());
+        }
+        self.ensure_parents(name)?;
+        let ino = self.new_ino();
+        self.header(name, S_IFDIR | (mode & 0o7777), owner, ino, 2, (0, 0), 0)?.finish()?;
+        Ok(())
+    }
+
+    /// A regular file of exactly `size` bytes read from `data`; `link` = `(ino, nlink)` for the
+    /// first name of a hard-linked file.
+    pub fn file(
+        &mut self,
+        name: &str,
+        mode: u32,
+        owner: Owner,
+        size: u64,
+        data: &mut dyn Read,
+        link: Option<(u32, u32)>,
+    ) -> std::io::Result<()> {
+        self.ensure_parents(name)?;
+        let (ino, nlink) = match link {
+            Some(l) => l,
+            None => (self.new_ino(), 1),
+        };
+        let mut w = self.header(name, S_IFREG | (mode & 0o7777), owner, ino, nlink, (0, 0), size)?;
+        let copied = std::io::copy(&mut data.take(size), &mut w)?;
+        if copied != size {
+            return Err(io_err(format!(
+                "{name} ended after {copied} of its {size} bytes (was it changed while packing?)"
+            )));
+        }
+        w.finish()?;
+        Ok(())
+    }
+
+    /// A regular file from memory.
+    pub fn bytes(&mut self, name: &str, mode: u32, data: &[u8]) -> std::io::Result<()> {
+        self.file(name, mode, Owner::default(), data.len() as u64, &mut &data[..], None)
+    }
+
+    /// A later name of a hard-linked file whose first name was written with `ino`.
+    pub fn hard_link(&mut self, name: &str, mode: u32, owner: Owner, ino: u32, nlink: u32) -> std::io::Result<()> {
+        self.ensure_parents(name)?;
+        self.header(name, S_IFREG | (mode & 0o7777), owner, ino, nlink.max(2), (0, 0), 0)?.finish()?;
+        Ok(())
+    }
+
+    pub fn symlink(&mut self, name: &str, target: &str, owner: Owner) -> std::io::Result<()> {
+        self.ensure_parents(name)?;
+        let ino = self.new_ino();
+        let mut w = self.header(name, S_IFLNK | 0o777, owner, ino, 1, (0, 0), target.len() as u64)?;
+        w.write_all(target.as_bytes())?;
+        w.finish()?;
+        self.symlinks.insert(self.resolve_parent(name), target.to_string());
+        Ok(())
+    }
+
+    /// A device node or FIFO.
+    pub fn node(&mut self, name: &str, mode: u32, owner: Owner, rdev: (u32, u32)) -> std::io::Result<()> {
+        self.ensure_parents(name)?;
+        let ino = self.new_ino();
+        self.header(name, mode, owner, ino, 1, rdev, 0)?.finish()?;
+        Ok(())
+    }
+
+    /// Writes the trailer and returns the output.
+    pub fn finish(mut self) -> std::io::Result<(W, u64, u64, Vec<String>)> {
+        cpio::newc::trailer(&mut self.out)?;
+        Ok((self.out, self.unpacked_bytes, self.entries, self.notes))
+    }
+}
+
+/// Everything an archive is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Inputs {
+    pub busybox: PathBuf,
+    pub script: PathBuf,
+    pub extras: Vec<Extra>,
+    /// A directory or a `.tar`, `.tar.gz`, `.tar.zst` packed first.
+    pub rootfs: Option<PathBuf>,
+    /// Debian packages (with their runtime dependencies) packed after the rootfs.
+    pub packages: Vec<String>,
 }
 
 /// A built archive.
 pub struct Initramfs {
     pub bytes: Vec<u8>,
+    /// The cache key: SHA-256 over every input (see [`build_with`]).
     pub sha256: String,
     pub cached: bool,
+    /// What the files take in guest RAM once unpacked (data in whole pages, plus 1 KiB per entry).
+    pub unpacked_bytes: u64,
+    pub entries: u64,
+    /// What was left out, and why (device nodes, sockets, ...).
+    pub notes: Vec<String>,
+    /// The Debian packages the archive holds, as `name_version_arch`.
+    pub packages: Vec<String>,
 }
 
-/// Builds (or takes from the cache) the gzip-compressed archive.
+impl Initramfs {
+    /// The smallest `--mem` that holds the archive, its unpacked files and [`ROOM_TO_RUN`].
+    pub fn min_mem(&self) -> u64 {
+        (self.bytes.len() as u64 + self.unpacked_bytes + ROOM_TO_RUN).div_ceil(1 << 20) << 20
+    }
+
+    /// One line: size, unpacked size, entries, whether it came from the cache, the --mem it needs.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.1} MiB ({:.1} MiB unpacked, {} entries{}), needs --mem {}MiB or more",
+            self.bytes.len() as f64 / (1 << 20) as f64,
+            self.unpacked_bytes as f64 / (1 << 20) as f64,
+            self.entries,
+            if self.cached { ", cached" } else { "" },
+            self.min_mem() >> 20
+        )
+    }
+
+    /// Fails with what to do when the archive does not fit in `mem` bytes of guest RAM.
+    pub fn check_fits(&self, mem: u64, what: &str) -> anyhow::Result<()> {
+        if mem < self.min_mem() {
+            bail!(
+                "the initramfs from {what} is too large for --mem {} MiB: {:.1} MiB compressed and {:.1} MiB unpacked \
+                 both sit in guest RAM while the kernel unpacks it, plus {} MiB to run; pass --mem {}MiB or more, \
+                 or pack less",
+                mem >> 20,
+                self.bytes.len() as f64 / (1 << 20) as f64,
+                self.unpacked_bytes as f64 / (1 << 20) as f64,
+                ROOM_TO_RUN >> 20,
+                self.min_mem() >> 20
+            );
+        }
+        Ok(())
+    }
+}
+
+/// What an archive is built from, for messages: `--rootfs P`, `--package N`, or the script.
+pub fn describe_inputs(inputs: &Inputs) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = &inputs.rootfs {
+        parts.push(format!("--rootfs {}", r.display()));
+    }
+    for p in &inputs.packages {
+        parts.push(format!("--package {p}"));
+    }
+    if parts.is_empty() {
+        parts.push(inputs.script.display().to_string());
+    }
+    parts.join(" ")
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheMeta {
+    unpacked_bytes: u64,
+    entries: u64,
+    notes: Vec<String>,
+    packages: Vec<String>,
+}
+
+/// Builds (or takes from the cache) the archive for busybox, a script and `--file` extras.
 pub fn build(busybox: &Path, script: &Path, extras: &[Extra], cache: Option<&Path>) -> anyhow::Result<Initramfs> {
-    let bb = std::fs::read(busybox).with_context(|| format!("cannot read busybox {}", busybox.display()))?;
+    let inputs = Inputs {
+        busybox: busybox.to_path_buf(),
+        script: script.to_path_buf(),
+        extras: extras.to_vec(),
+        ..Default::default()
+    };
+    build_with(&inputs, cache, &mut |_| {})
+}
+
+fn hash_file(path: &Path, key: &mut sha2::Sha256) -> std::io::Result<u64> {
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        key.update(&buf[..k]);
+        n += k as u64;
+    }
+    key.update(n.to_le_bytes());
+    Ok(n)
+}
+
+/// Builds (or takes from the cache) the archive for `inputs`.
+///
+/// The cache key is a SHA-256 over: the layout version; busybox's and the script's contents;
+/// each `--file`'s guest path, mode and contents; the packages' exact versions; and for a
+/// `--rootfs` a fingerprint of its metadata (see [`rootfs::Rootfs::fingerprint`]): path, inode,
+/// device, size, mode, owner, mtime and ctime of every entry of a directory, or of the tarball.
+/// Any write to a file changes its ctime, which no program can set back. An archive is only
+/// stored when no rootfs entry was changed in the last two seconds before the build (a later
+/// change within the same clock tick could keep the same ctime) and the fingerprint taken while
+/// packing equals the one taken before: so a cached archive never stands for changed content.
+pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Initramfs> {
+    let bb =
+        std::fs::read(&inputs.busybox).with_context(|| format!("cannot read busybox {}", inputs.busybox.display()))?;
     if !bb.starts_with(b"\x7fELF") {
-        bail!("{} is not an ELF executable; the initramfs needs a statically linked busybox", busybox.display());
+        bail!("{} is not an ELF executable; the initramfs needs a statically linked busybox", inputs.busybox.display());
     }
-    let script_bytes = std::fs::read(script).with_context(|| format!("cannot read workload {}", script.display()))?;
-    let mut files = Vec::new();
-    for x in extras {
-        let data = std::fs::read(&x.host)
-            .with_context(|| format!("--file {}:{}: cannot read {}", x.host.display(), x.guest, x.host.display()))?;
-        use std::os::unix::fs::PermissionsExt;
-        let perm = std::fs::metadata(&x.host)?.permissions().mode() & 0o7777;
-        files.push((x.guest.clone(), 0o100000 | perm, data));
-    }
+    let script =
+        std::fs::read(&inputs.script).with_context(|| format!("cannot read workload {}", inputs.script.display()))?;
+    let rootfs = inputs.rootfs.as_deref().map(rootfs::Rootfs::open).transpose()?;
+    let packages =
+        if inputs.packages.is_empty() { None } else { Some(super::packages::prepare(&inputs.packages, progress)?) };
+
     let mut key = sha2::Sha256::default();
-    use sha2::Digest;
     key.update(LAYOUT_VERSION);
-    for part in [&bb, &script_bytes] {
+    for part in [&bb, &script] {
         key.update((part.len() as u64).to_le_bytes());
         key.update(part);
     }
-    for (g, m, d) in &files {
-        key.update(g.as_bytes());
-        key.update(m.to_le_bytes());
-        key.update((d.len() as u64).to_le_bytes());
-        key.update(d);
+    let mut extras = Vec::new();
+    for x in &inputs.extras {
+        let what = || format!("--file {}:{}: cannot read {}", x.host.display(), x.guest, x.host.display());
+        let meta = std::fs::metadata(&x.host).with_context(what)?;
+        if !meta.is_file() {
+            bail!("--file {}:{}: {} is not a regular file", x.host.display(), x.guest, x.host.display());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = S_IFREG | (meta.permissions().mode() & 0o7777);
+        key.update(x.guest.as_bytes());
+        key.update(mode.to_le_bytes());
+        hash_file(&x.host, &mut key).with_context(what)?;
+        extras.push((x, mode));
+    }
+    let mut stable = true;
+    let mut rootfs_digest = Vec::new();
+    if let Some(r) = &rootfs {
+        let fp = r.fingerprint()?;
+        key.update(b"rootfs");
+        key.update(&fp.digest);
+        stable = !fp.recently_changed;
+        rootfs_digest = fp.digest;
+    }
+    if let Some(p) = &packages {
+        key.update(b"packages");
+        for d in &p.debs {
+            key.update(d.as_bytes());
+            key.update(b"\n");
+        }
     }
     let sha: String = key.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let cached_path = cache.map(|c| c.join(format!("{sha}.cpio.gz")));
-    if let Some(bytes) = cached_path.as_ref().and_then(|p| std::fs::read(p).ok()) {
-        return Ok(Initramfs { bytes, sha256: sha, cached: true });
-    }
-    let archive = cpio(&entries(&bb, &script_bytes, &files))?;
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&archive)?;
-    let bytes = gz.finish()?;
-    if let (Some(p), Some(dir)) = (&cached_path, cache) {
-        // A cache that cannot be written only costs time next run.
-        if std::fs::create_dir_all(dir).is_ok() {
-            let tmp = p.with_extension("tmp");
-            if std::fs::write(&tmp, &bytes).is_ok() {
-                let _ = std::fs::rename(&tmp, p);
-            }
+    let meta_path = cache.map(|c| c.join(format!("{sha}.json")));
+    if let (Some(p), Some(m)) = (&cached_path, &meta_path) {
+        let meta: Option<CacheMeta> = std::fs::read(m).ok().and_then(|t| serde_json::from_slice(&t).ok());
+        if let (Some(meta), Ok(bytes)) = (meta, std::fs::read(p)) {
+            return Ok(Initramfs {
+                bytes,
+                sha256: sha,
+                cached: true,
+                unpacked_bytes: meta.unpacked_bytes,
+                entries: meta.entries,
+                notes: meta.notes,
+                packages: meta.packages,
+            });
         }
     }
-    Ok(Initramfs { bytes, sha256: sha, cached: false })
+
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut a = ArchiveWriter::new(gz);
+    if let Some(r) = &rootfs {
+        progress(&format!("packing {}", r.path.display()));
+        r.pack(&mut a)?;
+        // Changed while packing (or since the key was taken): build, but do not cache.
+        stable &= rootfs_digest == r.fingerprint()?.digest;
+    }
+    if let Some(p) = &packages {
+        progress(&format!("packing {} packages", p.debs.len()));
+        rootfs::Rootfs::open(&p.tree)?.pack(&mut a)?;
+    }
+    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "run", "mnt"] {
+        a.dir(d, DIR, Owner::default())?;
+    }
+    if !a.exists("dev/console") {
+        a.node("dev/console", S_IFCHR | 0o600, Owner::default(), (5, 1))?;
+    }
+    a.bytes("bin/busybox", EXEC, &bb)?;
+    if !a.exists("bin/sh") {
+        a.symlink("bin/sh", "busybox", Owner::default())?;
+    }
+    a.bytes("init", EXEC, INIT.as_bytes())?;
+    a.bytes("bin/dt-mark", EXEC, DT_MARK.as_bytes())?;
+    a.bytes("bin/dt-phase", EXEC, DT_PHASE.as_bytes())?;
+    a.bytes("workload.sh", EXEC, &script)?;
+    for (x, mode) in extras {
+        let what = || format!("--file {}:{}: cannot read {}", x.host.display(), x.guest, x.host.display());
+        let mut f = std::fs::File::open(&x.host).with_context(what)?;
+        let size = f.metadata().with_context(what)?.len();
+        a.file(x.guest.trim_start_matches('/'), mode, Owner::default(), size, &mut f, None).with_context(what)?;
+    }
+    let (gz, unpacked_bytes, entries, notes) = a.finish()?;
+    let bytes = gz.finish()?;
+    let debs = packages.map(|p| p.debs).unwrap_or_default();
+    if let (Some(p), Some(m), Some(dir), true) = (&cached_path, &meta_path, cache, stable) {
+        // A cache that cannot be written only costs time next run.
+        let meta = CacheMeta { unpacked_bytes, entries, notes: notes.clone(), packages: debs.clone() };
+        if std::fs::create_dir_all(dir).is_ok() {
+            let tmp = p.with_extension(format!("tmp{}", std::process::id()));
+            if std::fs::write(&tmp, &bytes).is_ok() && std::fs::rename(&tmp, p).is_ok() {
+                let _ = std::fs::write(m, serde_json::to_vec(&meta).unwrap_or_default());
+            }
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+    Ok(Initramfs { bytes, sha256: sha, cached: false, unpacked_bytes, entries, notes, packages: debs })
+}
+
+/// `dirtytrace initramfs`: builds exactly the archive `record` would boot (same inputs, same
+/// cache) and writes it to `output`, which must not exist yet.
+pub fn write_archive(inputs: &Inputs, output: &Path, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Initramfs> {
+    if output.symlink_metadata().is_ok() {
+        bail!("{} already exists; choose another -o FILE or remove it", output.display());
+    }
+    if !inputs.script.is_file() {
+        bail!("workload script {} does not exist", inputs.script.display());
+    }
+    let cache = super::kit::cache_dir().join("initramfs");
+    let archive = build_with(inputs, Some(&cache), progress)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(output)
+        .with_context(|| format!("cannot create {}", output.display()))?;
+    if let Err(e) = f.write_all(&archive.bytes).and_then(|_| f.sync_all()) {
+        drop(f);
+        let _ = std::fs::remove_file(output);
+        bail!("cannot write {}: {e}", output.display());
+    }
+    Ok(archive)
+}
+
+/// One entry of an archive, read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveEntry {
+    pub name: String,
+    pub mode: u32,
+    pub ino: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u32,
+    pub rdev: (u32, u32),
+    pub data: Vec<u8>,
+}
+
+/// Reads an archive back entry by entry, for tests and inspection.
+pub fn read_entries(gz: &[u8]) -> anyhow::Result<Vec<ArchiveEntry>> {
+    let mut out = Vec::new();
+    let mut reader: Box<dyn Read + '_> = Box::new(flate2::read::GzDecoder::new(gz));
+    loop {
+        let mut r = cpio::NewcReader::new(reader)?;
+        if r.entry().is_trailer() {
+            break;
+        }
+        let e = r.entry();
+        let mut entry = ArchiveEntry {
+            name: e.name().to_string(),
+            mode: e.mode(),
+            ino: e.ino(),
+            nlink: e.nlink(),
+            uid: e.uid(),
+            gid: e.gid(),
+            mtime: e.mtime(),
+            rdev: (e.rdev_major(), e.rdev_minor()),
+            data: Vec::new(),
+        };
+        r.read_to_end(&mut entry.data)?;
+        out.push(entry);
+        reader = r.finish()?;
+    }
+    Ok(out)
 }
 
 /// Reads an archive back: `(name, mode, contents)` per entry, for tests and inspection.
 pub fn read_back(gz: &[u8]) -> anyhow::Result<Vec<(String, u32, Vec<u8>)>> {
-    let mut raw = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(gz), &mut raw)?;
-    let mut out = Vec::new();
-    let mut cursor = std::io::Cursor::new(raw);
-    loop {
-        let mut r = cpio::NewcReader::new(cursor)?;
-        if r.entry().is_trailer() {
-            break;
-        }
-        let (name, mode) = (r.entry().name().to_string(), r.entry().mode());
-        let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut r, &mut data)?;
-        out.push((name, mode, data));
-        cursor = r.finish()?;
-    }
-    Ok(out)
+    Ok(read_entries(gz)?.into_iter().map(|e| (e.name, e.mode, e.data)).collect())
 }

@@ -86,6 +86,15 @@ pub fn locate(kernel_flag: Option<&Path>, prefer_bzimage: bool) -> anyhow::Resul
     Ok(Kit { kernel, alternate, busybox, info })
 }
 
+/// The busybox `record` would put into the initramfs: `$DIRTYTRACE_BUSYBOX`, else the kit's.
+pub fn locate_busybox() -> anyhow::Result<PathBuf> {
+    let p = std::env::var_os("DIRTYTRACE_BUSYBOX").map(PathBuf::from).unwrap_or_else(|| kit_dir().join("busybox"));
+    if !p.exists() {
+        bail!("no busybox for the initramfs ({} does not exist): {NO_KIT}", p.display());
+    }
+    Ok(p)
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -4,14 +4,16 @@
 
 pub mod acpi;
 pub mod boot;
+pub mod console;
 pub mod initramfs;
 pub mod kit;
+pub mod packages;
+pub mod rootfs;
 
 use crate::events::GuestLog;
 use crate::guest::Guest;
 use crate::vmm::{kvm_err, Bus, ExitAction, Vm, VmSpec};
 use anyhow::Context;
-use initramfs::MARKER_PREFIX;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -34,6 +36,44 @@ pub struct LinuxOptions {
     pub console: bool,
     /// Boot the kit's bzImage even when its vmlinux (PVH) is there.
     pub force_bzimage: bool,
+    /// A root filesystem (directory or tarball) packed under dirtytrace's files.
+    pub rootfs: Option<PathBuf>,
+    /// Debian packages, with their runtime dependencies, packed too.
+    pub packages: Vec<String>,
+    /// The KVM device, for the kernel-mode probe.
+    pub kvm_device: PathBuf,
+    /// Boot the kit's kernel even when the probe says this host's KVM emulates kernel code.
+    pub allow_emulated_kernel: bool,
+}
+
+/// The flag that boots the kit's kernel on a host that emulates guest kernel code.
+pub const ALLOW_EMULATED_FLAG: &str = "--allow-emulated-kernel";
+
+/// Refuses the kit's kernel (and warns about a kernel of the user's own) when the probe says
+/// this host's KVM emulates guest kernel code. A probe that cannot run says nothing: `record`
+/// then reports the KVM problem itself.
+fn check_host(opts: &LinuxOptions, kit_kernel: bool) -> anyhow::Result<()> {
+    let Ok(probe) = crate::guest::probe::cached(&opts.kvm_device) else { return Ok(()) };
+    if probe.kernel_native() {
+        return Ok(());
+    }
+    let why = format!(
+        "this host's KVM emulates guest kernel code ({:.1} M instructions/s measured; no VT-x/AMD-V), so a Linux \
+         kernel runs for minutes and then stops at an instruction the emulator lacks",
+        probe.kernel_mode.instructions_per_s / 1e6
+    );
+    if kit_kernel && !opts.allow_emulated_kernel {
+        anyhow::bail!(
+            "{why}: no Linux workload can run here. Record the synthetic guest (a .toml workload) instead, run the \
+             guest side under QEMU with `dirtytrace initramfs`, see `dirtytrace doctor`, or pass {ALLOW_EMULATED_FLAG} \
+             to boot the kit's kernel anyway"
+        );
+    }
+    eprintln!(
+        "warning: {why}; going on{}",
+        if kit_kernel { " (--allow-emulated-kernel)" } else { " with your kernel" }
+    );
+    Ok(())
 }
 
 pub struct LinuxGuest {
@@ -59,10 +99,25 @@ impl LinuxGuest {
         let kernel =
             std::fs::read(&kit.kernel).with_context(|| format!("cannot read kernel {}", kit.kernel.display()))?;
         boot::check_kernel(&kernel, &kit.kernel.display().to_string())?;
+        check_host(&opts, kit.kernel.starts_with(kit::kit_dir()))?;
         let t = crate::clock::now_ns();
         let cache = kit::cache_dir().join("initramfs");
-        let initramfs = initramfs::build(&kit.busybox, &opts.script, &opts.files, Some(&cache))?;
+        let inputs = initramfs::Inputs {
+            busybox: kit.busybox.clone(),
+            script: opts.script.clone(),
+            extras: opts.files.clone(),
+            rootfs: opts.rootfs.clone(),
+            packages: opts.packages.clone(),
+        };
+        let initramfs = initramfs::build_with(&inputs, Some(&cache), &mut |m| eprintln!("initramfs: {m}"))?;
         let initramfs_build_s = (crate::clock::now_ns() - t) as f64 / 1e9;
+        for note in &initramfs.notes {
+            eprintln!("initramfs: {note}");
+        }
+        initramfs.check_fits(opts.mem, &initramfs::describe_inputs(&inputs))?;
+        if inputs.rootfs.is_some() || !inputs.packages.is_empty() {
+            eprintln!("initramfs: {}", initramfs.summary());
+        }
         let cmdline = boot::cmdline(opts.cmdline_extra.as_deref());
         Ok(LinuxGuest { opts, kit, kernel, initramfs, initramfs_build_s, cmdline, boot: None })
     }
@@ -114,8 +169,7 @@ impl Guest for LinuxGuest {
         let irq = EventFd::new(libc::EFD_NONBLOCK).context("eventfd for the serial interrupt")?;
         vm.fd.register_irqfd(&irq, SERIAL_IRQ).map_err(kvm_err("KVM_IRQFD"))?;
         self.boot = Some(info);
-        let sink =
-            ConsoleSink { log: log.clone(), line: Vec::new(), echo: self.opts.console, status: None, panic: None };
+        let sink = ConsoleSink { log: log.clone(), echo: self.opts.console, parser: console::ConsoleParser::new() };
         Ok(Arc::new(LinuxBus { serial: Mutex::new(Serial::new(IrqTrigger(irq), sink)) }))
     }
 
@@ -131,7 +185,11 @@ impl Guest for LinuxGuest {
             "workload_script": std::fs::read_to_string(&self.opts.script).unwrap_or_default(),
             "workload_path": self.opts.script,
             "files": self.opts.files.iter().map(|f| format!("{}:{}", f.host.display(), f.guest)).collect::<Vec<_>>(),
+            "rootfs": self.opts.rootfs,
+            "packages": self.initramfs.packages,
             "initramfs_bytes": self.initramfs.bytes.len(),
+            "initramfs_unpacked_bytes": self.initramfs.unpacked_bytes,
+            "initramfs_entries": self.initramfs.entries,
             "initramfs_sha256": self.initramfs.sha256,
             "initramfs_cached": self.initramfs.cached,
             "initramfs_build_s": self.initramfs_build_s,
@@ -164,39 +222,8 @@ impl vm_superio::Trigger for IrqTrigger {
 /// Where the UART's output goes: the trace's console log, marker lines, and optionally stderr.
 struct ConsoleSink {
     log: Arc<GuestLog>,
-    line: Vec<u8>,
     echo: bool,
-    /// The workload's exit status, from its `workload_end` marker.
-    status: Option<i32>,
-    panic: Option<String>,
-}
-
-impl ConsoleSink {
-    fn end_line(&mut self) {
-        let text = String::from_utf8_lossy(&self.line).trim_end_matches('\r').to_string();
-        self.line.clear();
-        if let Some(marker) = text.strip_prefix(MARKER_PREFIX) {
-            let (kind, value) = marker.split_once(':').unwrap_or((marker, ""));
-            match kind {
-                "phase" => self.log.mark_phase(None, value.trim(), serde_json::Value::Null),
-                "workload_start" => {
-                    self.log.record(None, "workload_start", "workload_start", serde_json::Value::Null);
-                    self.log.mark_phase(None, "workload", serde_json::Value::Null);
-                }
-                "workload_end" => {
-                    self.status = value.trim().parse().ok();
-                    self.log.record(None, "workload_end", "workload_end", serde_json::json!({ "status": self.status }));
-                    self.log.mark_phase(None, "shutdown", serde_json::Value::Null);
-                }
-                other => self.log.record(None, "note", other, serde_json::json!({ "value": value })),
-            }
-        } else if text.contains("Kernel panic - not syncing") {
-            self.log.record(None, "panic", "kernel panic", serde_json::json!({ "line": text }));
-            self.panic.get_or_insert(text);
-        } else if text.contains("Linux version") && self.log.phase() == "boot" {
-            self.log.record(None, "note", "kernel banner", serde_json::json!({ "line": text }));
-        }
-    }
+    parser: console::ConsoleParser,
 }
 
 impl Write for ConsoleSink {
@@ -205,13 +232,7 @@ impl Write for ConsoleSink {
         if self.echo {
             let _ = std::io::stderr().write_all(buf);
         }
-        for &b in buf {
-            if b == b'\n' {
-                self.end_line();
-            } else if self.line.len() < 4096 {
-                self.line.push(b);
-            }
-        }
+        self.parser.feed(buf, &self.log);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -232,8 +253,8 @@ impl Bus for LinuxBus {
             }
             I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
                 let serial = self.serial.lock().unwrap();
-                let sink = serial.writer();
-                match (sink.status, &sink.panic) {
+                let parser = &serial.writer().parser;
+                match (parser.status, &parser.panic) {
                     (_, Some(panic)) => ExitAction::Fail(format!("the guest kernel panicked: {panic}")),
                     (Some(status), None) => ExitAction::PowerOff(status),
                     (None, None) => ExitAction::Fail("the guest rebooted before its workload finished".into()),

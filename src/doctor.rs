@@ -1,0 +1,324 @@
+//! `dirtytrace doctor`: what will work on this host, in well under two seconds and without
+//! side effects (it writes no file). KVM: the device, its permissions, the API version and the
+//! capabilities dirtytrace uses. The kernel-mode probe ([`crate::guest::probe`]) with the CPU's
+//! vmx/svm flags: whether guest kernel code, and so a Linux guest, runs natively. Extras: the
+//! guest kernel kit, the font `plot` needs, SimGrid, and QEMU for the guest-side tests.
+
+use crate::guest::linux::kit;
+use crate::guest::probe::{self, ProbeResult};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Capability {
+    pub name: &'static str,
+    /// `KVM_CHECK_EXTENSION`'s answer (0: absent).
+    pub value: i32,
+    /// What needs it: `all`, `linux`, or `info` (reported, not used by default).
+    pub needed_by: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KvmReport {
+    pub device: PathBuf,
+    pub present: bool,
+    pub read_write: bool,
+    /// Why it cannot be used, when it cannot.
+    pub error: Option<String>,
+    pub api_version: Option<i32>,
+    pub capabilities: Vec<Capability>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub ok: bool,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub kvm: KvmReport,
+    /// The host CPU's flags: `hypervisor` (we are a VM), `vmx` (VT-x), `svm` (AMD-V).
+    pub cpu_hypervisor: bool,
+    pub cpu_vmx: bool,
+    pub cpu_svm: bool,
+    pub probe: Option<ProbeResult>,
+    pub probe_error: Option<String>,
+    pub synthetic_guest: Verdict,
+    pub linux_guests: Verdict,
+    /// `kernel-package version, busybox version`, or why there is no kit.
+    pub kit: Verdict,
+    pub plot_font: Verdict,
+    pub simgrid: Verdict,
+    pub qemu: Verdict,
+    pub elapsed_s: f64,
+}
+
+const CAPS: [(&str, u32, &str); 12] = [
+    ("KVM_CAP_USER_MEMORY", kvm_bindings::KVM_CAP_USER_MEMORY, "all"),
+    ("KVM_CAP_NR_MEMSLOTS", kvm_bindings::KVM_CAP_NR_MEMSLOTS, "all"),
+    ("KVM_CAP_GET_TSC_KHZ", kvm_bindings::KVM_CAP_GET_TSC_KHZ, "all"),
+    ("KVM_CAP_IMMEDIATE_EXIT", kvm_bindings::KVM_CAP_IMMEDIATE_EXIT, "info"),
+    ("KVM_CAP_IRQCHIP", kvm_bindings::KVM_CAP_IRQCHIP, "linux"),
+    ("KVM_CAP_PIT2", kvm_bindings::KVM_CAP_PIT2, "linux"),
+    ("KVM_CAP_IRQFD", kvm_bindings::KVM_CAP_IRQFD, "linux"),
+    ("KVM_CAP_EXT_CPUID", kvm_bindings::KVM_CAP_EXT_CPUID, "linux"),
+    ("KVM_CAP_SET_TSS_ADDR", kvm_bindings::KVM_CAP_SET_TSS_ADDR, "linux"),
+    ("KVM_CAP_TSC_DEADLINE_TIMER", kvm_bindings::KVM_CAP_TSC_DEADLINE_TIMER, "info"),
+    ("KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2", kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, "info"),
+    ("KVM_CAP_DIRTY_LOG_RING", kvm_bindings::KVM_CAP_DIRTY_LOG_RING, "info"),
+];
+
+fn kvm_report(device: &Path) -> KvmReport {
+    let present = device.exists();
+    let read_write = std::fs::OpenOptions::new().read(true).write(true).open(device).is_ok();
+    let mut r = KvmReport {
+        device: device.to_path_buf(),
+        present,
+        read_write,
+        error: None,
+        api_version: None,
+        capabilities: Vec::new(),
+    };
+    match crate::vmm::open_kvm(device) {
+        Ok(kvm) => {
+            r.api_version = Some(kvm.get_api_version());
+            for (name, cap, needed_by) in CAPS {
+                r.capabilities.push(Capability {
+                    name,
+                    value: kvm.check_extension_raw(cap as libc::c_ulong),
+                    needed_by,
+                });
+            }
+        }
+        Err(e) => r.error = Some(e.to_string()),
+    }
+    r
+}
+
+fn cpu_flags() -> (bool, bool, bool) {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let flags: Vec<&str> =
+        info.lines().find(|l| l.starts_with("flags")).map(|l| l.split_whitespace().collect()).unwrap_or_default();
+    let has = |f: &str| flags.contains(&f);
+    (has("hypervisor"), has("vmx"), has("svm"))
+}
+
+fn verdict(ok: bool, why: impl Into<String>) -> Verdict {
+    Verdict { ok, why: why.into() }
+}
+
+/// The first line a command prints, if it runs and succeeds.
+fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).lines().next().map(|l| l.trim().to_string())
+}
+
+fn kit_verdict() -> Verdict {
+    let dir = kit::kit_dir();
+    let info: Option<kit::KitInfo> =
+        std::fs::read_to_string(dir.join(kit::KIT_JSON)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    match info {
+        Some(i) if dir.join("bzImage").exists() && dir.join("busybox").exists() => verdict(
+            true,
+            format!(
+                "{} {}, {} {} in {}",
+                i.kernel_package,
+                i.kernel_version,
+                i.busybox_package,
+                i.busybox_version,
+                dir.display()
+            ),
+        ),
+        _ => verdict(false, format!("no kit in {}: run `dirtytrace kit fetch` (Debian/Ubuntu)", dir.display())),
+    }
+}
+
+fn font_verdict() -> Verdict {
+    let candidates: Vec<PathBuf> = match std::env::var_os("DIRTYTRACE_FONT") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => crate::analysis::plot::FONT_PATHS.iter().map(PathBuf::from).collect(),
+    };
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(p) => verdict(true, p.display().to_string()),
+        None => verdict(false, "none: `apt-get install fonts-dejavu-core`, or set DIRTYTRACE_FONT (needed by `plot`)"),
+    }
+}
+
+fn simgrid_verdict() -> Verdict {
+    match first_line("pkg-config", &["--modversion", "simgrid"]) {
+        Some(v) => verdict(true, format!("SimGrid {v} (pkg-config)")),
+        None => verdict(false, "not found by pkg-config: `apt-get install libsimgrid-dev` (for examples/simgrid)"),
+    }
+}
+
+fn qemu_verdict() -> Verdict {
+    match first_line("qemu-system-x86_64", &["--version"]) {
+        Some(v) => verdict(true, v),
+        None => verdict(false, "qemu-system-x86_64 not found: `apt-get install qemu-system-x86` (guest-side tests)"),
+    }
+}
+
+/// Looks at the host. Writes nothing.
+pub fn run(device: &Path) -> Report {
+    let t0 = std::time::Instant::now();
+    let kvm = kvm_report(device);
+    let (cpu_hypervisor, cpu_vmx, cpu_svm) = cpu_flags();
+    let (probe, probe_error) = if kvm.error.is_none() {
+        match probe::run(device) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        }
+    } else {
+        (None, None)
+    };
+    let missing = |need: &str| -> Vec<&str> {
+        kvm.capabilities.iter().filter(|c| c.needed_by == need && c.value <= 0).map(|c| c.name).collect()
+    };
+    let synthetic_guest = if let Some(e) = &kvm.error {
+        verdict(false, e.clone())
+    } else if !missing("all").is_empty() {
+        verdict(false, format!("KVM lacks {}", missing("all").join(", ")))
+    } else {
+        match &probe {
+            Some(p) if p.user_mode.seconds.is_some() => verdict(
+                true,
+                format!(
+                    "guest user mode (CPL3) runs {}",
+                    if p.user_mode.native { "natively" } else { "slowly (emulated?)" }
+                ),
+            ),
+            Some(_) => verdict(false, "the probe's user-mode loop did not finish in time"),
+            None => verdict(false, probe_error.clone().unwrap_or_else(|| "the probe did not run".into())),
+        }
+    };
+    let linux_guests = if !synthetic_guest.ok {
+        verdict(false, "KVM is not usable (see above)")
+    } else if !missing("linux").is_empty() {
+        verdict(false, format!("KVM lacks {}", missing("linux").join(", ")))
+    } else {
+        match &probe {
+            Some(p) if p.kernel_native() => {
+                verdict(true, format!("guest kernel code runs natively ({})", mips(p.kernel_mode.instructions_per_s)))
+            }
+            Some(p) => verdict(
+                false,
+                format!(
+                    "this host's KVM emulates guest kernel code ({}{}): kernels run for minutes and stop at \
+                     instructions its emulator lacks. Only the synthetic guest runs here; the guest side of a \
+                     Linux workload runs under QEMU (`dirtytrace initramfs`, README)",
+                    mips(p.kernel_mode.instructions_per_s),
+                    if cpu_vmx || cpu_svm { "" } else { ", and the CPU shows no vmx/svm" }
+                ),
+            ),
+            None => verdict(false, "the probe did not run"),
+        }
+    };
+    Report {
+        kvm,
+        cpu_hypervisor,
+        cpu_vmx,
+        cpu_svm,
+        probe,
+        probe_error,
+        synthetic_guest,
+        linux_guests,
+        kit: kit_verdict(),
+        plot_font: font_verdict(),
+        simgrid: simgrid_verdict(),
+        qemu: qemu_verdict(),
+        elapsed_s: t0.elapsed().as_secs_f64(),
+    }
+}
+
+fn mips(ips: f64) -> String {
+    format!("{:.1} M instructions/s", ips / 1e6)
+}
+
+fn yes(ok: bool) -> &'static str {
+    if ok {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The report as text.
+pub fn render(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let k = &r.kvm;
+    let _ = writeln!(s, "KVM");
+    let _ = writeln!(
+        s,
+        "  {:<22} {}",
+        k.device.display(),
+        match (k.present, k.read_write) {
+            (false, _) => "missing",
+            (true, true) => "present, read-write",
+            (true, false) => "present, not read-write for this user",
+        }
+    );
+    if let Some(e) = &k.error {
+        let _ = writeln!(s, "  {:<22} {e}", "error");
+    }
+    if let Some(v) = k.api_version {
+        let _ = writeln!(s, "  {:<22} {v}", "API version");
+    }
+    for c in &k.capabilities {
+        let need = match c.needed_by {
+            "all" => "needed",
+            "linux" => "needed by Linux guests",
+            _ => "reported only",
+        };
+        let _ = writeln!(s, "  {:<34} {:>8}  ({need})", c.name, c.value);
+    }
+    let _ = writeln!(s, "Kernel-mode probe");
+    let _ = writeln!(
+        s,
+        "  {:<22} hypervisor {}, vmx {}, svm {}",
+        "CPU flags",
+        yes(r.cpu_hypervisor),
+        yes(r.cpu_vmx),
+        yes(r.cpu_svm)
+    );
+    match (&r.probe, &r.probe_error) {
+        (Some(p), _) => {
+            for (name, t) in [("guest kernel (CPL0)", &p.kernel_mode), ("guest user (CPL3)", &p.user_mode)] {
+                let took = match t.seconds {
+                    Some(sec) => format!("{:.3} ms", sec * 1e3),
+                    None => format!("unfinished after {} ms", probe::DEADLINE.as_millis()),
+                };
+                let _ = writeln!(
+                    s,
+                    "  {:<22} {}: {} ({} loop iterations in {took}, fastest of {})",
+                    name,
+                    if t.native { "native" } else { "emulated" },
+                    mips(t.instructions_per_s),
+                    t.iterations,
+                    probe::REPEATS
+                );
+            }
+            let _ = writeln!(s, "  {:<22} {:.0} ms, TSC {} kHz", "probe took", p.elapsed_s * 1e3, p.tsc_khz);
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(s, "  {:<22} failed: {e}", "probe");
+        }
+        (None, None) => {
+            let _ = writeln!(s, "  {:<22} not run (no usable KVM)", "probe");
+        }
+    }
+    let _ = writeln!(s, "Verdict");
+    let _ = writeln!(s, "  Synthetic guest: {} ({})", yes(r.synthetic_guest.ok), r.synthetic_guest.why);
+    let _ = writeln!(s, "  Linux guests: {} ({})", yes(r.linux_guests.ok), r.linux_guests.why);
+    let _ = writeln!(s, "Extras");
+    for (name, v) in [("kit", &r.kit), ("plot font", &r.plot_font), ("SimGrid", &r.simgrid), ("QEMU", &r.qemu)] {
+        let _ = writeln!(s, "  {:<22} {}", name, v.why);
+    }
+    let _ = writeln!(s, "(doctor took {:.0} ms)", r.elapsed_s * 1e3);
+    s
+}

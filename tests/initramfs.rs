@@ -1,0 +1,364 @@
+//! Root filesystems in the initramfs: a directory and the same tree as .tar, .tar.gz and
+//! .tar.zst read back entry by entry; the cache key; the `initramfs` command; bad input.
+//! No KVM needed, except for the one `record` refusal that a too-large archive gets.
+
+mod common;
+
+use common::*;
+use dirtytrace::guest::linux::initramfs::{self, ArchiveEntry, Inputs};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Any ELF will do as busybox when nothing boots.
+fn fake_busybox() -> PathBuf {
+    PathBuf::from("/bin/true")
+}
+
+fn inputs(dir: &Path, rootfs: Option<&Path>) -> Inputs {
+    Inputs {
+        busybox: fake_busybox(),
+        script: write(dir, "w.sh", "#!/bin/sh\necho hi\n"),
+        rootfs: rootfs.map(Path::to_path_buf),
+        ..Default::default()
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A small tree with everything a rootfs holds: modes, symlinks, a hard link, a FIFO, a device
+/// node and a socket, plus a merged-/usr `bin -> usr/bin` and its own `sh`.
+fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(root.join("etc/private")).unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    std::os::unix::fs::symlink("usr/bin", root.join("bin")).unwrap();
+    std::fs::write(root.join("usr/bin/sh"), "#!fake dash\n").unwrap();
+    chmod(&root.join("usr/bin/sh"), 0o755);
+    std::fs::write(root.join("etc/motd"), "hello from the rootfs\n").unwrap();
+    chmod(&root.join("etc/motd"), 0o640);
+    chmod(&root.join("etc/private"), 0o700);
+    std::fs::write(root.join("etc/private/secret"), "s3cret").unwrap();
+    chmod(&root.join("etc/private/secret"), 0o600);
+    std::os::unix::fs::symlink("/etc/motd", root.join("etc/motd.link")).unwrap();
+    std::fs::write(root.join("usr/bin/tool"), vec![7u8; 10_000]).unwrap();
+    chmod(&root.join("usr/bin/tool"), 0o4755);
+    std::fs::hard_link(root.join("usr/bin/tool"), root.join("usr/bin/tool2")).unwrap();
+    nix::unistd::mkfifo(&root.join("etc/fifo"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let null = root.join("dev/null");
+    let made = nix::sys::stat::mknod(
+        &null,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    );
+    assert!(made.is_ok() || !is_root(), "mknod as root: {made:?}");
+    let _sock = std::os::unix::net::UnixListener::bind(root.join("etc/sock")).unwrap();
+}
+
+fn get<'a>(entries: &'a [ArchiveEntry], name: &str) -> &'a ArchiveEntry {
+    let found: Vec<&ArchiveEntry> = entries.iter().filter(|e| e.name == name).collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{name} should be there once: {:?}",
+        entries.iter().map(|e| &e.name).collect::<Vec<_>>()
+    );
+    found[0]
+}
+
+fn absent(entries: &[ArchiveEntry], name: &str) {
+    assert!(!entries.iter().any(|e| e.name == name), "{name} should not be in the archive");
+}
+
+/// What a rootfs must look like in the archive, whatever it came from.
+fn check_tree(entries: &[ArchiveEntry], notes: &[String]) {
+    assert_eq!(get(entries, "bin").mode, 0o120777);
+    assert_eq!(get(entries, "bin").data, b"usr/bin");
+    assert_eq!(get(entries, "usr/bin/sh").data, b"#!fake dash\n", "the rootfs's own sh is kept");
+    // Ours go on top, through the rootfs's bin -> usr/bin; no second sh.
+    assert_eq!(get(entries, "bin/busybox").data, std::fs::read("/bin/true").unwrap());
+    absent(entries, "bin/sh");
+    assert_eq!(get(entries, "init").data, initramfs::INIT.as_bytes());
+    assert_eq!(get(entries, "bin/dt-phase").data, initramfs::DT_PHASE.as_bytes());
+    assert_eq!(get(entries, "workload.sh").data, b"#!/bin/sh\necho hi\n");
+    let motd = get(entries, "etc/motd");
+    assert_eq!((motd.mode, motd.data.as_slice()), (0o100640, &b"hello from the rootfs\n"[..]));
+    assert_eq!(get(entries, "etc/private").mode, 0o040700);
+    assert_eq!(get(entries, "etc/private/secret").mode, 0o100600);
+    assert_eq!(get(entries, "etc/motd.link").data, b"/etc/motd");
+    assert_eq!(get(entries, "etc/fifo").mode, 0o010644);
+    // The hard link: one copy of the data, both names on one inode.
+    let (t1, t2) = (get(entries, "usr/bin/tool"), get(entries, "usr/bin/tool2"));
+    assert_eq!((t1.mode, t1.data.len(), t1.nlink), (0o104755, 10_000, 2));
+    assert_eq!((t2.mode, t2.data.len(), t2.nlink, t2.ino), (0o104755, 0, 2, t1.ino));
+    assert_eq!(entries.iter().filter(|e| e.ino == t1.ino).count(), 2, "inode numbers are unique otherwise");
+    // The device node and the socket are left out, with a note; dirtytrace's own console stays.
+    absent(entries, "dev/null");
+    absent(entries, "etc/sock");
+    assert_eq!(get(entries, "dev/console").mode, 0o020600);
+    let skipped: Vec<&String> = notes.iter().filter(|n| n.contains("device nodes and sockets")).collect();
+    assert_eq!(skipped.len(), 1, "{notes:?}");
+    assert!(skipped[0].contains("dev/null"), "{notes:?}");
+    // Directories come before what they hold.
+    let pos = |n: &str| entries.iter().position(|e| e.name == n).unwrap();
+    assert!(pos("etc") < pos("etc/private") && pos("etc/private") < pos("etc/private/secret"));
+}
+
+#[test]
+fn directory_and_tarballs_give_the_same_tree() {
+    let dir = tempdir("rootfs-same");
+    let root = dir.join("root");
+    make_tree(&root);
+    let built = initramfs::build_with(&inputs(&dir, Some(&root)), None, &mut |_| {}).unwrap();
+    let from_dir = initramfs::read_entries(&built.bytes).unwrap();
+    check_tree(&from_dir, &built.notes);
+    assert!(built.notes[0].starts_with("skipped 2 device nodes and sockets"), "{:?}", built.notes);
+    assert_eq!(built.entries as usize, from_dir.len());
+    assert!(built.min_mem() > built.unpacked_bytes + built.bytes.len() as u64);
+
+    // The same tree through GNU tar (sockets are ignored by tar itself).
+    let tar = dir.join("root.tar");
+    let st = Command::new("tar").arg("-C").arg(&root).args(["--sort=name", "-cf"]).arg(&tar).arg(".").status().unwrap();
+    assert!(st.success());
+    let raw = std::fs::read(&tar).unwrap();
+    let gz = dir.join("root.tar.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut enc, &raw).unwrap();
+    std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+    let zst = dir.join("root.tar.zst");
+    std::fs::write(&zst, zstd::encode_all(&raw[..], 3).unwrap()).unwrap();
+    for archive in [&tar, &gz, &zst] {
+        let built = initramfs::build_with(&inputs(&dir, Some(archive)), None, &mut |_| {}).unwrap();
+        let entries = initramfs::read_entries(&built.bytes).unwrap();
+        check_tree(&entries, &built.notes);
+        // Names, modes, owners, mtimes and data agree with the directory's archive, in order.
+        let view = |v: &[ArchiveEntry]| -> Vec<(String, u32, u32, u32, u32, Vec<u8>)> {
+            v.iter().map(|e| (e.name.clone(), e.mode, e.uid, e.gid, e.mtime, e.data.clone())).collect()
+        };
+        assert_eq!(view(&entries), view(&from_dir), "{}", archive.display());
+    }
+}
+
+#[test]
+fn the_cache_key_follows_content_and_never_goes_stale() {
+    let dir = tempdir("rootfs-cache");
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    let file = root.join("data/file");
+    std::fs::write(&file, "version 1").unwrap();
+    let cache = dir.join("cache");
+    let inp = inputs(&dir, Some(&root));
+    // Just written: such a tree could still change within its timestamps' tick, so not cached.
+    let first = initramfs::build_with(&inp, Some(&cache), &mut |_| {}).unwrap();
+    assert!(!first.cached);
+    assert!(!initramfs::build_with(&inp, Some(&cache), &mut |_| {}).unwrap().cached);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let stored = initramfs::build_with(&inp, Some(&cache), &mut |_| {}).unwrap();
+    assert!(!stored.cached);
+    let again = initramfs::build_with(&inp, Some(&cache), &mut |_| {}).unwrap();
+    assert!(again.cached);
+    assert_eq!(again.bytes, stored.bytes);
+    assert_eq!((again.unpacked_bytes, again.entries), (stored.unpacked_bytes, stored.entries));
+    // Same size, same mtime, other content: the ctime gives it away.
+    let m = std::fs::metadata(&file).unwrap();
+    std::fs::write(&file, "version 2").unwrap();
+    std::fs::File::options().write(true).open(&file).unwrap().set_modified(m.modified().unwrap()).unwrap();
+    let n = std::fs::metadata(&file).unwrap();
+    assert_eq!((n.len(), n.mtime(), n.mtime_nsec()), (m.len(), m.mtime(), m.mtime_nsec()));
+    let changed = initramfs::build_with(&inp, Some(&cache), &mut |_| {}).unwrap();
+    assert!(!changed.cached);
+    assert_eq!(get(&initramfs::read_entries(&changed.bytes).unwrap(), "data/file").data, b"version 2");
+    // A changed script or --file changes the key too.
+    let mut other = inp.clone();
+    other.script = write(&dir, "w2.sh", "#!/bin/sh\necho other\n");
+    assert!(!initramfs::build_with(&other, Some(&cache), &mut |_| {}).unwrap().cached);
+}
+
+fn run(args: &[&str], env: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let mut c = Command::new(bin());
+    c.args(args).env("DIRTYTRACE_BUSYBOX", fake_busybox());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn initramfs_command_writes_what_record_would_boot() {
+    let dir = tempdir("initramfs-cmd");
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("opt")).unwrap();
+    std::fs::write(root.join("opt/data"), "payload").unwrap();
+    let extra = write(&dir, "extra.bin", "EXTRA");
+    let script = write(&dir, "w.sh", "#!/bin/sh\necho hi\n");
+    let cache = dir.join("cache");
+    let out = dir.join("a.cpio.gz");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let file_arg = format!("{}:/usr/bin/extra", s(&extra));
+    let args = ["initramfs", "--workload", &s(&script), "--rootfs", &s(&root), "--file", &file_arg, "-o", &s(&out)];
+    let (code, stderr) = run(&args, &[("DIRTYTRACE_CACHE", &cache)]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains(&format!("wrote {}", out.display())) && stderr.contains("MiB unpacked"), "{stderr}");
+    let written = std::fs::read(&out).unwrap();
+    // The library, with record's inputs and cache, gives the very same bytes.
+    let inp = Inputs {
+        busybox: fake_busybox(),
+        script: script.clone(),
+        extras: vec![initramfs::parse_extra(&file_arg).unwrap()],
+        rootfs: Some(root.clone()),
+        packages: vec![],
+    };
+    let lib = initramfs::build_with(&inp, None, &mut |_| {}).unwrap();
+    assert_eq!(lib.bytes, written);
+    let entries = initramfs::read_entries(&written).unwrap();
+    assert_eq!(get(&entries, "opt/data").data, b"payload");
+    assert_eq!(get(&entries, "usr/bin/extra").data, b"EXTRA");
+    // It never overwrites a file.
+    let (code, stderr) = run(&args, &[("DIRTYTRACE_CACHE", &cache)]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("already exists"), "{stderr}");
+    assert_eq!(std::fs::read(&out).unwrap(), written);
+}
+
+/// A tarball whose one entry is called `name` (written raw: tar writers refuse such names).
+fn evil_tar(path: &Path, name: &str) {
+    let mut h = tar::Header::new_ustar();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    let mut data = h.as_bytes().to_vec();
+    data.extend_from_slice(b"evil");
+    data.resize(data.len() + 508 + 1024, 0);
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn bad_rootfs_input_is_named_and_leaves_nothing() {
+    let dir = tempdir("rootfs-bad");
+    let script = write(&dir, "w.sh", "true\n");
+    let out = dir.join("out.cpio.gz");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let attempt =
+        |rootfs: &Path| run(&["initramfs", "--workload", &s(&script), "--rootfs", &s(rootfs), "-o", &s(&out)], &[]);
+    let missing = dir.join("no-such-root");
+    let (code, e) = attempt(&missing);
+    assert_eq!(code, Some(1));
+    assert!(e.contains(&format!("--rootfs {}: no such file or directory", missing.display())), "{e}");
+    let text = write(&dir, "notes.txt", "just text, no tar header here");
+    let (_, e) = attempt(&text);
+    assert!(e.contains(&format!("--rootfs {}: neither a directory nor a tar archive", text.display())), "{e}");
+    for (file, name, says) in [
+        ("dotdot.tar", "../etc/passwd", "climbs out of the root"),
+        ("deep.tar", "usr/../../x", "climbs out of the root"),
+        ("abs.tar", "/etc/passwd", "is an absolute path"),
+    ] {
+        let t = dir.join(file);
+        evil_tar(&t, name);
+        let (code, e) = attempt(&t);
+        assert_eq!(code, Some(1));
+        assert!(e.contains(&format!("--rootfs {}: entry {name} {says}", t.display())), "{e}");
+        assert!(e.contains("refusing"), "{e}");
+    }
+    // An entry this user cannot read (root reads everything, so the check runs as nobody).
+    let root = dir.join("unreadable-root");
+    std::fs::create_dir_all(root.join("etc")).unwrap();
+    std::fs::write(root.join("etc/shadow"), "x").unwrap();
+    chmod(&root.join("etc/shadow"), 0o000);
+    let free = dir.join("free");
+    std::fs::create_dir_all(&free).unwrap();
+    chmod(&free, 0o777);
+    for p in [&dir, &root.join("etc")] {
+        chmod(p, 0o755);
+    }
+    let out2 = free.join("out.cpio.gz");
+    let args = ["initramfs", "--workload", &s(&script), "--rootfs", &s(&root), "-o", &s(&out2)];
+    let mut c = if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).arg(bin());
+        c
+    } else {
+        Command::new(bin())
+    };
+    let o = c
+        .args(args)
+        .env("DIRTYTRACE_BUSYBOX", fake_busybox())
+        .env("DIRTYTRACE_CACHE", free.join("cache"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains(&format!("--rootfs {}: cannot read {}", root.display(), root.join("etc/shadow").display())),
+        "{e}"
+    );
+    assert!(e.contains("Permission denied"), "{e}");
+    assert!(!out.exists() && !out2.exists(), "bad input leaves no archive");
+}
+
+#[test]
+fn bad_package_input_is_named() {
+    let dir = tempdir("packages-bad");
+    let script = write(&dir, "w.sh", "true\n");
+    let out = dir.join("out.cpio.gz");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let args = ["initramfs", "--workload", &s(&script), "--package", "dirtytrace-no-such-package", "-o", &s(&out)];
+    let (code, e) = run(&args, &[("DIRTYTRACE_CACHE", &dir.join("cache"))]);
+    assert_eq!(code, Some(1));
+    // apt's own message, after the package's name.
+    assert!(e.contains("--package dirtytrace-no-such-package: apt-get cannot resolve it: E: Unable to locate package dirtytrace-no-such-package"), "{e}");
+    // A host without apt: the error points to --rootfs.
+    let o = Command::new(bin())
+        .args(args)
+        .env("PATH", dir.join("no-bin"))
+        .env("DIRTYTRACE_BUSYBOX", fake_busybox())
+        .env("DIRTYTRACE_CACHE", dir.join("cache"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        e.contains("--package dirtytrace-no-such-package: this host has no `apt-get`") && e.contains("--rootfs"),
+        "{e}"
+    );
+    assert!(!out.exists());
+}
+
+/// A minimal x86-64 ELF that is never run: the archive is refused before any VM exists.
+fn never_booted_kernel(dir: &Path) -> PathBuf {
+    let mut elf = vec![0u8; 4096];
+    elf[..20].copy_from_slice(&[0x7F, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 62, 0]);
+    let p = dir.join("kernel.elf");
+    std::fs::write(&p, elf).unwrap();
+    p
+}
+
+#[test]
+fn an_archive_too_large_for_mem_is_refused_before_booting() {
+    let dir = tempdir("rootfs-big");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("big"), vec![0u8; 40 << 20]).unwrap();
+    let script = write(&dir, "w.sh", "true\n");
+    let kernel = never_booted_kernel(&dir);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let trace = dir.join("trace");
+    let args = ["record", "--workload", &s(&script), "--kernel", &s(&kernel), "--mem", "128MiB", "--rootfs", &s(&root)];
+    let (code, e) = run(&[&args[..], &["--output", &s(&trace)]].concat(), &[("DIRTYTRACE_CACHE", &dir.join("cache"))]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(
+        e.contains(&format!("the initramfs from --rootfs {} is too large for --mem 128 MiB", root.display())),
+        "{e}"
+    );
+    assert!(e.contains("pass --mem 137MiB or more"), "{e}");
+    assert!(!trace.exists(), "no output directory");
+}
