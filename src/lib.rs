@@ -9,6 +9,7 @@ pub mod accounting;
 pub mod analysis;
 pub mod bench;
 pub mod clock;
+pub mod dataset;
 pub mod events;
 pub mod files;
 pub mod guest;
