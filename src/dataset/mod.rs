@@ -10,13 +10,15 @@
 //! ```
 //!
 //! - [`grid`]: parses `GRID.toml`, expands it into named, seeded runs, splits them into shards.
-//! - `sweep` (to come): records a shard of the runs into the dataset.
+//! - [`sweep`]: records a shard's runs into the dataset, resuming whatever an earlier sweep left.
 //! - [`index`]: builds `index.parquet` and `replay.parquet` from the traces present.
 //!
 //! `schemas/dataset.md` documents the layout and every column.
 
 pub mod grid;
 pub mod index;
+pub mod progress;
+pub mod sweep;
 
 use grid::{ReplaySettings, ValueKind};
 use serde::{Deserialize, Serialize};
