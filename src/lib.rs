@@ -3,7 +3,8 @@
 //!
 //! Data flows one way: workload → [`guest`] → [`vmm`] → [`sampler`] → [`accounting`] →
 //! [`trace`] (format: writer, journal, reader) → [`analysis`]. [`record`] wires the recording
-//! half together; `docs/DESIGN.md` draws the picture and lists the non-goals.
+//! half together; [`dataset`] records parameter grids into indexed datasets of traces.
+//! `docs/DESIGN.md` draws the picture and lists the non-goals.
 
 pub mod accounting;
 pub mod analysis;
