@@ -358,6 +358,30 @@ fn assemble(
     RecordBatch::try_new(new.schema(), cols).map_err(bad)
 }
 
+/// Analyses the traces, one per CPU at a time; the entries come back in the order given.
+fn analyse_all(todo: Vec<(PathBuf, Manifest, Option<RunInfo>)>, settings: &ReplaySettings) -> Vec<Entry> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(todo.len());
+    if workers <= 1 {
+        return todo.into_iter().map(|(d, m, r)| Entry::analyse(&d, m, r, settings)).collect();
+    }
+    let n = todo.len();
+    let queue = std::sync::Mutex::new(todo.into_iter().enumerate());
+    let done = std::sync::Mutex::new(Vec::with_capacity(n));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some((i, (d, m, r))) = next else { break };
+                let e = Entry::analyse(&d, m, r, settings);
+                done.lock().unwrap_or_else(|e| e.into_inner()).push((i, e));
+            });
+        }
+    });
+    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, e)| e).collect()
+}
+
 /// Rebuilds `DATASET/index.parquet` and `DATASET/replay.parquet` from the traces under
 /// `DATASET/traces/`, holding the index lock. `rebuild` analyses every trace again;
 /// otherwise unchanged traces keep their rows. A directory whose manifest cannot be read is
@@ -389,7 +413,7 @@ pub fn update(dataset: &Path, rebuild: bool) -> Result<IndexReport, DatasetError
     let old = if rebuild { None } else { load_old(dataset, &key, &schema) };
 
     let mut report = IndexReport { index: index_path.clone(), replay: replay_path.clone(), ..Default::default() };
-    let mut new_entries: Vec<Entry> = Vec::new();
+    let mut todo: Vec<(PathBuf, Manifest, Option<RunInfo>)> = Vec::new();
     // Per trace, in name order: where its index row comes from, and its replay rows'.
     let mut plan: Vec<(bool, usize, Vec<usize>)> = Vec::new();
     for dir in super::dataset_traces(dataset)? {
@@ -418,11 +442,12 @@ pub fn update(dataset: &Path, rebuild: bool) -> Result<IndexReport, DatasetError
             }
             None => {
                 report.analysed += 1;
-                new_entries.push(Entry::analyse(&dir, manifest, run, &settings));
-                plan.push((false, new_entries.len() - 1, Vec::new()));
+                todo.push((dir, manifest, run));
+                plan.push((false, todo.len() - 1, Vec::new()));
             }
         }
     }
+    let new_entries = analyse_all(todo, &settings);
 
     let new_refs: Vec<&Entry> = new_entries.iter().collect();
     let new_index = batch(index_columns(&new_refs, &axes), &index_path)?;
