@@ -62,7 +62,7 @@ Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130
 
 const SWEEP_HELP: &str = "Examples:\n  dirtytrace sweep examples/sweeps/grid.toml --output ds --dry-run\n  \
 dirtytrace sweep examples/sweeps/grid.toml --output ds\n  \
-dirtytrace sweep grid.toml --output /shared/ds --shard $((SLURM_ARRAY_TASK_ID + 1))/$SLURM_ARRAY_TASK_COUNT\n\n\
+dirtytrace sweep grid.toml --output /shared/ds --shard 3/8      # host 3 of 8 (examples/sweeps/slurm.sh)\n\n\
 The grid, the run names and the index are documented in schemas/dataset.md. Running the same command again \
 resumes: finished traces are skipped, killed ones recovered, interrupted ones recorded again. Ctrl-C stops after \
 finalising the current trace (exit code 130).\n\n\

@@ -299,6 +299,18 @@ fn shards_merged_by_index_equal_a_one_shard_run() {
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("8 traces (8 analysed, 0 unchanged)"), "{err}");
     assert_eq!(comparable(table(&a.join(INDEX))), before);
+
+    // A copied trace is indexed, but the copy is pointed out.
+    let some = names(&before)[0].clone();
+    copy_dir(&a.join("traces").join(&some), &a.join("traces/copy"));
+    let (code, _, err) = cli(&["index", s(&a)]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("not a run of the dataset's grid"), "{err}");
+    assert!(err.contains(&format!("traces copy and {some} have the same trace_id")), "{err}");
+    let rows = table(&a.join(INDEX));
+    assert_eq!(rows.len(), 9);
+    let copy = rows.iter().find(|r| r["name"] == "copy").unwrap();
+    assert_eq!((&copy["run"], &copy["axis_load_pattern"]), (&Value::Null, &Value::Null));
 }
 
 /// A trace whose recorder died before its first interval: a manifest and an empty journal.

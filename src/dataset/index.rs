@@ -414,6 +414,7 @@ pub fn update(dataset: &Path, rebuild: bool) -> Result<IndexReport, DatasetError
 
     let mut report = IndexReport { index: index_path.clone(), replay: replay_path.clone(), ..Default::default() };
     let mut todo: Vec<(PathBuf, Manifest, Option<RunInfo>)> = Vec::new();
+    let mut seen_ids: Vec<(String, String)> = Vec::new();
     // Per trace, in name order: where its index row comes from, and its replay rows'.
     let mut plan: Vec<(bool, usize, Vec<usize>)> = Vec::new();
     for dir in super::dataset_traces(dataset)? {
@@ -430,6 +431,7 @@ pub fn update(dataset: &Path, rebuild: bool) -> Result<IndexReport, DatasetError
             report.warnings.push(format!("{}: not a run of the dataset's grid (no axis values)", dir.display()));
         }
         *report.statuses.entry(status_name(manifest.status)).or_default() += 1;
+        seen_ids.push((manifest.trace_id.clone(), name.clone()));
         let reusable = old.as_ref().and_then(|o| {
             let (row, id, status, intervals) = o.rows.get(&name)?;
             (*id == manifest.trace_id && *status == status_name(manifest.status) && *intervals == manifest.intervals)
@@ -448,6 +450,13 @@ pub fn update(dataset: &Path, rebuild: bool) -> Result<IndexReport, DatasetError
         }
     }
     let new_entries = analyse_all(todo, &settings);
+    let mut ids: Vec<(&str, &str)> = seen_ids.iter().map(|(id, n)| (id.as_str(), n.as_str())).collect();
+    ids.sort_unstable();
+    for w in ids.windows(2).filter(|w| w[0].0 == w[1].0) {
+        report
+            .warnings
+            .push(format!("traces {} and {} have the same trace_id {}: one is a copy", w[0].1, w[1].1, w[0].0));
+    }
 
     let new_refs: Vec<&Entry> = new_entries.iter().collect();
     let new_index = batch(index_columns(&new_refs, &axes), &index_path)?;
