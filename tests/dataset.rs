@@ -300,12 +300,15 @@ fn shards_merged_by_index_equal_a_one_shard_run() {
     assert!(err.contains("8 traces (8 analysed, 0 unchanged)"), "{err}");
     assert_eq!(comparable(table(&a.join(INDEX))), before);
 
+    // A rewriter killed before its rename left a temporary table: the next rewrite removes it.
+    let stale = write(&a, ".index.parquet.4242-1.tmp", "half a table");
     // A copied trace is indexed, but the copy is pointed out.
     let some = names(&before)[0].clone();
     copy_dir(&a.join("traces").join(&some), &a.join("traces/copy"));
     let (code, _, err) = cli(&["index", s(&a)]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("not a run of the dataset's grid"), "{err}");
+    assert!(!stale.exists());
     assert!(err.contains(&format!("traces copy and {some} have the same trace_id")), "{err}");
     let rows = table(&a.join(INDEX));
     assert_eq!(rows.len(), 9);

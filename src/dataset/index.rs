@@ -343,6 +343,19 @@ fn load_old(dataset: &Path, key: &str, index_schema: &Schema) -> Option<Old> {
     Some(Old { index, rows, replay, replay_rows })
 }
 
+/// Removes the temporary tables a rewriter killed before its rename left behind. Only called
+/// with the index lock held, so no live rewriter is writing one.
+fn remove_stale_temporaries(dataset: &Path) {
+    let Ok(entries) = std::fs::read_dir(dataset) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let ours = [INDEX, REPLAY].iter().any(|t| name.starts_with(&format!(".{t}.")));
+        if ours && name.ends_with(".tmp") && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// Where each row of a rewritten table comes from: the old table (0) or the new rows (1).
 fn assemble(
     old: Option<&RecordBatch>,
@@ -400,6 +413,7 @@ pub fn update(dataset: &Path, rebuild: bool) -> Result<IndexReport, DatasetError
         .open(&lock_path)
         .map_err(io_err("cannot open", &lock_path))?;
     lock.lock().map_err(io_err("cannot lock", &lock_path))?;
+    remove_stale_temporaries(dataset);
 
     let info = DatasetInfo::load(dataset)?;
     let settings = info.as_ref().map(|i| i.replay.clone()).unwrap_or_default();
