@@ -1220,6 +1220,14 @@ mod tests {
         let again_runs = again.expand(100).unwrap();
         assert_eq!(again_runs, runs);
         assert_eq!(again.fingerprint(&again_runs), g.fingerprint(&runs));
+        // Hosts that mount the grid elsewhere make the same dataset.
+        let text = "workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\"]\n";
+        let elsewhere =
+            Grid::parse(Path::new("/mnt/x/grid.toml"), text, &|p| Ok((Path::new("/mnt/x").join(p), SPEC.into())));
+        let here = grid(text).unwrap();
+        let (a, b) = (elsewhere.unwrap(), here);
+        assert_eq!(a.fingerprint(&a.expand(1).unwrap()), b.fingerprint(&b.expand(1).unwrap()));
+        assert_ne!(a.fingerprint(&a.expand(1).unwrap()), g.fingerprint(&runs));
     }
 
     #[test]
