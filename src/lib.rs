@@ -3,7 +3,8 @@
 //!
 //! Data flows one way: workload → [`guest`] → [`vmm`] → [`sampler`] → [`accounting`] →
 //! [`trace`] (format: writer, journal, reader) → [`analysis`]. [`record`] wires the recording
-//! half together; `docs/DESIGN.md` draws the picture and lists the non-goals.
+//! half together; [`dataset`] records parameter grids into indexed datasets of traces.
+//! `docs/DESIGN.md` draws the picture and lists the non-goals.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![cfg_attr(any(), warn(missing_docs))]
@@ -12,6 +13,7 @@ pub mod accounting;
 pub mod analysis;
 pub mod bench;
 pub mod clock;
+pub mod dataset;
 pub mod doctor;
 pub mod events;
 pub mod files;

@@ -3,7 +3,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dirtytrace::analysis::{plot, replay, simgrid, summary};
 use dirtytrace::units::{HumanDuration, HumanRate, HumanSize, MIB};
-use dirtytrace::{bench, record, report, trace};
+use dirtytrace::{bench, dataset, record, report, trace};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +61,109 @@ Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130
     },
     #[command(flatten)]
     Analysis(AnalysisCommand),
+    /// Record a parameter grid into a dataset: one trace per run, resumable and shardable.
+    #[command(after_help = SWEEP_HELP)]
+    Sweep(SweepArgs),
+    /// Rebuild a dataset's index.parquet and replay.parquet from the traces it holds (merges shards).
+    Index(IndexArgs),
+}
+
+const SWEEP_HELP: &str = "Examples:\n  dirtytrace sweep examples/sweeps/grid.toml --output ds --dry-run\n  \
+dirtytrace sweep examples/sweeps/grid.toml --output ds\n  \
+dirtytrace sweep grid.toml --output /shared/ds --shard 3/8      # host 3 of 8 (examples/sweeps/slurm.sh)\n\n\
+The grid, the run names and the index are documented in schemas/dataset.md. Running the same command again \
+resumes: finished traces are skipped, killed ones recovered, interrupted ones recorded again. Ctrl-C stops after \
+finalising the current trace (exit code 130).\n\n\
+--jobs: recordings share the CPUs, so concurrent ones harvest later and their guests run slower; keep 1 \
+(the default) for timing-faithful traces, and check missed_deadlines in the index if you raise it.";
+
+#[derive(Args)]
+struct SweepArgs {
+    /// The grid: a base workload, [record] options, [axes] and [replay] (schemas/dataset.md).
+    grid: PathBuf,
+    /// The dataset directory: new, empty, or a dataset of the same grid (to resume or add a shard).
+    #[arg(long, short)]
+    output: PathBuf,
+    /// Record only shard I of N: the runs whose position k has k mod N = I - 1.
+    #[arg(long, value_name = "I/N", default_value = "1/1")]
+    shard: dataset::grid::Shard,
+    /// Recordings at once, at most one per CPU (see below).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Refuse a grid that expands to more runs than this.
+    #[arg(long, default_value_t = dataset::grid::DEFAULT_MAX_RUNS)]
+    max_runs: usize,
+    /// List the shard's runs and what their directories hold; record nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print JSON on stdout: the runs (--dry-run) or how each went.
+    #[arg(long)]
+    json: bool,
+    /// The KVM device (default /dev/kvm, or $DIRTYTRACE_KVM_DEVICE).
+    #[arg(long, value_name = "PATH")]
+    kvm_device: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct IndexArgs {
+    /// The dataset directory.
+    dataset: PathBuf,
+    /// Analyse every trace again, rather than keep the rows of unchanged traces.
+    #[arg(long)]
+    rebuild: bool,
+    /// Print what was done as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run_sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
+    use dataset::sweep;
+    let mut opts = sweep::SweepOptions::new(a.grid, a.output);
+    opts.shard = a.shard;
+    opts.jobs = a.jobs;
+    opts.max_runs = a.max_runs;
+    opts.kvm_device = a.kvm_device;
+    let plan = sweep::plan(opts)?;
+    if a.dry_run {
+        print!("{}", if a.json { json(&sweep::plan_json(&plan))? } else { sweep::render_plan(&plan) });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let observer = dataset::progress::ConsoleObserver::new(std::io::stderr().is_terminal());
+    let report = sweep::run(&plan, interrupt_flag(), &observer);
+    observer.finish();
+    let report = report?;
+    if a.json {
+        print!("{}", json(&report)?);
+    }
+    eprint!("{}", sweep::render_report(&report));
+    Ok(if report.interrupted {
+        ExitCode::from(130)
+    } else if report.failed > 0 || report.index_error.is_some() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn run_index(a: IndexArgs) -> anyhow::Result<ExitCode> {
+    let r = dataset::index::update(&a.dataset, a.rebuild)?;
+    if a.json {
+        print!("{}", json(&r)?);
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!(
+        "index: {} traces ({} analysed, {} unchanged) in {}; {} replay rows in {}; {:.2} s",
+        r.traces,
+        r.analysed,
+        r.reused,
+        r.index.display(),
+        r.replay_rows,
+        r.replay.display(),
+        r.seconds
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The offline tools: each reads a finished trace.
@@ -78,8 +181,9 @@ enum AnalysisCommand {
 
 #[derive(Args)]
 struct SummarizeArgs {
-    /// The trace directory.
-    trace: PathBuf,
+    /// Trace directories or datasets (a dataset stands for every trace under its traces/).
+    #[arg(required = true, value_name = "TRACE")]
+    traces: Vec<PathBuf>,
     /// Only the intervals of this phase.
     #[arg(long)]
     phase: Option<String>,
@@ -106,8 +210,9 @@ enum SimgridFormat {
 
 #[derive(Args)]
 struct SimgridArgs {
-    /// The trace directory.
-    trace: PathBuf,
+    /// Trace directories or datasets (a dataset stands for every trace under its traces/).
+    #[arg(required = true, value_name = "TRACE")]
+    traces: Vec<PathBuf>,
     /// Migration speed (bytes/s or bits/s). Default: the one the trace was recorded with.
     #[arg(long, allow_hyphen_values = true)]
     migration_speed: Option<HumanRate>,
@@ -124,8 +229,9 @@ struct SimgridArgs {
 
 #[derive(Args)]
 struct ReplayArgs {
-    /// The trace directory.
-    trace: PathBuf,
+    /// Trace directories or datasets (a dataset stands for every trace under its traces/).
+    #[arg(required = true, value_name = "TRACE")]
+    traces: Vec<PathBuf>,
     /// Bandwidth of the migration stream (bytes/s or bits/s).
     #[arg(long, allow_hyphen_values = true)]
     bandwidth: HumanRate,
@@ -162,27 +268,66 @@ fn json(value: &impl serde::Serialize) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(value)? + "\n")
 }
 
+/// Runs an analysis over its arguments: one trace prints as before; several traces, or a
+/// dataset, print one result per trace (`--json`: an array of rows, each with `trace_dir` and
+/// `name`), and the exit code is 1 if any trace failed.
+fn for_traces<T: serde::Serialize>(
+    paths: &[PathBuf],
+    json_out: bool,
+    analyse: impl Fn(&trace::Trace) -> anyhow::Result<T>,
+    text: impl Fn(&T) -> String,
+) -> anyhow::Result<ExitCode> {
+    if let [one] = paths {
+        if dataset::is_trace(one) {
+            let r = analyse(&trace::Trace::open(one)?)?;
+            print!("{}", if json_out { json(&r)? } else { text(&r) });
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    let results: Vec<(PathBuf, anyhow::Result<T>)> = dataset::expand_inputs(paths)?
+        .into_iter()
+        .map(|d| {
+            let r = trace::Trace::open(&d).map_err(anyhow::Error::from).and_then(|t| analyse(&t));
+            (d, r)
+        })
+        .collect();
+    if json_out {
+        let rows: Vec<serde_json::Value> = results.iter().map(|(d, r)| dataset::json_row(d, r)).collect();
+        print!("{}", json(&rows)?);
+    } else {
+        for (d, r) in &results {
+            match r {
+                Ok(v) => print!("== {} ==\n{}\n", d.display(), text(v)),
+                Err(e) => print!("== {} ==\nerror: {e:#}\n\n", d.display()),
+            }
+        }
+    }
+    Ok(if results.iter().any(|(_, r)| r.is_err()) { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
 fn run_analysis(command: AnalysisCommand) -> anyhow::Result<ExitCode> {
-    let open = |dir: &PathBuf| trace::Trace::open(dir);
     match command {
         AnalysisCommand::Summarize(a) => {
             let opts = summary::SummaryOptions { phase: a.phase, top_pages: a.top, ..Default::default() };
-            let s = summary::summarize(&open(&a.trace)?, &opts)?;
-            print!("{}", if a.json { json(&s)? } else { report::summary_text(&s) });
+            for_traces(&a.traces, a.json, |t| Ok(summary::summarize(t, &opts)?), report::summary_text)
         }
         AnalysisCommand::Simgrid(a) => {
             let opts = simgrid::SimgridOptions { migration_speed: a.migration_speed.map(|r| r.0), phase: a.phase };
-            let p = simgrid::fit(&open(&a.trace)?, &opts)?;
             let format = if a.json { SimgridFormat::Json } else { a.format };
-            print!(
-                "{}",
-                match format {
-                    SimgridFormat::Json => json(&p)?,
-                    SimgridFormat::C => simgrid::c_snippet(&p),
-                    SimgridFormat::Cpp => simgrid::cpp_snippet(&p),
-                    SimgridFormat::Human => report::simgrid_text(&p),
-                }
-            );
+            let several = a.traces.len() > 1 || !dataset::is_trace(&a.traces[0]);
+            if several && matches!(format, SimgridFormat::C | SimgridFormat::Cpp) {
+                anyhow::bail!("--format c and cpp print one function: give one trace directory");
+            }
+            for_traces(
+                &a.traces,
+                format == SimgridFormat::Json,
+                |t| Ok(simgrid::fit(t, &opts)?),
+                |p| match format {
+                    SimgridFormat::C => simgrid::c_snippet(p),
+                    SimgridFormat::Cpp => simgrid::cpp_snippet(p),
+                    _ => report::simgrid_text(p),
+                },
+            )
         }
         AnalysisCommand::Replay(a) => {
             let mut o = replay::ReplayOptions::new(a.bandwidth.0);
@@ -191,16 +336,15 @@ fn run_analysis(command: AnalysisCommand) -> anyhow::Result<ExitCode> {
             o.start_s = a.start.0.as_secs_f64();
             o.looped = a.looped;
             o.zero_pages = a.zero_pages;
-            let r = replay::replay(&open(&a.trace)?, &o)?;
-            print!("{}", if a.json { json(&r)? } else { report::replay_text(&r) });
+            for_traces(&a.traces, a.json, |t| Ok(replay::replay(t, &o)?), report::replay_text)
         }
         AnalysisCommand::Plot(a) => {
             let out = a.output.unwrap_or_else(|| a.trace.join("plot.png"));
-            plot::plot(&open(&a.trace)?, &plot::PlotOptions::new(&out))?;
+            plot::plot(&trace::Trace::open(&a.trace)?, &plot::PlotOptions::new(&out))?;
             eprintln!("wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Subcommand)]
@@ -492,6 +636,8 @@ fn main() -> ExitCode {
         Command::Initramfs(a) => run_initramfs(a),
         Command::Doctor { json } => run_doctor(json),
         Command::Analysis(c) => run_analysis(c),
+        Command::Sweep(a) => run_sweep(a),
+        Command::Index(a) => run_index(a),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");

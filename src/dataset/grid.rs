@@ -1,0 +1,1361 @@
+//! `GRID.toml`: a base workload, record options and axes, expanded into named, seeded runs
+//! and split into shards. Everything here is pure (no file is written); [`Grid::load`] only
+//! reads the grid and its base workload. `schemas/dataset.md` documents the file and the
+//! naming and seeding schemes.
+//!
+//! Expansion: the runs are the product of the axes, taken in the canonical key order
+//! ([`Key`]: spec keys, then per-phase keys phase by phase, then record options), the first
+//! axis varying slowest and the repetition fastest. Run `k` (0-based, in that order) belongs
+//! to shard `k mod N + 1` of `N`, so shards partition the runs exactly and evenly.
+
+use crate::analysis::replay::{self, ReplayOptions, ZeroPages};
+use crate::guest::synthetic::spec::{Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
+use crate::units::{parse_duration, parse_rate, parse_size, HumanDuration, HumanRate, HumanSize, MAX_RATE_BYTES_PER_S};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How many runs a grid may expand to unless `--max-runs` allows more.
+pub const DEFAULT_MAX_RUNS: usize = 1000;
+/// Names longer than this are cut and end with a hash of the whole name instead.
+pub const MAX_NAME_LEN: usize = 200;
+/// The largest grid file read.
+pub const MAX_GRID_BYTES: u64 = 1 << 20;
+/// The largest Linux workload script read (to fingerprint it).
+const MAX_SCRIPT_BYTES: u64 = 16 << 20;
+
+/// Why a grid was refused. Every message names the grid file and the key or flag at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum GridError {
+    /// The grid or its workload could not be read.
+    #[error("{0}")]
+    File(#[from] crate::files::FileError),
+    /// The grid is not valid TOML, or has a key no grid has.
+    #[error("{}: {msg}", path.display())]
+    Syntax {
+        /// The grid file.
+        path: PathBuf,
+        /// What the TOML parser said (it names the key and line).
+        msg: String,
+    },
+    /// A key has a value the grid cannot use.
+    #[error("{}: `{key}`: {msg}", path.display())]
+    Key {
+        /// The grid file.
+        path: PathBuf,
+        /// The key, as written in the grid (`axes.rate`, `record.interval`).
+        key: String,
+        /// What is wrong and what to do.
+        msg: String,
+    },
+    /// One expanded run's workload spec is invalid.
+    #[error("{}: run `{run}`: {msg}", path.display())]
+    Run {
+        /// The grid file.
+        path: PathBuf,
+        /// The run's name.
+        run: String,
+        /// What the spec parser said (it names the spec key).
+        msg: String,
+    },
+    /// The grid expands to more runs than allowed.
+    #[error(
+        "{}: the axes expand to {runs} runs, more than the limit of {limit}: check the axes, or pass --max-runs {runs} to record them all",
+        path.display()
+    )]
+    TooManyRuns {
+        /// The grid file.
+        path: PathBuf,
+        /// Runs in the product of the axes (saturating).
+        runs: u128,
+        /// The limit (`--max-runs`).
+        limit: usize,
+    },
+}
+
+/// What an axis sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Key {
+    /// Guest RAM (spec `mem`, or `--mem` for a Linux workload).
+    Mem,
+    /// vCPUs (spec `vcpus`, or `--vcpus`).
+    Vcpus,
+    /// A phase's `rate`.
+    Rate,
+    /// A phase's `working_set`.
+    WorkingSet,
+    /// A phase's `pattern`.
+    Pattern,
+    /// A phase's `hot_fraction`.
+    HotFraction,
+    /// A phase's `hot_share`.
+    HotShare,
+    /// A phase's `cpu`.
+    Cpu,
+    /// A phase's `duration` (only as `PHASE.duration`: plain `duration` is the record option).
+    PhaseDuration,
+    /// `--interval`.
+    Interval,
+    /// `--migration-speed`.
+    MigrationSpeed,
+    /// `--duration`.
+    Duration,
+}
+
+impl Key {
+    /// Every key, in canonical order.
+    pub const ALL: [Key; 12] = [
+        Key::Mem,
+        Key::Vcpus,
+        Key::Rate,
+        Key::WorkingSet,
+        Key::Pattern,
+        Key::HotFraction,
+        Key::HotShare,
+        Key::Cpu,
+        Key::PhaseDuration,
+        Key::Interval,
+        Key::MigrationSpeed,
+        Key::Duration,
+    ];
+
+    /// The key as written in a grid (and in a spec, for phase keys).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Key::Mem => "mem",
+            Key::Vcpus => "vcpus",
+            Key::Rate => "rate",
+            Key::WorkingSet => "working_set",
+            Key::Pattern => "pattern",
+            Key::HotFraction => "hot_fraction",
+            Key::HotShare => "hot_share",
+            Key::Cpu => "cpu",
+            Key::PhaseDuration | Key::Duration => "duration",
+            Key::Interval => "interval",
+            Key::MigrationSpeed => "migration_speed",
+        }
+    }
+
+    /// The key's part of a run name.
+    pub fn short(self) -> &'static str {
+        match self {
+            Key::WorkingSet => "ws",
+            Key::HotFraction => "hot",
+            Key::HotShare => "share",
+            Key::MigrationSpeed => "mig",
+            Key::Duration => "dur",
+            k => k.as_str(),
+        }
+    }
+
+    /// A key of a synthetic spec's `[[phase]]`.
+    pub fn is_phase_key(self) -> bool {
+        matches!(
+            self,
+            Key::Rate
+                | Key::WorkingSet
+                | Key::Pattern
+                | Key::HotFraction
+                | Key::HotShare
+                | Key::Cpu
+                | Key::PhaseDuration
+        )
+    }
+
+    /// The unit suffix of the key's index column, and the column's type.
+    fn column(self) -> (&'static str, ValueKind) {
+        match self {
+            Key::Mem | Key::WorkingSet => ("_bytes", ValueKind::U64),
+            Key::Vcpus => ("", ValueKind::U32),
+            Key::Rate | Key::MigrationSpeed => ("_bytes_per_s", ValueKind::F64),
+            Key::Pattern => ("", ValueKind::Utf8),
+            Key::HotFraction | Key::HotShare | Key::Cpu => ("", ValueKind::F64),
+            Key::PhaseDuration | Key::Interval | Key::Duration => ("_s", ValueKind::F64),
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Key> {
+        Key::ALL.into_iter().find(|k| k.as_str() == s && *k != Key::PhaseDuration)
+    }
+}
+
+/// The type of an axis's index column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueKind {
+    /// uint64.
+    U64,
+    /// uint32.
+    U32,
+    /// float64 (a `max` rate is null).
+    F64,
+    /// string.
+    Utf8,
+}
+
+/// One value of an axis, parsed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AxisValue {
+    /// A size in bytes.
+    Bytes(u64),
+    /// A rate in bytes per second; `None` is `max`.
+    Rate(Option<f64>),
+    /// A duration.
+    Time(Duration),
+    /// A write pattern.
+    Pattern(Pattern),
+    /// A fraction between 0 and 1.
+    Fraction(f64),
+    /// A count (vCPUs).
+    Count(u32),
+}
+
+impl AxisValue {
+    /// The value in a spec or a name: as people write it, and as the parsers read it back.
+    pub fn text(&self) -> String {
+        match *self {
+            AxisValue::Bytes(b) => HumanSize(b).to_string(),
+            AxisValue::Rate(None) => "max".into(),
+            AxisValue::Rate(Some(r)) => HumanRate(r).to_string(),
+            AxisValue::Time(d) => HumanDuration(d).to_string(),
+            AxisValue::Pattern(p) => pattern_name(p).into(),
+            AxisValue::Fraction(f) => f.to_string(),
+            AxisValue::Count(c) => c.to_string(),
+        }
+    }
+
+    /// The value of the axis's index column, in the column's unit.
+    pub fn column_value(&self) -> serde_json::Value {
+        match *self {
+            AxisValue::Bytes(b) => b.into(),
+            AxisValue::Rate(r) => r.into(),
+            AxisValue::Time(d) => d.as_secs_f64().into(),
+            AxisValue::Pattern(p) => pattern_name(p).into(),
+            AxisValue::Fraction(f) => f.into(),
+            AxisValue::Count(c) => c.into(),
+        }
+    }
+
+    fn toml(&self) -> toml::Value {
+        match *self {
+            AxisValue::Count(c) => toml::Value::Integer(c as i64),
+            AxisValue::Fraction(f) => toml::Value::Float(f),
+            _ => toml::Value::String(self.text()),
+        }
+    }
+}
+
+fn pattern_name(p: Pattern) -> &'static str {
+    match p {
+        Pattern::Sequential => "sequential",
+        Pattern::Random => "random",
+        Pattern::Hotcold => "hotcold",
+    }
+}
+
+/// One axis of the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Axis {
+    /// What it sets.
+    pub key: Key,
+    /// For a phase key: the phase's position in the spec.
+    pub phase: Option<usize>,
+    /// The axis as written under `[axes]` (`rate`, `serve.rate`).
+    pub label: String,
+    /// Its column in `index.parquet` (`axis_rate_bytes_per_s`, `axis_serve_rate_bytes_per_s`).
+    pub column: String,
+    /// Its values, in the order written.
+    pub values: Vec<AxisValue>,
+}
+
+impl Axis {
+    /// The type of the axis's index column.
+    pub fn kind(&self) -> ValueKind {
+        self.key.column().1
+    }
+
+    /// The axis's part of a run name: its short key, after `PHASE.` if written so.
+    fn name_prefix(&self) -> String {
+        match self.label.split_once('.') {
+            Some((phase, _)) => format!("{}.{}", sanitize(phase), self.key.short()),
+            None => self.key.short().to_string(),
+        }
+    }
+}
+
+/// The workload every run starts from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BaseWorkload {
+    /// A synthetic spec (`workload = "x.toml"`, an inline `[spec]`, or the built-in default).
+    Synthetic {
+        /// The spec's text.
+        text: String,
+        /// Where it came from, for messages.
+        origin: String,
+    },
+    /// A Linux workload script (`workload = "x.sh"`), by absolute path.
+    Linux {
+        /// The script.
+        script: PathBuf,
+        /// sha256 of its contents, so that an edited script is a different grid.
+        sha256: String,
+    },
+}
+
+/// Linux-guest options of the grid's `[record]`, as `record`'s flags.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LinuxBase {
+    /// `--kernel`, relative to the grid's directory.
+    pub kernel: Option<PathBuf>,
+    /// `--file HOST:GUEST`, HOST relative to the grid's directory.
+    pub files: Vec<String>,
+    /// `--cmdline`.
+    pub cmdline: Option<String>,
+    /// `--bzimage`.
+    pub bzimage: bool,
+    /// `--rootfs`, relative to the grid's directory.
+    pub rootfs: Option<PathBuf>,
+    /// `--package`, each.
+    pub packages: Vec<String>,
+    /// `--allow-emulated-kernel`.
+    pub allow_emulated_kernel: bool,
+}
+
+/// The record options of one run (or the grid's `[record]` before the axes apply).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    /// `--interval`.
+    pub interval: Duration,
+    /// `--duration`.
+    pub duration: Option<Duration>,
+    /// `--migration-speed`, bytes per second.
+    pub migration_speed: f64,
+    /// `--mem` (Linux workloads; a synthetic run has it in its spec).
+    pub mem: Option<u64>,
+    /// `--vcpus` (Linux workloads; a synthetic run has it in its spec).
+    pub vcpus: Option<u32>,
+    /// `--exact-cut`.
+    pub exact_cut: bool,
+}
+
+/// `[replay]`: the migrations the index replays every trace with, one per bandwidth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplaySettings {
+    /// Bandwidths, bytes per second; empty: no replay.
+    pub bandwidths: Vec<f64>,
+    /// `--max-downtime`, seconds.
+    pub max_downtime_s: f64,
+    /// `--max-rounds`.
+    pub max_rounds: u32,
+    /// `--loop`.
+    pub looped: bool,
+    /// `--zero-pages`.
+    #[serde(with = "zero_pages_serde")]
+    pub zero_pages: ZeroPages,
+}
+
+/// `send` or `skip`, as `--zero-pages` reads them.
+mod zero_pages_serde {
+    use super::ZeroPages;
+    use serde::Deserialize;
+
+    pub fn serialize<S: serde::Serializer>(z: &ZeroPages, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match z {
+            ZeroPages::Send => "send",
+            ZeroPages::Skip => "skip",
+        })
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ZeroPages, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "send" => Ok(ZeroPages::Send),
+            "skip" => Ok(ZeroPages::Skip),
+            other => Err(serde::de::Error::custom(format!("zero_pages `{other}` is not send or skip"))),
+        }
+    }
+}
+
+impl Default for ReplaySettings {
+    fn default() -> Self {
+        ReplaySettings {
+            bandwidths: Vec::new(),
+            max_downtime_s: replay::DEFAULT_MAX_DOWNTIME.as_secs_f64(),
+            max_rounds: replay::DEFAULT_MAX_ROUNDS,
+            looped: false,
+            zero_pages: ZeroPages::Send,
+        }
+    }
+}
+
+impl ReplaySettings {
+    /// The options `dirtytrace replay` would be given for one bandwidth.
+    pub fn options(&self, bandwidth: f64) -> ReplayOptions {
+        let mut o = ReplayOptions::new(bandwidth);
+        o.max_downtime_s = self.max_downtime_s;
+        o.max_rounds = self.max_rounds;
+        o.looped = self.looped;
+        o.zero_pages = self.zero_pages;
+        o
+    }
+}
+
+/// What a run records.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunWorkload {
+    /// A synthetic spec, complete (mem, vcpus, seed and every axis applied).
+    Synthetic {
+        /// The spec's TOML text.
+        spec: String,
+    },
+    /// A Linux workload script.
+    Linux {
+        /// The script.
+        script: PathBuf,
+    },
+}
+
+/// One run of the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// Its position in the expansion (0-based).
+    pub run: usize,
+    /// Its stable name: the directory under `DATASET/traces/`.
+    pub name: String,
+    /// The repetition, 0 to `repeat - 1`.
+    pub repeat: u32,
+    /// The synthetic spec's seed; `None` for Linux workloads.
+    pub seed: Option<u64>,
+    /// One value per axis of the grid, in the grid's axis order.
+    pub values: Vec<AxisValue>,
+    /// What it records.
+    pub workload: RunWorkload,
+    /// How it records.
+    pub record: RunRecord,
+}
+
+/// Reads a file a grid names (relative to the grid): its resolved path and its contents.
+pub type ReadFile<'a> = dyn Fn(&Path) -> Result<(PathBuf, Vec<u8>), crate::files::FileError> + 'a;
+
+/// A parsed grid.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    /// The grid file.
+    pub path: PathBuf,
+    /// Its text.
+    pub text: String,
+    /// The base workload.
+    pub workload: BaseWorkload,
+    /// The base record options (`[record]`).
+    pub record: RunRecord,
+    /// Linux options (`[record]`), paths resolved against the grid's directory.
+    pub linux: LinuxBase,
+    /// The same as written in the grid, for the fingerprint.
+    linux_as_written: LinuxBase,
+    /// The axes, in canonical order (not necessarily as written).
+    pub axes: Vec<Axis>,
+    /// `axes.repeat`: repetitions of every combination (1 when absent).
+    pub repeat: u32,
+    /// `[replay]`.
+    pub replay: ReplaySettings,
+}
+
+/// Which share of the runs this host records: `I/N`, 1 ≤ I ≤ N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Shard {
+    /// I, 1-based.
+    pub index: u32,
+    /// N.
+    pub count: u32,
+}
+
+impl Shard {
+    /// Every run.
+    pub const ALL: Shard = Shard { index: 1, count: 1 };
+
+    /// Whether run `run` (its position in the expansion) is this shard's: `run mod N = I - 1`.
+    pub fn contains(&self, run: usize) -> bool {
+        run % self.count as usize == (self.index - 1) as usize
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Why `--shard` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("--shard must be I/N with 1 <= I <= N (e.g. 1/4), got `{0}`")]
+pub struct ShardError(String);
+
+impl std::str::FromStr for Shard {
+    type Err = ShardError;
+    fn from_str(s: &str) -> Result<Shard, ShardError> {
+        let err = || ShardError(s.to_string());
+        let (i, n) = s.trim().split_once('/').ok_or_else(err)?;
+        let (index, count): (u32, u32) = (i.trim().parse().map_err(|_| err())?, n.trim().parse().map_err(|_| err())?);
+        if count == 0 || index == 0 || index > count {
+            return Err(err());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrid {
+    workload: Option<String>,
+    spec: Option<toml::Table>,
+    record: Option<RawRecord>,
+    axes: Option<toml::Table>,
+    replay: Option<RawReplay>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    interval: Option<toml::Value>,
+    duration: Option<toml::Value>,
+    migration_speed: Option<toml::Value>,
+    mem: Option<toml::Value>,
+    vcpus: Option<toml::Value>,
+    exact_cut: Option<bool>,
+    kernel: Option<String>,
+    files: Option<Vec<String>>,
+    cmdline: Option<String>,
+    bzimage: Option<bool>,
+    rootfs: Option<String>,
+    packages: Option<Vec<String>>,
+    allow_emulated_kernel: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReplay {
+    bandwidths: Option<Vec<toml::Value>>,
+    max_downtime: Option<toml::Value>,
+    max_rounds: Option<i64>,
+    #[serde(rename = "loop")]
+    looped: Option<bool>,
+    zero_pages: Option<String>,
+}
+
+/// A value's text: a string as written, a number as TOML shows it.
+fn value_text(v: &toml::Value) -> Option<String> {
+    match v {
+        toml::Value::String(s) => Some(s.clone()),
+        toml::Value::Integer(i) => Some(i.to_string()),
+        toml::Value::Float(f) => Some(f.to_string()),
+        _ => None,
+    }
+}
+
+/// Letters, digits and `.`, `-`, `+`, `=`; `/s` becomes `ps`; anything else `-`.
+pub fn sanitize(s: &str) -> String {
+    s.replace("/s", "ps")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '=') { c } else { '-' })
+        .collect()
+}
+
+/// The phase part of a column name: lower-case letters, digits and `_`.
+fn column_part(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect()
+}
+
+/// The seed of repetition `k`: the spec's own seed for `k = 0`, so that a grid without
+/// `repeat` records exactly its spec; for `k ≥ 1` the first 8 bytes (little-endian) of
+/// `sha256("dirtytrace-sweep-seed:{base}:{k}")`, less the top bit (a spec's seed is a
+/// non-negative TOML integer). A seed equal to an earlier repetition's is incremented.
+pub fn repetition_seeds(base: u64, repeat: u32) -> Vec<u64> {
+    let mut seeds: Vec<u64> = Vec::with_capacity(repeat as usize);
+    for k in 0..repeat {
+        let mut s = if k == 0 {
+            base
+        } else {
+            let d = sha2::Sha256::digest(format!("dirtytrace-sweep-seed:{base}:{k}").as_bytes());
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&d[..8]);
+            u64::from_le_bytes(b) & (u64::MAX >> 1)
+        };
+        while seeds.contains(&s) {
+            s = (s + 1) & (u64::MAX >> 1);
+        }
+        seeds.push(s);
+    }
+    seeds
+}
+
+/// A run's name: `KEY=VALUE` per axis, in the grid's axis order, then `rK`, joined by `_`
+/// and [`sanitize`]d. A name longer than [`MAX_NAME_LEN`] keeps its first 180 bytes and
+/// ends with `~` and 16 hex digits of its sha256.
+pub fn run_name(parts: &[(String, String)], repeat: u32) -> String {
+    let mut name: String = parts.iter().map(|(k, v)| format!("{k}={}_", sanitize(v))).collect();
+    name.push_str(&format!("r{repeat}"));
+    if name.len() > MAX_NAME_LEN {
+        let hash: String = sha2::Sha256::digest(name.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let mut cut = 180;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name = format!("{}~{hash}", &name[..cut]);
+    }
+    name
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn key(&self, key: impl Into<String>, msg: impl Into<String>) -> GridError {
+        GridError::Key { path: self.path.to_path_buf(), key: key.into(), msg: msg.into() }
+    }
+
+    fn duration(&self, key: &str, v: &toml::Value) -> Result<Duration, GridError> {
+        let t = value_text(v).ok_or_else(|| self.key(key, "must be a duration such as \"250ms\""))?;
+        parse_duration(&t).map_err(|e| self.key(key, e.to_string()))
+    }
+
+    fn rate(&self, key: &str, v: &toml::Value) -> Result<f64, GridError> {
+        let t = value_text(v).ok_or_else(|| self.key(key, "must be a rate such as \"1Gbit/s\""))?;
+        parse_rate(&t).map_err(|e| self.key(key, e.to_string()))
+    }
+
+    fn size(&self, key: &str, v: &toml::Value) -> Result<u64, GridError> {
+        let t = value_text(v).ok_or_else(|| self.key(key, "must be a size such as \"64MiB\""))?;
+        parse_size(&t).map_err(|e| self.key(key, e.to_string()))
+    }
+
+    fn interval(&self, key: &str, v: &toml::Value) -> Result<Duration, GridError> {
+        let d = self.duration(key, v)?;
+        if d < crate::record::MIN_INTERVAL || d > crate::record::MAX_INTERVAL {
+            return Err(self.key(key, format!("must be between 1ms and 1h, got {}", HumanDuration(d))));
+        }
+        Ok(d)
+    }
+
+    fn record_duration(&self, key: &str, v: &toml::Value) -> Result<Duration, GridError> {
+        let d = self.duration(key, v)?;
+        if d.is_zero() || d > crate::record::MAX_RECORD_DURATION {
+            return Err(self.key(key, "must be longer than 0 and at most 366 days"));
+        }
+        Ok(d)
+    }
+
+    fn speed(&self, key: &str, v: &toml::Value) -> Result<f64, GridError> {
+        let r = self.rate(key, v)?;
+        if !(r > 0.0 && r <= MAX_RATE_BYTES_PER_S) {
+            return Err(self.key(key, "must be greater than 0 (and at most 1 PB/s)"));
+        }
+        Ok(r)
+    }
+
+    fn vcpus(&self, key: &str, v: &toml::Value) -> Result<u32, GridError> {
+        match v.as_integer() {
+            Some(n) if (1..=MAX_VCPUS as i64).contains(&n) => Ok(n as u32),
+            _ => Err(self.key(key, format!("must be an integer between 1 and {MAX_VCPUS}"))),
+        }
+    }
+
+    /// One value of an axis on `key`.
+    fn axis_value(&self, label: &str, key: Key, v: &toml::Value) -> Result<AxisValue, GridError> {
+        let fraction = |v: &toml::Value| match v {
+            toml::Value::Float(f) if (0.0..=1.0).contains(f) => Ok(AxisValue::Fraction(*f)),
+            toml::Value::Integer(i) if (0..=1).contains(i) => Ok(AxisValue::Fraction(*i as f64)),
+            _ => Err(self.key(label, format!("`{v}` is not a number between 0 and 1"))),
+        };
+        Ok(match key {
+            Key::Mem | Key::WorkingSet => AxisValue::Bytes(self.size(label, v)?),
+            Key::Vcpus => AxisValue::Count(self.vcpus(label, v)?),
+            Key::Rate => match value_text(v).as_deref().map(str::trim) {
+                Some("max") => AxisValue::Rate(None),
+                _ => AxisValue::Rate(Some(self.rate(label, v)?)),
+            },
+            Key::Pattern => match v.as_str() {
+                Some("sequential") => AxisValue::Pattern(Pattern::Sequential),
+                Some("random") => AxisValue::Pattern(Pattern::Random),
+                Some("hotcold") => AxisValue::Pattern(Pattern::Hotcold),
+                _ => return Err(self.key(label, format!("`{v}` is not one of sequential, random, hotcold"))),
+            },
+            Key::HotFraction | Key::HotShare | Key::Cpu => fraction(v)?,
+            Key::PhaseDuration => AxisValue::Time(self.duration(label, v)?),
+            Key::Interval => AxisValue::Time(self.interval(label, v)?),
+            Key::Duration => AxisValue::Time(self.record_duration(label, v)?),
+            Key::MigrationSpeed => AxisValue::Rate(Some(self.speed(label, v)?)),
+        })
+    }
+}
+
+/// Where the phases of a spec are, by name.
+struct Phases {
+    names: Vec<String>,
+    patterns: Vec<Pattern>,
+}
+
+impl Grid {
+    /// Reads and parses `path` and its base workload (a `workload` path is relative to the
+    /// grid's directory).
+    pub fn load(path: &Path) -> Result<Grid, GridError> {
+        let bytes = crate::files::read_regular(path, MAX_GRID_BYTES, "grid")?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| GridError::Syntax { path: path.to_path_buf(), msg: "is not UTF-8 text".into() })?;
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Grid::parse(path, &text, &|p| {
+            let p = if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
+            let limit = if p.extension().is_some_and(|e| e == "sh") { MAX_SCRIPT_BYTES } else { MAX_SPEC_BYTES };
+            let bytes = crate::files::read_regular(&p, limit, "workload")?;
+            Ok((std::fs::canonicalize(&p).unwrap_or(p), bytes))
+        })
+    }
+
+    /// Parses a grid's text. `read` reads a file the grid names (relative to the grid) and
+    /// returns its resolved path and contents.
+    pub fn parse(path: &Path, text: &str, read: &ReadFile<'_>) -> Result<Grid, GridError> {
+        let cx = Ctx { path };
+        let raw: RawGrid =
+            toml::from_str(text).map_err(|e| GridError::Syntax { path: path.to_path_buf(), msg: e.to_string() })?;
+        let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let workload = match (&raw.workload, raw.spec) {
+            (Some(_), Some(_)) => return Err(cx.key("spec", "give either `workload` or `[spec]`, not both")),
+            (None, Some(table)) => BaseWorkload::Synthetic {
+                text: toml::to_string(&table).map_err(|e| cx.key("spec", e.to_string()))?,
+                origin: "[spec]".into(),
+            },
+            (None, None) => BaseWorkload::Synthetic { text: DEFAULT_SPEC.into(), origin: "the built-in spec".into() },
+            (Some(w), None) => {
+                let p = Path::new(w);
+                let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+                if ext != "toml" && ext != "sh" {
+                    return Err(cx.key(
+                        "workload",
+                        format!("`{w}` is neither a synthetic spec (.toml) nor a Linux workload script (.sh)"),
+                    ));
+                }
+                let (resolved, bytes) = read(p).map_err(|e| cx.key("workload", e.to_string()))?;
+                if ext == "sh" {
+                    BaseWorkload::Linux { script: resolved, sha256: hex(&sha2::Sha256::digest(&bytes)) }
+                } else {
+                    let text =
+                        String::from_utf8(bytes).map_err(|_| cx.key("workload", format!("{w} is not UTF-8 text")))?;
+                    BaseWorkload::Synthetic { text, origin: w.clone() }
+                }
+            }
+        };
+
+        let rec = raw.record.unwrap_or_default();
+        let record = RunRecord {
+            interval: match &rec.interval {
+                Some(v) => cx.interval("record.interval", v)?,
+                None => crate::record::DEFAULT_INTERVAL,
+            },
+            duration: rec.duration.as_ref().map(|v| cx.record_duration("record.duration", v)).transpose()?,
+            migration_speed: match &rec.migration_speed {
+                Some(v) => cx.speed("record.migration_speed", v)?,
+                None => crate::record::DEFAULT_MIGRATION_SPEED_BYTES_PER_S,
+            },
+            mem: rec.mem.as_ref().map(|v| cx.size("record.mem", v)).transpose()?,
+            vcpus: rec.vcpus.as_ref().map(|v| cx.vcpus("record.vcpus", v)).transpose()?,
+            exact_cut: rec.exact_cut.unwrap_or(false),
+        };
+        let linux_keys = rec.kernel.is_some()
+            || rec.files.is_some()
+            || rec.cmdline.is_some()
+            || rec.bzimage.is_some()
+            || rec.rootfs.is_some()
+            || rec.packages.is_some()
+            || rec.allow_emulated_kernel.is_some();
+        let is_linux = matches!(workload, BaseWorkload::Linux { .. });
+        if linux_keys && !is_linux {
+            let k = [
+                ("kernel", rec.kernel.is_some()),
+                ("files", rec.files.is_some()),
+                ("cmdline", rec.cmdline.is_some()),
+                ("rootfs", rec.rootfs.is_some()),
+                ("packages", rec.packages.is_some()),
+                ("allow_emulated_kernel", rec.allow_emulated_kernel.is_some()),
+            ]
+            .into_iter()
+            .find(|k| k.1)
+            .map_or("bzimage", |k| k.0);
+            return Err(cx.key(format!("record.{k}"), "is a Linux-guest option, but the workload is a synthetic spec"));
+        }
+        let relative = |p: &str| {
+            let p = Path::new(p);
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base_dir.join(p)
+            }
+        };
+        let linux_as_written = LinuxBase {
+            kernel: rec.kernel.as_deref().map(PathBuf::from),
+            files: rec.files.clone().unwrap_or_default(),
+            cmdline: rec.cmdline.clone(),
+            bzimage: rec.bzimage.unwrap_or(false),
+            rootfs: rec.rootfs.as_deref().map(PathBuf::from),
+            packages: rec.packages.clone().unwrap_or_default(),
+            allow_emulated_kernel: rec.allow_emulated_kernel.unwrap_or(false),
+        };
+        let linux = LinuxBase {
+            kernel: rec.kernel.as_deref().map(relative),
+            files: rec
+                .files
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| match f.split_once(':') {
+                    Some((h, g)) => format!("{}:{g}", relative(h).display()),
+                    None => f,
+                })
+                .collect(),
+            cmdline: rec.cmdline,
+            bzimage: rec.bzimage.unwrap_or(false),
+            rootfs: rec.rootfs.as_deref().map(relative),
+            packages: rec.packages.unwrap_or_default(),
+            allow_emulated_kernel: rec.allow_emulated_kernel.unwrap_or(false),
+        };
+
+        let phases = match &workload {
+            BaseWorkload::Synthetic { text, origin } => {
+                let spec = WorkloadSpec::parse(text, record.mem, record.vcpus)
+                    .map_err(|e| cx.key("workload", format!("{origin}: {e}")))?;
+                let names: Vec<String> = spec.phases.iter().map(|p| p.name.clone()).collect();
+                if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
+                    return Err(cx.key(
+                        "workload",
+                        format!("{origin}: two phases are named `{}`; a grid needs unique phase names", dup.1),
+                    ));
+                }
+                Some(Phases { names, patterns: spec.phases.iter().map(|p| p.pattern).collect() })
+            }
+            BaseWorkload::Linux { .. } => None,
+        };
+
+        let (axes, repeat) = parse_axes(&cx, raw.axes.unwrap_or_default(), phases.as_ref(), &workload)?;
+        let replay = parse_replay(&cx, raw.replay.unwrap_or_default())?;
+        Ok(Grid {
+            path: path.to_path_buf(),
+            text: text.to_string(),
+            workload,
+            record,
+            linux,
+            linux_as_written,
+            axes,
+            repeat,
+            replay,
+        })
+    }
+
+    /// How many runs the axes expand to (saturating).
+    pub fn run_count(&self) -> u128 {
+        self.axes.iter().fold(self.repeat as u128, |n, a| n.saturating_mul(a.values.len() as u128))
+    }
+
+    /// The runs, in order. Refuses more than `max_runs` before expanding anything, and checks
+    /// every run's spec as `record` would.
+    pub fn expand(&self, max_runs: usize) -> Result<Vec<Run>, GridError> {
+        let total = self.run_count();
+        if total > max_runs as u128 {
+            return Err(GridError::TooManyRuns { path: self.path.clone(), runs: total, limit: max_runs });
+        }
+        let (base_table, base_seed) = match &self.workload {
+            BaseWorkload::Synthetic { text, .. } => {
+                let table: toml::Table = toml::from_str(text)
+                    .map_err(|e| GridError::Syntax { path: self.path.clone(), msg: e.to_string() })?;
+                let spec = WorkloadSpec::parse(text, self.record.mem, self.record.vcpus).map_err(|e| {
+                    GridError::Key { path: self.path.clone(), key: "workload".into(), msg: e.to_string() }
+                })?;
+                (Some(table), spec.seed)
+            }
+            BaseWorkload::Linux { .. } => (None, 0),
+        };
+        let seeds = repetition_seeds(base_seed, self.repeat);
+        let mut runs = Vec::with_capacity(total as usize);
+        let mut digits = vec![0usize; self.axes.len()];
+        for run in 0..total as usize {
+            // Odometer: the last axis fastest; the repetition inside it.
+            let repeat = (run % self.repeat as usize) as u32;
+            let mut rest = run / self.repeat as usize;
+            for (d, axis) in digits.iter_mut().zip(&self.axes).rev() {
+                *d = rest % axis.values.len();
+                rest /= axis.values.len();
+            }
+            let values: Vec<AxisValue> = digits.iter().zip(&self.axes).map(|(&d, a)| a.values[d]).collect();
+            let parts: Vec<(String, String)> =
+                self.axes.iter().zip(&values).map(|(a, v)| (a.name_prefix(), v.text())).collect();
+            let name = run_name(&parts, repeat);
+            let mut record = self.record.clone();
+            for (a, v) in self.axes.iter().zip(&values) {
+                match (a.key, *v) {
+                    (Key::Interval, AxisValue::Time(d)) => record.interval = d,
+                    (Key::Duration, AxisValue::Time(d)) => record.duration = Some(d),
+                    (Key::MigrationSpeed, AxisValue::Rate(Some(r))) => record.migration_speed = r,
+                    (Key::Mem, AxisValue::Bytes(b)) => record.mem = Some(b),
+                    (Key::Vcpus, AxisValue::Count(c)) => record.vcpus = Some(c),
+                    _ => {}
+                }
+            }
+            let (workload, seed) = match (&self.workload, &base_table) {
+                (BaseWorkload::Linux { script, .. }, _) => (RunWorkload::Linux { script: script.clone() }, None),
+                (BaseWorkload::Synthetic { .. }, Some(base)) => {
+                    let seed = seeds[repeat as usize];
+                    let spec = self.run_spec(base, &record, &values, seed, &name)?;
+                    // A synthetic run carries mem and vcpus in its spec.
+                    (record.mem, record.vcpus) = (None, None);
+                    (RunWorkload::Synthetic { spec }, Some(seed))
+                }
+                (BaseWorkload::Synthetic { .. }, None) => unreachable!("a synthetic grid has a base table"),
+            };
+            runs.push(Run { run, name, repeat, seed, values, workload, record });
+        }
+        let mut names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(GridError::Key {
+                path: self.path.clone(),
+                key: "axes".into(),
+                msg: format!("two runs would both be named `{}`: make the axis values or phase names distinct", w[0]),
+            });
+        }
+        Ok(runs)
+    }
+
+    /// The spec of one run: the base spec with mem, vcpus, the seed and the axes' phase keys
+    /// set; checked as `record` checks a spec.
+    fn run_spec(
+        &self,
+        base: &toml::Table,
+        record: &RunRecord,
+        values: &[AxisValue],
+        seed: u64,
+        name: &str,
+    ) -> Result<String, GridError> {
+        let mut t = base.clone();
+        if let Some(m) = record.mem {
+            t.insert("mem".into(), AxisValue::Bytes(m).toml());
+        }
+        if let Some(v) = record.vcpus {
+            t.insert("vcpus".into(), toml::Value::Integer(v as i64));
+        }
+        t.insert("seed".into(), toml::Value::Integer(seed as i64));
+        for (a, v) in self.axes.iter().zip(values) {
+            let Some(i) = a.phase else { continue };
+            let phase = t
+                .get_mut("phase")
+                .and_then(|p| p.as_array_mut())
+                .and_then(|p| p.get_mut(i))
+                .and_then(|p| p.as_table_mut());
+            if let Some(phase) = phase {
+                phase.insert(a.key.as_str().into(), v.toml());
+            }
+        }
+        let text = format!(
+            "# Run `{name}` of a dirtytrace sweep: the base workload with this run's axis values.\n{}",
+            toml::to_string(&t).map_err(|e| GridError::Run {
+                path: self.path.clone(),
+                run: name.into(),
+                msg: e.to_string()
+            })?
+        );
+        WorkloadSpec::parse(&text, None, None).map_err(|e| GridError::Run {
+            path: self.path.clone(),
+            run: name.into(),
+            msg: e.to_string(),
+        })?;
+        Ok(text)
+    }
+
+    /// A digest of everything that decides what each run records: two grids with the same
+    /// fingerprint make the same dataset.
+    pub fn fingerprint(&self, runs: &[Run]) -> String {
+        let mut h = sha2::Sha256::new();
+        let feed = |h: &mut sha2::Sha256, s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        if let BaseWorkload::Linux { sha256, .. } = &self.workload {
+            feed(&mut h, sha256);
+        }
+        // The Linux options as written, not as resolved: hosts may mount the grid elsewhere.
+        feed(&mut h, &serde_json::to_string(&self.linux_as_written).unwrap_or_default());
+        for r in runs {
+            feed(&mut h, &r.name);
+            feed(&mut h, &serde_json::to_string(&r.record).unwrap_or_default());
+            match &r.workload {
+                RunWorkload::Synthetic { spec } => feed(&mut h, spec),
+                RunWorkload::Linux { .. } => {}
+            }
+        }
+        hex(&h.finalize())[..32].to_string()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const AXIS_KEYS: &str =
+    "mem, vcpus, rate, working_set, pattern, hot_fraction, hot_share, cpu, interval, migration_speed, duration, repeat \
+     (a phase's keys may be written PHASE.KEY, and its length PHASE.duration)";
+
+fn parse_axes(
+    cx: &Ctx,
+    table: toml::Table,
+    phases: Option<&Phases>,
+    workload: &BaseWorkload,
+) -> Result<(Vec<Axis>, u32), GridError> {
+    let mut repeat = 1u32;
+    let mut axes: Vec<Axis> = Vec::new();
+    for (label, value) in table {
+        let full = format!("axes.{label}");
+        if label == "repeat" {
+            repeat = match value.as_integer() {
+                Some(n) if (1..=1_000_000).contains(&n) => n as u32,
+                _ => return Err(cx.key(full, "must be an integer of at least 1 (repetitions of every combination)")),
+            };
+            continue;
+        }
+        let (phase_part, key_part) = match label.split_once('.') {
+            Some((p, k)) => (Some(p), k),
+            None => (None, label.as_str()),
+        };
+        let key = match (phase_part, key_part) {
+            (Some(_), "duration") => Key::PhaseDuration,
+            (_, k) => {
+                Key::from_name(k).ok_or_else(|| cx.key(&full, format!("is not an axis; axes are {AXIS_KEYS}")))?
+            }
+        };
+        if phase_part.is_some() && !key.is_phase_key() {
+            return Err(cx.key(&full, format!("`{key_part}` is not a phase key, so it takes no PHASE. prefix")));
+        }
+        let phase = if key.is_phase_key() {
+            let Some(ph) = phases else {
+                let script = match workload {
+                    BaseWorkload::Linux { script, .. } => script.display().to_string(),
+                    BaseWorkload::Synthetic { .. } => String::new(),
+                };
+                return Err(cx.key(
+                    &full,
+                    format!(
+                        "the workload {script} is a Linux script, which has no `{key_part}`: its axes can be mem, vcpus, \
+                         interval, migration_speed, duration and repeat"
+                    ),
+                ));
+            };
+            let list = || ph.names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+            Some(match phase_part {
+                Some(p) => ph.names.iter().position(|n| n == p).ok_or_else(|| {
+                    cx.key(&full, format!("the workload has no phase `{p}`; its phases are {}", list()))
+                })?,
+                None if ph.names.len() == 1 => 0,
+                None => {
+                    return Err(cx.key(
+                        &full,
+                        format!(
+                            "the workload has {} phases ({}): say which, as \"PHASE.{key_part}\" = [...]",
+                            ph.names.len(),
+                            list()
+                        ),
+                    ))
+                }
+            })
+        } else {
+            None
+        };
+        let items = match value {
+            toml::Value::Array(a) => a,
+            v => vec![v],
+        };
+        if items.is_empty() {
+            return Err(cx.key(&full, "is empty: give it at least one value, or remove it"));
+        }
+        let values = items.iter().map(|v| cx.axis_value(&full, key, v)).collect::<Result<Vec<_>, _>>()?;
+        let texts: Vec<String> = values.iter().map(AxisValue::text).collect();
+        if let Some((i, t)) = texts.iter().enumerate().find(|(i, t)| texts[..*i].contains(t)) {
+            return Err(cx.key(&full, format!("value {} (`{t}`) is given twice", i + 1)));
+        }
+        let column = match (phase_part, phase) {
+            (Some(_), Some(i)) => {
+                let names = phases.map(|p| p.names.as_slice()).unwrap_or_default();
+                format!("axis_{}_{}{}", column_part(&names[i]), key.as_str(), key.column().0)
+            }
+            _ => format!("axis_{}{}", key.as_str(), key.column().0),
+        };
+        if axes.iter().any(|a| a.column == column) {
+            return Err(cx.key(&full, format!("sets the same column, {column}, as another axis")));
+        }
+        axes.push(Axis { key, phase, label: label.clone(), column, values });
+    }
+    // hot_fraction and hot_share act only on hot/cold phases.
+    if let Some(ph) = phases {
+        for a in &axes {
+            if !matches!(a.key, Key::HotFraction | Key::HotShare) {
+                continue;
+            }
+            let i = a.phase.unwrap_or(0);
+            let hotcold = ph.patterns[i] == Pattern::Hotcold
+                || axes.iter().any(|p| {
+                    p.key == Key::Pattern
+                        && p.phase == a.phase
+                        && p.values.contains(&AxisValue::Pattern(Pattern::Hotcold))
+                });
+            if !hotcold {
+                return Err(cx.key(
+                    format!("axes.{}", a.label),
+                    format!(
+                        "phase `{}` has pattern {}, which has no {}: only hotcold phases do (sweep pattern too, or \
+                         set pattern = \"hotcold\" in the workload)",
+                        ph.names[i],
+                        pattern_name(ph.patterns[i]),
+                        a.key.as_str()
+                    ),
+                ));
+            }
+        }
+    }
+    axes.sort_by_key(|a| {
+        let group = if a.key.is_phase_key() {
+            1
+        } else if matches!(a.key, Key::Mem | Key::Vcpus) {
+            0
+        } else {
+            2
+        };
+        (group, a.phase.unwrap_or(0), a.key)
+    });
+    Ok((axes, repeat))
+}
+
+fn parse_replay(cx: &Ctx, raw: RawReplay) -> Result<ReplaySettings, GridError> {
+    let mut s = ReplaySettings::default();
+    if let Some(b) = raw.bandwidths {
+        if b.is_empty() {
+            return Err(cx.key("replay.bandwidths", "is empty: give at least one bandwidth, or remove [replay]"));
+        }
+        for v in &b {
+            s.bandwidths.push(cx.speed("replay.bandwidths", v)?);
+        }
+        let mut sorted = s.bandwidths.clone();
+        sorted.sort_by(f64::total_cmp);
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Err(cx.key("replay.bandwidths", "lists a bandwidth twice"));
+        }
+    }
+    if let Some(v) = &raw.max_downtime {
+        s.max_downtime_s = cx.duration("replay.max_downtime", v)?.as_secs_f64();
+    }
+    if let Some(n) = raw.max_rounds {
+        s.max_rounds = u32::try_from(n)
+            .ok()
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| cx.key("replay.max_rounds", "must be at least 1 (round 0 sends all RAM)"))?;
+    }
+    s.looped = raw.looped.unwrap_or(false);
+    if let Some(z) = raw.zero_pages {
+        s.zero_pages = match z.as_str() {
+            "send" => ZeroPages::Send,
+            "skip" => ZeroPages::Skip,
+            _ => return Err(cx.key("replay.zero_pages", format!("`{z}` is not send or skip"))),
+        };
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = "mem = \"64MiB\"\nseed = 7\n[[phase]]\nname = \"w\"\nduration = \"1s\"\nworking_set = \"8MiB\"\nrate = \"16MiB/s\"\n";
+
+    fn grid(text: &str) -> Result<Grid, GridError> {
+        Grid::parse(Path::new("/g/grid.toml"), text, &|p| {
+            let data = match p.to_str() {
+                Some("w.toml") => SPEC.as_bytes().to_vec(),
+                Some("two.toml") => {
+                    format!("{SPEC}[[phase]]\nname = \"idle\"\nduration = \"1s\"\nrate = \"0\"\ncpu = 0\n").into_bytes()
+                }
+                Some("x.sh") => b"#!/bin/sh\necho hi\n".to_vec(),
+                _ => {
+                    return Err(crate::files::FileError::Io {
+                        path: p.to_path_buf(),
+                        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                    })
+                }
+            };
+            Ok((Path::new("/g").join(p), data))
+        })
+    }
+
+    fn err(text: &str) -> String {
+        grid(text).and_then(|g| g.expand(DEFAULT_MAX_RUNS)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn expands_the_product_with_stable_names_and_seeds() {
+        let g = grid(
+            "workload = \"w.toml\"\n[axes]\nworking_set = [\"8MiB\", \"16MiB\"]\nrate = [\"16MiB/s\", \"1Gbit/s\", \"max\"]\n\
+             interval = [\"50ms\"]\nrepeat = 2\n",
+        )
+        .unwrap();
+        // Canonical order, whatever the order written: rate before working_set, interval last.
+        let labels: Vec<&str> = g.axes.iter().map(|a| a.label.as_str()).collect();
+        assert_eq!(labels, ["rate", "working_set", "interval"]);
+        let runs = g.expand(100).unwrap();
+        assert_eq!(runs.len(), 3 * 2 * 2);
+        let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "rate=16MiBps_ws=8MiB_interval=50ms_r0",
+                "rate=16MiBps_ws=8MiB_interval=50ms_r1",
+                "rate=16MiBps_ws=16MiB_interval=50ms_r0",
+                "rate=16MiBps_ws=16MiB_interval=50ms_r1",
+                "rate=1Gbitps_ws=8MiB_interval=50ms_r0",
+                "rate=1Gbitps_ws=8MiB_interval=50ms_r1",
+                "rate=1Gbitps_ws=16MiB_interval=50ms_r0",
+                "rate=1Gbitps_ws=16MiB_interval=50ms_r1",
+                "rate=max_ws=8MiB_interval=50ms_r0",
+                "rate=max_ws=8MiB_interval=50ms_r1",
+                "rate=max_ws=16MiB_interval=50ms_r0",
+                "rate=max_ws=16MiB_interval=50ms_r1",
+            ]
+        );
+        // r0 keeps the spec's seed; r1's is derived from it, the same in every combination.
+        let seeds = repetition_seeds(7, 2);
+        assert_eq!(seeds[0], 7);
+        assert_eq!(seeds[1], 0x5269_5778_8704_3966, "{:#x}", seeds[1]);
+        for r in &runs {
+            assert_eq!(r.seed, Some(seeds[r.repeat as usize]));
+            assert_eq!(r.record.interval, Duration::from_millis(50));
+            let RunWorkload::Synthetic { spec } = &r.workload else { panic!() };
+            let s = WorkloadSpec::parse(spec, None, None).unwrap();
+            assert_eq!(s.seed, seeds[r.repeat as usize]);
+            assert_eq!(s.mem_bytes, 64 << 20);
+            let AxisValue::Bytes(ws) = r.values[1] else { panic!() };
+            assert_eq!(s.phases[0].working_set_bytes, ws);
+        }
+        // The same grid, written in another order, gives the same runs.
+        let again = grid(
+            "workload = \"w.toml\"\n[axes]\nrepeat = 2\ninterval = \"50ms\"\nrate = [\"16MiB/s\", \"125MB/s\", \"max\"]\n\
+             working_set = [\"8MiB\", \"16MiB\"]\n",
+        )
+        .unwrap();
+        let again_runs = again.expand(100).unwrap();
+        assert_eq!(again_runs, runs);
+        assert_eq!(again.fingerprint(&again_runs), g.fingerprint(&runs));
+        // Hosts that mount the grid elsewhere make the same dataset.
+        let text = "workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\"]\n";
+        let elsewhere =
+            Grid::parse(Path::new("/mnt/x/grid.toml"), text, &|p| Ok((Path::new("/mnt/x").join(p), SPEC.into())));
+        let here = grid(text).unwrap();
+        let (a, b) = (elsewhere.unwrap(), here);
+        assert_eq!(a.fingerprint(&a.expand(1).unwrap()), b.fingerprint(&b.expand(1).unwrap()));
+        assert_ne!(a.fingerprint(&a.expand(1).unwrap()), g.fingerprint(&runs));
+    }
+
+    #[test]
+    fn shards_partition_the_runs() {
+        let g =
+            grid("workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\", \"2MiB/s\", \"3MiB/s\"]\nrepeat = 3\n").unwrap();
+        let runs = g.expand(100).unwrap();
+        assert_eq!(runs.len(), 9);
+        for n in 1..=11u32 {
+            let mut seen = vec![0u32; runs.len()];
+            let mut sizes = Vec::new();
+            for i in 1..=n {
+                let shard: Shard = format!("{i}/{n}").parse().unwrap();
+                let mine: Vec<usize> = runs.iter().filter(|r| shard.contains(r.run)).map(|r| r.run).collect();
+                sizes.push(mine.len());
+                for r in mine {
+                    seen[r] += 1;
+                }
+            }
+            assert!(seen.iter().all(|&c| c == 1), "N = {n}: {seen:?}");
+            let (min, max) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+            assert!(max - min <= 1, "N = {n}: {sizes:?}");
+        }
+        let two: Shard = "2/3".parse().unwrap();
+        assert_eq!(runs.iter().filter(|r| two.contains(r.run)).map(|r| r.run).collect::<Vec<_>>(), [1, 4, 7]);
+    }
+
+    #[test]
+    fn bad_shards_name_the_flag() {
+        for s in ["0/2", "3/2", "1/0", "1", "a/b", "-1/2", ""] {
+            let e = s.parse::<Shard>().unwrap_err().to_string();
+            assert!(e.starts_with("--shard"), "{s}: {e}");
+        }
+        assert_eq!("2/2".parse::<Shard>().unwrap(), Shard { index: 2, count: 2 });
+    }
+
+    #[test]
+    fn phase_keys_and_linux_workloads() {
+        let g = grid("workload = \"two.toml\"\n[axes]\n\"w.pattern\" = [\"random\", \"hotcold\"]\n\"w.hot_fraction\" = [0.1, 0.2]\n\"idle.duration\" = [\"1s\", \"2s\"]\n").unwrap();
+        let cols: Vec<&str> = g.axes.iter().map(|a| a.column.as_str()).collect();
+        assert_eq!(cols, ["axis_w_pattern", "axis_w_hot_fraction", "axis_idle_duration_s"]);
+        let runs = g.expand(100).unwrap();
+        assert_eq!(runs[0].name, "w.pattern=random_w.hot=0.1_idle.duration=1s_r0");
+        let RunWorkload::Synthetic { spec } = &runs[7].workload else { panic!() };
+        let s = WorkloadSpec::parse(spec, None, None).unwrap();
+        assert_eq!((s.phases[0].pattern, s.phases[0].hot_fraction), (Pattern::Hotcold, 0.2));
+        assert_eq!(s.phases[1].duration, Duration::from_secs(2));
+
+        let l = grid("workload = \"x.sh\"\n[record]\nmem = \"1GiB\"\n[axes]\nvcpus = [1, 2]\n").unwrap();
+        let runs = l.expand(10).unwrap();
+        assert_eq!(runs.len(), 2);
+        assert_eq!(runs[1].record.vcpus, Some(2));
+        assert_eq!(runs[1].record.mem, Some(1 << 30));
+        assert_eq!(runs[1].seed, None);
+        assert_eq!(runs[1].name, "vcpus=2_r0");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("workload = \"w.toml\"\nbogus = 1\n", "bogus"),
+            ("workload = \"w.toml\"\n[axes]\nspeed = [1]\n", "`axes.speed`"),
+            ("workload = \"w.toml\"\n[axes]\nrate = []\n", "`axes.rate`: is empty"),
+            ("workload = \"w.toml\"\n[axes]\nrepeat = 0\n", "`axes.repeat`"),
+            ("workload = \"two.toml\"\n[axes]\nrate = [\"1MiB/s\"]\n", "`axes.rate`: the workload has 2 phases"),
+            ("workload = \"two.toml\"\n[axes]\n\"nope.rate\" = [\"1MiB/s\"]\n", "no phase `nope`"),
+            (
+                "workload = \"x.sh\"\n[axes]\nrate = [\"1MiB/s\"]\n",
+                "`axes.rate`: the workload /g/x.sh is a Linux script",
+            ),
+            (
+                "workload = \"w.toml\"\n[axes]\nhot_fraction = [0.1]\n",
+                "`axes.hot_fraction`: phase `w` has pattern sequential",
+            ),
+            ("workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\", \"1048576B/s\"]\n", "`axes.rate`: value 2"),
+            ("workload = \"w.toml\"\n[axes]\ninterval = [\"0.5ms\"]\n", "`axes.interval`"),
+            ("workload = \"w.toml\"\n[record]\ninterval = \"2h\"\n", "`record.interval`"),
+            ("workload = \"w.toml\"\n[record]\nkernel = \"k\"\n", "`record.kernel`"),
+            ("workload = \"w.toml\"\n[axes]\nworking_set = [\"1GiB\"]\n", "phase[0].working_set"),
+            ("workload = \"missing.toml\"\n", "`workload`"),
+            ("workload = \"w.toml\"\n[replay]\nbandwidths = []\n", "`replay.bandwidths`"),
+            ("workload = \"w.toml\"\n[replay]\nmax_rounds = 0\n", "`replay.max_rounds`"),
+        ];
+        for (text, want) in cases {
+            let e = err(text);
+            assert!(e.contains(want), "{text}\n=> {e}\n(wanted {want})");
+            assert!(e.starts_with("/g/grid.toml"), "{e}");
+        }
+        let g = grid("workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\", \"2MiB/s\"]\nrepeat = 600\n").unwrap();
+        let e = g.expand(DEFAULT_MAX_RUNS).unwrap_err().to_string();
+        assert!(e.contains("1200 runs") && e.contains("--max-runs 1200"), "{e}");
+        assert_eq!(g.expand(1200).unwrap().len(), 1200);
+    }
+
+    #[test]
+    fn long_names_are_cut_and_hashed() {
+        let parts = vec![("k".to_string(), "x".repeat(300))];
+        let n = run_name(&parts, 0);
+        assert_eq!(n.len(), 180 + 1 + 16);
+        assert!(n.starts_with("k=xxx"));
+        assert_ne!(n, run_name(&[("k".to_string(), "x".repeat(301))], 0));
+        assert_eq!(sanitize("a b/s:ç"), "a-bps--");
+    }
+}

@@ -1,0 +1,289 @@
+//! Datasets: many traces recorded from one parameter grid, with an index table.
+//!
+//! ```text
+//! DATASET/
+//!   dataset.json       the grid, its axes and every run's name, seed and axis values
+//!   specs/NAME.toml    each synthetic run's workload spec, as recorded
+//!   traces/NAME/       each run's trace, exactly as `dirtytrace record` writes it
+//!   index.parquet      one row per trace: axis values, summary, SimGrid fit
+//!   replay.parquet     one row per trace and [replay] bandwidth
+//! ```
+//!
+//! - [`grid`]: parses `GRID.toml`, expands it into named, seeded runs, splits them into shards.
+//! - [`sweep`]: records a shard's runs into the dataset, resuming whatever an earlier sweep left.
+//! - [`index`]: builds `index.parquet` and `replay.parquet` from the traces present.
+//!
+//! `schemas/dataset.md` documents the layout and every column.
+
+pub mod grid;
+pub mod index;
+pub mod progress;
+pub mod sweep;
+
+use grid::{ReplaySettings, ValueKind};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The dataset's description, written by `sweep`.
+pub const INFO: &str = "dataset.json";
+/// The directory of the traces.
+pub const TRACES: &str = "traces";
+/// The directory of the synthetic runs' specs.
+pub const SPECS: &str = "specs";
+/// The index table.
+pub const INDEX: &str = "index.parquet";
+/// The replay table.
+pub const REPLAY: &str = "replay.parquet";
+/// The lock file that serialises rewrites of the index.
+pub const INDEX_LOCK: &str = ".index.lock";
+/// `dataset.json`'s format version.
+pub const INFO_VERSION: u32 = 1;
+
+/// Why a dataset could not be made, read or indexed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// The grid was refused.
+    #[error(transparent)]
+    Grid(#[from] grid::GridError),
+    /// `--output` is a file.
+    #[error("--output {}: is a file, not a directory: give a new or empty directory for the dataset", .0.display())]
+    OutputIsFile(PathBuf),
+    /// `--output` holds something that is not a dataset.
+    #[error(
+        "--output {}: is not empty and is not a dirtytrace dataset (no {INFO}): give a new or empty directory",
+        .0.display()
+    )]
+    NotADataset(PathBuf),
+    /// `--output` holds a dataset of another grid.
+    #[error(
+        "--output {}: holds the dataset of another grid ({}; its runs or their settings differ): sweep into a new \
+         directory, or restore the grid that made it",
+        dir.display(), grid.display()
+    )]
+    OtherGrid {
+        /// The dataset.
+        dir: PathBuf,
+        /// The grid its `dataset.json` names.
+        grid: PathBuf,
+    },
+    /// `--jobs` is out of range.
+    #[error("--jobs {jobs}: {msg}")]
+    Jobs {
+        /// The value given.
+        jobs: usize,
+        /// Why it is refused.
+        msg: String,
+    },
+    /// A path given to an analysis tool is neither a trace nor a dataset.
+    #[error("{}: is neither a trace (no manifest.json) nor a dataset (no traces/ directory)", .0.display())]
+    NotATraceOrDataset(PathBuf),
+    /// `dataset.json` cannot be read.
+    #[error("{}: {msg}", path.display())]
+    Info {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// Writing a table failed.
+    #[error("cannot write {}: {msg}", path.display())]
+    Table {
+        /// The table.
+        path: PathBuf,
+        /// What the Parquet or Arrow writer said.
+        msg: String,
+    },
+}
+
+pub(crate) fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DatasetError + 'a {
+    move |source| DatasetError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// One axis as `dataset.json` keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AxisInfo {
+    /// As written under `[axes]`.
+    pub label: String,
+    /// Its column in `index.parquet`.
+    pub column: String,
+    /// The column's type.
+    pub kind: ValueKind,
+}
+
+/// One run as `dataset.json` keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Its position in the grid's expansion.
+    pub run: u64,
+    /// Its name: the directory under `traces/`.
+    pub name: String,
+    /// Its repetition.
+    pub repeat: u32,
+    /// The synthetic spec's seed (null for Linux workloads).
+    pub seed: Option<u64>,
+    /// Its axis values, one per axis, in the axis column's unit.
+    pub values: Vec<serde_json::Value>,
+}
+
+/// `dataset.json`: what the dataset is made of, so that `index` needs nothing but the dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    /// [`INFO_VERSION`].
+    pub format_version: u32,
+    /// The dirtytrace that wrote it.
+    pub tool_version: String,
+    /// The grid's fingerprint ([`grid::Grid::fingerprint`]): a sweep refuses a dataset of another.
+    pub fingerprint: String,
+    /// The grid file, as given to `sweep`.
+    pub grid_file: PathBuf,
+    /// The grid's text.
+    pub grid_toml: String,
+    /// The axes, in name order.
+    pub axes: Vec<AxisInfo>,
+    /// `[replay]`.
+    pub replay: ReplaySettings,
+    /// Every run of the grid (not only one shard's).
+    pub runs: Vec<RunInfo>,
+}
+
+impl DatasetInfo {
+    /// The description of `grid`'s dataset.
+    pub fn new(grid: &grid::Grid, runs: &[grid::Run]) -> DatasetInfo {
+        DatasetInfo {
+            format_version: INFO_VERSION,
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+            fingerprint: grid.fingerprint(runs),
+            grid_file: grid.path.clone(),
+            grid_toml: grid.text.clone(),
+            axes: grid
+                .axes
+                .iter()
+                .map(|a| AxisInfo { label: a.label.clone(), column: a.column.clone(), kind: a.kind() })
+                .collect(),
+            replay: grid.replay.clone(),
+            runs: runs
+                .iter()
+                .map(|r| RunInfo {
+                    run: r.run as u64,
+                    name: r.name.clone(),
+                    repeat: r.repeat,
+                    seed: r.seed,
+                    values: r.values.iter().map(|v| v.column_value()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Reads `DATASET/dataset.json`; `None` when there is none.
+    pub fn load(dataset: &Path) -> Result<Option<DatasetInfo>, DatasetError> {
+        let path = dataset.join(INFO);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = crate::files::read_regular(&path, 1 << 30, "dataset description")
+            .map_err(|e| DatasetError::Info { path: path.clone(), msg: e.to_string() })?;
+        let info: DatasetInfo = serde_json::from_slice(&bytes)
+            .map_err(|e| DatasetError::Info { path: path.clone(), msg: e.to_string() })?;
+        if info.format_version != INFO_VERSION {
+            return Err(DatasetError::Info {
+                path,
+                msg: format!("has format_version {}, this dirtytrace reads {INFO_VERSION}", info.format_version),
+            });
+        }
+        Ok(Some(info))
+    }
+
+    /// Writes `DATASET/dataset.json` atomically.
+    pub fn store(&self, dataset: &Path) -> Result<(), DatasetError> {
+        let text = serde_json::to_string_pretty(self)
+            .map_err(|e| DatasetError::Info { path: dataset.join(INFO), msg: e.to_string() })?;
+        write_atomic(&dataset.join(INFO), (text + "\n").as_bytes())
+    }
+}
+
+/// A name for a temporary file beside `path` that no other process picks.
+pub(crate) fn temp_beside(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}-{}.tmp", std::process::id(), crate::clock::now_ns()))
+}
+
+/// Writes `path` through a temporary file and a rename, so readers see the old or the new.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DatasetError> {
+    let tmp = temp_beside(path);
+    std::fs::write(&tmp, bytes).map_err(io_err("cannot write", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        DatasetError::Io { what: "cannot rename into", path: path.to_path_buf(), source: e }
+    })
+}
+
+/// Whether `dir` is a trace directory (it has a `manifest.json`).
+pub fn is_trace(dir: &Path) -> bool {
+    dir.join(crate::trace::MANIFEST).exists()
+}
+
+/// Whether `dir` is a dataset (it has a `traces/` directory and is not a trace).
+pub fn is_dataset(dir: &Path) -> bool {
+    !is_trace(dir) && dir.join(TRACES).is_dir()
+}
+
+/// The trace directories of a dataset, by name.
+pub fn dataset_traces(dataset: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let dir = dataset.join(TRACES);
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).map_err(io_err("cannot read", &dir))? {
+        let e = e.map_err(io_err("cannot read", &dir))?;
+        if e.file_type().map_err(io_err("cannot read", &dir))?.is_dir() {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The traces the analysis tools' arguments stand for: a trace directory is itself; a
+/// dataset is every directory under its `traces/`, by name.
+pub fn expand_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, DatasetError> {
+    let mut out = Vec::new();
+    for p in paths {
+        if is_trace(p) {
+            out.push(p.clone());
+        } else if is_dataset(p) {
+            out.extend(dataset_traces(p)?);
+        } else {
+            return Err(DatasetError::NotATraceOrDataset(p.clone()));
+        }
+    }
+    Ok(out)
+}
+
+/// One row of an analysis tool's `--json` over several traces: the tool's object for one
+/// trace with `trace_dir` and `name` (the directory's name) first, or those two and `error`.
+pub fn json_row<T: Serialize>(dir: &Path, result: &anyhow::Result<T>) -> serde_json::Value {
+    let mut row = serde_json::Map::new();
+    row.insert("trace_dir".into(), dir.display().to_string().into());
+    row.insert("name".into(), dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().into());
+    match result.as_ref().map(serde_json::to_value) {
+        Ok(Ok(serde_json::Value::Object(fields))) => row.extend(fields),
+        Ok(Ok(other)) => {
+            row.insert("value".into(), other);
+        }
+        Ok(Err(e)) => {
+            row.insert("error".into(), e.to_string().into());
+        }
+        Err(e) => {
+            row.insert("error".into(), format!("{e:#}").into());
+        }
+    }
+    serde_json::Value::Object(row)
+}
