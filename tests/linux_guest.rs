@@ -238,6 +238,24 @@ fn print_then_reset(text: &str) -> Vec<u8> {
     a.assemble(0x10_0000).unwrap()
 }
 
+/// Code that prints `text` on the UART with one `rep outsb` (a string I/O instruction, which
+/// KVM may hand over several bytes at a time), then resets the machine.
+fn print_with_rep_outsb_then_reset(text: &str) -> Vec<u8> {
+    use iced_x86::code_asm::*;
+    let mut a = CodeAssembler::new(64).unwrap();
+    let mut data = a.create_label();
+    a.lea(rsi, ptr(data)).unwrap();
+    a.mov(rcx, text.len() as u64).unwrap();
+    a.mov(dx, 0x3F8u32).unwrap();
+    a.rep().outsb().unwrap();
+    a.mov(al, 0xFEu32).unwrap();
+    a.out(0x64, al).unwrap();
+    a.hlt().unwrap();
+    a.set_label(&mut data).unwrap();
+    a.db(text.as_bytes()).unwrap();
+    a.assemble(0x10_0000).unwrap()
+}
+
 fn record_tiny(name: &str, code: &[u8]) -> (anyhow::Result<record::RecordSummary>, PathBuf) {
     let dir = tempdir(name);
     let kernel = dir.join("tiny.elf");
@@ -304,6 +322,16 @@ fn markers_phases_and_exit_status_through_the_console() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(3));
+}
+
+/// Every byte of a string `outs` reaches the console, however many bytes one exit carries.
+#[test]
+fn rep_outsb_prints_every_byte() {
+    let _g = kvm_lock();
+    let text = "DIRTYTRACE:workload_start:\nfrom rep outsb, every byte\nDIRTYTRACE:workload_end:0\n";
+    let (summary, out) = record_tiny("rep-outsb", &print_with_rep_outsb_then_reset(text));
+    assert_eq!(summary.unwrap().guest_exit_status, Some(0));
+    assert_eq!(std::fs::read_to_string(out.join("console.log")).unwrap(), text);
 }
 
 #[test]

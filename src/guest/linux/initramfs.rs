@@ -16,6 +16,8 @@ pub use super::console::MARKER_PREFIX;
 
 /// The largest workload script accepted.
 pub const MAX_SCRIPT_BYTES: u64 = 16 << 20;
+/// The largest busybox accepted (a static busybox is about 2 MB).
+pub const MAX_BUSYBOX_BYTES: u64 = 256 << 20;
 
 /// Bumped whenever what goes into the archive changes, so cached archives are rebuilt.
 const LAYOUT_VERSION: &str = "2";
@@ -416,13 +418,13 @@ fn hash_file(path: &Path, key: &mut sha2::Sha256) -> std::io::Result<u64> {
 /// change within the same clock tick could keep the same ctime) and the fingerprint taken while
 /// packing equals the one taken before: so a cached archive never stands for changed content.
 pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Initramfs> {
-    let bb =
-        std::fs::read(&inputs.busybox).with_context(|| format!("cannot read busybox {}", inputs.busybox.display()))?;
+    let bb = crate::files::read_regular(&inputs.busybox, MAX_BUSYBOX_BYTES, "busybox")
+        .with_context(|| format!("cannot read busybox {}", inputs.busybox.display()))?;
     if !bb.starts_with(b"\x7fELF") {
         bail!("{} is not an ELF executable; the initramfs needs a statically linked busybox", inputs.busybox.display());
     }
-    let script =
-        std::fs::read(&inputs.script).with_context(|| format!("cannot read workload {}", inputs.script.display()))?;
+    let script = crate::files::read_regular(&inputs.script, MAX_SCRIPT_BYTES, "workload script")
+        .with_context(|| format!("cannot read workload {}", inputs.script.display()))?;
     let rootfs = inputs.rootfs.as_deref().map(rootfs::Rootfs::open).transpose()?;
     let packages =
         if inputs.packages.is_empty() { None } else { Some(super::packages::prepare(&inputs.packages, progress)?) };
@@ -509,7 +511,7 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
     a.bytes("workload.sh", EXEC, &script)?;
     for (x, mode) in extras {
         let what = || format!("--file {}:{}: cannot read {}", x.host.display(), x.guest, x.host.display());
-        let mut f = std::fs::File::open(&x.host).with_context(what)?;
+        let mut f = crate::files::open_regular(&x.host, u64::MAX, "file for the guest").with_context(what)?;
         let size = f.metadata().with_context(what)?.len();
         a.file(x.guest.trim_start_matches('/'), mode, Owner::default(), size, &mut f, None).with_context(what)?;
     }

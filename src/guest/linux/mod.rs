@@ -96,9 +96,13 @@ impl LinuxGuest {
             anyhow::bail!("--mem must be a whole number of 4 KiB pages");
         }
         let kit = kit::locate(opts.kernel.as_deref(), opts.force_bzimage)?;
-        let kernel =
-            std::fs::read(&kit.kernel).with_context(|| format!("cannot read kernel {}", kit.kernel.display()))?;
+        let kernel = read_kernel(&kit.kernel, opts.mem)?;
         boot::check_kernel(&kernel, &kit.kernel.display().to_string())?;
+        for x in &opts.files {
+            // A regular file that fits the guest: never a FIFO or a device, never read without end.
+            crate::files::check_regular(&x.host, opts.mem, "file for the guest")
+                .with_context(|| format!("--file {}:{}", x.host.display(), x.guest))?;
+        }
         check_host(&opts, kit.kernel.starts_with(kit::kit_dir()))?;
         let t = crate::clock::now_ns();
         let cache = kit::cache_dir().join("initramfs");
@@ -121,6 +125,28 @@ impl LinuxGuest {
         let cmdline = boot::cmdline(opts.cmdline_extra.as_deref());
         Ok(LinuxGuest { opts, kit, kernel, initramfs, initramfs_build_s, cmdline, boot: None })
     }
+}
+
+/// Reads a kernel that can fit in `mem` bytes of guest RAM. Its first page is looked at
+/// before the rest is read, so a large file that is not a kernel is refused at once.
+fn read_kernel(path: &std::path::Path, mem: u64) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    let name = path.display().to_string();
+    let size = crate::files::check_regular(path, u64::MAX, "kernel").context("the kernel")?;
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot read kernel {name}"))?;
+    let mut head = Vec::with_capacity(4096);
+    (&mut file).take(4096).read_to_end(&mut head).with_context(|| format!("cannot read kernel {name}"))?;
+    if !boot::is_elf(&head) && !boot::is_bzimage(&head) {
+        boot::check_kernel(&head, &name)?;
+    }
+    if size > mem {
+        anyhow::bail!(
+            "kernel {name} is {size} bytes, more than the guest's {mem} bytes of memory: give more with --mem"
+        );
+    }
+    let mut kernel = head;
+    file.take(size).read_to_end(&mut kernel).with_context(|| format!("cannot read kernel {name}"))?;
+    Ok(kernel)
 }
 
 impl LinuxGuest {
@@ -248,7 +274,11 @@ impl Bus for LinuxBus {
     fn io_out(&self, _vcpu: u32, port: u16, data: &[u8]) -> ExitAction {
         match port {
             SERIAL_PORT..=0x3FF => {
-                let _ = self.serial.lock().unwrap().write((port - SERIAL_PORT) as u8, data[0]);
+                // A string `outs` may hand over several bytes in one exit: each goes to the UART.
+                let mut serial = self.serial.lock().unwrap();
+                for &byte in data {
+                    let _ = serial.write((port - SERIAL_PORT) as u8, byte);
+                }
                 ExitAction::Continue
             }
             I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
@@ -266,11 +296,32 @@ impl Bus for LinuxBus {
 
     fn io_in(&self, _vcpu: u32, port: u16, data: &mut [u8]) -> ExitAction {
         match port {
-            SERIAL_PORT..=0x3FF => data[0] = self.serial.lock().unwrap().read((port - SERIAL_PORT) as u8),
+            SERIAL_PORT..=0x3FF => {
+                let mut serial = self.serial.lock().unwrap();
+                data.iter_mut().for_each(|b| *b = serial.read((port - SERIAL_PORT) as u8));
+            }
             // An i8042 with nothing to say, so probes and reboots do not spin.
             0x60 | I8042_COMMAND => data[0] = 0,
             _ => data.fill(0xFF),
         }
         ExitAction::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A string `outs` can hand the bus several bytes in one exit (KVM batches them on hosts
+    /// with VT-x): every one of them reaches the UART, in order.
+    #[test]
+    fn every_byte_of_a_port_write_reaches_the_uart() {
+        let log = Arc::new(GuestLog::new("boot"));
+        let sink = ConsoleSink { log: log.clone(), echo: false, parser: console::ConsoleParser::new() };
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let bus = LinuxBus { serial: Mutex::new(Serial::new(IrqTrigger(irq), sink)) };
+        assert_eq!(bus.io_out(0, SERIAL_PORT, b"abc"), ExitAction::Continue);
+        assert_eq!(bus.io_out(0, SERIAL_PORT, b"d\n"), ExitAction::Continue);
+        assert_eq!(log.take().1, b"abcd\n");
     }
 }
