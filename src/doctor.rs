@@ -10,8 +10,10 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A KVM capability dirtytrace uses, and what this host's KVM says of it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Capability {
+    /// The capability (`KVM_CAP_…`).
     pub name: &'static str,
     /// `KVM_CHECK_EXTENSION`'s answer (0: absent).
     pub value: i32,
@@ -19,39 +21,60 @@ pub struct Capability {
     pub needed_by: &'static str,
 }
 
+/// What `/dev/kvm` is here.
 #[derive(Debug, Clone, Serialize)]
 pub struct KvmReport {
+    /// The device path.
     pub device: PathBuf,
+    /// It exists.
     pub present: bool,
+    /// It opens for reading and writing.
     pub read_write: bool,
     /// Why it cannot be used, when it cannot.
     pub error: Option<String>,
+    /// `KVM_GET_API_VERSION`, when it opened.
     pub api_version: Option<i32>,
+    /// The capabilities dirtytrace uses.
     pub capabilities: Vec<Capability>,
 }
 
+/// Whether something works here, and why (not).
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
+    /// It works.
     pub ok: bool,
+    /// Why, or why not, in one line.
     pub why: String,
 }
 
+/// Everything `doctor` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The KVM device.
     pub kvm: KvmReport,
     /// The host CPU's flags: `hypervisor` (we are a VM), `vmx` (VT-x), `svm` (AMD-V).
     pub cpu_hypervisor: bool,
+    /// The CPU has VT-x.
     pub cpu_vmx: bool,
+    /// The CPU has AMD-V.
     pub cpu_svm: bool,
+    /// The kernel-mode probe's timings, when it ran.
     pub probe: Option<ProbeResult>,
+    /// Why the probe could not run.
     pub probe_error: Option<String>,
+    /// Whether the synthetic guest can be recorded.
     pub synthetic_guest: Verdict,
+    /// Whether Linux guests can run their workloads.
     pub linux_guests: Verdict,
     /// `kernel-package version, busybox version`, or why there is no kit.
     pub kit: Verdict,
+    /// Whether `plot` has a font.
     pub plot_font: Verdict,
+    /// Whether SimGrid is there for `examples/simgrid`.
     pub simgrid: Verdict,
+    /// Whether QEMU is there for the guest-side tests.
     pub qemu: Verdict,
+    /// How long `doctor` took (s).
     pub elapsed_s: f64,
 }
 

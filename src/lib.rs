@@ -7,7 +7,7 @@
 //! `docs/DESIGN.md` draws the picture and lists the non-goals.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
-#![cfg_attr(any(), warn(missing_docs))]
+#![warn(missing_docs)]
 
 pub mod accounting;
 pub mod analysis;

@@ -23,6 +23,7 @@ pub const HEAT_PAGE_BINS: usize = 192;
 /// The rate panel draws at most this many points: longer traces are averaged in buckets.
 pub const RATE_POINTS: usize = 2000;
 
+/// Where `plot` looks for a font, in order, when `$DIRTYTRACE_FONT` is not set.
 pub const FONT_PATHS: [&str; 5] = [
     "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
     "/usr/share/fonts/TTF/DejaVuSans.ttf",

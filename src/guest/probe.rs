@@ -29,7 +29,9 @@ const PORT_DONE: u16 = 0x512;
 /// Emulated at ~1.5 M instructions/s the CPL0 loops take about 27 ms in all; natively each
 /// loop takes microseconds.
 pub const KERNEL_ITERATIONS: u64 = 4_000;
+/// Loop iterations at CPL3 (native everywhere, so many more).
 pub const USER_ITERATIONS: u64 = 100_000;
+/// How often each loop runs; the fastest run counts.
 pub const REPEATS: u64 = 5;
 /// A loop still running after this long is reported as slower than it allows.
 pub const DEADLINE: Duration = Duration::from_millis(250);
@@ -37,20 +39,27 @@ pub const DEADLINE: Duration = Duration::from_millis(250);
 /// a few million. Anything above this counts as native.
 pub const NATIVE_IPS: f64 = 30e6;
 
+/// One loop's timing.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoopTiming {
+    /// Iterations run.
     pub iterations: u64,
     /// Seconds of the fastest run, by the guest's TSC; `None` when none finished within [`DEADLINE`].
     pub seconds: Option<f64>,
     /// Loop instructions per second (at most `instructions / DEADLINE` when unfinished).
     pub instructions_per_s: f64,
+    /// Fast enough to be native ([`NATIVE_IPS`]).
     pub native: bool,
 }
 
+/// The probe's verdict material: the same loop at CPL0 and at CPL3.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProbeResult {
+    /// The loop at CPL0 (guest kernel mode).
     pub kernel_mode: LoopTiming,
+    /// The loop at CPL3 (guest user mode).
     pub user_mode: LoopTiming,
+    /// The guest's TSC rate, kHz.
     pub tsc_khz: u32,
     /// Wall time of the whole probe, VM creation included.
     pub elapsed_s: f64,

@@ -2,17 +2,25 @@
 //! MP-table parsing, so ACPI's MADT is how it finds its CPUs. The platform is "hardware
 //! reduced" (no PM timer or SCI): the guest stops through the i8042 reset instead.
 
+/// Where the RSDP goes (in the BIOS area the kernel scans).
 pub const RSDP_ADDR: u64 = 0xE0000;
+/// Where the XSDT goes.
 pub const XSDT_ADDR: u64 = 0xE0040;
+/// Where the MADT goes.
 pub const MADT_ADDR: u64 = 0xE0100;
+/// Where the FADT goes.
 pub const FADT_ADDR: u64 = 0xE0800;
+/// Where the (empty) DSDT goes.
 pub const DSDT_ADDR: u64 = 0xE0A00;
+/// The local APICs' MMIO base.
 pub const LAPIC_ADDR: u32 = 0xFEE0_0000;
+/// The IOAPIC's MMIO base.
 pub const IOAPIC_ADDR: u32 = 0xFEC0_0000;
 
 const OEM_ID: &[u8; 6] = b"DRTYTR";
 const OEM_TABLE_ID: &[u8; 8] = b"DTVMM   ";
 
+/// The byte that makes `bytes` sum to zero, as ACPI tables need.
 pub fn checksum(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)).wrapping_neg()
 }
@@ -34,6 +42,7 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     t
 }
 
+/// The RSDP (ACPI 2.0), pointing at the XSDT at `xsdt`.
 pub fn rsdp(xsdt: u64) -> Vec<u8> {
     let mut r = Vec::with_capacity(36);
     r.extend_from_slice(b"RSD PTR ");
@@ -50,6 +59,7 @@ pub fn rsdp(xsdt: u64) -> Vec<u8> {
     r
 }
 
+/// The XSDT, listing the tables at `entries`.
 pub fn xsdt(entries: &[u64]) -> Vec<u8> {
     let body: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
     sdt(b"XSDT", 1, &body)
@@ -70,8 +80,10 @@ pub fn madt(vcpus: u32) -> Vec<u8> {
     sdt(b"APIC", 4, &b)
 }
 
+/// FADT flag: a hardware-reduced ACPI platform (no PM timer, no legacy ports).
 pub const FADT_FLAG_HW_REDUCED: u32 = 1 << 20;
 
+/// A hardware-reduced FADT pointing at the DSDT at `dsdt`.
 pub fn fadt(dsdt: u64) -> Vec<u8> {
     // ACPI 6.x FADT: 276 bytes in all, 240 after the header.
     let mut b = vec![0u8; 276 - 36];

@@ -17,22 +17,36 @@ use std::io::Cursor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use crate::units::MIB;
+/// Where RAM above the legacy area starts, and the kernel is loaded.
 pub const HIMEM_START: u64 = 0x10_0000;
 /// RAM stops here below 4 GiB; the rest of the 32-bit space is for the APICs and MMIO.
 pub const LOW_RAM_END: u64 = 3 << 30;
+/// Where RAM continues above the 32-bit hole.
 pub const HIGH_RAM_START: u64 = 4 << 30;
+/// The extended BIOS data area: reserved in the E820 map.
 pub const EBDA_START: u64 = 0x9_FC00;
 
+/// The boot GDT.
 pub const GDT_ADDR: u64 = 0x500;
+/// PVH `hvm_start_info`.
 pub const PVH_INFO_ADDR: u64 = 0x6000;
+/// PVH module list (the initramfs).
 pub const PVH_MODLIST_ADDR: u64 = 0x6040;
+/// PVH memory map.
 pub const PVH_MEMMAP_ADDR: u64 = 0x6100;
+/// `boot_params` (the zero page) of the 64-bit boot protocol.
 pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// The boot stack's top.
 pub const BOOT_STACK: u64 = 0x8FF0;
+/// The boot page tables' top level.
 pub const PML4_ADDR: u64 = 0x9000;
+/// The boot page-directory-pointer table.
 pub const PDPT_ADDR: u64 = 0xA000;
+/// The boot page directory (identity map of the first GiB).
 pub const PD_ADDR: u64 = 0xB000;
+/// The kernel command line.
 pub const CMDLINE_ADDR: u64 = 0x2_0000;
+/// The longest command line, with its NUL.
 pub const CMDLINE_MAX: usize = 2048;
 
 const E820_RAM: u32 = 1;
@@ -60,6 +74,7 @@ pub fn e820(mem: u64) -> Vec<(u64, u64, u32)> {
     map
 }
 
+/// How the kernel is entered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BootProtocol {
@@ -71,21 +86,31 @@ pub enum BootProtocol {
     Elf64,
 }
 
+/// Where the kernel and initramfs went, and how the kernel is entered.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BootInfo {
+    /// The boot protocol.
     pub protocol: BootProtocol,
+    /// The entry point.
     pub entry: u64,
+    /// The kernel's first byte in guest memory.
     pub kernel_start: u64,
+    /// Just past its last byte.
     pub kernel_end: u64,
+    /// The initramfs's address.
     pub initrd_addr: u64,
+    /// Its size.
     pub initrd_size: u64,
+    /// The command line.
     pub cmdline: String,
 }
 
+/// Whether `image` starts like an ELF file.
 pub fn is_elf(image: &[u8]) -> bool {
     image.starts_with(b"\x7fELF")
 }
 
+/// Whether `image` has a bzImage's `HdrS` boot header.
 pub fn is_bzimage(image: &[u8]) -> bool {
     image.get(0x202..0x206) == Some(b"HdrS")
 }
@@ -326,7 +351,9 @@ fn write_page_tables(mem: &GuestMemoryMmap) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The boot GDT's code segment.
 pub const CODE_SELECTOR: u16 = 0x08;
+/// The boot GDT's data segment.
 pub const DATA_SELECTOR: u16 = 0x10;
 
 fn gdt(protocol: BootProtocol) -> [u64; 4] {

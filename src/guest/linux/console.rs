@@ -20,7 +20,12 @@ pub enum Marker {
     /// `DIRTYTRACE:workload_end:STATUS` (from `/init`, after the script).
     WorkloadEnd(Option<i32>),
     /// Any other `DIRTYTRACE:KIND:VALUE` (from `dt-mark KIND VALUE`).
-    Other { kind: String, value: String },
+    Other {
+        /// `KIND`.
+        kind: String,
+        /// `VALUE`.
+        value: String,
+    },
     /// A line holding `Kernel panic - not syncing`.
     Panic(String),
     /// A line holding `Linux version`.
@@ -61,6 +66,7 @@ pub struct ConsoleParser {
 }
 
 impl ConsoleParser {
+    /// A parser at the start of a line.
     pub fn new() -> Self {
         Self::default()
     }

@@ -26,6 +26,7 @@ const LAYOUT_VERSION: &str = "2";
 /// files, which both sit in RAM while the kernel unpacks.
 pub const ROOM_TO_RUN: u64 = 96 << 20;
 
+/// dirtytrace's `/init`.
 pub const INIT: &str = r#"#!/bin/busybox sh
 # dirtytrace's /init: mount the basics, run the workload, report its status, reboot.
 /bin/busybox mount -t proc proc /proc
@@ -43,11 +44,13 @@ sync
 reboot -f
 "#;
 
+/// `/bin/dt-mark`.
 pub const DT_MARK: &str = r#"#!/bin/sh
 # dt-mark KIND [VALUE]: a marker line the VMM timestamps (see schemas/linux-guest.md).
 echo "DIRTYTRACE:$1:$2" > /dev/ttyS0
 "#;
 
+/// `/bin/dt-phase`.
 pub const DT_PHASE: &str = r#"#!/bin/sh
 # dt-phase NAME: every interval that ends from now on belongs to phase NAME.
 echo "DIRTYTRACE:phase:$*" > /dev/ttyS0
@@ -56,7 +59,9 @@ echo "DIRTYTRACE:phase:$*" > /dev/ttyS0
 /// A file to put into the archive.
 #[derive(Debug, Clone)]
 pub struct Extra {
+    /// The file on the host.
     pub host: PathBuf,
+    /// Its absolute path in the guest.
     pub guest: String,
 }
 
@@ -69,11 +74,17 @@ pub fn parse_extra(s: &str) -> anyhow::Result<Extra> {
     Ok(Extra { host: PathBuf::from(host), guest: guest.to_string() })
 }
 
+/// File-type bits of a mode.
 pub const S_IFMT: u32 = 0o170000;
+/// Directory.
 pub const S_IFDIR: u32 = 0o040000;
+/// Regular file.
 pub const S_IFREG: u32 = 0o100000;
+/// Symbolic link.
 pub const S_IFLNK: u32 = 0o120000;
+/// Character device.
 pub const S_IFCHR: u32 = 0o020000;
+/// FIFO.
 pub const S_IFIFO: u32 = 0o010000;
 const DIR: u32 = 0o040755;
 const EXEC: u32 = 0o100755;
@@ -81,8 +92,11 @@ const EXEC: u32 = 0o100755;
 /// Ownership and time of an entry, as its source had them.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Owner {
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Modification time, seconds since the Unix epoch.
     pub mtime: u32,
 }
 
@@ -95,8 +109,11 @@ pub struct ArchiveWriter<W: Write> {
     names: HashMap<String, u32>,
     /// Symlink name → target, to resolve paths through them.
     symlinks: HashMap<String, String>,
+    /// What the tree takes in guest RAM once unpacked, so far.
     pub unpacked_bytes: u64,
+    /// Entries written so far.
     pub entries: u64,
+    /// What was left out, and why.
     pub notes: Vec<String>,
 }
 
@@ -108,6 +125,7 @@ fn io_err(msg: String) -> std::io::Error {
 }
 
 impl<W: Write> ArchiveWriter<W> {
+    /// An empty archive writing to `out`.
     pub fn new(out: W) -> Self {
         ArchiveWriter {
             out,
@@ -269,6 +287,7 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
+    /// Adds a symbolic link `name` → `target`.
     pub fn symlink(&mut self, name: &str, target: &str, owner: Owner) -> std::io::Result<()> {
         self.ensure_parents(name)?;
         let ino = self.new_ino();
@@ -297,8 +316,11 @@ impl<W: Write> ArchiveWriter<W> {
 /// Everything an archive is built from.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
+    /// A statically linked busybox.
     pub busybox: PathBuf,
+    /// The workload script.
     pub script: PathBuf,
+    /// `--file` extras.
     pub extras: Vec<Extra>,
     /// A directory or a `.tar`, `.tar.gz`, `.tar.zst` packed first.
     pub rootfs: Option<PathBuf>,
@@ -308,12 +330,15 @@ pub struct Inputs {
 
 /// A built archive.
 pub struct Initramfs {
+    /// The gzip-compressed newc cpio.
     pub bytes: Vec<u8>,
     /// The cache key: SHA-256 over every input (see [`build_with`]).
     pub sha256: String,
+    /// It came from the cache.
     pub cached: bool,
     /// What the files take in guest RAM once unpacked (data in whole pages, plus 1 KiB per entry).
     pub unpacked_bytes: u64,
+    /// Entries in it.
     pub entries: u64,
     /// What was left out, and why (device nodes, sockets, ...).
     pub notes: Vec<String>,
@@ -559,14 +584,23 @@ pub fn write_archive(inputs: &Inputs, output: &Path, progress: &mut dyn FnMut(&s
 /// One entry of an archive, read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveEntry {
+    /// Path in the archive.
     pub name: String,
+    /// Type and permission bits.
     pub mode: u32,
+    /// Inode number (hard links share one).
     pub ino: u32,
+    /// Link count.
     pub nlink: u32,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Modification time.
     pub mtime: u32,
+    /// Device number (major, minor) of a device node.
     pub rdev: (u32, u32),
+    /// Contents (a symlink's target).
     pub data: Vec<u8>,
 }
 

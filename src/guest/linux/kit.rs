@@ -11,17 +11,27 @@ use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The kit's description file, beside the kernel and busybox.
 pub const KIT_JSON: &str = "kit.json";
 
+/// What `kit fetch` fetched.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KitInfo {
+    /// The kernel's Debian package.
     pub kernel_package: String,
+    /// Its version.
     pub kernel_version: String,
+    /// busybox's Debian package.
     pub busybox_package: String,
+    /// Its version.
     pub busybox_version: String,
+    /// SHA-256 of the bzImage.
     pub bzimage_sha256: String,
+    /// SHA-256 of the vmlinux extracted from it.
     pub vmlinux_sha256: String,
+    /// SHA-256 of busybox.
     pub busybox_sha256: String,
+    /// When it was fetched, seconds since the Unix epoch.
     pub fetched_unix_s: u64,
 }
 
@@ -32,7 +42,9 @@ pub struct Kit {
     pub kernel: PathBuf,
     /// The kit's other form of the same kernel, when it has both.
     pub alternate: Option<PathBuf>,
+    /// A statically linked busybox.
     pub busybox: PathBuf,
+    /// The kit's description, when it is the kit's.
     pub info: Option<KitInfo>,
 }
 
@@ -48,10 +60,12 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("dirtytrace")
 }
 
+/// Where `kit fetch` keeps the kit.
 pub fn kit_dir() -> PathBuf {
     cache_dir().join("kit")
 }
 
+/// What to do without a kit.
 pub const NO_KIT: &str = "no guest kernel kit. On Debian or Ubuntu run `dirtytrace kit fetch` \
 (downloads Debian's cloud kernel and busybox-static into the cache). Elsewhere pass --kernel PATH \
 (a bzImage or vmlinux) and set DIRTYTRACE_BUSYBOX to a statically linked busybox";
@@ -95,6 +109,7 @@ pub fn locate_busybox() -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// SHA-256, in hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -20,17 +20,28 @@ use std::sync::{Arc, Mutex};
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
+/// The 16550 UART's first I/O port (COM1).
 pub const SERIAL_PORT: u16 = 0x3F8;
+/// The UART's interrupt line.
 pub const SERIAL_IRQ: u32 = 4;
+/// The i8042 controller's command port.
 pub const I8042_COMMAND: u16 = 0x64;
+/// The i8042 command that resets the machine (`reboot=k`).
 pub const I8042_RESET: u8 = 0xFE;
 
+/// How to build a Linux guest.
 pub struct LinuxOptions {
+    /// The workload script.
     pub script: PathBuf,
+    /// `--kernel`; default: `$DIRTYTRACE_KERNEL`, then the kit.
     pub kernel: Option<PathBuf>,
+    /// `--file` extras for the initramfs.
     pub files: Vec<initramfs::Extra>,
+    /// Guest RAM.
     pub mem: u64,
+    /// vCPUs.
     pub vcpus: u32,
+    /// Extra kernel command-line arguments.
     pub cmdline_extra: Option<String>,
     /// Also stream the console to stderr.
     pub console: bool,
@@ -76,6 +87,7 @@ fn check_host(opts: &LinuxOptions, kit_kernel: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A Linux guest, kernel read and initramfs built, ready to load.
 pub struct LinuxGuest {
     opts: LinuxOptions,
     kit: kit::Kit,

@@ -30,14 +30,17 @@ enum Kind {
     Tar(Compression),
 }
 
+/// A `--rootfs`: a directory or a tarball.
 #[derive(Debug, Clone)]
 pub struct Rootfs {
+    /// Where it is.
     pub path: PathBuf,
     kind: Kind,
 }
 
 /// A digest of a rootfs's metadata, the part of the cache key that stands for it.
 pub struct Fingerprint {
+    /// SHA-256 over every entry's path, inode, device, size, mode, owner, mtime and ctime.
     pub digest: Vec<u8>,
     /// Something in it changed within the last two seconds: do not cache what is built from it.
     pub recently_changed: bool,
@@ -107,6 +110,7 @@ impl Rootfs {
         Ok(Rootfs { path: path.to_path_buf(), kind })
     }
 
+    /// Whether it is a directory (else a tarball).
     pub fn is_dir(&self) -> bool {
         self.kind == Kind::Dir
     }
