@@ -68,6 +68,11 @@ impl IntervalAccounting {
         })
     }
 
+    /// Bytes of one harvest's raw bitmaps, all slots.
+    pub fn bitmap_bytes(&self) -> u64 {
+        self.slots.iter().map(|s| s.bitmap_bytes()).sum()
+    }
+
     /// The row and encoded bitmaps of one harvest.
     pub fn account(&mut self, h: Harvest) -> Result<AccountedInterval, AccountingError> {
         if h.bitmaps.len() != self.slots.len() {

@@ -25,6 +25,8 @@ pub const MAX_RECORD_DURATION: Duration = Duration::from_secs(366 * 86_400);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
 /// `--migration-speed`'s default: 1 Gbit/s.
 pub const DEFAULT_MIGRATION_SPEED_BYTES_PER_S: f64 = 125_000_000.0;
+/// The most bitmap data harvested but not yet written that the recorder holds in memory.
+pub const MAX_QUEUED_BITMAP_BYTES: u64 = 256 * crate::units::MIB;
 /// A Linux guest's RAM when neither `--mem` nor the workload says.
 pub const LINUX_DEFAULT_MEM: u64 = 2 * crate::units::GIB;
 
@@ -458,7 +460,12 @@ impl Recorder {
     /// with a complete trace.
     pub fn run(self, interrupt: Arc<AtomicBool>, mut progress: Option<Progress>) -> anyhow::Result<RecordSummary> {
         let Recorder { vm, bus, log, writer, mut accounting, sampler: cfg, t_begin_ns, realtime, .. } = self;
-        let (tx, rx) = std::sync::mpsc::channel::<Harvest>();
+        // Bounded, so that a writer that falls behind cannot fill memory with bitmaps: the
+        // sampler then waits, and the intervals get longer (the skipped deadlines are counted)
+        // instead of being lost.
+        let bitmap_bytes: u64 = accounting.bitmap_bytes().max(1);
+        let capacity = (MAX_QUEUED_BITMAP_BYTES / bitmap_bytes).clamp(4, 4096) as usize;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Harvest>(capacity);
         // The writer thread does everything but the harvest itself, so that accounting and
         // I/O never delay a deadline.
         let writer_thread = std::thread::Builder::new().name("trace-writer".into()).spawn(move || {

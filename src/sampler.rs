@@ -7,7 +7,7 @@ use crate::events::GuestLog;
 use crate::trace::GuestEvent;
 use crate::vmm::{RunningVm, VcpuOutcome, VmmError};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 /// The longest the sampler sleeps before looking at stop conditions again.
@@ -250,7 +250,7 @@ pub fn run(
     mut vm: RunningVm,
     cfg: &SamplerConfig,
     log: &GuestLog,
-    out: &Sender<Harvest>,
+    out: &SyncSender<Harvest>,
     interrupt: &AtomicBool,
 ) -> Result<SamplerResult, VmmError> {
     let cpu_start = clock::this_thread_cpu_ns();
