@@ -13,6 +13,7 @@ pub mod accounting;
 pub mod analysis;
 pub mod bench;
 pub mod clock;
+pub mod cpus;
 pub mod dataset;
 pub mod doctor;
 pub mod events;

@@ -358,6 +358,8 @@ pub type Progress = Box<dyn FnMut(&IntervalRow) + Send>;
 pub struct Recorder {
     notes: Vec<String>,
     realtime: bool,
+    /// Where the recorder's threads and the vCPUs run (a real-time sampler only).
+    cpu_plan: Option<crate::cpus::CpuPlan>,
     guest: Box<dyn Guest>,
     vm: Vm,
     bus: Arc<dyn Bus>,
@@ -410,11 +412,13 @@ impl TryFrom<RecordOptions> for Recorder {
         manifest.duration_limit_s = opts.duration.map(|d| d.as_secs_f64());
         manifest.exact_cut = opts.exact_cut;
         let spin = opts.spin.unwrap_or_else(|| default_spin(opts.interval));
+        let cpu_plan = if realtime { crate::cpus::plan(vm.vcpus.len()) } else { None };
         manifest.sampler = Some(SamplerScheduling {
             requested: opts.realtime.as_str().into(),
             policy: if realtime { "fifo" } else { "other" }.into(),
             priority: if realtime { sampler::REALTIME_PRIORITY as u32 } else { 0 },
             spin_us: spin.as_micros() as u64,
+            cpu: cpu_plan.as_ref().map(|p| p.housekeeping as u32),
         });
         manifest.guest = guest.describe();
         manifest.guest_own_pages = guest.own_pages();
@@ -432,7 +436,7 @@ impl TryFrom<RecordOptions> for Recorder {
             exact_cut: opts.exact_cut,
             spin,
         };
-        Ok(Recorder { notes, realtime, guest, vm, bus, log, writer, accounting, sampler, t_begin_ns })
+        Ok(Recorder { notes, realtime, cpu_plan, guest, vm, bus, log, writer, accounting, sampler, t_begin_ns })
     }
 }
 
@@ -459,7 +463,8 @@ impl Recorder {
     /// Runs the guest and records it. `interrupt` set (by Ctrl-C) ends the recording early
     /// with a complete trace.
     pub fn run(self, interrupt: Arc<AtomicBool>, mut progress: Option<Progress>) -> anyhow::Result<RecordSummary> {
-        let Recorder { vm, bus, log, writer, mut accounting, sampler: cfg, t_begin_ns, realtime, .. } = self;
+        let Recorder { vm, bus, log, writer, mut accounting, sampler: cfg, t_begin_ns, realtime, cpu_plan, .. } = self;
+        let housekeeping = cpu_plan.as_ref().map(|p| [p.housekeeping]);
         // Bounded, so that a writer that falls behind cannot fill memory with bitmaps: the
         // sampler then waits, and the intervals get longer (the skipped deadlines are counted)
         // instead of being lost.
@@ -469,6 +474,9 @@ impl Recorder {
         // The writer thread does everything but the harvest itself, so that accounting and
         // I/O never delay a deadline.
         let writer_thread = std::thread::Builder::new().name("trace-writer".into()).spawn(move || {
+            if let Some(cpu) = housekeeping {
+                let _ = crate::cpus::pin_current_thread(&cpu);
+            }
             let mut writer = writer;
             let mut cost = CostLog::default();
             for h in rx {
@@ -496,12 +504,15 @@ impl Recorder {
         })?;
         vm.clear_dirty_log()?;
         log.start_clock();
-        let running = vm.start(bus)?;
+        let running = vm.start(bus, cpu_plan.as_ref().map(|p| p.guest.as_slice()))?;
         let setup_s = (crate::clock::now_ns() - t_begin_ns) as f64 / 1e9;
         // The sampler gets a thread of its own, so that real-time priority is its alone: the
         // vCPU and writer threads exist already, and finalising runs on this thread.
         let sampled = std::thread::scope(|scope| {
             let sampler_thread = std::thread::Builder::new().name("sampler".into()).spawn_scoped(scope, || {
+                if let Some(cpu) = housekeeping {
+                    let _ = crate::cpus::pin_current_thread(&cpu);
+                }
                 let got_realtime = realtime && sampler::make_current_thread_realtime().is_ok();
                 (sampler::run(running, &cfg, &log, &tx, &interrupt), got_realtime)
             });

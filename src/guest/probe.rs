@@ -163,7 +163,7 @@ pub fn run(kvm_path: &Path) -> anyhow::Result<ProbeResult> {
         fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
     }
     let bus = Arc::new(ProbeBus::default());
-    let mut running = vm.start(bus.clone())?;
+    let mut running = vm.start(bus.clone(), None)?;
     let started = std::time::Instant::now();
     while !running.all_finished() && started.elapsed() < DEADLINE {
         std::thread::sleep(Duration::from_millis(1));

@@ -168,4 +168,8 @@ pub struct SamplerScheduling {
     pub priority: u32,
     /// How long before each deadline it stopped sleeping and watched the clock, in µs (0: never).
     pub spin_us: u64,
+    /// The CPU it and the trace writer were kept on, away from the vCPUs (a real-time sampler
+    /// where there were more CPUs than vCPUs); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
 }

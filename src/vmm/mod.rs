@@ -222,13 +222,14 @@ impl Vm {
         self.slots.iter().map(|s| s.size_bytes).sum()
     }
 
-    /// Starts one thread per vCPU; exits go to `bus`.
-    pub fn start(self, bus: Arc<dyn Bus>) -> Result<RunningVm, VmmError> {
+    /// Starts one thread per vCPU, each restricted to `cpus` when given; exits go to `bus`.
+    pub fn start(self, bus: Arc<dyn Bus>, cpus: Option<&[usize]>) -> Result<RunningVm, VmmError> {
         vcpu::install_kick_handler()?;
         let control = Arc::new(vcpu::Control::default());
         let mut threads = Vec::new();
         for (index, fd) in self.vcpus.into_iter().enumerate() {
-            threads.push(vcpu::spawn(index as u32, fd, bus.clone(), self.memory.clone(), control.clone())?);
+            let cpus = cpus.map(<[usize]>::to_vec);
+            threads.push(vcpu::spawn(index as u32, fd, bus.clone(), self.memory.clone(), control.clone(), cpus)?);
         }
         Ok(RunningVm {
             fd: self.fd,

@@ -130,6 +130,7 @@ pub(super) fn spawn(
     bus: Arc<dyn Bus>,
     memory: GuestMemoryMmap,
     control: Arc<Control>,
+    cpus: Option<Vec<usize>>,
 ) -> Result<VcpuThread, VmmError> {
     let cpu_clock = Arc::new(Mutex::new(None));
     let final_cpu_ns = Arc::new(SharedU64::default());
@@ -138,6 +139,10 @@ pub(super) fn spawn(
     let handle = std::thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
+            if let Some(cpus) = &cpus {
+                // Best effort: a vCPU that cannot be pinned still runs.
+                let _ = crate::cpus::pin_current_thread(cpus);
+            }
             *c.lock().unwrap() = Some(clock::current_thread_cpu_clock());
             let outcome = run_loop(index, &mut fd, &*bus, &memory, &control);
             // A stopping guest stops the whole VM: the sampler notices `stop`.
