@@ -23,6 +23,30 @@ pub(crate) fn invalid(row: Option<u64>, field: impl Into<String>, problem: impl 
     Invalid { row, field: field.into(), problem: problem.into() }
 }
 
+/// What is wrong with a phase name or a `trace_id`, if anything: too long, or holding control
+/// characters (a newline would split an error message, an escape sequence would reach the
+/// terminal).
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.len() > MAX_NAME_BYTES {
+        return Some(format!("is {} bytes long; a name has at most {MAX_NAME_BYTES}", name.len()));
+    }
+    name.chars().any(char::is_control).then(|| "holds control characters (newlines, tabs, escapes)".to_string())
+}
+
+/// `name` made acceptable to [`name_problem`]: control characters become `?` and it is cut
+/// to [`MAX_NAME_BYTES`] on a character boundary. For names a running guest reports, which
+/// cannot be refused without losing the intervals they label.
+pub fn sanitize_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len().min(MAX_NAME_BYTES));
+    for c in name.chars().map(|c| if c.is_control() { '?' } else { c }) {
+        if out.len() + c.len_utf8() > MAX_NAME_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn finite_nonneg(v: f64) -> bool {
     v.is_finite() && v >= 0.0
 }
@@ -33,8 +57,11 @@ pub fn check_manifest(m: &Manifest) -> Result<(), Invalid> {
     if m.page_size != PAGE_SIZE {
         return bad("page_size", format!("is {}; this dirtytrace reads traces of {PAGE_SIZE}-byte pages", m.page_size));
     }
-    if m.trace_id.is_empty() || m.trace_id.len() > MAX_NAME_BYTES {
-        return bad("trace_id", format!("must be 1 to {MAX_NAME_BYTES} bytes long"));
+    if m.trace_id.is_empty() {
+        return bad("trace_id", "is empty".into());
+    }
+    if let Some(problem) = name_problem(&m.trace_id) {
+        return bad("trace_id", problem);
     }
     if m.slots.is_empty() || m.slots.len() > MAX_SLOTS {
         return bad("slots", format!("has {} slots; a trace has 1 to {MAX_SLOTS}", m.slots.len()));
@@ -216,11 +243,11 @@ impl RowChecker {
         if r.cpu_util_per_vcpu.len() != self.vcpus || !r.cpu_util_per_vcpu.iter().all(|&c| finite_nonneg(c)) {
             return bad("cpu_util_per_vcpu", format!("must hold {} finite values of 0 or more", self.vcpus));
         }
-        if r.phase.len() > MAX_NAME_BYTES {
-            return bad("phase", format!("is longer than {MAX_NAME_BYTES} bytes"));
+        if let Some(problem) = name_problem(&r.phase) {
+            return bad("phase", problem);
         }
         if r.trace_id != self.trace_id {
-            return bad("trace_id", format!("is `{}`, not the manifest's", r.trace_id));
+            return bad("trace_id", format!("is {:?}, not the manifest's", r.trace_id));
         }
         if r.ramsize_bytes != self.ramsize {
             return bad("ramsize_bytes", format!("is {}, not the manifest's {}", r.ramsize_bytes, self.ramsize));
