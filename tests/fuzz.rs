@@ -15,6 +15,8 @@
 //! - `DIRTYTRACE_FUZZ_SEED`: the seed (default: from the clock; always printed). Case `n` of
 //!   seed `s` is the same input on every run, so `DIRTYTRACE_FUZZ_SEED=s DIRTYTRACE_FUZZ_FROM=n
 //!   DIRTYTRACE_FUZZ_CASES=1` replays it.
+//! - `DIRTYTRACE_FUZZ_BIN`: the `dirtytrace` binary of the command-line cases (default: the one
+//!   cargo built).
 
 mod common;
 
@@ -906,7 +908,10 @@ fn cli_case(rng: &mut Rng, trace_dir: &Path, d: &str, r: &str) -> Result<(), Str
             rng.pick(&["0", "18446744073709551615", "-1", "5"]).to_string(),
         ],
     };
-    let mut child = Command::new(bin()).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // The long run may use a copy of the binary (`DIRTYTRACE_FUZZ_BIN`), so rebuilds meanwhile
+    // do not pull it from under the run.
+    let exe = std::env::var_os("DIRTYTRACE_FUZZ_BIN").map_or_else(bin, PathBuf::from);
+    let mut child = Command::new(exe).args(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
