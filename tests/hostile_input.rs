@@ -707,3 +707,35 @@ fn defect12_a_damaged_bitmap_names_its_interval() {
     set_binary(&dir, trace::BITMAPS, "data", 1, &cell);
     assert_all_tools_refuse(&dir, &["bitmaps.parquet", "row 1", "`data`", "interval 1"]);
 }
+
+/// `schemas/trace.md`'s *Limits* table gives each constant of `src/trace/limits.rs` its value.
+#[test]
+fn documented_limits_are_the_constants() {
+    use dirtytrace::trace::limits::*;
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/trace.md")).unwrap();
+    let documented = |name: &str| -> f64 {
+        let line = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("schemas/trace.md's Limits table lacks {name}"));
+        let cell = line.split('|').nth(2).unwrap().split_whitespace().next().unwrap();
+        cell.parse().unwrap_or_else(|_| panic!("{name}: `{cell}` is not a number"))
+    };
+    let constants: [(&str, f64); 10] = [
+        ("MAX_GUEST_BYTES", MAX_GUEST_BYTES as f64),
+        ("MAX_SLOTS", MAX_SLOTS as f64),
+        ("MAX_VCPUS", MAX_VCPUS as f64),
+        ("MAX_MANIFEST_BYTES", MAX_MANIFEST_BYTES as f64),
+        ("MAX_GUEST_LOG_BYTES", MAX_GUEST_LOG_BYTES as f64),
+        ("MAX_GUEST_LOG_LINE", MAX_GUEST_LOG_LINE as f64),
+        ("MAX_NAME_BYTES", MAX_NAME_BYTES as f64),
+        ("MAX_FRAME_BYTES", MAX_FRAME_BYTES as f64),
+        ("MAX_INTERVAL_S", MAX_INTERVAL_S),
+        ("MAX_SPEED_BYTES_PER_S", MAX_SPEED_BYTES_PER_S),
+    ];
+    for (name, value) in constants {
+        assert_eq!(documented(name), value, "{name}");
+    }
+    let rows = doc.lines().filter(|l| l.starts_with("| `MAX_")).count();
+    assert_eq!(rows, constants.len(), "the table documents a constant this test does not check");
+}
