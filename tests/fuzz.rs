@@ -755,7 +755,17 @@ fn read_trace(rng: &mut Rng, dir: &Path) -> Result<Trace, String> {
 fn read_everything(rng: &mut Rng, dir: &Path) -> Result<(), String> {
     let t = read_trace(rng, dir)?;
     let _ = t.guest_log();
-    summary::summarize(&t, &summary::SummaryOptions::default()).map_err(|e| e.to_string())?;
+    let mut so = summary::SummaryOptions::default();
+    if rng.chance(4) {
+        so.phase = Some(rng.pick(&["seq", "hot", "idle", "nope", ""]).to_string());
+        so.top_pages = *rng.pick(&[0, 1, usize::MAX]);
+    }
+    summary::summarize(&t, &so).map_err(|e| e.to_string())?;
+    if rng.chance(8) {
+        let out = dir.join(if rng.chance(2) { "p.svg" } else { "p.png" });
+        dirtytrace::analysis::plot::plot(&t, &dirtytrace::analysis::plot::PlotOptions::new(out))
+            .map_err(|e| e.to_string())?;
+    }
     simgrid::fit(&t, &simgrid::SimgridOptions::default()).map_err(|e| e.to_string())?;
     let mut o = replay::ReplayOptions::new(*rng.pick(&[1e-12, 1.0, 1e6, 64e6, 1e9, 1e15]));
     o.looped = rng.chance(2);
