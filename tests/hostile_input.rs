@@ -721,7 +721,7 @@ fn documented_limits_are_the_constants() {
         let cell = line.split('|').nth(2).unwrap().split_whitespace().next().unwrap();
         cell.parse().unwrap_or_else(|_| panic!("{name}: `{cell}` is not a number"))
     };
-    let constants: [(&str, f64); 10] = [
+    let constants: [(&str, f64); 12] = [
         ("MAX_GUEST_BYTES", MAX_GUEST_BYTES as f64),
         ("MAX_SLOTS", MAX_SLOTS as f64),
         ("MAX_VCPUS", MAX_VCPUS as f64),
@@ -732,10 +732,32 @@ fn documented_limits_are_the_constants() {
         ("MAX_FRAME_BYTES", MAX_FRAME_BYTES as f64),
         ("MAX_INTERVAL_S", MAX_INTERVAL_S),
         ("MAX_SPEED_BYTES_PER_S", MAX_SPEED_BYTES_PER_S),
+        ("MAX_TRACE_S", MAX_TRACE_S),
+        ("MIN_INTERVAL_LENGTH_S", MIN_INTERVAL_LENGTH_S),
     ];
     for (name, value) in constants {
         assert_eq!(documented(name), value, "{name}");
     }
-    let rows = doc.lines().filter(|l| l.starts_with("| `MAX_")).count();
+    let rows = doc.lines().filter(|l| l.starts_with("| `MAX_") || l.starts_with("| `MIN_")).count();
     assert_eq!(rows, constants.len(), "the table documents a constant this test does not check");
+}
+
+/// Defect 11: times that are finite and in order, but scaled to nonsense (an interval of
+/// 5e298 s or of 5e-302 s), were accepted and printed.
+#[test]
+fn defect11_times_scaled_to_nonsense_are_refused() {
+    for (k, needle) in [(1e300f64, "later than a trace may last"), (1e-300, "an interval lasts at least 1e-9 s")] {
+        let dir = copy_base("d11-scale");
+        for col in ["t_start_s", "t_end_s", "duration_s"] {
+            edit_column(&dir, trace::RATES, col, |c| {
+                let a = c.as_any().downcast_ref::<Float64Array>().unwrap();
+                Arc::new(Float64Array::from_iter_values(a.values().iter().map(|x| x * k)))
+            });
+        }
+        edit_column(&dir, trace::RATES, "dirty_rate_bytes_per_s", |c| {
+            let a = c.as_any().downcast_ref::<Float64Array>().unwrap();
+            Arc::new(Float64Array::from_iter_values(a.values().iter().map(|x| x / k)))
+        });
+        assert_all_tools_refuse(&dir, &["rates.parquet", "row 0", "`t_end_s`", needle]);
+    }
 }

@@ -278,8 +278,8 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
                     return Err(bad(
                         "--max-time",
                         format!(
-                            "{} lasts {end_s} s: replaying a migration of up to {} s would take more than \
-                             {MAX_PASSES} passes over it; lower --max-time",
+                            "{} lasts {end_s:e} s: replaying a migration of up to {} s would take more than \
+                             {MAX_PASSES:e} passes over it; lower --max-time",
                             trace.dir.display(),
                             o.max_time_s
                         ),

@@ -105,8 +105,8 @@ pub fn check_manifest(m: &Manifest) -> Result<(), Invalid> {
             format!("is {}; it must be more than 0 and at most {MAX_INTERVAL_S} s", m.interval_s),
         );
     }
-    if m.duration_limit_s.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
-        return bad("duration_limit_s", "must be a positive number of seconds, or null".into());
+    if m.duration_limit_s.is_some_and(|d| !(d.is_finite() && d > 0.0 && d <= MAX_TRACE_S)) {
+        return bad("duration_limit_s", format!("must be more than 0 and at most {MAX_TRACE_S} s, or null"));
     }
     let speed = m.migration_speed_bytes_per_s;
     if !(speed.is_finite() && speed > 0.0 && speed <= MAX_SPEED_BYTES_PER_S) {
@@ -209,7 +209,16 @@ impl RowChecker {
                 format!("is {}; it must be finite and after t_start_s ({})", r.t_end_s, r.t_start_s),
             );
         }
+        if r.t_end_s > MAX_TRACE_S {
+            return bad("t_end_s", format!("is {} s, later than a trace may last ({MAX_TRACE_S} s)", r.t_end_s));
+        }
         let length = r.t_end_s - r.t_start_s;
+        if length < MIN_INTERVAL_LENGTH_S {
+            return bad(
+                "t_end_s",
+                format!("is {length:e} s after t_start_s; an interval lasts at least {MIN_INTERVAL_LENGTH_S:e} s"),
+            );
+        }
         if !(r.duration_s > 0.0 && (r.duration_s - length).abs() <= 1e-9 * r.t_end_s.max(1.0)) {
             return bad("duration_s", format!("is {}, but t_end_s - t_start_s is {length}", r.duration_s));
         }

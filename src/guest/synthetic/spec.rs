@@ -256,6 +256,10 @@ impl WorkloadSpec {
             }
             phases.push(Phase { name, duration, working_set_bytes, rate, pattern, hot_fraction, hot_share, cpu });
         }
+        let total = phases.iter().try_fold(Duration::ZERO, |t, p| t.checked_add(p.duration));
+        if total.is_none_or(|t| t > crate::units::MAX_DURATION) {
+            return Err(bad("phase", "the phases' durations add up to more than 10 years"));
+        }
         Ok(WorkloadSpec { mem_bytes, vcpus, seed: seed as u64, phases })
     }
 
