@@ -463,6 +463,75 @@ fn mutate_table(rng: &mut Rng, dir: &Path, file: &str, bomb: &[u8]) -> String {
     format!("{file} {}", what.join(", "))
 }
 
+/// Replaces column `name` of the table at `path` with `f(old column)`.
+fn map_column(path: &Path, name: &str, f: impl FnOnce(&ArrayRef) -> ArrayRef) {
+    let b = read_table(path);
+    let c = b.schema().index_of(name).unwrap();
+    let mut cols = b.columns().to_vec();
+    cols[c] = f(&cols[c]);
+    write_table(path, &RecordBatch::try_new(b.schema(), cols).unwrap());
+}
+
+fn map_f64(path: &Path, name: &str, f: impl Fn(f64) -> f64) {
+    map_column(path, name, |c| {
+        let a = c.as_any().downcast_ref::<Float64Array>().unwrap();
+        Arc::new(Float64Array::from_iter_values(a.values().iter().map(|&x| f(x))))
+    });
+}
+
+fn map_u64(path: &Path, name: &str, f: impl Fn(u64) -> u64) {
+    map_column(path, name, |c| {
+        let a = c.as_any().downcast_ref::<UInt64Array>().unwrap();
+        Arc::new(UInt64Array::from_iter_values(a.values().iter().map(|&x| f(x))))
+    });
+}
+
+/// Changes that keep the tables consistent with each other, so that they reach past the
+/// reader's cross-checks: times scaled or shifted, intervals renumbered in both tables, every
+/// phase renamed.
+fn mutate_consistently(rng: &mut Rng, dir: &Path) -> String {
+    let rates = dir.join(trace::RATES);
+    match rng.below(4) {
+        0 => {
+            let k = *rng.pick(&[1e300, 1e-300, 1e12, 1e-12, 3.0, 1e9, 1e-6, 0.5]);
+            for c in ["t_start_s", "t_end_s", "duration_s"] {
+                map_f64(&rates, c, |x| x * k);
+            }
+            map_f64(&rates, "dirty_rate_bytes_per_s", |x| x / k);
+            if rng.chance(2) {
+                let mpath = dir.join(trace::MANIFEST);
+                let mut m: Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+                m["interval_s"] = (m["interval_s"].as_f64().unwrap() * k).into();
+                std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+            }
+            format!("times scaled by {k}")
+        }
+        1 => {
+            let off = *rng.pick(&[1e15, 3e8, 3.16e8, 1e-9, 86400.0, 1e300]);
+            for c in ["t_start_s", "t_end_s"] {
+                map_f64(&rates, c, |x| x + off);
+            }
+            format!("times shifted by {off}")
+        }
+        2 => {
+            let (mul, add) =
+                *rng.pick(&[(2u64, 0u64), (1000, 0), (1, 1), (1, 1 << 62), (1, u64::MAX - 200), (1 << 40, 7)]);
+            let f = move |i: u64| i.wrapping_mul(mul).wrapping_add(add);
+            map_u64(&rates, "interval", f);
+            map_u64(&dir.join(trace::BITMAPS), "interval", f);
+            format!("intervals renumbered i * {mul} + {add}")
+        }
+        _ => {
+            let name =
+                rng.pick(&[String::new(), "é".repeat(2048), "x".repeat(4096), "😀".repeat(1024), "a b".into()]).clone();
+            map_column(&rates, "phase", |c| {
+                Arc::new(StringArray::from_iter_values((0..c.len()).map(|_| name.as_str())))
+            });
+            format!("every phase named {}", short(&name))
+        }
+    }
+}
+
 /// Raw damage to a file's bytes: bit flips, truncation.
 fn mutate_bytes(rng: &mut Rng, path: &Path) -> String {
     let mut bytes = std::fs::read(path).unwrap();
@@ -783,9 +852,9 @@ fn check_message(msg: &str) -> Result<(), String> {
 }
 
 /// Runs case `n` of `seed`; `Err` is a failed property (not a reader's error).
-fn run_case(seed: u64, n: u64, base: &Base, work: &Path, bomb: &[u8]) -> (usize, String, Result<(), String>) {
+fn run_case(seed: u64, n: u64, base: &Base, work: &Path, bomb: &[u8]) -> (usize, String, Result<bool, String>) {
     let mut rng = Rng::new(seed ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
-    let class = rng.below(8);
+    let class = rng.below(9);
     let dir = work.join("case");
     let (what, result) = match class {
         0 | 1 => {
@@ -869,6 +938,11 @@ fn run_case(seed: u64, n: u64, base: &Base, work: &Path, bomb: &[u8]) -> (usize,
             };
             (what, result)
         }
+        8 => {
+            copy_dir(&base.dir, &dir);
+            let what = mutate_consistently(&mut rng, &dir);
+            (what, read_everything(&mut rng, &dir))
+        }
         _ => {
             let d = cli_value(&mut rng, &DURATION_UNITS);
             let r = cli_value(&mut rng, &RATE_UNITS);
@@ -884,10 +958,11 @@ fn run_case(seed: u64, n: u64, base: &Base, work: &Path, bomb: &[u8]) -> (usize,
             }
         }
     };
+    // A case whose input every reader accepted is counted apart from one refused with an error.
     let result = match result {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(e) if e.starts_with("recover built") || e.starts_with("generated") => Err(e),
-        Err(e) => check_message(&e),
+        Err(e) => check_message(&e).map(|()| false),
     };
     (class, what, result)
 }
@@ -975,7 +1050,7 @@ fn fuzz_child() {
         out.flush().unwrap();
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(seed, n, &base, &work, &bomb)));
         match caught {
-            Ok((class, _, Ok(()))) => writeln!(out, "done {n} {class}").unwrap(),
+            Ok((class, _, Ok(accepted))) => writeln!(out, "done {n} {class} {}", accepted as u8).unwrap(),
             Ok((class, what, Err(e))) => writeln!(out, "FAIL {n} class {class}: {what}: {}", short_line(&e)).unwrap(),
             Err(p) => {
                 let msg = p
@@ -1010,7 +1085,8 @@ fn fuzz_traces_journals_specs_and_flags() {
     eprintln!("fuzz: seed {seed}, {secs} s, from case {next} (DIRTYTRACE_FUZZ_SEED={seed} DIRTYTRACE_FUZZ_FROM=N DIRTYTRACE_FUZZ_CASES=1 replays case N)");
     let mut failures: Vec<String> = Vec::new();
     let (mut done, mut children) = (0u64, 0u64);
-    let mut per_class = [0u64; 8];
+    let mut per_class = [0u64; 9];
+    let mut accepted = 0u64;
     let started = Instant::now();
     while next < until && unix_now() < deadline {
         children += 1;
@@ -1062,6 +1138,7 @@ fn fuzz_traces_journals_specs_and_flags() {
                         let n: u64 = it.next().unwrap().parse().unwrap();
                         let class: usize = it.next().unwrap().parse().unwrap();
                         per_class[class] += 1;
+                        accepted += u64::from(it.next() == Some("1"));
                         done += 1;
                         next = n + 1;
                         current = None;
@@ -1103,7 +1180,8 @@ fn fuzz_traces_journals_specs_and_flags() {
     }
     eprintln!(
         "fuzz: seed {seed}: {done} cases in {:.0} s ({children} child process(es)); per class \
-         [manifest, manifest, rates cells, bitmaps cells, file bytes, journal, spec, flags] = {per_class:?}; \
+         [manifest, manifest, rates cells, bitmaps cells, file bytes, journal, spec, flags, consistent] = \
+         {per_class:?}; {accepted} read whole without error; \
          {} failure(s)",
         started.elapsed().as_secs_f64(),
         failures.len()
