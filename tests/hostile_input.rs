@@ -534,6 +534,19 @@ fn defect7_replay_loop_at_a_tiny_bandwidth_ends_naming_max_time() {
     assert_refused(&run(&args), &args, &["--max-time"]);
 }
 
+/// Defect 6 (the flags it did not cover): `bench --seconds` NaN, infinite, 0 or 1e300 ended in
+/// an error about a spec file the bench wrote, naming no flag. Nothing is made.
+#[test]
+fn defect6_bench_seconds_is_range_checked() {
+    let dir = tempdir("d6-seconds");
+    let work = dir.join("work");
+    for v in ["NaN", "inf", "0", "1e300", "86401"] {
+        let args = ["bench", "--only", "compression", "--seconds", v, "--work-dir", work.to_str().unwrap()];
+        assert_refused(&run(&args), &args, &["--seconds", "at most 86400"]);
+        assert!(!work.exists(), "bench made its work directory before checking --seconds");
+    }
+}
+
 /// Defect 7: a last `t_end_s` of NaN made `replay --loop` spin forever.
 #[test]
 fn defect7_a_nan_end_time_is_refused() {
