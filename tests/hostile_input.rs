@@ -73,7 +73,18 @@ struct Out {
 
 /// Runs the CLI with a timeout: a hang fails the test instead of hanging the suite.
 fn run_env(args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut cmd = Command::new(bin());
+    run_cmd(Command::new(bin()), args, env)
+}
+
+/// Runs the CLI with its address space capped at 4 GiB (util-linux `prlimit`), for inputs that
+/// used to take all of the machine's memory: such a run then fails alone.
+fn run_capped(args: &[&str]) -> Out {
+    let mut cmd = Command::new("prlimit");
+    cmd.arg("--as=4294967296").arg("--").arg(bin());
+    run_cmd(cmd, args, &[])
+}
+
+fn run_cmd(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Out {
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
@@ -473,7 +484,9 @@ fn defect5_a_device_or_fifo_as_font_is_refused() {
 }
 
 /// Defect 5, `--kernel` and `--file`: PENDING the lead's src/guest/linux changes (issue 7
-/// leaves guest/linux to the lead); ignored until then. Run with `--ignored` to check.
+/// leaves guest/linux to the lead); ignored until then. Run with `--ignored` to check. Before
+/// those changes, `--kernel /dev/zero` reads until the process dies, so each run is capped at
+/// 4 GiB of address space.
 #[test]
 #[ignore = "pending the lead's guest/linux changes for issue 7 (--kernel/--file size caps)"]
 fn defect5_a_device_or_fifo_as_kernel_or_file_is_refused() {
@@ -485,11 +498,11 @@ fn defect5_a_device_or_fifo_as_kernel_or_file_is_refused() {
     let (s, o) = (script.to_str().unwrap(), out.to_str().unwrap());
     for target in ["/dev/zero", "/dev/urandom", fifo.to_str().unwrap()] {
         let args = ["record", "--workload", s, "--kernel", target, "--output", o];
-        assert_refused(&run(&args), &args, &["--kernel", target, "is not a regular file"]);
+        assert_refused(&run_capped(&args), &args, &["--kernel", target, "is not a regular file"]);
         assert!(!out.exists());
         let spec = format!("{target}:/bin/x");
         let args = ["record", "--workload", s, "--file", &spec, "--output", o];
-        assert_refused(&run(&args), &args, &["--file", target, "is not a regular file"]);
+        assert_refused(&run_capped(&args), &args, &["--file", target, "is not a regular file"]);
         assert!(!out.exists());
     }
 }
