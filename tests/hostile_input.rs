@@ -787,3 +787,38 @@ fn defect11_times_scaled_to_nonsense_are_refused() {
         assert_all_tools_refuse(&dir, &["rates.parquet", "row 0", "`t_end_s`", needle]);
     }
 }
+
+/// Found by fuzzing: a phase name the trace cannot hold (over 4096 bytes, or with a newline)
+/// was accepted by the spec parser, and every interval of that phase was then dropped when the
+/// trace was finalised. Now the spec is refused before anything is recorded; and a running
+/// guest's phase name is cleaned instead, so no harvested interval is lost.
+#[test]
+fn fuzz_found_unholdable_phase_names_are_refused_before_recording() {
+    let dir = tempdir("fz-name");
+    let out = dir.join("out");
+    // As TOML strings: 4097 bytes, a newline, an escape sequence.
+    for name in [format!("\"{}\"", "n".repeat(4097)), r#""two\nlines""#.into(), r#""esc\u001b[31m""#.into()] {
+        let spec = format!("[[phase]]\nname = {name}\nduration = \"1s\"\nworking_set = \"1MiB\"\nrate = \"1MiB/s\"\n");
+        let p = write(&dir, "name.toml", &spec);
+        let args = ["record", "--workload", p.to_str().unwrap(), "--output", out.to_str().unwrap()];
+        assert_refused(&run(&args), &args, &["phase[0].name"]);
+        assert!(!out.exists());
+        let gen = generate(&dir.join("gen"), &spec, &GenerateOptions::default());
+        assert!(gen.unwrap_err().to_string().contains("phase[0].name"));
+    }
+    let log = dirtytrace::events::GuestLog::new("boot");
+    log.mark_phase(Some(0), &format!("a\nb{}", "é".repeat(3000)), Value::Null);
+    let phase = log.phase();
+    assert!(phase.starts_with("a?b") && phase.len() <= 4096 && phase.len() > 4090, "{}", phase.len());
+    assert_eq!(trace::name_problem(&phase), None);
+}
+
+/// Found by fuzzing: TOML errors in a spec spanned four lines (the toml crate's excerpt).
+#[test]
+fn fuzz_found_spec_errors_are_one_line_naming_the_key() {
+    let dir = tempdir("fz-toml");
+    let out = dir.join("out");
+    let p = write(&dir, "bad.toml", "[[phase]]\nduration = \"1s\"\nrate = \"0\"\nhot_fraction = \"é\"\n");
+    let args = ["record", "--workload", p.to_str().unwrap(), "--output", out.to_str().unwrap()];
+    assert_refused(&run(&args), &args, &["bad.toml", "line 4, `hot_fraction`", "expected f64"]);
+}
