@@ -436,12 +436,13 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
     manifest.status = status;
     if status == TraceStatus::Recovered {
         manifest.end_reason.get_or_insert_with(|| "recovered_from_journal".into());
-        if let Some(losses) = done.losses() {
-            manifest.error = Some(match manifest.error.take() {
-                Some(e) => format!("{e}\n{losses}"),
-                None => losses,
-            });
-        }
+    }
+    // Whatever was lost is said, whoever finalised: never silently.
+    if let Some(losses) = done.losses() {
+        manifest.error = Some(match manifest.error.take() {
+            Some(e) => format!("{e}\n{losses}"),
+            None => losses,
+        });
     }
     manifest.store(dir).map_err(io_err("cannot write manifest in", dir))?;
     let _ = std::fs::remove_file(&jpath);
