@@ -721,6 +721,17 @@ fn defect11_nonsense_manifest_values_are_refused_with_the_field() {
     }
 }
 
+/// Defect 11: a trace of no intervals (a journal killed before its first frame, recovered)
+/// was summarized as "0 intervals … (0 B)" and fitted to a dp_intensity of 0. Now each tool
+/// says there is nothing to work on.
+#[test]
+fn defect11_a_trace_of_no_intervals_is_refused_by_every_tool() {
+    let dir = killed_trace("d11-empty", journal::FILE_MAGIC);
+    let (_, rows) = recover_ok(&dir);
+    assert!(rows.is_empty());
+    assert_all_tools_refuse(&dir, &["rates.parquet", "has no intervals"]);
+}
+
 /// Defect 12: bitmap errors named no interval.
 #[test]
 fn defect12_a_damaged_bitmap_names_its_interval() {
