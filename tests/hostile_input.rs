@@ -833,3 +833,14 @@ fn fuzz_found_spec_errors_are_one_line_naming_the_key() {
     let args = ["record", "--workload", p.to_str().unwrap(), "--output", out.to_str().unwrap()];
     assert_refused(&run(&args), &args, &["bad.toml", "line 4, `hot_fraction`", "expected f64"]);
 }
+
+/// Defect 11: an interval cut short by the end of the recording (`partial`) anywhere but last
+/// is nonsense the statistics would quietly leave out.
+#[test]
+fn defect11_a_partial_interval_before_the_last_is_refused() {
+    let dir = copy_base("d11-partial");
+    edit_column(&dir, trace::RATES, "partial", |c| {
+        Arc::new(BooleanArray::from_iter((0..c.len()).map(|i| Some(i == 9 || i + 1 == c.len()))))
+    });
+    assert_all_tools_refuse(&dir, &["rates.parquet", "row 10", "`partial`", "row 9 is partial"]);
+}

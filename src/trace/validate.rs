@@ -168,6 +168,7 @@ pub struct RowChecker {
     vcpus: usize,
     row: u64,
     last: Option<(u64, f64)>,
+    last_partial: bool,
 }
 
 impl RowChecker {
@@ -180,6 +181,7 @@ impl RowChecker {
             vcpus: m.vcpus as usize,
             row: 0,
             last: None,
+            last_partial: false,
         }
     }
 
@@ -196,6 +198,15 @@ impl RowChecker {
             return bad("t_start_s", format!("is {}; it must be a finite time of 0 s or later", r.t_start_s));
         }
         if let Some((interval, t_end)) = self.last {
+            if self.last_partial {
+                return bad(
+                    "partial",
+                    format!(
+                        "row {} is partial (cut short by the end of the recording), yet this row follows it",
+                        self.row - 1
+                    ),
+                );
+            }
             if r.interval <= interval {
                 return bad("interval", format!("is {}, not after the row before's {interval}", r.interval));
             }
@@ -277,6 +288,7 @@ impl RowChecker {
             );
         }
         self.last = Some((r.interval, r.t_end_s));
+        self.last_partial = r.partial;
         self.row += 1;
         Ok(())
     }
