@@ -450,6 +450,33 @@ fn defect5_a_fifo_as_rates_is_refused() {
     assert_all_tools_refuse(&dir, &["rates.parquet", "is not a regular file (a FIFO)"]);
 }
 
+/// Defect 5, the same for the journal `recover` reads, and for `guest_log.jsonl`.
+#[test]
+fn defect5_a_device_or_fifo_as_journal_or_guest_log_is_refused() {
+    for target in ["/dev/zero", "/dev/urandom", "fifo"] {
+        let dir = killed_trace("d5-journal", b"");
+        let j = dir.join(trace::JOURNAL);
+        std::fs::remove_file(&j).unwrap();
+        if target == "fifo" {
+            mkfifo(&j);
+        } else {
+            std::os::unix::fs::symlink(target, &j).unwrap();
+        }
+        let args = ["recover", dir.to_str().unwrap()];
+        assert_refused(&run(&args), &args, &["journal.dtj", "is not a regular file"]);
+        let dir = copy_base("d5-guestlog");
+        let g = dir.join(trace::GUEST_LOG);
+        std::fs::remove_file(&g).unwrap();
+        if target == "fifo" {
+            mkfifo(&g);
+        } else {
+            std::os::unix::fs::symlink(target, &g).unwrap();
+        }
+        let err = Trace::open(&dir).unwrap().guest_log().unwrap_err().to_string();
+        assert!(err.contains("guest_log.jsonl") && err.contains("is not a regular file"), "{err}");
+    }
+}
+
 /// Defect 5: a `.toml` workload that is `/dev/zero`, `/dev/urandom` or a FIFO.
 #[test]
 fn defect5_a_device_or_fifo_as_workload_is_refused() {
