@@ -98,9 +98,10 @@ fn soak_record_at_10ms() {
         .map(|f| std::fs::metadata(out.join(f)).map_or(0, |m| m.len()))
         .sum();
     // The slope over the steady state: from the end of the first minute (allocators and
-    // buffers warmed up) to the last sample before finalising.
-    let steady: Vec<(f64, f64)> =
-        samples.iter().copied().filter(|&(t, _)| t >= 60.0_f64.min(secs as f64 / 4.0)).collect();
+    // buffers warmed up) to the last sample while recording. Samples taken while finalising
+    // (the guest's memory already released) are left out.
+    let warm = 60.0_f64.min(secs as f64 / 4.0);
+    let steady: Vec<(f64, f64)> = samples.iter().copied().filter(|&(t, _)| t >= warm && t < secs as f64).collect();
     let per_hour = if steady.len() >= 3 { slope(&steady) * 3600.0 } else { f64::NAN };
     let first = steady.first().map_or(f64::NAN, |s| s.1);
     let last = steady.last().map_or(f64::NAN, |s| s.1);
