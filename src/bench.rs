@@ -155,6 +155,8 @@ pub const DEFAULT_MEM: u64 = crate::units::GIB;
 pub const DEFAULT_DEADLINE_MEM: [u64; 3] = [4 * crate::units::GIB, 64 * crate::units::GIB, 256 * crate::units::GIB];
 /// The intervals the deadline runs try, shortest first (ms).
 pub const DEADLINE_INTERVALS_MS: [u64; 6] = [1, 2, 5, 10, 20, 50];
+/// The longest `--seconds`: one day per recording.
+pub const MAX_SECONDS: f64 = 86_400.0;
 /// `--seconds`'s default: the length of each recording.
 pub const DEFAULT_SECONDS: f64 = 3.0;
 /// `--work-dir`'s default.
@@ -239,6 +241,10 @@ pub fn run_steps(
     steps: &[BenchStep],
     mut progress: impl FnMut(BenchStep),
 ) -> anyhow::Result<BenchReport> {
+    // Checked here, before anything is made, so that the error names the flag.
+    if !(opts.seconds.is_finite() && opts.seconds > 0.0 && opts.seconds <= MAX_SECONDS) {
+        anyhow::bail!("--seconds: must be more than 0 and at most {MAX_SECONDS} (one day), got {}", opts.seconds);
+    }
     let workspace = Workspace::create(&opts.work_dir)?;
     let inner = BenchOptions { work_dir: workspace.dir.clone(), deadline_mem: opts.deadline_mem.clone(), ..*opts };
     let mut report = BenchReport::default();

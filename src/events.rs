@@ -25,7 +25,7 @@ impl GuestLog {
     pub fn new(initial_phase: &str) -> Self {
         GuestLog {
             t0_ns: std::sync::atomic::AtomicU64::new(crate::clock::now_ns()),
-            inner: Mutex::new(Inner { phase: initial_phase.to_string(), ..Default::default() }),
+            inner: Mutex::new(Inner { phase: crate::trace::sanitize_name(initial_phase), ..Default::default() }),
         }
     }
 
@@ -46,11 +46,14 @@ impl GuestLog {
         inner.pending.push(GuestEvent { t_s, vcpu, kind: kind.into(), name: name.into(), detail });
     }
 
-    /// Marks the start of a phase; intervals ending after this carry its name.
+    /// Marks the start of a phase; intervals ending after this carry its name. A name the
+    /// trace could not hold (too long, control characters) is made into one it can
+    /// ([`crate::trace::sanitize_name`]), so that no interval is refused when it is finalised.
     pub fn mark_phase(&self, vcpu: Option<u32>, name: &str, detail: serde_json::Value) {
+        let name = crate::trace::sanitize_name(name);
         let mut inner = self.inner.lock().unwrap();
-        inner.phase = name.to_string();
-        self.push(&mut inner, vcpu, "phase", name, detail);
+        inner.phase = name.clone();
+        self.push(&mut inner, vcpu, "phase", &name, detail);
     }
 
     /// Logs an event of `kind`.

@@ -247,6 +247,9 @@ struct ReplayArgs {
     /// Repeat the trace when the migration outlasts it.
     #[arg(long = "loop")]
     looped: bool,
+    /// The longest migration to replay (migration time): a longer one is an error.
+    #[arg(long, default_value_t = HumanDuration(replay::DEFAULT_MAX_TIME), allow_hyphen_values = true)]
+    max_time: HumanDuration,
     /// send: round 0 sends every page (SimGrid); skip: a still-zero page costs 9 bytes (QEMU).
     #[arg(long, value_enum, default_value_t = replay::ZeroPages::Send)]
     zero_pages: replay::ZeroPages,
@@ -335,6 +338,7 @@ fn run_analysis(command: AnalysisCommand) -> anyhow::Result<ExitCode> {
             o.max_rounds = a.max_rounds;
             o.start_s = a.start.0.as_secs_f64();
             o.looped = a.looped;
+            o.max_time_s = a.max_time.0.as_secs_f64();
             o.zero_pages = a.zero_pages;
             for_traces(&a.traces, a.json, |t| Ok(replay::replay(t, &o)?), report::replay_text)
         }

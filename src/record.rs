@@ -232,24 +232,45 @@ pub struct HarvestCost {
 /// that time the machine gives to other threads is not counted as ours).
 #[derive(Debug, Clone, Default)]
 struct CostLog {
-    ioctl_ns: Vec<u64>,
-    sampler_own_ns: Vec<u64>,
-    compress_ns: Vec<u64>,
-    persist_ns: Vec<u64>,
-    pause_ns: Vec<u64>,
+    /// Running sums in ns, and how many values each holds: the means are all that is reported,
+    /// and a log of every interval would grow with the recording (40 bytes an interval).
+    ioctl_ns: CostSum,
+    sampler_own_ns: CostSum,
+    compress_ns: CostSum,
+    persist_ns: CostSum,
+    pause_ns: CostSum,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct CostSum {
+    total_ns: u128,
+    count: u64,
+}
+
+impl CostSum {
+    fn push(&mut self, ns: u64) {
+        self.total_ns += ns as u128;
+        self.count += 1;
+    }
+    fn mean_s(self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.total_ns as f64 / self.count as f64 / 1e9
+        }
+    }
 }
 
 impl CostLog {
     fn mean(&self) -> HarvestCost {
-        let mean = |v: &[u64]| if v.is_empty() { 0.0 } else { v.iter().sum::<u64>() as f64 / v.len() as f64 / 1e9 };
         let (ioctl, own, compress, persist) =
-            (mean(&self.ioctl_ns), mean(&self.sampler_own_ns), mean(&self.compress_ns), mean(&self.persist_ns));
+            (self.ioctl_ns.mean_s(), self.sampler_own_ns.mean_s(), self.compress_ns.mean_s(), self.persist_ns.mean_s());
         HarvestCost {
             ioctl_mean_s: ioctl,
             sampler_own_mean_s: own,
             compress_mean_s: compress,
             persist_mean_s: persist,
-            pause_mean_s: mean(&self.pause_ns),
+            pause_mean_s: self.pause_ns.mean_s(),
             own_over_ioctl: if ioctl > 0.0 { (own + compress + persist) / ioctl } else { 0.0 },
         }
     }

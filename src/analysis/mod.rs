@@ -144,6 +144,19 @@ pub fn phase_names(trace: &Trace) -> Result<Vec<String>> {
     Ok(names)
 }
 
+/// Fails with a clear error when the trace has no intervals (a recording killed before its
+/// first harvest, say): there is nothing to `what` (summarize, fit, draw), and figures over no
+/// interval would only look like results.
+pub fn require_intervals(trace: &Trace, what: &str) -> Result<()> {
+    if trace.manifest.intervals > 0 {
+        return Ok(());
+    }
+    Err(AnalysisError::TraceTooShort(format!(
+        "{} has no intervals: nothing to {what}",
+        trace.dir.join(crate::trace::RATES).display()
+    )))
+}
+
 /// Fails with a clear error when `phase` is given and the trace never has it.
 pub fn check_phase(trace: &Trace, phase: Option<&str>) -> Result<()> {
     let Some(phase) = phase else { return Ok(()) };

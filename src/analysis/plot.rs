@@ -82,6 +82,7 @@ impl PlotData {
 
 /// Reads the trace once and collects what the figure shows.
 pub fn collect(trace: &Trace) -> Result<PlotData> {
+    super::require_intervals(trace, "draw")?;
     let m = &trace.manifest;
     let space = PageSpace::new(&m.slots);
     let n = m.intervals.max(1) as usize;

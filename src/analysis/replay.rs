@@ -15,6 +15,10 @@ use crate::trace::Trace;
 use serde::Serialize;
 use std::ops::ControlFlow;
 
+/// The most passes over the trace `--loop` counts: beyond 2^53, pass numbers lose precision
+/// as times.
+const MAX_PASSES: f64 = 9_007_199_254_740_992.0;
+
 /// What QEMU sends for a page that is all zeroes: an 8-byte page header and one byte.
 pub const ZERO_PAGE_BYTES: u64 = 9;
 
@@ -22,6 +26,9 @@ pub const ZERO_PAGE_BYTES: u64 = 9;
 pub const DEFAULT_MAX_DOWNTIME: std::time::Duration = std::time::Duration::from_millis(30);
 /// `--max-rounds`'s default.
 pub const DEFAULT_MAX_ROUNDS: u32 = 30;
+/// `--max-time`'s default: one day of migration time. A migration that would last longer
+/// (a tiny `--bandwidth`, say) is refused rather than replayed over countless trace passes.
+pub const DEFAULT_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// How round 0 counts pages that were never written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -48,6 +55,9 @@ pub struct ReplayOptions {
     pub looped: bool,
     /// How round 0 counts pages never written.
     pub zero_pages: ZeroPages,
+    /// The longest migration replayed, in seconds of migration time (`--max-time`): a round
+    /// that would end later is an error naming the flag.
+    pub max_time_s: f64,
 }
 
 impl ReplayOptions {
@@ -60,6 +70,7 @@ impl ReplayOptions {
             start_s: 0.0,
             looped: false,
             zero_pages: ZeroPages::Send,
+            max_time_s: DEFAULT_MAX_TIME.as_secs_f64(),
         }
     }
 }
@@ -147,6 +158,9 @@ fn validate(trace: &Trace, o: &ReplayOptions, end_s: f64) -> Result<()> {
     if o.max_rounds == 0 {
         return Err(bad("--max-rounds", "must be at least 1 (round 0 sends all RAM)"));
     }
+    if !(o.max_time_s.is_finite() && o.max_time_s > 0.0) {
+        return Err(bad("--max-time", format!("must be longer than 0 s, got {}", o.max_time_s)));
+    }
     if !o.start_s.is_finite() || o.start_s < 0.0 {
         return Err(bad("--start", format!("must be 0 s or more, got {}", o.start_s)));
     }
@@ -171,6 +185,7 @@ struct State {
     threshold: f64,
     page_size: u64,
     max_rounds: u32,
+    max_time: f64,
     /// Pages dirtied before round 0 starts (`skip` only) and the initially non-zero ones.
     nonzero: Option<PageBits>,
     /// Pages dirtied in the current round.
@@ -183,7 +198,7 @@ struct State {
 }
 
 impl State {
-    fn begin_round0(&mut self, start: f64, total_pages: u64) {
+    fn begin_round0(&mut self, start: f64, total_pages: u64) -> Result<()> {
         let (bytes, pages) = match &self.nonzero {
             None => (total_pages * self.page_size, total_pages),
             Some(nz) => {
@@ -191,11 +206,24 @@ impl State {
                 (n * self.page_size + (total_pages - n) * ZERO_PAGE_BYTES, n)
             }
         };
-        self.push_round(start, bytes, pages);
+        self.push_round(start, bytes, pages)
     }
 
-    fn push_round(&mut self, start: f64, bytes: u64, pages: u64) {
+    fn push_round(&mut self, start: f64, bytes: u64, pages: u64) -> Result<()> {
         let duration = bytes as f64 / self.bw;
+        if start + duration > self.max_time {
+            return Err(bad(
+                "--max-time",
+                format!(
+                    "the migration would last longer than {} s: round {} would end {:.6e} s after it starts \
+                     ({bytes} bytes at {} bytes/s); raise --max-time, or the --bandwidth",
+                    self.max_time,
+                    self.rounds.len(),
+                    start + duration,
+                    self.bw
+                ),
+            ));
+        }
         self.rounds.push(Round {
             round: self.rounds.len() as u32,
             start_s: start,
@@ -206,10 +234,11 @@ impl State {
         });
         self.round_end = Some(start + duration);
         self.round_intervals = 0;
+        Ok(())
     }
 
     /// Closes the current round: either starts the next one or ends the migration.
-    fn close_round(&mut self) {
+    fn close_round(&mut self) -> Result<()> {
         let end = self.round_end.expect("a round is running");
         self.rounds.last_mut().expect("a round is running").intervals = self.round_intervals;
         let pages = self.dirty.count();
@@ -218,8 +247,9 @@ impl State {
         let converged = bytes as f64 <= self.threshold;
         if converged || self.rounds.len() as u32 >= self.max_rounds {
             self.done = Some((StopAndCopy { bytes, pages, duration_s: bytes as f64 / self.bw }, converged));
+            Ok(())
         } else {
-            self.push_round(end, bytes, pages);
+            self.push_round(end, bytes, pages)
         }
     }
 }
@@ -253,6 +283,7 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
         threshold: o.bandwidth_bytes_per_s * o.max_downtime_s,
         page_size: m.page_size,
         max_rounds: o.max_rounds,
+        max_time: o.max_time_s,
         nonzero,
         dirty: PageBits::new(space.total_pages),
         rounds: Vec::new(),
@@ -269,9 +300,21 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
             // passes that lie entirely inside it add nothing, so skip them without reading.
             let ps = passes as f64 * end_s - o.start_s;
             if r.start_s <= ps - end_s && ps + end_s <= re {
-                let k = ((re - ps) / end_s).floor().max(1.0) as u64;
+                let k = ((re - ps) / end_s).floor().max(1.0);
+                if passes as f64 + k > MAX_PASSES {
+                    return Err(bad(
+                        "--max-time",
+                        format!(
+                            "{} lasts {end_s:e} s: replaying a migration of up to {} s would take more than \
+                             {MAX_PASSES:e} passes over it; lower --max-time",
+                            trace.dir.display(),
+                            o.max_time_s
+                        ),
+                    ));
+                }
+                let k = k as u64;
                 passes += k;
-                st.round_intervals += k * m.intervals;
+                st.round_intervals = st.round_intervals.saturating_add(k.saturating_mul(m.intervals));
                 continue;
             }
         }
@@ -290,10 +333,10 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
                 return Ok(ControlFlow::Continue(()));
             }
             if st.round_end.is_none() {
-                st.begin_round0(0.0, space.total_pages);
+                st.begin_round0(0.0, space.total_pages)?;
             }
             while t > st.round_end.expect("round 0 has begun") {
-                st.close_round();
+                st.close_round()?;
                 if st.done.is_some() {
                     return Ok(ControlFlow::Break(()));
                 }
@@ -307,7 +350,7 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
         if st.done.is_none() {
             // The trace ended: a round that ends exactly at its end is complete.
             if st.round_end.is_some_and(|e| last_t >= e) {
-                st.close_round();
+                st.close_round()?;
             }
         }
         if st.done.is_none() && !o.looped {

@@ -85,6 +85,7 @@ pub fn fit(trace: &Trace, opts: &SimgridOptions) -> Result<SimgridParams> {
     if !speed.is_finite() || speed <= 0.0 {
         return Err(bad("--migration-speed", format!("must be greater than 0 bytes/s, got {speed}")));
     }
+    super::require_intervals(trace, "fit")?;
     check_phase(trace, opts.phase.as_deref())?;
     let space = PageSpace::new(&m.slots);
     let window_s = m.ramsize_bytes as f64 / speed;

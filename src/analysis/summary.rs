@@ -509,6 +509,7 @@ impl SummaryBuilder {
 
 /// Summarizes a trace (or one of its phases) in one pass over its bitmaps.
 pub fn summarize(trace: &Trace, opts: &SummaryOptions) -> Result<Summary> {
+    super::require_intervals(trace, "summarize")?;
     check_phase(trace, opts.phase.as_deref())?;
     let space = PageSpace::new(&trace.manifest.slots);
     let mut b = SummaryBuilder::new(trace, opts.clone());

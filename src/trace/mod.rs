@@ -18,7 +18,7 @@ pub use manifest::{HarvestTiming, Manifest, TraceStatus};
 pub use reader::{BitmapStream, IntervalBitmaps, IntervalStream, RatesStream, SlotBitmap, Trace, TraceError};
 pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SlotBlob};
 pub use tables::{bitmap_columns, rate_columns, ColumnError};
-pub use validate::{check_manifest, Invalid, RowChecker};
+pub use validate::{check_manifest, name_problem, sanitize_name, Invalid, RowChecker};
 pub use writer::{finalize, prepare_dir, timing_of, Finalized, TraceWriter, WriteError};
 
 /// The format's version, in `manifest.json`: readers refuse others.

@@ -67,6 +67,34 @@ pub enum TraceError {
     },
 }
 
+/// Runs `f`, a call into the Parquet decoder, turning a panic of the decoder (it has some on
+/// damaged files: a bogus bit width in the schema, say) into a [`TraceError::Corrupt`] of
+/// `path`. The panic's message is not printed: the error says what happened.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, TraceError> {
+    use std::cell::Cell;
+    thread_local!(static QUIET: Cell<bool> = const { Cell::new(false) });
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(Cell::get) {
+                previous(info)
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(was));
+    result.map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or("no message");
+        corrupt(path, format!("damaged: the Parquet decoder failed on it ({})", msg.replace('\n', " ")))
+    })
+}
+
 fn corrupt(path: &Path, msg: impl ToString) -> TraceError {
     TraceError::Corrupt { path: path.to_path_buf(), msg: msg.to_string() }
 }
@@ -156,7 +184,7 @@ impl Trace {
     fn builder(&self, name: &str, max_row_bytes: u64) -> Result<ParquetRecordBatchReaderBuilder<File>, TraceError> {
         let path = self.dir.join(name);
         let f = crate::files::open_regular(&path, u64::MAX, "Parquet table")?;
-        let b = ParquetRecordBatchReaderBuilder::try_new(f)
+        let b = guarded(&path, || ParquetRecordBatchReaderBuilder::try_new(f))?
             .map_err(|e| corrupt(&path, format!("not a readable Parquet file ({e})")))?;
         for rg in b.metadata().row_groups() {
             let cap = (rg.num_rows().max(0) as u64).saturating_mul(max_row_bytes).saturating_add(1 << 20);
@@ -180,11 +208,8 @@ impl Trace {
     /// Streams `rates.parquet` in interval order, one batch of rows in memory at a time.
     pub fn rates_stream(&self) -> Result<RatesStream, TraceError> {
         let path = self.dir.join(RATES);
-        let reader = self
-            .builder(RATES, MAX_RATES_ROW_BYTES)?
-            .with_batch_size(RATES_BATCH)
-            .build()
-            .map_err(|e| corrupt(&path, e))?;
+        let builder = self.builder(RATES, MAX_RATES_ROW_BYTES)?.with_batch_size(RATES_BATCH);
+        let reader = guarded(&path, || builder.build())?.map_err(|e| corrupt(&path, e))?;
         Ok(RatesStream {
             checker: RowChecker::new(&self.manifest),
             expected: self.manifest.intervals,
@@ -231,11 +256,8 @@ impl Trace {
     /// Streams the bitmaps in interval order, a few intervals in memory at a time.
     pub fn bitmaps(&self) -> Result<BitmapStream<'_>, TraceError> {
         let path = self.dir.join(BITMAPS);
-        let reader = self
-            .builder(BITMAPS, self.max_bitmap_row_bytes())?
-            .with_batch_size(BITMAP_BATCH)
-            .build()
-            .map_err(|e| corrupt(&path, e))?;
+        let builder = self.builder(BITMAPS, self.max_bitmap_row_bytes())?.with_batch_size(BITMAP_BATCH);
+        let reader = guarded(&path, || builder.build())?.map_err(|e| corrupt(&path, e))?;
         BitmapStream::new(self, path, reader, 0)
     }
 
@@ -255,11 +277,8 @@ impl Trace {
         };
         let per = self.manifest.slots.len();
         let sel = RowSelection::from(vec![RowSelector::skip(k * per), RowSelector::select(per)]);
-        let reader = self
-            .builder(BITMAPS, self.max_bitmap_row_bytes())?
-            .with_row_selection(sel)
-            .build()
-            .map_err(|e| corrupt(&path, e))?;
+        let builder = self.builder(BITMAPS, self.max_bitmap_row_bytes())?.with_row_selection(sel);
+        let reader = guarded(&path, || builder.build())?.map_err(|e| corrupt(&path, e))?;
         let mut stream = BitmapStream::new(self, path.clone(), reader, k as u64 * per as u64)?;
         match stream.next() {
             Some(Ok(b)) if b.interval == interval => Ok(b),
@@ -298,7 +317,11 @@ impl Iterator for RatesStream {
                     Err(e) => Some(Err(invalid_in(&self.path)(e))),
                 };
             }
-            match self.reader.next() {
+            let next = match guarded(&self.path, || self.reader.next()) {
+                Ok(next) => next,
+                Err(e) => break Some(Err(e)),
+            };
+            match next {
                 Some(Ok(batch)) => match tables::rows_from_batch(&batch) {
                     Ok(rows) => self.buffered = rows.into_iter(),
                     Err(e) => break Some(Err(corrupt(&self.path, e))),
@@ -346,9 +369,22 @@ impl<'a> BitmapStream<'a> {
             if let Some(b) = self.buffered.next() {
                 return Some(Ok(b));
             }
-            match self.reader.next()? {
+            let next = match guarded(&self.path, || self.reader.next()) {
+                Ok(next) => next?,
+                Err(e) => return Some(Err(e)),
+            };
+            match next {
                 Ok(batch) => match tables::blobs_from_batch(&batch) {
                     Ok(rows) => self.buffered = rows.into_iter(),
+                    // The batch starts at row `self.row` of the file: every row before it was
+                    // taken.
+                    Err(tables::ColumnError::UnknownEncoding { row, value }) => {
+                        let row = self.row + row as u64;
+                        return Some(Err(corrupt(
+                            &self.path,
+                            format!("row {row}: `encoding` is {value:?}, which this dirtytrace does not know (a newer dirtytrace?)"),
+                        )));
+                    }
                     Err(e) => return Some(Err(corrupt(&self.path, e))),
                 },
                 Err(e) => return Some(Err(corrupt(&self.path, e))),

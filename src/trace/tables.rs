@@ -136,10 +136,13 @@ pub enum ColumnError {
     /// A column has another type than documented.
     #[error("column `{0}` has the wrong type")]
     WrongType(String),
+    /// A column holds nulls where every row needs a value.
+    #[error("column `{0}` has empty (null) cells")]
+    Nulls(String),
     /// An encoding this dirtytrace does not know.
-    #[error("row {row}: `encoding` is `{value}`, which this dirtytrace does not know (a newer dirtytrace?)")]
+    #[error("row {row}: `encoding` is {value:?}, which this dirtytrace does not know (a newer dirtytrace?)")]
     UnknownEncoding {
-        /// The row within the batch.
+        /// The row within the batch (the reader makes it the row within the file).
         row: usize,
         /// The value found.
         value: String,
@@ -147,11 +150,12 @@ pub enum ColumnError {
 }
 
 fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str) -> Result<&'a T, ColumnError> {
-    b.column_by_name(name)
-        .ok_or_else(|| ColumnError::Missing(name.into()))?
-        .as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| ColumnError::WrongType(name.into()))
+    let c = b.column_by_name(name).ok_or_else(|| ColumnError::Missing(name.into()))?;
+    // `dp_intensity` is the one column whose cells may be null.
+    if name != "dp_intensity" && c.null_count() > 0 {
+        return Err(ColumnError::Nulls(name.into()));
+    }
+    c.as_any().downcast_ref::<T>().ok_or_else(|| ColumnError::WrongType(name.into()))
 }
 
 fn list_values<T: arrow::datatypes::ArrowPrimitiveType>(l: &ListArray, i: usize) -> Vec<T::Native> {

@@ -23,6 +23,30 @@ pub(crate) fn invalid(row: Option<u64>, field: impl Into<String>, problem: impl 
     Invalid { row, field: field.into(), problem: problem.into() }
 }
 
+/// What is wrong with a phase name or a `trace_id`, if anything: too long, or holding control
+/// characters (a newline would split an error message, an escape sequence would reach the
+/// terminal).
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.len() > MAX_NAME_BYTES {
+        return Some(format!("is {} bytes long; a name has at most {MAX_NAME_BYTES}", name.len()));
+    }
+    name.chars().any(char::is_control).then(|| "holds control characters (newlines, tabs, escapes)".to_string())
+}
+
+/// `name` made acceptable to [`name_problem`]: control characters become `?` and it is cut
+/// to [`MAX_NAME_BYTES`] on a character boundary. For names a running guest reports, which
+/// cannot be refused without losing the intervals they label.
+pub fn sanitize_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len().min(MAX_NAME_BYTES));
+    for c in name.chars().map(|c| if c.is_control() { '?' } else { c }) {
+        if out.len() + c.len_utf8() > MAX_NAME_BYTES {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn finite_nonneg(v: f64) -> bool {
     v.is_finite() && v >= 0.0
 }
@@ -33,8 +57,11 @@ pub fn check_manifest(m: &Manifest) -> Result<(), Invalid> {
     if m.page_size != PAGE_SIZE {
         return bad("page_size", format!("is {}; this dirtytrace reads traces of {PAGE_SIZE}-byte pages", m.page_size));
     }
-    if m.trace_id.is_empty() || m.trace_id.len() > MAX_NAME_BYTES {
-        return bad("trace_id", format!("must be 1 to {MAX_NAME_BYTES} bytes long"));
+    if m.trace_id.is_empty() {
+        return bad("trace_id", "is empty".into());
+    }
+    if let Some(problem) = name_problem(&m.trace_id) {
+        return bad("trace_id", problem);
     }
     if m.slots.is_empty() || m.slots.len() > MAX_SLOTS {
         return bad("slots", format!("has {} slots; a trace has 1 to {MAX_SLOTS}", m.slots.len()));
@@ -78,8 +105,8 @@ pub fn check_manifest(m: &Manifest) -> Result<(), Invalid> {
             format!("is {}; it must be more than 0 and at most {MAX_INTERVAL_S} s", m.interval_s),
         );
     }
-    if m.duration_limit_s.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
-        return bad("duration_limit_s", "must be a positive number of seconds, or null".into());
+    if m.duration_limit_s.is_some_and(|d| !(d.is_finite() && d > 0.0 && d <= MAX_TRACE_S)) {
+        return bad("duration_limit_s", format!("must be more than 0 and at most {MAX_TRACE_S} s, or null"));
     }
     let speed = m.migration_speed_bytes_per_s;
     if !(speed.is_finite() && speed > 0.0 && speed <= MAX_SPEED_BYTES_PER_S) {
@@ -141,6 +168,7 @@ pub struct RowChecker {
     vcpus: usize,
     row: u64,
     last: Option<(u64, f64)>,
+    last_partial: bool,
 }
 
 impl RowChecker {
@@ -153,6 +181,7 @@ impl RowChecker {
             vcpus: m.vcpus as usize,
             row: 0,
             last: None,
+            last_partial: false,
         }
     }
 
@@ -169,6 +198,15 @@ impl RowChecker {
             return bad("t_start_s", format!("is {}; it must be a finite time of 0 s or later", r.t_start_s));
         }
         if let Some((interval, t_end)) = self.last {
+            if self.last_partial {
+                return bad(
+                    "partial",
+                    format!(
+                        "row {} is partial (cut short by the end of the recording), yet this row follows it",
+                        self.row - 1
+                    ),
+                );
+            }
             if r.interval <= interval {
                 return bad("interval", format!("is {}, not after the row before's {interval}", r.interval));
             }
@@ -182,7 +220,16 @@ impl RowChecker {
                 format!("is {}; it must be finite and after t_start_s ({})", r.t_end_s, r.t_start_s),
             );
         }
+        if r.t_end_s > MAX_TRACE_S {
+            return bad("t_end_s", format!("is {} s, later than a trace may last ({MAX_TRACE_S} s)", r.t_end_s));
+        }
         let length = r.t_end_s - r.t_start_s;
+        if length < MIN_INTERVAL_LENGTH_S {
+            return bad(
+                "t_end_s",
+                format!("is {length:e} s after t_start_s; an interval lasts at least {MIN_INTERVAL_LENGTH_S:e} s"),
+            );
+        }
         if !(r.duration_s > 0.0 && (r.duration_s - length).abs() <= 1e-9 * r.t_end_s.max(1.0)) {
             return bad("duration_s", format!("is {}, but t_end_s - t_start_s is {length}", r.duration_s));
         }
@@ -216,11 +263,11 @@ impl RowChecker {
         if r.cpu_util_per_vcpu.len() != self.vcpus || !r.cpu_util_per_vcpu.iter().all(|&c| finite_nonneg(c)) {
             return bad("cpu_util_per_vcpu", format!("must hold {} finite values of 0 or more", self.vcpus));
         }
-        if r.phase.len() > MAX_NAME_BYTES {
-            return bad("phase", format!("is longer than {MAX_NAME_BYTES} bytes"));
+        if let Some(problem) = name_problem(&r.phase) {
+            return bad("phase", problem);
         }
         if r.trace_id != self.trace_id {
-            return bad("trace_id", format!("is `{}`, not the manifest's", r.trace_id));
+            return bad("trace_id", format!("is {:?}, not the manifest's", r.trace_id));
         }
         if r.ramsize_bytes != self.ramsize {
             return bad("ramsize_bytes", format!("is {}, not the manifest's {}", r.ramsize_bytes, self.ramsize));
@@ -241,6 +288,7 @@ impl RowChecker {
             );
         }
         self.last = Some((r.interval, r.t_end_s));
+        self.last_partial = r.partial;
         self.row += 1;
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! the Parquet tables and final manifest when the recording ends (or `recover` runs).
 //! It persists what it is given and computes nothing: rows come ready-made.
 
+use super::bitmap;
 use super::journal::{self, JournalReader};
 use super::manifest::{HarvestTiming, Manifest, TraceStatus};
 use super::records::{GuestEvent, IntervalRow, SlotBlob};
@@ -227,30 +228,54 @@ fn lock_journal(journal: &File, dir: &Path) -> Result<(), WriteError> {
 
 /// Harvest timing from the rows, so that a recovered trace gets the same figures.
 pub fn timing_of(rows: &[IntervalRow], interval_s: f64) -> HarvestTiming {
-    use crate::stats::percentile;
-    let full: Vec<&IntervalRow> = rows.iter().filter(|r| !r.partial).collect();
-    let mut late: Vec<f64> = full.iter().map(|r| r.harvest_lateness_s).collect();
-    let mut ioctl: Vec<f64> = rows.iter().map(|r| r.harvest_ioctl_s).collect();
-    late.sort_by(f64::total_cmp);
-    ioctl.sort_by(f64::total_cmp);
-    let tolerance = interval_s / 10.0;
-    let skipped = full.iter().map(|r| ((r.duration_s / interval_s).round() as u64).saturating_sub(1)).sum();
-    HarvestTiming {
-        intervals: rows.len() as u64,
-        lateness_p50_s: percentile(&late, 0.5),
-        lateness_p99_s: percentile(&late, 0.99),
-        lateness_max_s: late.last().copied().unwrap_or(0.0),
-        ioctl_p50_s: percentile(&ioctl, 0.5),
-        ioctl_p99_s: percentile(&ioctl, 0.99),
-        ioctl_max_s: ioctl.last().copied().unwrap_or(0.0),
-        missed_deadlines: late.iter().filter(|&&l| l > tolerance).count() as u64,
-        on_time_tolerance_s: tolerance,
-        skipped_deadlines: skipped,
-        mean_interval_s: if full.is_empty() {
-            0.0
-        } else {
-            full.iter().map(|r| r.duration_s).sum::<f64>() / full.len() as f64
-        },
+    let mut acc = TimingInputs::default();
+    rows.iter().for_each(|r| acc.push(r));
+    acc.timing(interval_s)
+}
+
+/// What [`timing_of`] needs of each row, 25 bytes of it instead of the whole row, so that
+/// finalising a long recording does not hold every row in memory.
+#[derive(Default)]
+struct TimingInputs {
+    /// `(lateness, duration)` of the full intervals.
+    full: Vec<(f64, f64)>,
+    /// `harvest_ioctl_s` of every interval.
+    ioctl: Vec<f64>,
+}
+
+impl TimingInputs {
+    fn push(&mut self, r: &IntervalRow) {
+        if !r.partial {
+            self.full.push((r.harvest_lateness_s, r.duration_s));
+        }
+        self.ioctl.push(r.harvest_ioctl_s);
+    }
+
+    fn timing(self, interval_s: f64) -> HarvestTiming {
+        use crate::stats::percentile;
+        let TimingInputs { full, mut ioctl } = self;
+        let mut late: Vec<f64> = full.iter().map(|f| f.0).collect();
+        late.sort_by(f64::total_cmp);
+        ioctl.sort_by(f64::total_cmp);
+        let tolerance = interval_s / 10.0;
+        let skipped = full.iter().map(|f| ((f.1 / interval_s).round() as u64).saturating_sub(1)).sum();
+        HarvestTiming {
+            intervals: ioctl.len() as u64,
+            lateness_p50_s: percentile(&late, 0.5),
+            lateness_p99_s: percentile(&late, 0.99),
+            lateness_max_s: late.last().copied().unwrap_or(0.0),
+            ioctl_p50_s: percentile(&ioctl, 0.5),
+            ioctl_p99_s: percentile(&ioctl, 0.99),
+            ioctl_max_s: ioctl.last().copied().unwrap_or(0.0),
+            missed_deadlines: late.iter().filter(|&&l| l > tolerance).count() as u64,
+            on_time_tolerance_s: tolerance,
+            skipped_deadlines: skipped,
+            mean_interval_s: if full.is_empty() {
+                0.0
+            } else {
+                full.iter().map(|f| f.1).sum::<f64>() / full.len() as f64
+            },
+        }
     }
 }
 
@@ -333,10 +358,23 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
     };
     let mut bw = ArrowWriter::try_new(bfile, tables::bitmaps_schema(), Some(parquet_props(Some("data"), 1024)))
         .map_err(parquet_err(&tmp_bitmaps))?;
-    let mut rows = Vec::new();
+    // Rows go to the rates table in chunks as the journal is read: only what the harvest
+    // timing needs of each stays in memory.
+    let tmp_rates = dir.join(".rates.parquet.tmp");
+    let rfile = File::create(&tmp_rates).map_err(io_err("cannot create", &tmp_rates))?;
+    let mut rw = ArrowWriter::try_new(rfile, tables::rates_schema(), Some(parquet_props(None, 65536)))
+        .map_err(parquet_err(&tmp_rates))?;
+    let mut rows: Vec<IntervalRow> = Vec::new();
+    let mut timing = TimingInputs::default();
     let mut pending = Vec::new();
     let mut checker = RowChecker::new(&manifest);
     let mut invalid_frames = Vec::new();
+    let mut verify = match status {
+        TraceStatus::Recovered => {
+            Some(zstd::bulk::Decompressor::new().map_err(|e| WriteError::Journal { path: jpath.clone(), source: e })?)
+        }
+        _ => None,
+    };
     for frame in &mut reader {
         let (row, blobs) = frame.map_err(io_err("cannot read journal", &jpath))?;
         let frame_no = Some(checker.rows());
@@ -355,28 +393,38 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
         } else {
             Err(invalid(frame_no, "dirty_pages", format!("is {}, its bitmaps hold {sum}", row.dirty_pages)))
         };
-        if let Err(e) = blobs_ok.and(counts_ok).and_then(|_| checker.check(&row)) {
+        // A journal that outlived its recorder may hold anything with a valid checksum: its
+        // bitmaps are decoded too (capped at their size), so the trace built always reads.
+        let mut data_ok = || match verify.as_mut() {
+            Some(dec) => blobs.iter().try_for_each(|b| {
+                bitmap::decode(dec, b).map(drop).map_err(|e| {
+                    invalid(frame_no, "data", format!("(interval {}, slot {}): {e}", row.interval, b.slot))
+                })
+            }),
+            None => Ok(()),
+        };
+        if let Err(e) = blobs_ok.and(counts_ok).and_then(|_| checker.check(&row)).and_then(|_| data_ok()) {
             invalid_frames.push(e);
             continue;
         }
         pending.extend(blobs.into_iter().map(|b| (row.interval, b)));
+        timing.push(&row);
         rows.push(row);
         if pending.len() >= 64 {
             bw.write(&tables::bitmaps_batch(&pending)).map_err(parquet_err(&tmp_bitmaps))?;
             pending.clear();
+        }
+        if rows.len() >= 8192 {
+            rw.write(&tables::rates_batch(&rows)).map_err(parquet_err(&tmp_rates))?;
+            rows.clear();
         }
     }
     if !pending.is_empty() {
         bw.write(&tables::bitmaps_batch(&pending)).map_err(parquet_err(&tmp_bitmaps))?;
     }
     bw.close().map_err(parquet_err(&tmp_bitmaps))?;
-
-    let tmp_rates = dir.join(".rates.parquet.tmp");
-    let rfile = File::create(&tmp_rates).map_err(io_err("cannot create", &tmp_rates))?;
-    let mut rw = ArrowWriter::try_new(rfile, tables::rates_schema(), Some(parquet_props(None, 65536)))
-        .map_err(parquet_err(&tmp_rates))?;
-    for chunk in rows.chunks(8192) {
-        rw.write(&tables::rates_batch(chunk)).map_err(parquet_err(&tmp_rates))?;
+    if !rows.is_empty() {
+        rw.write(&tables::rates_batch(&rows)).map_err(parquet_err(&tmp_rates))?;
     }
     rw.close().map_err(parquet_err(&tmp_rates))?;
 
@@ -388,17 +436,18 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
         torn_tail: reader.torn_tail(),
         manifest: Manifest::clone(&manifest),
     };
-    manifest.timing = timing_of(&rows, manifest.interval_s);
-    manifest.intervals = rows.len() as u64;
+    manifest.timing = timing.timing(manifest.interval_s);
+    manifest.intervals = manifest.timing.intervals;
     manifest.status = status;
     if status == TraceStatus::Recovered {
         manifest.end_reason.get_or_insert_with(|| "recovered_from_journal".into());
-        if let Some(losses) = done.losses() {
-            manifest.error = Some(match manifest.error.take() {
-                Some(e) => format!("{e}\n{losses}"),
-                None => losses,
-            });
-        }
+    }
+    // Whatever was lost is said, whoever finalised: never silently.
+    if let Some(losses) = done.losses() {
+        manifest.error = Some(match manifest.error.take() {
+            Some(e) => format!("{e}\n{losses}"),
+            None => losses,
+        });
     }
     manifest.store(dir).map_err(io_err("cannot write manifest in", dir))?;
     let _ = std::fs::remove_file(&jpath);

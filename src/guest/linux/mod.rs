@@ -108,7 +108,13 @@ impl LinuxGuest {
             anyhow::bail!("--mem must be a whole number of 4 KiB pages");
         }
         let kit = kit::locate(opts.kernel.as_deref(), opts.force_bzimage)?;
-        let kernel = read_kernel(&kit.kernel, opts.mem)?;
+        let kernel = read_kernel(&kit.kernel, opts.mem).with_context(|| {
+            if opts.kernel.is_some() {
+                "--kernel"
+            } else {
+                "the guest kernel"
+            }
+        })?;
         boot::check_kernel(&kernel, &kit.kernel.display().to_string())?;
         for x in &opts.files {
             // A regular file that fits the guest: never a FIFO or a device, never read without end.
@@ -144,7 +150,7 @@ impl LinuxGuest {
 fn read_kernel(path: &std::path::Path, mem: u64) -> anyhow::Result<Vec<u8>> {
     use std::io::Read;
     let name = path.display().to_string();
-    let size = crate::files::check_regular(path, u64::MAX, "kernel").context("the kernel")?;
+    let size = crate::files::check_regular(path, u64::MAX, "kernel")?;
     let mut file = std::fs::File::open(path).with_context(|| format!("cannot read kernel {name}"))?;
     let mut head = Vec::with_capacity(4096);
     (&mut file).take(4096).read_to_end(&mut head).with_context(|| format!("cannot read kernel {name}"))?;

@@ -90,6 +90,21 @@ fn bad(key: impl Into<String>, msg: impl Into<String>) -> SpecError {
     SpecError::Value { key: key.into(), msg: msg.into() }
 }
 
+/// A TOML error on one line: where, the key on that line, and what is wrong.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    let Some(span) = e.span() else { return msg };
+    let before = &text[..text.floor_char_boundary(span.start.min(text.len()))];
+    let line = before.matches('\n').count() + 1;
+    let line_text = text.lines().nth(line - 1).unwrap_or("");
+    match line_text.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && key.len() <= 64 => {
+            format!("line {line}, `{}`: {msg}", key.trim())
+        }
+        _ => format!("line {line}: {msg}"),
+    }
+}
+
 /// A value people may write as a string (`"256MiB"`) or a bare number.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -164,7 +179,7 @@ cpu = 0.0
 impl WorkloadSpec {
     /// Parses and validates a spec; `mem` and `vcpus` from the command line take precedence.
     pub fn parse(text: &str, mem_override: Option<u64>, vcpus_override: Option<u32>) -> Result<Self, SpecError> {
-        let raw: RawSpec = toml::from_str(text).map_err(|e| SpecError::Toml(e.to_string()))?;
+        let raw: RawSpec = toml::from_str(text).map_err(|e| SpecError::Toml(toml_error(text, &e)))?;
         let mem_bytes = match (mem_override, &raw.mem) {
             (Some(m), _) => m,
             (None, Some(q)) => parse_size(&q.text()).map_err(|e| bad("mem", e.to_string()))?,
@@ -260,16 +275,17 @@ impl WorkloadSpec {
             if writes && cpu == 0.0 {
                 return Err(bad(key("cpu"), "is 0, so the vCPU could never write; set rate = \"0\" for an idle phase"));
             }
-            phases.push(Phase {
-                name: p.name.unwrap_or_else(|| format!("phase{i}")),
-                duration,
-                working_set_bytes,
-                rate,
-                pattern,
-                hot_fraction,
-                hot_share,
-                cpu,
-            });
+            let name = p.name.unwrap_or_else(|| format!("phase{i}"));
+            // Checked here, before anything runs: a row whose phase the trace cannot hold
+            // would be refused when the trace is finalised, its interval lost.
+            if let Some(problem) = crate::trace::name_problem(&name) {
+                return Err(bad(key("name"), problem));
+            }
+            phases.push(Phase { name, duration, working_set_bytes, rate, pattern, hot_fraction, hot_share, cpu });
+        }
+        let total = phases.iter().try_fold(Duration::ZERO, |t, p| t.checked_add(p.duration));
+        if total.is_none_or(|t| t > crate::units::MAX_DURATION) {
+            return Err(bad("phase", "the phases' durations add up to more than 10 years"));
         }
         Ok(WorkloadSpec { mem_bytes, vcpus, seed: seed as u64, phases })
     }
