@@ -229,18 +229,35 @@ pub fn inspect(dir: &Path) -> RunState {
     }
 }
 
+/// Why a run's directory was not removed before recording it again.
+#[derive(Debug, thiserror::Error)]
+enum RemoveRefused {
+    /// Its metadata cannot be read.
+    #[error("cannot be read: {0}")]
+    Unreadable(std::io::Error),
+    /// It is a file or a symlink.
+    #[error("is not a directory")]
+    NotADirectory,
+    /// It is not a trace of dirtytrace's, so it is not ours to remove.
+    #[error("holds no dirtytrace manifest, so it was not removed")]
+    NotATrace,
+    /// Removing it failed.
+    #[error("cannot be removed: {0}")]
+    Remove(std::io::Error),
+}
+
 /// Removes a run's directory, after checking once more that it is a directory holding a
 /// dirtytrace manifest (never a symlink, never anything else).
-fn remove_trace(dir: &Path) -> Result<(), String> {
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("cannot be read: {e}"))?;
+fn remove_trace(dir: &Path) -> Result<(), RemoveRefused> {
+    let meta = std::fs::symlink_metadata(dir).map_err(RemoveRefused::Unreadable)?;
     if !meta.is_dir() || meta.file_type().is_symlink() {
-        return Err("is not a directory".into());
+        return Err(RemoveRefused::NotADirectory);
     }
     match Manifest::load(dir) {
         Ok(m) if m.tool == "dirtytrace" => {}
-        _ => return Err("holds no dirtytrace manifest, so it was not removed".into()),
+        _ => return Err(RemoveRefused::NotATrace),
     }
-    std::fs::remove_dir_all(dir).map_err(|e| format!("cannot be removed: {e}"))
+    std::fs::remove_dir_all(dir).map_err(RemoveRefused::Remove)
 }
 
 /// What the sweep did with a run.

@@ -188,13 +188,14 @@ pub fn run(kvm_path: &Path) -> anyhow::Result<ProbeResult> {
 }
 
 /// [`run`], once per process and device: `record` may ask more than once.
-pub fn cached(kvm_path: &Path) -> Result<ProbeResult, String> {
-    static DONE: Mutex<Vec<(PathBuf, Result<ProbeResult, String>)>> = Mutex::new(Vec::new());
+pub fn cached(kvm_path: &Path) -> Result<ProbeResult, std::sync::Arc<anyhow::Error>> {
+    type Outcome = Result<ProbeResult, std::sync::Arc<anyhow::Error>>;
+    static DONE: Mutex<Vec<(PathBuf, Outcome)>> = Mutex::new(Vec::new());
     let mut done = DONE.lock().unwrap();
     if let Some((_, r)) = done.iter().find(|(p, _)| p == kvm_path) {
         return r.clone();
     }
-    let r = run(kvm_path).map_err(|e| format!("{e:#}"));
+    let r = run(kvm_path).map_err(std::sync::Arc::new);
     done.push((kvm_path.to_path_buf(), r.clone()));
     r
 }
