@@ -81,11 +81,17 @@ pub enum DecodeError {
 pub fn decode(dec: &mut zstd::bulk::Decompressor<'static>, blob: &SlotBlob) -> Result<Vec<u64>, DecodeError> {
     let Encoding::Zstd = blob.encoding;
     let expected = blob.raw_bytes;
-    let raw = dec.decompress(&blob.data, expected as usize).map_err(|source| DecodeError::Data { expected, source })?;
-    if raw.len() as u64 != expected {
-        return Err(DecodeError::Length { got: raw.len() as u64, expected });
+    // Straight into the words, never more than the expected size.
+    let mut words = vec![0u64; (expected / 8) as usize];
+    let got = dec
+        .decompress_to_buffer(&blob.data[..], bytemuck::cast_slice_mut::<u64, u8>(&mut words))
+        .map_err(|source| DecodeError::Data { expected, source })?;
+    if got as u64 != expected {
+        return Err(DecodeError::Length { got: got as u64, expected });
     }
-    let mut words: Vec<u64> = raw.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+    for w in &mut words {
+        *w = u64::from_le(*w);
+    }
     // Bits past the slot's last page are not pages: refuse them rather than guess.
     let tail = blob.num_pages % 64;
     let stray = match words.last_mut() {
@@ -96,7 +102,6 @@ pub fn decode(dec: &mut zstd::bulk::Decompressor<'static>, blob: &SlotBlob) -> R
     if stray || got != blob.dirty_pages {
         return Err(DecodeError::Count { got, expected: blob.dirty_pages });
     }
-    words.shrink_to_fit();
     Ok(words)
 }
 
