@@ -427,6 +427,11 @@ struct RecordArgs {
     /// it cannot; on makes the lack of permission an error.
     #[arg(long, value_enum, default_value_t = dirtytrace::sampler::RealtimeMode::Auto)]
     realtime: dirtytrace::sampler::RealtimeMode,
+    /// The most the sampler wakes before each deadline and spins on the clock, learning how
+    /// late the host's timers fire; capped at a twentieth of the interval (under 5 % of a
+    /// core). Default: 50us for intervals of 2 ms or less, else 0 (never).
+    #[arg(long, value_name = "DURATION")]
+    spin: Option<HumanDuration>,
     /// The KVM device (default /dev/kvm, or $DIRTYTRACE_KVM_DEVICE).
     #[arg(long, value_name = "PATH")]
     kvm_device: Option<PathBuf>,
@@ -513,6 +518,7 @@ impl RecordArgs {
         opts.migration_speed = self.migration_speed.0;
         opts.exact_cut = self.exact_cut;
         opts.realtime = self.realtime;
+        opts.spin = self.spin.map(|d| d.0);
         if let Some(k) = self.kvm_device {
             opts.kvm_device = k;
         }

@@ -60,17 +60,29 @@ pub struct RecordOptions {
     pub exact_cut: bool,
     /// Whether the sampler thread runs at real-time priority.
     pub realtime: RealtimeMode,
-    /// Stop sleeping this long before each deadline and watch the clock; `None`: the default
-    /// ([`default_spin`]).
+    /// The most the sampler wakes before each deadline to spin on the clock; `None`: the
+    /// default ([`default_spin`]).
     pub spin: Option<Duration>,
     /// Lock the recorder's own memory (not the guest's) with `mlockall(MCL_CURRENT)` before
     /// the guest's memory exists.
     pub lock_memory: bool,
 }
 
-/// The sampler's default spin before a deadline for `interval`: none.
-pub fn default_spin(_interval: Duration) -> Duration {
-    Duration::ZERO
+/// The default most the sampler spins before a deadline, at intervals up to
+/// [`SPIN_INTERVALS_UP_TO`]: above the tens of µs a nested host's timers fire late.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+/// The longest interval that spins by default: beyond it, a timer's lateness is under a
+/// fortieth of the interval and costs no deadline.
+pub const SPIN_INTERVALS_UP_TO: Duration = Duration::from_millis(2);
+
+/// The sampler's default spin before a deadline for `interval` (`bench --only deadline`
+/// measured it: lateness p50 from about 55 µs to under 10 µs at 1 ms).
+pub fn default_spin(interval: Duration) -> Duration {
+    if interval <= SPIN_INTERVALS_UP_TO {
+        DEFAULT_SPIN
+    } else {
+        Duration::ZERO
+    }
 }
 
 impl RecordOptions {
@@ -432,7 +444,7 @@ impl TryFrom<RecordOptions> for Recorder {
         (manifest.host_kernel, manifest.host_name) = host_info();
         manifest.duration_limit_s = opts.duration.map(|d| d.as_secs_f64());
         manifest.exact_cut = opts.exact_cut;
-        let spin = opts.spin.unwrap_or_else(|| default_spin(opts.interval));
+        let spin = sampler::bounded_spin(opts.spin.unwrap_or_else(|| default_spin(opts.interval)), opts.interval);
         let cpu_plan = if realtime { crate::cpus::plan(vm.vcpus.len()) } else { None };
         manifest.sampler = Some(SamplerScheduling {
             requested: opts.realtime.as_str().into(),

@@ -88,7 +88,8 @@ pub struct SamplerConfig {
     pub progress_words: Vec<u64>,
     /// Hold every vCPU outside the guest around each harvest, so the cut is exact.
     pub exact_cut: bool,
-    /// Stop sleeping this long before each deadline and watch the clock instead (zero: never).
+    /// The most the sampler wakes before each deadline to watch the clock instead (zero:
+    /// never); bounded to a twentieth of the interval, so the spin costs under 5 % of a core.
     pub spin: Duration,
 }
 
@@ -244,6 +245,99 @@ fn harvest(
     Ok(h)
 }
 
+/// The spin the sampler allows itself before each deadline at `interval`: at most a twentieth
+/// of it, so spinning costs under 5 % of a core.
+pub fn bounded_spin(spin: Duration, interval: Duration) -> Duration {
+    spin.min(interval / 20)
+}
+
+/// How long before a deadline the sampler wakes, learnt from how late its wake-ups come: a
+/// timer here fires tens of µs late (a nested host's timer), so waking that much early and
+/// spinning the rest puts the harvest on the deadline for a spin of a few µs. Never more than
+/// `cap`.
+#[derive(Debug, Clone, Copy)]
+struct WakeAdvance {
+    cap_ns: u64,
+    advance_ns: u64,
+}
+
+impl WakeAdvance {
+    fn new(cap_ns: u64) -> Self {
+        WakeAdvance { cap_ns, advance_ns: 0 }
+    }
+
+    fn ns(&self) -> u64 {
+        self.advance_ns
+    }
+
+    /// Moves an eighth of the way towards a quarter more than the latest wake-up latency.
+    fn observe(&mut self, latency_ns: u64) {
+        let target = latency_ns.saturating_add(latency_ns / 4).min(self.cap_ns);
+        let step = (target.abs_diff(self.advance_ns) / 8).max(1);
+        self.advance_ns = if target >= self.advance_ns {
+            (self.advance_ns + step).min(target)
+        } else {
+            self.advance_ns.saturating_sub(step).max(target)
+        };
+    }
+}
+
+/// The deadline after `deadline`, and how many are passed over: when the harvest ran past
+/// the next one, it skips to one at least half an interval ahead rather than harvest in a
+/// burst, so the sampler always sleeps between harvests, even at real-time priority.
+pub fn next_deadline_after(deadline: u64, now: u64, interval_ns: u64) -> (u64, u64) {
+    let next = deadline.saturating_add(interval_ns);
+    if now < next {
+        return (next, 0);
+    }
+    let mut behind = (now - next) / interval_ns + 1;
+    if next.saturating_add(behind.saturating_mul(interval_ns)) - now < interval_ns / 2 {
+        behind += 1;
+    }
+    (next.saturating_add(behind.saturating_mul(interval_ns)), behind)
+}
+
+/// Sleeps to absolute deadlines the way the sampler does: in slices, so a stop is seen
+/// promptly, waking early by what the host's timers have been late and spinning the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineSleeper {
+    advance: WakeAdvance,
+}
+
+impl DeadlineSleeper {
+    /// A sleeper that spins at most `spin` before each deadline (zero: never).
+    pub fn new(spin: Duration) -> Self {
+        DeadlineSleeper { advance: WakeAdvance::new(u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX)) }
+    }
+
+    /// Returns at `deadline` (on [`clock::now_ns`]'s clock), or early with what `stop` says
+    /// once it says something; `stop` is asked at least every 20 ms.
+    pub fn sleep_until<T>(&mut self, deadline: u64, mut stop: impl FnMut() -> Option<T>) -> Option<T> {
+        loop {
+            if let Some(t) = stop() {
+                return Some(t);
+            }
+            let now = clock::now_ns();
+            if now >= deadline {
+                return None;
+            }
+            let wake = deadline - self.advance.ns().min(deadline);
+            if now >= wake {
+                // The last few µs: watch the clock rather than trust the wake-up.
+                while clock::now_ns() < deadline {
+                    std::hint::spin_loop();
+                }
+                return None;
+            }
+            let until = wake.min(now + POLL_NS);
+            clock::sleep_until(until);
+            if until == wake {
+                self.advance.observe(clock::now_ns().saturating_sub(wake));
+            }
+        }
+    }
+}
+
 /// Harvests on every deadline until the workload ends, `duration` passes, `interrupt` is set
 /// or the guest stops; then stops the vCPUs and takes a final, partial harvest.
 pub fn run(
@@ -257,37 +351,24 @@ pub fn run(
     let t0 = log.t0_ns();
     // Callers bound both (`record`'s checks); saturate rather than wrap regardless.
     let interval_ns = u64::try_from(cfg.interval.as_nanos()).unwrap_or(u64::MAX).max(1);
-    let spin_ns = u64::try_from(cfg.spin.as_nanos()).unwrap_or(0).min(interval_ns / 10);
+    let mut sleeper = DeadlineSleeper::new(bounded_spin(cfg.spin, cfg.interval));
     let end_ns = cfg.duration.map(|d| t0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
     let mut st = State { index: 0, last_t_ns: 0, last_cpu: vm.vcpu_cpu_ns() };
     let mut next_deadline = t0.saturating_add(interval_ns);
     let mut skipped = 0u64;
     let end = loop {
         let deadline = end_ns.map_or(next_deadline, |e| next_deadline.min(e));
-        // Sleep to the deadline in slices, so a finished guest or Ctrl-C is seen promptly.
-        let stop = loop {
+        let stop = sleeper.sleep_until(deadline, || {
             if interrupt.load(Ordering::Acquire) {
-                break Some(EndReason::Interrupted);
+                Some(EndReason::Interrupted)
+            } else if vm.all_finished() {
+                Some(EndReason::WorkloadDone)
+            } else if vm.stop_requested() {
+                Some(EndReason::GuestFault)
+            } else {
+                None
             }
-            if vm.all_finished() {
-                break Some(EndReason::WorkloadDone);
-            }
-            if vm.stop_requested() {
-                break Some(EndReason::GuestFault);
-            }
-            let now = clock::now_ns();
-            if now >= deadline {
-                break None;
-            }
-            if now + spin_ns >= deadline {
-                // The last few µs: watch the clock rather than trust the wake-up.
-                while clock::now_ns() < deadline {
-                    std::hint::spin_loop();
-                }
-                break None;
-            }
-            clock::sleep_until((deadline - spin_ns).min(now + POLL_NS));
-        };
+        });
         if let Some(reason) = stop {
             break reason;
         }
@@ -298,19 +379,9 @@ pub fn run(
         if end_ns.is_some_and(|e| deadline >= e) {
             break EndReason::Duration;
         }
-        next_deadline = next_deadline.saturating_add(interval_ns);
-        let now = clock::now_ns();
-        if now >= next_deadline {
-            // Far behind: skip to a deadline at least half an interval ahead rather than harvest
-            // in a burst, so the sampler always sleeps between harvests, even at real-time
-            // priority.
-            let mut behind = (now - next_deadline) / interval_ns + 1;
-            if next_deadline.saturating_add(behind.saturating_mul(interval_ns)) - now < interval_ns / 2 {
-                behind += 1;
-            }
-            skipped += behind;
-            next_deadline = next_deadline.saturating_add(behind.saturating_mul(interval_ns));
-        }
+        let (next, passed_over) = next_deadline_after(next_deadline, clock::now_ns(), interval_ns);
+        next_deadline = next;
+        skipped += passed_over;
     };
     let outcomes = vm.stop();
     let end = match end {
@@ -336,4 +407,40 @@ pub fn run(
         elapsed_ns: st.last_t_ns,
         cpu_ns: clock::this_thread_cpu_ns() - cpu_start,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WakeAdvance;
+
+    #[test]
+    fn the_wake_advance_learns_the_latency_within_its_cap() {
+        let mut a = WakeAdvance::new(50_000);
+        for _ in 0..200 {
+            a.observe(20_000);
+        }
+        assert_eq!(a.ns(), 25_000, "a quarter more than a steady 20 µs latency");
+        for _ in 0..200 {
+            a.observe(1_000_000);
+        }
+        assert_eq!(a.ns(), 50_000, "never beyond the cap");
+        for _ in 0..200 {
+            a.observe(0);
+        }
+        assert_eq!(a.ns(), 0, "back to sleeping to the deadline once wake-ups are prompt");
+        let mut off = WakeAdvance::new(0);
+        off.observe(1_000_000);
+        assert_eq!(off.ns(), 0, "a zero cap never spins");
+    }
+
+    #[test]
+    fn an_overrun_skips_to_a_deadline_half_an_interval_ahead() {
+        use super::next_deadline_after as next;
+        assert_eq!(next(1000, 1500, 1000), (2000, 0), "on time");
+        assert_eq!(next(1000, 2000, 1000), (3000, 1), "exactly at the next deadline: passed over");
+        assert_eq!(next(1000, 2400, 1000), (3000, 1));
+        assert_eq!(next(1000, 2600, 1000), (4000, 2), "less than half an interval left: one more");
+        assert_eq!(next(1000, 10_000, 1000), (11_000, 9));
+        assert_eq!(next(u64::MAX - 10, u64::MAX, 1000).0, u64::MAX, "saturates rather than wraps");
+    }
 }

@@ -21,7 +21,10 @@ fn record(out: &Path, args: &[&str], without_sys_nice: bool) -> (i32, String) {
     } else {
         Command::new(bin())
     };
-    cmd.args(["record", "--workload", spec.to_str().unwrap(), "--interval", "20ms", "--output"]).arg(out).args(args);
+    cmd.args(["record", "--workload", spec.to_str().unwrap(), "--output"]).arg(out).args(args);
+    if !args.contains(&"--interval") {
+        cmd.args(["--interval", "20ms"]);
+    }
     let o = cmd.output().expect("runs (setpriv is util-linux's)");
     (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stderr).into_owned())
 }
@@ -80,4 +83,22 @@ fn on_without_permission_is_an_error_that_leaves_nothing() {
     let (code, stderr) = record(&out, &["--realtime", "on"], false);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(scheduling(&out), sched("on", "fifo", dirtytrace::sampler::REALTIME_PRIORITY as u32));
+}
+
+#[test]
+fn the_spin_before_each_deadline_is_recorded_and_bounded() {
+    let _g = kvm_lock();
+    let dir = tempdir("rt-spin");
+    let spin_us = |name: &str, args: &[&str]| {
+        let out = dir.join(name);
+        let (code, stderr) = record(&out, args, false);
+        assert_eq!(code, 0, "{stderr}");
+        scheduling(&out).spin_us
+    };
+    assert_eq!(spin_us("default-1ms", &["--interval", "1ms"]), 50, "the default at 2 ms and less");
+    assert_eq!(spin_us("default-20ms", &[]), 0, "no spin by default at longer intervals");
+    assert_eq!(spin_us("off-1ms", &["--interval", "1ms", "--spin", "0s"]), 0);
+    assert_eq!(spin_us("capped-1ms", &["--interval", "1ms", "--spin", "1ms"]), 50, "a twentieth of the interval");
+    assert_eq!(spin_us("asked-20ms", &["--interval", "20ms", "--spin", "200us"]), 200);
+    assert_eq!(spin_us("normal-priority", &["--interval", "1ms", "--realtime", "off"]), 50, "spins at any priority");
 }

@@ -166,7 +166,7 @@ pub struct SamplerScheduling {
     pub policy: String,
     /// Its SCHED_FIFO priority; 0 under `other`.
     pub priority: u32,
-    /// How long before each deadline it stopped sleeping and watched the clock, in µs (0: never).
+    /// The most it woke before each deadline to spin on the clock, in µs (0: never).
     pub spin_us: u64,
     /// The CPU it and the trace writer were kept on, away from the vCPUs (a real-time sampler
     /// where there were more CPUs than vCPUs); absent otherwise.
