@@ -102,3 +102,37 @@ fn the_spin_before_each_deadline_is_recorded_and_bounded() {
     assert_eq!(spin_us("asked-20ms", &["--interval", "20ms", "--spin", "200us"]), 200);
     assert_eq!(spin_us("normal-priority", &["--interval", "1ms", "--realtime", "off"]), 50, "spins at any priority");
 }
+
+/// A real-time recorder stopped (SIGSTOP) and continued behaves as one at normal priority:
+/// the deadlines it slept through are skipped, not harvested in a burst, and the trace is
+/// complete and exact.
+#[test]
+fn a_stopped_realtime_recorder_skips_what_it_slept_through_and_stays_exact() {
+    use nix::sys::signal::{kill, Signal};
+    let _g = kvm_lock();
+    let (child, out) = start_long_recording("rt-sigstop");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    while !out.join("journal.dtj").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    kill(pid, Signal::SIGSTOP).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    kill(pid, Signal::SIGCONT).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    kill(pid, Signal::SIGINT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    let trace = Trace::open(&out).unwrap();
+    assert_eq!(scheduling(&out).policy, "fifo");
+    // Stopped for 600 ms at 50 ms: about 11 deadlines passed while the process slept (at
+    // least 8 however the stop falls between them and however late the signals land).
+    assert!(trace.manifest.timing.skipped_deadlines >= 8, "{:?}", trace.manifest.timing);
+    let rows = trace.rates().unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!(r.interval, i as u64);
+    }
+    for c in dirtytrace::guest::synthetic::verify::verify(&trace).unwrap() {
+        assert_eq!((c.missing, c.missing_cumulative, c.unexpected), (0, 0, 0), "{c:?}");
+    }
+}
