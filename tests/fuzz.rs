@@ -28,7 +28,7 @@ use dirtytrace::analysis::{replay, simgrid, summary};
 use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
 use dirtytrace::guest::synthetic::plan::GuestPlan;
 use dirtytrace::guest::synthetic::spec::WorkloadSpec;
-use dirtytrace::trace::{self, journal, BitmapEncoder, Trace, TraceStatus};
+use dirtytrace::trace::{self, journal, Trace, TraceStatus};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use serde_json::Value;
@@ -103,22 +103,7 @@ fn base(work: &Path) -> Base {
     let dir = work.join("base");
     let opts = GenerateOptions { interval: Duration::from_millis(50), ..Default::default() };
     generate(&dir, BASE_SPEC, &opts).unwrap();
-    let t = Trace::open(&dir).unwrap();
-    let mut enc = BitmapEncoder::new(trace::ZSTD_LEVEL).unwrap();
-    let mut journal = journal::FILE_MAGIC.to_vec();
-    let mut frames = Vec::new();
-    for item in t.intervals().unwrap() {
-        let (row, bm) = item.unwrap();
-        let blobs: Vec<_> = bm
-            .slots
-            .iter()
-            .zip(&t.manifest.slots)
-            .map(|(s, slot)| enc.encode(slot, &s.words, s.dirty_pages).unwrap())
-            .collect();
-        let frame = journal::encode_frame(&row, &blobs).unwrap();
-        frames.push((journal.len(), frame.len()));
-        journal.extend_from_slice(&frame);
-    }
+    let (journal, frames) = journal_of(&Trace::open(&dir).unwrap());
     Base { dir, journal, frames }
 }
 

@@ -132,6 +132,9 @@ fn overflowing_durations_and_rates_are_refused() {
     assert_refused(&["record", "--interval", "2h", "--output", o], &["--interval", "at most 1h"], &out);
     assert_refused(&["record", "--duration", "18446744074.2s", "--output", o], &["--duration"], &out);
     assert_refused(&["record", "--duration", "400days", "--output", o], &["--duration"], &out);
+    assert_refused(&["record", "--spin", "1e30s", "--output", o], &["--spin", "longest"], &out);
+    assert_refused(&["record", "--spin=-5us", "--output", o], &["--spin", "negative"], &out);
+    assert_refused(&["record", "--spin", "nan", "--output", o], &["--spin"], &out);
     assert_refused(
         &["record", "--migration-speed", "1e305TB/s", "--output", o],
         &["--migration-speed", "1 PB/s"],

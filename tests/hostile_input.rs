@@ -10,7 +10,7 @@ use arrow::datatypes::{Field, Schema};
 use arrow::record_batch::RecordBatch;
 use common::*;
 use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
-use dirtytrace::trace::{self, bitmap, journal, BitmapEncoder, SlotBlob, Trace, TraceStatus};
+use dirtytrace::trace::{self, bitmap, journal, SlotBlob, Trace, TraceStatus};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use serde_json::Value;
@@ -248,23 +248,7 @@ fn defect3_lying_manifest_sizes_are_refused() {
 /// The base trace's journal: one frame per interval, re-encoded from its bitmaps, and where
 /// each frame starts.
 fn base_journal() -> (Vec<u8>, Vec<(usize, usize)>) {
-    let t = Trace::open(base()).unwrap();
-    let mut enc = BitmapEncoder::new(trace::ZSTD_LEVEL).unwrap();
-    let mut j = journal::FILE_MAGIC.to_vec();
-    let mut frames = Vec::new();
-    for item in t.intervals().unwrap() {
-        let (row, bm) = item.unwrap();
-        let blobs: Vec<SlotBlob> = bm
-            .slots
-            .iter()
-            .zip(&t.manifest.slots)
-            .map(|(s, slot)| enc.encode(slot, &s.words, s.dirty_pages).unwrap())
-            .collect();
-        let frame = journal::encode_frame(&row, &blobs).unwrap();
-        frames.push((j.len(), frame.len()));
-        j.extend_from_slice(&frame);
-    }
-    (j, frames)
+    journal_of(&Trace::open(base()).unwrap())
 }
 
 /// A trace whose recorder was killed: the base manifest, still `recording`, and `journal`.

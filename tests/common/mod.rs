@@ -79,3 +79,25 @@ pub fn start_long_recording(name: &str) -> (std::process::Child, PathBuf) {
         .unwrap();
     (child, out)
 }
+
+/// `trace`'s journal as the recorder would have written it: the file magic, then one frame per
+/// interval re-encoded from its bitmaps; with where each frame starts and how long it is.
+pub fn journal_of(trace: &Trace) -> (Vec<u8>, Vec<(usize, usize)>) {
+    use dirtytrace::trace::{journal, BitmapEncoder, ZSTD_LEVEL};
+    let mut enc = BitmapEncoder::new(ZSTD_LEVEL).unwrap();
+    let mut bytes = journal::FILE_MAGIC.to_vec();
+    let mut frames = Vec::new();
+    for item in trace.intervals().unwrap() {
+        let (row, bm) = item.unwrap();
+        let blobs: Vec<_> = bm
+            .slots
+            .iter()
+            .zip(&trace.manifest.slots)
+            .map(|(s, slot)| enc.encode(slot, &s.words, s.dirty_pages).unwrap())
+            .collect();
+        let frame = journal::encode_frame(&row, &blobs).unwrap();
+        frames.push((bytes.len(), frame.len()));
+        bytes.extend_from_slice(&frame);
+    }
+    (bytes, frames)
+}
