@@ -539,17 +539,6 @@ fn mutate_bytes(rng: &mut Rng, path: &Path) -> String {
 // ---------------------------------------------------------------------------------------------
 // Journals.
 
-/// Rewrites frame `f`'s payload with `edit` and a checksum that holds.
-fn rewrite_frame(j: &mut Vec<u8>, at: usize, len: usize, edit: impl FnOnce(&mut Vec<u8>)) {
-    let mut payload = j[at + 12..at + len].to_vec();
-    edit(&mut payload);
-    let mut frame = b"DTJF".to_vec();
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    frame.extend_from_slice(&payload);
-    j.splice(at..at + len, frame);
-}
-
 /// Offsets, within a payload, of the first blob's fields.
 fn blob_offsets(payload: &[u8]) -> usize {
     let row_len = u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize;

@@ -264,18 +264,6 @@ fn killed_trace(name: &str, journal: &[u8]) -> PathBuf {
     dir
 }
 
-/// Rewrites the frame at `at` (of `len` bytes) with `edit` applied to its payload, and a
-/// checksum that holds.
-fn rewrite_frame(j: &mut Vec<u8>, at: usize, len: usize, edit: impl FnOnce(&mut Vec<u8>)) {
-    let mut payload = j[at + 12..at + len].to_vec();
-    edit(&mut payload);
-    let mut frame = b"DTJF".to_vec();
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    frame.extend_from_slice(&payload);
-    j.splice(at..at + len, frame);
-}
-
 /// Where the blob count sits in a payload (after the row's length and JSON).
 fn blob_count_offset(payload: &[u8]) -> usize {
     4 + u32::from_le_bytes(payload[..4].try_into().unwrap()) as usize

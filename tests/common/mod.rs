@@ -101,3 +101,16 @@ pub fn journal_of(trace: &Trace) -> (Vec<u8>, Vec<(usize, usize)>) {
     }
     (bytes, frames)
 }
+
+/// Rewrites the journal frame at `at` (of `len` bytes) with `edit` applied to its payload and
+/// a checksum that holds. The frame layout is spelt out here, apart from the writer's, so that
+/// tests can make frames the writer never would.
+pub fn rewrite_frame(j: &mut Vec<u8>, at: usize, len: usize, edit: impl FnOnce(&mut Vec<u8>)) {
+    let mut payload = j[at + 12..at + len].to_vec();
+    edit(&mut payload);
+    let mut frame = b"DTJF".to_vec();
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    j.splice(at..at + len, frame);
+}
