@@ -29,8 +29,6 @@ use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
 use dirtytrace::guest::synthetic::plan::GuestPlan;
 use dirtytrace::guest::synthetic::spec::WorkloadSpec;
 use dirtytrace::trace::{self, journal, Trace, TraceStatus};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -254,20 +252,6 @@ fn short(s: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // Parquet cells.
-
-fn read_table(path: &Path) -> RecordBatch {
-    let f = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
-    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
-}
-
-fn write_table(path: &Path, b: &RecordBatch) {
-    let f = std::fs::File::create(path).unwrap();
-    let mut w = ArrowWriter::try_new(f, b.schema(), None).unwrap();
-    w.write(b).unwrap();
-    w.close().unwrap();
-}
 
 const U64S: [u64; 12] = [0, 1, 4294967295, 1 << 32, 1 << 36, 1 << 40, 1 << 45, 1 << 53, 1 << 62, 1 << 63, u64::MAX, 7];
 const F64S: [f64; 13] =

@@ -11,8 +11,6 @@ use arrow::record_batch::RecordBatch;
 use common::*;
 use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
 use dirtytrace::trace::{self, bitmap, journal, SlotBlob, Trace, TraceStatus};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -154,19 +152,6 @@ fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut Value)) {
     let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     edit(&mut m);
     std::fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
-}
-
-fn read_table(path: &Path) -> RecordBatch {
-    let f = std::fs::File::open(path).unwrap();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
-    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
-}
-
-fn write_table(path: &Path, b: &RecordBatch) {
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), b.schema(), None).unwrap();
-    w.write(b).unwrap();
-    w.close().unwrap();
 }
 
 /// Replaces column `name` of the table `file` with `f(old column)`.

@@ -114,3 +114,18 @@ pub fn rewrite_frame(j: &mut Vec<u8>, at: usize, len: usize, edit: impl FnOnce(&
     frame.extend_from_slice(&payload);
     j.splice(at..at + len, frame);
 }
+
+/// A whole Parquet table, as one batch.
+pub fn read_table(path: &Path) -> arrow::record_batch::RecordBatch {
+    let f = std::fs::File::open(path).unwrap();
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap().build().unwrap();
+    let batches: Vec<_> = reader.map(|b| b.unwrap()).collect();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+/// Writes `b` as the Parquet table at `path`.
+pub fn write_table(path: &Path, b: &arrow::record_batch::RecordBatch) {
+    let mut w = parquet::arrow::ArrowWriter::try_new(std::fs::File::create(path).unwrap(), b.schema(), None).unwrap();
+    w.write(b).unwrap();
+    w.close().unwrap();
+}
