@@ -2,7 +2,8 @@
 //! side effects (it writes no file). KVM: the device, its permissions, the API version and the
 //! capabilities dirtytrace uses. The kernel-mode probe ([`crate::guest::probe`]) with the CPU's
 //! vmx/svm flags: whether guest kernel code, and so a Linux guest, runs natively. Extras: the
-//! guest kernel kit, the font `plot` needs, SimGrid, and QEMU for the guest-side tests.
+//! guest kernel kit, the font `plot` needs, SimGrid. The QEMU engine, tried for real (QEMU
+//! started stopped with the plugin, then killed), and which engine `record --engine auto` picks.
 
 use crate::guest::linux::kit;
 use crate::guest::probe::{self, ProbeResult};
@@ -36,6 +37,15 @@ pub struct KvmReport {
     pub api_version: Option<i32>,
     /// The capabilities dirtytrace uses.
     pub capabilities: Vec<Capability>,
+}
+
+/// What `record --engine auto` picks here.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoEngine {
+    /// For the synthetic guest.
+    pub synthetic: &'static str,
+    /// For a Linux guest (a .sh workload).
+    pub linux: &'static str,
 }
 
 /// Whether something works here, and why (not).
@@ -72,8 +82,11 @@ pub struct Report {
     pub plot_font: Verdict,
     /// Whether SimGrid is there for `examples/simgrid`.
     pub simgrid: Verdict,
-    /// Whether QEMU is there for the guest-side tests.
+    /// Whether the QEMU engine (`record --engine qemu`) works here: QEMU, its plugin and the
+    /// host kernel's write tracking, tried for real.
     pub qemu: Verdict,
+    /// What `record --engine auto` picks for each kind of guest: `kvm`, `qemu` or `none`.
+    pub auto_engine: AutoEngine,
     /// How long `doctor` took (s).
     pub elapsed_s: f64,
 }
@@ -180,9 +193,15 @@ fn simgrid_verdict() -> Verdict {
 }
 
 fn qemu_verdict() -> Verdict {
-    match first_line("qemu-system-x86_64", &["--version"]) {
-        Some(v) => verdict(true, v),
-        None => verdict(false, "qemu-system-x86_64 not found: `apt-get install qemu-system-x86` (guest-side tests)"),
+    match crate::qemu::probe() {
+        Ok((version, mode)) => verdict(
+            true,
+            format!(
+                "QEMU {version}: the plugin write-protected guest RAM ({}), PAGEMAP_SCAN works",
+                if mode == "user" { "user-mode userfaultfd, no privilege needed" } else { "userfaultfd" }
+            ),
+        ),
+        Err(e) => verdict(false, e.to_string()),
     }
 }
 
@@ -232,14 +251,23 @@ pub fn run(device: &Path) -> Report {
                 false,
                 format!(
                     "this host's KVM emulates guest kernel code ({}{}): kernels run for minutes and stop at \
-                     instructions its emulator lacks. Only the synthetic guest runs here; the guest side of a \
-                     Linux workload runs under QEMU (`dirtytrace initramfs`, README)",
+                     instructions its emulator lacks. Under the own VMM only the synthetic guest runs here; Linux \
+                     workloads run under --engine qemu",
                     mips(p.kernel_mode.instructions_per_s),
                     if cpu_vmx || cpu_svm { "" } else { ", and the CPU shows no vmx/svm" }
                 ),
             ),
             None => verdict(false, "the probe did not run"),
         }
+    };
+    let qemu = qemu_verdict();
+    let auto_engine = AutoEngine {
+        synthetic: if synthetic_guest.ok { "kvm" } else { "none" },
+        linux: match (linux_guests.ok, qemu.ok) {
+            (true, _) => "kvm",
+            (false, true) => "qemu",
+            (false, false) => "none",
+        },
     };
     Report {
         kvm,
@@ -253,7 +281,8 @@ pub fn run(device: &Path) -> Report {
         kit: kit_verdict(),
         plot_font: font_verdict(),
         simgrid: simgrid_verdict(),
-        qemu: qemu_verdict(),
+        qemu,
+        auto_engine,
         elapsed_s: t0.elapsed().as_secs_f64(),
     }
 }
@@ -338,8 +367,14 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "Verdict");
     let _ = writeln!(s, "  Synthetic guest: {} ({})", yes(r.synthetic_guest.ok), r.synthetic_guest.why);
     let _ = writeln!(s, "  Linux guests: {} ({})", yes(r.linux_guests.ok), r.linux_guests.why);
+    let _ = writeln!(s, "  QEMU engine: {} ({})", yes(r.qemu.ok), r.qemu.why);
+    let _ = writeln!(
+        s,
+        "  --engine auto picks: {} for the synthetic guest, {} for Linux guests",
+        r.auto_engine.synthetic, r.auto_engine.linux
+    );
     let _ = writeln!(s, "Extras");
-    for (name, v) in [("kit", &r.kit), ("plot font", &r.plot_font), ("SimGrid", &r.simgrid), ("QEMU", &r.qemu)] {
+    for (name, v) in [("kit", &r.kit), ("plot font", &r.plot_font), ("SimGrid", &r.simgrid)] {
         let _ = writeln!(s, "  {:<22} {}", name, v.why);
     }
     let _ = writeln!(s, "(doctor took {:.0} ms)", r.elapsed_s * 1e3);

@@ -1,7 +1,8 @@
 //! dirtytrace: record how fast a VM dirties its memory, and turn that into datasets that
 //! live-migration simulators use.
 //!
-//! Data flows one way: workload → [`guest`] → [`vmm`] → [`sampler`] → [`accounting`] →
+//! Data flows one way: workload → [`guest`] → engine ([`vmm`], or [`qemu`], behind
+//! [`engine`]) → [`sampler`] → [`accounting`] →
 //! [`trace`] (format: writer, journal, reader) → [`analysis`]. [`record`] wires the recording
 //! half together; [`dataset`] records parameter grids into indexed datasets of traces.
 //! `docs/DESIGN.md` draws the picture and lists the non-goals.
@@ -16,10 +17,12 @@ pub mod clock;
 pub mod cpus;
 pub mod dataset;
 pub mod doctor;
+pub mod engine;
 pub mod events;
 pub mod files;
 pub mod guest;
 pub mod pagestats;
+pub mod qemu;
 pub mod record;
 pub mod report;
 pub mod sampler;

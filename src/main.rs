@@ -435,6 +435,11 @@ struct RecordArgs {
     /// The KVM device (default /dev/kvm, or $DIRTYTRACE_KVM_DEVICE).
     #[arg(long, value_name = "PATH")]
     kvm_device: Option<PathBuf>,
+    /// What runs the guest: kvm, dirtytrace's own VMM; qemu, QEMU's TCG emulator with
+    /// dirtytrace's plugin (Linux guests; no VT-x/AMD-V needed, guest code runs slower); auto
+    /// picks kvm wherever the own VMM can run the guest, else qemu (see `dirtytrace doctor`).
+    #[arg(long, value_enum, default_value_t = dirtytrace::engine::EngineChoice::Auto)]
+    engine: dirtytrace::engine::EngineChoice,
     /// Linux guest: the kernel, a bzImage or an ELF vmlinux (default: $DIRTYTRACE_KERNEL, then the kit).
     #[arg(long, value_name = "PATH", help_heading = "Linux guest (.sh workloads)")]
     kernel: Option<PathBuf>,
@@ -519,6 +524,7 @@ impl RecordArgs {
         opts.exact_cut = self.exact_cut;
         opts.realtime = self.realtime;
         opts.spin = self.spin.map(|d| d.0);
+        opts.engine = self.engine;
         if let Some(k) = self.kvm_device {
             opts.kvm_device = k;
         }

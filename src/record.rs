@@ -3,10 +3,11 @@
 //! guest's VM, the sampler, the per-interval accounting and the trace writer together.
 
 use crate::accounting::IntervalAccounting;
+use crate::engine::{EngineChoice, RunningGuest};
 use crate::events::GuestLog;
 use crate::guest::{self, linux, synthetic, Guest};
 use crate::sampler::{self, EndReason, Harvest, RealtimeMode, SamplerConfig};
-use crate::trace::{self, IntervalRow, Manifest, MemorySlot, SamplerScheduling, TraceStatus, TraceWriter};
+use crate::trace::{self, EngineInfo, IntervalRow, Manifest, MemorySlot, SamplerScheduling, TraceStatus, TraceWriter};
 use crate::vmm::{self, Bus, DirtyTracking, VcpuOutcome, Vm};
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -66,6 +67,8 @@ pub struct RecordOptions {
     /// Lock the recorder's own memory (not the guest's) with `mlockall(MCL_CURRENT)` before
     /// the guest's memory exists.
     pub lock_memory: bool,
+    /// Which engine runs the guest.
+    pub engine: EngineChoice,
 }
 
 /// The default most the sampler spins before a deadline, at intervals up to
@@ -104,6 +107,7 @@ impl RecordOptions {
             realtime: RealtimeMode::Auto,
             spin: None,
             lock_memory: false,
+            engine: EngineChoice::Auto,
         }
     }
 }
@@ -288,8 +292,49 @@ impl CostLog {
     }
 }
 
+/// The engine that runs the guest, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Kvm,
+    Qemu,
+}
+
+fn is_linux_workload(opts: &RecordOptions) -> bool {
+    opts.workload.as_deref().and_then(|p| p.extension()).is_some_and(|e| e == "sh")
+}
+
+/// Resolves `--engine`: `auto` takes the own VMM wherever it can run the guest.
+fn choose_engine(opts: &RecordOptions) -> anyhow::Result<(Engine, String)> {
+    let linux = is_linux_workload(opts);
+    Ok(match opts.engine {
+        EngineChoice::Kvm => (Engine::Kvm, "--engine kvm".into()),
+        EngineChoice::Qemu if !linux => {
+            bail!("--engine qemu runs Linux workloads (.sh) only for now; record the synthetic guest with --engine kvm")
+        }
+        EngineChoice::Qemu => (Engine::Qemu, "--engine qemu".into()),
+        EngineChoice::Auto if !linux => (Engine::Kvm, "auto: the synthetic guest runs under the own VMM".into()),
+        EngineChoice::Auto if opts.linux.allow_emulated_kernel => {
+            (Engine::Kvm, format!("auto: {} asks for the own VMM", linux::ALLOW_EMULATED_FLAG))
+        }
+        EngineChoice::Auto => match crate::guest::probe::cached(&opts.kvm_device) {
+            Ok(p) if p.kernel_native() => (Engine::Kvm, "auto: this host's KVM runs guest kernel code natively".into()),
+            Ok(p) => (
+                Engine::Qemu,
+                format!(
+                    "auto: this host's KVM emulates guest kernel code ({:.1} M instructions/s; no VT-x or AMD-V), so \
+                     the Linux guest runs under QEMU's TCG",
+                    p.kernel_mode.instructions_per_s / 1e6
+                ),
+            ),
+            Err(e) => {
+                (Engine::Qemu, format!("auto: KVM cannot run the guest here ({e:#}), so it runs under QEMU's TCG"))
+            }
+        },
+    })
+}
+
 /// Loads the workload `opts` names: a synthetic spec, a Linux script, or the built-in default.
-fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
+fn load_guest(opts: &RecordOptions, engine: Engine) -> anyhow::Result<Box<dyn Guest>> {
     let text = match &opts.workload {
         None => synthetic::spec::DEFAULT_SPEC.to_string(),
         Some(p) => match p.extension().and_then(|e| e.to_str()).unwrap_or("") {
@@ -311,6 +356,7 @@ fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
                     packages: opts.linux.packages.clone(),
                     kvm_device: opts.kvm_device.clone(),
                     allow_emulated_kernel: opts.linux.allow_emulated_kernel,
+                    under_kvm: engine == Engine::Kvm,
                 })?;
                 return Ok(Box::new(guest));
             }
@@ -346,6 +392,11 @@ fn validate(opts: &RecordOptions) -> anyhow::Result<()> {
         bail!("--migration-speed must be greater than 0 and at most 1 PB/s, got {} B/s", opts.migration_speed);
     }
     Ok(())
+}
+
+/// The host's kernel, as `uname -sr` says it.
+pub fn host_kernel() -> String {
+    host_info().0
 }
 
 fn host_info() -> (String, String) {
@@ -386,6 +437,14 @@ pub fn default_output_dir() -> PathBuf {
 /// What the recorder tells whoever shows progress, after each interval.
 pub type Progress = Box<dyn FnMut(&IntervalRow) + Send>;
 
+/// A guest ready to run under one of the engines, its first instruction not yet run.
+enum PreparedEngine {
+    /// dirtytrace's own VMM: the VM with its memory loaded and vCPUs set, and its devices.
+    Kvm { vm: Vm, bus: Arc<dyn Bus> },
+    /// QEMU, started stopped with guest RAM write-protected.
+    Qemu(crate::qemu::QemuVm),
+}
+
 /// A recording ready to start: guest loaded, VM created and prepared, trace directory and
 /// manifest written. Nothing runs until [`Recorder::run`].
 pub struct Recorder {
@@ -394,8 +453,7 @@ pub struct Recorder {
     /// Where the recorder's threads and the vCPUs run (a real-time sampler only).
     cpu_plan: Option<crate::cpus::CpuPlan>,
     guest: Box<dyn Guest>,
-    vm: Vm,
-    bus: Arc<dyn Bus>,
+    engine: PreparedEngine,
     log: Arc<GuestLog>,
     writer: TraceWriter,
     accounting: IntervalAccounting,
@@ -426,26 +484,57 @@ impl TryFrom<RecordOptions> for Recorder {
             nix::sys::mman::mlockall(nix::sys::mman::MlockAllFlags::MCL_CURRENT)
                 .context("mlockall(MCL_CURRENT) of the recorder's own memory")?;
         }
-        let mut guest = load_guest(&opts)?;
-        let kvm = vmm::open_kvm(&opts.kvm_device)?;
-        let mut spec = guest.vm_spec();
-        spec.dirty_tracking = opts.dirty_tracking;
-        let mut vm = Vm::create(kvm, &spec)?;
+        let (engine, engine_reason) = choose_engine(&opts)?;
+        let mut guest = load_guest(&opts, engine)?;
         let log = Arc::new(GuestLog::new(&guest.initial_phase()));
-        let bus = guest.prepare(&mut vm, log.clone())?;
-
-        let slots = vm.slots.iter().map(|s| MemorySlot {
-            slot: s.slot,
-            guest_phys_addr: s.guest_phys_addr,
-            size_bytes: s.size_bytes,
-        });
-        let mut manifest =
-            Manifest::new(new_trace_id(), opts.interval, slots.collect(), vm.vcpus.len() as u32, opts.migration_speed);
+        let (prepared, slots, vcpus, engine_info) = match engine {
+            Engine::Kvm => {
+                let kvm = vmm::open_kvm(&opts.kvm_device)?;
+                let mut spec = guest.vm_spec();
+                spec.dirty_tracking = opts.dirty_tracking;
+                let mut vm = Vm::create(kvm, &spec)?;
+                let bus = guest.prepare(&mut vm, log.clone())?;
+                let (slots, vcpus) = (vm.slots.clone(), vm.vcpus.len() as u32);
+                let info = EngineInfo {
+                    name: "kvm".into(),
+                    reason: engine_reason,
+                    accelerator: "kvm".into(),
+                    tracking: "kvm_dirty_log".into(),
+                    qemu_version: None,
+                    uffd_mode: None,
+                };
+                (PreparedEngine::Kvm { vm, bus }, slots, vcpus, info)
+            }
+            Engine::Qemu => {
+                let Some(boot) = guest.qemu_boot() else {
+                    bail!("this guest does not run under the QEMU engine; record it with --engine kvm")
+                };
+                if opts.dirty_tracking == DirtyTracking::Off {
+                    bail!("the QEMU engine always tracks writes");
+                }
+                let vm = crate::qemu::QemuVm::start(&boot, log.clone())?;
+                let info = EngineInfo {
+                    name: "qemu".into(),
+                    reason: engine_reason,
+                    accelerator: "tcg".into(),
+                    tracking: "userfaultfd_wp_async".into(),
+                    qemu_version: Some(vm.version.clone()),
+                    uffd_mode: Some(vm.uffd_mode.clone()),
+                };
+                let slots = vm.slots.clone();
+                (PreparedEngine::Qemu(vm), slots, boot.vcpus, info)
+            }
+        };
+        let slots = slots
+            .iter()
+            .map(|s| MemorySlot { slot: s.slot, guest_phys_addr: s.guest_phys_addr, size_bytes: s.size_bytes })
+            .collect();
+        let mut manifest = Manifest::new(new_trace_id(), opts.interval, slots, vcpus, opts.migration_speed);
         (manifest.host_kernel, manifest.host_name) = host_info();
         manifest.duration_limit_s = opts.duration.map(|d| d.as_secs_f64());
         manifest.exact_cut = opts.exact_cut;
         let spin = sampler::bounded_spin(opts.spin.unwrap_or_else(|| default_spin(opts.interval)), opts.interval);
-        let cpu_plan = if realtime { crate::cpus::plan(vm.vcpus.len()) } else { None };
+        let cpu_plan = if realtime { crate::cpus::plan(vcpus as usize) } else { None };
         manifest.sampler = Some(SamplerScheduling {
             requested: opts.realtime.as_str().into(),
             policy: if realtime { "fifo" } else { "other" }.into(),
@@ -455,7 +544,11 @@ impl TryFrom<RecordOptions> for Recorder {
         });
         manifest.guest = guest.describe();
         manifest.guest_own_pages = guest.own_pages();
-        manifest.initial_nonzero_pages = guest::nonzero_pages(&vm, &guest.loaded_ranges());
+        manifest.initial_nonzero_pages = match &prepared {
+            PreparedEngine::Kvm { vm, .. } => guest::nonzero_pages(vm, &guest.loaded_ranges()),
+            PreparedEngine::Qemu(vm) => vm.nonzero_pages(),
+        };
+        manifest.engine = Some(engine_info);
         // The same checks a reader makes, before anything is recorded.
         trace::check_manifest(&manifest).context("the trace's manifest would be invalid")?;
 
@@ -469,7 +562,18 @@ impl TryFrom<RecordOptions> for Recorder {
             exact_cut: opts.exact_cut,
             spin,
         };
-        Ok(Recorder { notes, realtime, cpu_plan, guest, vm, bus, log, writer, accounting, sampler, t_begin_ns })
+        Ok(Recorder {
+            notes,
+            realtime,
+            cpu_plan,
+            guest,
+            engine: prepared,
+            log,
+            writer,
+            accounting,
+            sampler,
+            t_begin_ns,
+        })
     }
 }
 
@@ -496,7 +600,7 @@ impl Recorder {
     /// Runs the guest and records it. `interrupt` set (by Ctrl-C) ends the recording early
     /// with a complete trace.
     pub fn run(self, interrupt: Arc<AtomicBool>, mut progress: Option<Progress>) -> anyhow::Result<RecordSummary> {
-        let Recorder { vm, bus, log, writer, mut accounting, sampler: cfg, t_begin_ns, realtime, cpu_plan, .. } = self;
+        let Recorder { engine, log, writer, mut accounting, sampler: cfg, t_begin_ns, realtime, cpu_plan, .. } = self;
         let housekeeping = cpu_plan.as_ref().map(|p| [p.housekeeping]);
         // Bounded, so that a writer that falls behind cannot fill memory with bitmaps: the
         // sampler then waits, and the intervals get longer (the skipped deadlines are counted)
@@ -535,9 +639,20 @@ impl Recorder {
             }
             (writer, cost, None)
         })?;
-        vm.clear_dirty_log()?;
-        log.start_clock();
-        let running = vm.start(bus, cpu_plan.as_ref().map(|p| p.guest.as_slice()))?;
+        let running: Box<dyn RunningGuest> = match engine {
+            PreparedEngine::Kvm { vm, bus } => {
+                vm.clear_dirty_log()?;
+                log.start_clock();
+                Box::new(vm.start(bus, cpu_plan.as_ref().map(|p| p.guest.as_slice()))?)
+            }
+            // The pages written since the plugin write-protected RAM (none, or QEMU's own
+            // reset-time writes) stay in the first interval: they are writes, and nothing
+            // before them is lost.
+            PreparedEngine::Qemu(vm) => {
+                log.start_clock();
+                Box::new(vm.start_guest()?)
+            }
+        };
         let setup_s = (crate::clock::now_ns() - t_begin_ns) as f64 / 1e9;
         // The sampler gets a thread of its own, so that real-time priority is its alone: the
         // vCPU and writer threads exist already, and finalising runs on this thread.

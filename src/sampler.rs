@@ -1,11 +1,12 @@
 //! The sampler owns time: it sleeps to absolute CLOCK_MONOTONIC deadlines, harvests the
-//! dirty log of every slot, and hands the raw words to the writer. Nothing else happens on
+//! dirty log of every slot through the engine seam ([`crate::engine::RunningGuest`]), and hands the raw words to the writer. Nothing else happens on
 //! this path, so compression and I/O never delay a deadline.
 
 use crate::clock;
+use crate::engine::{EngineError, RunningGuest};
 use crate::events::GuestLog;
 use crate::trace::GuestEvent;
-use crate::vmm::{RunningVm, VcpuOutcome, VmmError};
+use crate::vmm::VcpuOutcome;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::time::Duration;
@@ -193,12 +194,12 @@ struct State {
 }
 
 fn harvest(
-    vm: &RunningVm,
+    vm: &dyn RunningGuest,
     cfg: &SamplerConfig,
     log: &GuestLog,
     st: &mut State,
     deadline_ns: Option<u64>,
-) -> Result<Harvest, VmmError> {
+) -> Result<Harvest, EngineError> {
     let t0 = log.t0_ns();
     let cpu_begin = clock::this_thread_cpu_ns();
     let t_pause = clock::now_ns();
@@ -341,12 +342,12 @@ impl DeadlineSleeper {
 /// Harvests on every deadline until the workload ends, `duration` passes, `interrupt` is set
 /// or the guest stops; then stops the vCPUs and takes a final, partial harvest.
 pub fn run(
-    mut vm: RunningVm,
+    mut vm: Box<dyn RunningGuest>,
     cfg: &SamplerConfig,
     log: &GuestLog,
     out: &SyncSender<Harvest>,
     interrupt: &AtomicBool,
-) -> Result<SamplerResult, VmmError> {
+) -> Result<SamplerResult, EngineError> {
     let cpu_start = clock::this_thread_cpu_ns();
     let t0 = log.t0_ns();
     // Callers bound both (`record`'s checks); saturate rather than wrap regardless.
@@ -372,7 +373,7 @@ pub fn run(
         if let Some(reason) = stop {
             break reason;
         }
-        let h = harvest(&vm, cfg, log, &mut st, Some(deadline))?;
+        let h = harvest(vm.as_ref(), cfg, log, &mut st, Some(deadline))?;
         if out.send(h).is_err() {
             break EndReason::WriterFailed;
         }
@@ -396,7 +397,7 @@ pub fn run(
     };
     // The final harvest keeps the pages dirtied since the last deadline.
     if !matches!(end, EndReason::Duration | EndReason::WriterFailed) {
-        let h = harvest(&vm, cfg, log, &mut st, None)?;
+        let h = harvest(vm.as_ref(), cfg, log, &mut st, None)?;
         let _ = out.send(h);
     }
     Ok(SamplerResult {

@@ -34,6 +34,11 @@ fn doctor_says_what_works_here_quickly_and_touches_nothing() {
     assert_eq!(r["cpu_vmx"].as_bool().unwrap() || r["cpu_svm"].as_bool().unwrap(), hw);
     assert_eq!(r["probe"]["kernel_mode"]["native"], hw, "{r:#}");
     assert_eq!(r["linux_guests"]["ok"], hw, "{r:#}");
+    // The QEMU engine, tried for real (.ci/run installs QEMU), and what auto picks.
+    assert_eq!(r["qemu"]["ok"], true, "{r:#}");
+    assert!(r["qemu"]["why"].as_str().unwrap().contains("the plugin write-protected guest RAM"), "{r:#}");
+    assert_eq!(r["auto_engine"]["synthetic"], "kvm");
+    assert_eq!(r["auto_engine"]["linux"], if hw { "kvm" } else { "qemu" });
     assert_eq!(r["probe"]["user_mode"]["native"], true);
     let caps: Vec<&str> =
         r["kvm"]["capabilities"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
@@ -67,4 +72,5 @@ fn doctor_without_kvm_exits_non_zero_and_says_why() {
     assert!(text.contains("missing"), "{text}");
     assert!(text.contains("Synthetic guest: no (") && text.contains("this host has no KVM"), "{text}");
     assert!(text.contains("Linux guests: no"), "{text}");
+    assert!(text.contains("--engine auto picks: none for the synthetic guest, qemu for Linux guests"), "{text}");
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use dirtytrace::engine::EngineChoice;
 use dirtytrace::guest::linux::{acpi, boot, initramfs, kit};
 use dirtytrace::record::{self, LinuxRecordOptions, RecordOptions};
 use dirtytrace::trace::{Trace, TraceStatus};
@@ -269,6 +270,7 @@ fn record_tiny(name: &str, code: &[u8]) -> (anyhow::Result<record::RecordSummary
     opts.interval = Duration::from_millis(20);
     opts.duration = Some(Duration::from_secs(20));
     opts.linux = LinuxRecordOptions { kernel: Some(kernel), ..Default::default() };
+    opts.engine = EngineChoice::Kvm;
     (record::record(&opts, Arc::new(AtomicBool::new(false)), None), out)
 }
 
@@ -310,6 +312,8 @@ fn markers_phases_and_exit_status_through_the_console() {
         .env("DIRTYTRACE_BUSYBOX", fake_busybox())
         .args([
             "record",
+            "--engine",
+            "kvm",
             "--mem",
             "128MiB",
             "--kernel",
@@ -543,7 +547,7 @@ fn record_refuses_the_kit_kernel_where_kernel_code_is_emulated() {
     let o = std::process::Command::new(bin())
         .env_remove("DIRTYTRACE_KERNEL")
         .env_remove("DIRTYTRACE_BUSYBOX")
-        .args(["record", "--workload", example("hello.sh").to_str().unwrap(), "--output"])
+        .args(["record", "--engine", "kvm", "--workload", example("hello.sh").to_str().unwrap(), "--output"])
         .arg(&out)
         .output()
         .unwrap();
@@ -561,7 +565,7 @@ fn record_refuses_the_kit_kernel_where_kernel_code_is_emulated() {
     std::fs::write(&kernel, tiny_kernel(&print_then_reset(text))).unwrap();
     let o = std::process::Command::new(bin())
         .env("DIRTYTRACE_BUSYBOX", fake_busybox())
-        .args(["record", "--mem", "128MiB", "--kernel", kernel.to_str().unwrap()])
+        .args(["record", "--engine", "kvm", "--mem", "128MiB", "--kernel", kernel.to_str().unwrap()])
         .args(["--workload", write(&dir, "w.sh", "true\n").to_str().unwrap(), "--output"])
         .arg(dir.join("own"))
         .output()

@@ -51,6 +51,26 @@ pub struct HarvestTiming {
     pub mean_interval_s: f64,
 }
 
+/// How a trace was made: the engine that ran the guest and how it tracked writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// `kvm` (dirtytrace's own VMM) or `qemu`.
+    pub name: String,
+    /// Why this engine ran: `--engine NAME` given, or what `auto` found.
+    pub reason: String,
+    /// What executed guest code: `kvm` or `tcg` (QEMU's emulator).
+    pub accelerator: String,
+    /// How writes were tracked: `kvm_dirty_log`, or `userfaultfd_wp_async` (harvested with
+    /// `PAGEMAP_SCAN`).
+    pub tracking: String,
+    /// QEMU's version, under the QEMU engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qemu_version: Option<String>,
+    /// Which faults QEMU's userfaultfd saw (`user`: `UFFD_USER_MODE_ONLY`; `all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uffd_mode: Option<String>,
+}
+
 /// `manifest.json`, field by field (`schemas/trace.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -96,6 +116,10 @@ pub struct Manifest {
     /// How the sampler thread was scheduled; absent in traces of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampler: Option<SamplerScheduling>,
+    /// Which engine ran the guest and how it tracked writes; absent in traces of older versions
+    /// (which were all recorded by dirtytrace's own VMM under KVM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineInfo>,
     /// The guest kind (`synthetic` or `linux`) and its configuration, including the workload.
     pub guest: serde_json::Value,
     /// Pages the guest itself may dirty besides its workload (synthetic guest: the control page).
@@ -142,6 +166,7 @@ impl Manifest {
             slots,
             exact_cut: false,
             sampler: None,
+            engine: None,
             guest: serde_json::Value::Null,
             guest_own_pages: Vec::new(),
             initial_nonzero_pages: Vec::new(),

@@ -339,6 +339,33 @@ impl RunningVm {
     }
 }
 
+impl crate::engine::RunningGuest for RunningVm {
+    fn harvest_all(&self) -> Result<Vec<Vec<u64>>, crate::engine::EngineError> {
+        Ok(RunningVm::harvest_all(self)?)
+    }
+    fn read_u64(&self, gpa: u64) -> u64 {
+        RunningVm::read_u64(self, gpa)
+    }
+    fn vcpu_cpu_ns(&self) -> Vec<u64> {
+        RunningVm::vcpu_cpu_ns(self)
+    }
+    fn all_finished(&self) -> bool {
+        RunningVm::all_finished(self)
+    }
+    fn stop_requested(&self) -> bool {
+        RunningVm::stop_requested(self)
+    }
+    fn pause(&self) {
+        RunningVm::pause(self)
+    }
+    fn resume(&self) {
+        RunningVm::resume(self)
+    }
+    fn stop(&mut self) -> Vec<VcpuOutcome> {
+        RunningVm::stop(self)
+    }
+}
+
 /// A counter shared between a vCPU thread and the sampler.
 #[derive(Default)]
 pub(crate) struct SharedU64(AtomicU64);

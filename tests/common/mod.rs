@@ -37,6 +37,46 @@ pub fn tempdir(name: &str) -> PathBuf {
     dir
 }
 
+/// A fresh directory under cargo's temporary directory for this test, removed when dropped
+/// unless the test is failing (then it is kept, and named, to look at) or
+/// `DIRTYTRACE_KEEP_TEST_DIRS` is set.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            dirtytrace::clock::now_ns()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("DIRTYTRACE_KEEP_TEST_DIRS").is_some() {
+            eprintln!("kept {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// Records `spec` (TOML text) into a fresh directory.
 pub fn record_spec(name: &str, spec: &str, interval: Duration, duration: Option<Duration>) -> (RecordSummary, Trace) {
     let dir = tempdir(name);

@@ -55,6 +55,9 @@ pub struct LinuxOptions {
     pub kvm_device: PathBuf,
     /// Boot the kit's kernel even when the probe says this host's KVM emulates kernel code.
     pub allow_emulated_kernel: bool,
+    /// Whether the guest will run under KVM, so that the host's KVM must run kernel code
+    /// natively (false under the QEMU engine, which emulates the guest itself).
+    pub under_kvm: bool,
 }
 
 /// The flag that boots the kit's kernel on a host that emulates guest kernel code.
@@ -75,9 +78,8 @@ fn check_host(opts: &LinuxOptions, kit_kernel: bool) -> anyhow::Result<()> {
     );
     if kit_kernel && !opts.allow_emulated_kernel {
         anyhow::bail!(
-            "{why}: no Linux workload can run here. Record the synthetic guest (a .toml workload) instead, run the \
-             guest side under QEMU with `dirtytrace initramfs`, see `dirtytrace doctor`, or pass {ALLOW_EMULATED_FLAG} \
-             to boot the kit's kernel anyway"
+            "{why}: no Linux workload can run under --engine kvm here. Record it with --engine qemu (or auto, the \
+             default), see `dirtytrace doctor`, or pass {ALLOW_EMULATED_FLAG} to boot the kit's kernel anyway"
         );
     }
     eprintln!(
@@ -121,7 +123,9 @@ impl LinuxGuest {
             crate::files::check_regular(&x.host, opts.mem, "file for the guest")
                 .with_context(|| format!("--file {}:{}", x.host.display(), x.guest))?;
         }
-        check_host(&opts, kit.kernel.starts_with(kit::kit_dir()))?;
+        if opts.under_kvm {
+            check_host(&opts, kit.kernel.starts_with(kit::kit_dir()))?;
+        }
         let t = crate::clock::now_ns();
         let cache = kit::cache_dir().join("initramfs");
         let inputs = initramfs::Inputs {
@@ -140,7 +144,11 @@ impl LinuxGuest {
         if inputs.rootfs.is_some() || !inputs.packages.is_empty() {
             eprintln!("initramfs: {}", initramfs.summary());
         }
-        let cmdline = boot::cmdline(opts.cmdline_extra.as_deref());
+        let cmdline = if opts.under_kvm {
+            boot::cmdline(opts.cmdline_extra.as_deref())
+        } else {
+            boot::qemu_cmdline(opts.cmdline_extra.as_deref())
+        };
         Ok(LinuxGuest { opts, kit, kernel, initramfs, initramfs_build_s, cmdline, boot: None })
     }
 }
@@ -242,6 +250,17 @@ impl Guest for LinuxGuest {
 
     fn initial_phase(&self) -> String {
         "boot".into()
+    }
+
+    fn qemu_boot(&self) -> Option<crate::qemu::QemuBoot> {
+        Some(crate::qemu::QemuBoot {
+            kernel: Some(self.kit.kernel.clone()),
+            initramfs: self.initramfs.bytes.clone(),
+            cmdline: self.cmdline.clone(),
+            mem: self.opts.mem,
+            vcpus: self.opts.vcpus,
+            echo_console: self.opts.console,
+        })
     }
 
     fn loaded_ranges(&self) -> Vec<(u64, u64)> {

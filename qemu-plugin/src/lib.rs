@@ -1,0 +1,152 @@
+//! dirtytrace's QEMU plugin: it makes guest RAM write-tracked, and does nothing else.
+//!
+//! At the first vCPU's creation (before the guest runs) it finds guest RAM in
+//! `/proc/self/maps` (the `memory-backend-memfd` mapping of the size dirtytrace named), creates
+//! a userfaultfd with asynchronous write-protection, registers the range and write-protects
+//! it. From then on every first write to a page takes one fault that the kernel resolves by
+//! itself, marking the page written; dirtytrace reads and re-arms those marks from outside
+//! with `PAGEMAP_SCAN` on `/proc/QEMU/pagemap`. The plugin registers no translation or memory
+//! callbacks, so the guest's code runs as fast as untracked TCG, apart from those faults.
+//!
+//! Arguments (`-plugin FILE,fd=N,size=BYTES,id=NAME`):
+//! - `fd`: a pipe inherited from dirtytrace; the plugin writes one line to it and closes it:
+//!   `ok START LEN MODE` (the host range, hex and decimal, and `user` or `all` for which
+//!   faults the userfaultfd sees) or `error WHY`;
+//! - `size`: guest RAM in bytes, the mapping's exact length;
+//! - `id`: the memory backend's id, which newer QEMUs use as the memfd's name.
+//!
+//! It never write-protects a mapping that is not exactly one guest-RAM memfd of that size,
+//! and on any failure it says why and ends QEMU, so that no run goes on untracked.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+mod ffi;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
+/// What dirtytrace told the plugin.
+#[derive(Debug)]
+struct Config {
+    report_fd: i32,
+    ram_size: u64,
+    backend_id: Option<String>,
+}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+static ARMED: AtomicBool = AtomicBool::new(false);
+
+/// Exit status of QEMU when the plugin cannot track guest RAM.
+const SETUP_FAILED: i32 = 70;
+
+fn parse_args(args: &[String]) -> Result<Config, String> {
+    let (mut fd, mut size, mut id) = (None, None, None);
+    for a in args {
+        let (k, v) = a.split_once('=').ok_or_else(|| format!("argument `{a}` is not key=value"))?;
+        match k {
+            "fd" => fd = Some(v.parse::<i32>().map_err(|_| format!("fd={v}: not a file descriptor"))?),
+            "size" => size = Some(v.parse::<u64>().map_err(|_| format!("size={v}: not a byte count"))?),
+            "id" => id = Some(v.to_string()),
+            _ => return Err(format!("unknown argument `{k}` (known: fd, size, id)")),
+        }
+    }
+    match (fd, size) {
+        (Some(report_fd), Some(ram_size)) if ram_size > 0 => Ok(Config { report_fd, ram_size, backend_id: id }),
+        _ => Err("needs fd=N and size=BYTES (greater than 0)".into()),
+    }
+}
+
+/// The one mapping of guest RAM: a memfd backend's mapping of exactly `size` bytes.
+fn find_guest_ram(maps: &str, size: u64, id: Option<&str>) -> Result<(u64, u64), String> {
+    let mut found = Vec::new();
+    let mut memfds = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(_perms), Some(_off), Some(_dev), Some(_inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path: String = f.collect::<Vec<_>>().join(" ");
+        let Some(name) = path.strip_prefix("/memfd:") else { continue };
+        let name = name.trim_end_matches(" (deleted)");
+        let Some((a, b)) = range.split_once('-') else { continue };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else { continue };
+        memfds.push(format!("{name} ({} bytes)", end - start));
+        let ours = name == "memory-backend-memfd" || Some(name) == id;
+        if ours && end - start == size {
+            found.push((start, end - start));
+        }
+    }
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!(
+            "no memory-backend-memfd mapping of {size} bytes in /proc/self/maps (memfd mappings seen: {})",
+            if memfds.is_empty() { "none".to_string() } else { memfds.join(", ") }
+        )),
+        many => Err(format!("{} mappings of guest RAM's size and name: cannot tell which is guest RAM", many.len())),
+    }
+}
+
+/// Finds guest RAM and write-protects it; the line to report.
+fn arm(cfg: &Config) -> String {
+    let maps = match std::fs::read_to_string("/proc/self/maps") {
+        Ok(m) => m,
+        Err(e) => return format!("error cannot read /proc/self/maps: {e}"),
+    };
+    let (start, len) = match find_guest_ram(&maps, cfg.ram_size, cfg.backend_id.as_deref()) {
+        Ok(r) => r,
+        Err(e) => return format!("error {e}"),
+    };
+    match ffi::write_protect_async(start, len) {
+        Ok(mode) => format!("ok {start:x} {len} {mode}"),
+        Err(e) => format!("error {e}"),
+    }
+}
+
+/// Called once per vCPU as it is created; the first one arms the tracking.
+fn on_vcpu_init() {
+    if ARMED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Some(cfg) = CONFIG.get() else { return };
+    let line = arm(cfg);
+    let failed = line.starts_with("error");
+    ffi::report(cfg.report_fd, &line);
+    if failed {
+        eprintln!("dirtytrace plugin: {}", line.trim_start_matches("error "));
+        std::process::exit(SETUP_FAILED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAPS: &str = "\
+55d0c0000000-55d0c0100000 r-xp 00000000 00:1f 123 /usr/bin/qemu-system-x86_64
+7f0000000000-7f0040000000 rw-s 00000000 00:01 77 /memfd:memory-backend-memfd (deleted)
+7f0040000000-7f0040200000 rw-s 00000000 00:01 78 /memfd:pc.bios (deleted)
+7f0050000000-7f0050001000 rw-p 00000000 00:00 0
+";
+
+    #[test]
+    fn guest_ram_is_the_memfd_of_exactly_its_size() {
+        assert_eq!(find_guest_ram(MAPS, 1 << 30, None), Ok((0x7f00_0000_0000, 1 << 30)));
+        let e = find_guest_ram(MAPS, 2 << 30, None).unwrap_err();
+        assert!(e.contains("memory-backend-memfd (1073741824 bytes)"), "{e}");
+        assert!(find_guest_ram(MAPS, 0x200000, None).is_err(), "a memfd of another name is never guest RAM");
+        assert_eq!(find_guest_ram(MAPS, 0x200000, Some("pc.bios")), Ok((0x7f00_4000_0000, 0x200000)));
+    }
+
+    #[test]
+    fn arguments_are_key_value_and_both_needed() {
+        let a = |v: &[&str]| parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let c = a(&["fd=5", "size=4096", "id=ram"]).unwrap();
+        assert_eq!((c.report_fd, c.ram_size, c.backend_id.as_deref()), (5, 4096, Some("ram")));
+        assert!(a(&["fd=5"]).is_err());
+        assert!(a(&["fd=5", "size=0"]).is_err());
+        assert!(a(&["fd=x", "size=1"]).unwrap_err().contains("fd=x"));
+        assert!(a(&["bogus"]).is_err());
+    }
+}

@@ -1,0 +1,687 @@
+//! The QEMU engine: a Linux guest under `qemu-system-x86_64 -accel tcg`, for hosts where
+//! dirtytrace's own VMM cannot run guest kernel code (no VT-x or AMD-V).
+//!
+//! - Guest RAM is one `memory-backend-memfd`, split like the own VMM's slots (up to 3 GiB
+//!   at 0, the rest from 4 GiB: `max-ram-below-4g=3G`), so bitmaps are in guest-physical
+//!   page numbers with one slot per RAM range, as under KVM.
+//! - dirtytrace's plugin ([`plugin`]) write-protects that RAM with userfaultfd (async) at
+//!   the first vCPU's creation, before the guest's first instruction, and reports where it is.
+//! - A harvest is `PAGEMAP_SCAN` on `/proc/QEMU/pagemap` ([`pagemap`]), which returns the
+//!   written pages and write-protects them again in one call, on the sampler's own deadlines.
+//! - The serial console is QEMU's stdout, parsed by the Linux guest's marker parser; QMP on a
+//!   private socket ([`qmp`]) continues, pauses (`--exact-cut`) and ends the guest. A guest
+//!   power-off or reboot pauses QEMU (`-action shutdown=pause`), so the last interval is
+//!   harvested before QEMU quits.
+//! - QEMU dies with the thread that started it (`PR_SET_PDEATHSIG`), and with the recorder.
+
+pub mod pagemap;
+pub mod plugin;
+pub mod qmp;
+
+use crate::events::GuestLog;
+use crate::guest::linux::console::ConsoleParser;
+use crate::trace::PageRange;
+use crate::units::{GIB, PAGE_SIZE};
+use crate::vmm::{GuestFault, Slot, VcpuOutcome};
+use std::collections::VecDeque;
+use std::io::{BufRead, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The QEMU binary, found on PATH (or named by `DIRTYTRACE_QEMU`).
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+/// The memory backend's id on QEMU's command line.
+const RAM_BACKEND_ID: &str = "dirtytrace-ram";
+/// Guest RAM below 4 GiB at most, as the own VMM lays it out.
+pub const LOW_RAM_END: u64 = 3 * GIB;
+/// Where RAM above the low part starts.
+pub const HIGH_RAM_START: u64 = 4 * GIB;
+/// How long QEMU may take from start to the plugin's report.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines of QEMU's stderr kept for error messages.
+const STDERR_LINES: usize = 20;
+
+/// Why the QEMU engine cannot run, or stopped working.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    /// QEMU is not installed.
+    #[error(
+        "{binary} was not found: install QEMU (`apt-get install qemu-system-x86` on Debian or Ubuntu, \
+         `dnf install qemu-system-x86` on Fedora), name it with DIRTYTRACE_QEMU=PATH, or record with --engine kvm"
+    )]
+    Missing {
+        /// What was looked for.
+        binary: String,
+    },
+    /// `qemu-system-x86_64 --version` failed or said something unexpected.
+    #[error("{binary} --version: {msg}")]
+    Version {
+        /// The binary.
+        binary: String,
+        /// What went wrong.
+        msg: String,
+    },
+    /// The host kernel lacks what the engine tracks writes with.
+    #[error(
+        "this host kernel ({kernel}) cannot track QEMU's writes: PAGEMAP_SCAN failed ({source}). The QEMU engine needs \
+         Linux 6.7 or later with userfaultfd write-protection (CONFIG_USERFAULTFD, CONFIG_PTE_MARKER_UFFD_WP)"
+    )]
+    NoPagemapScan {
+        /// `uname -sr`.
+        kernel: String,
+        /// What the probe got.
+        source: std::io::Error,
+    },
+    /// The guest needs something the engine does not do.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A file QEMU needs could not be prepared, or QEMU could not be started.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// QEMU or the plugin failed before the guest ran.
+    #[error("QEMU did not start the guest: {msg}{}", stderr_tail(stderr))]
+    Startup {
+        /// What went wrong.
+        msg: String,
+        /// QEMU's last stderr lines.
+        stderr: Vec<String>,
+    },
+    /// QMP refused or did not answer.
+    #[error("QEMU's monitor (QMP): {0}")]
+    Qmp(String),
+    /// A harvest failed.
+    #[error("harvesting QEMU's written pages (PAGEMAP_SCAN on /proc/{pid}/pagemap): {source}")]
+    Scan {
+        /// QEMU's pid.
+        pid: u32,
+        /// What the kernel said.
+        source: std::io::Error,
+    },
+}
+
+fn stderr_tail(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\nQEMU's last messages:\n  {}", lines.join("\n  "))
+    }
+}
+
+/// The QEMU binary to run.
+pub fn binary() -> PathBuf {
+    std::env::var_os("DIRTYTRACE_QEMU").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(QEMU_BINARY))
+}
+
+/// QEMU's version, from `--version`: `(major, minor, text)`.
+pub fn version(binary: &Path) -> Result<(u32, u32, String), QemuError> {
+    let name = binary.display().to_string();
+    let out = match Command::new(binary).arg("--version").stdin(Stdio::null()).output() {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(QemuError::Missing { binary: name }),
+        Err(e) => return Err(QemuError::Version { binary: name, msg: e.to_string() }),
+    };
+    let text = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string();
+    let number = text.split_whitespace().skip_while(|w| *w != "version").nth(1).unwrap_or("");
+    let mut parts = number.split('.').map(|p| p.parse::<u32>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) if out.status.success() => Ok((major, minor, number.to_string())),
+        _ => Err(QemuError::Version { binary: name, msg: format!("unexpected answer `{text}`") }),
+    }
+}
+
+/// Checks that this host kernel has `PAGEMAP_SCAN`, on this process's own pagemap (the
+/// feature, not the version number).
+pub fn probe_pagemap_scan() -> Result<(), QemuError> {
+    let probe = pagemap::Pagemap::open(std::process::id()).and_then(|p| {
+        let here = &probe_pagemap_scan as *const _ as u64 & !(PAGE_SIZE - 1);
+        p.present(here, PAGE_SIZE, |_, _| {})
+    });
+    probe.map_err(|source| QemuError::NoPagemapScan { kernel: crate::record::host_kernel(), source })
+}
+
+/// What a guest gives the QEMU engine to boot.
+#[derive(Debug, Clone)]
+pub struct QemuBoot {
+    /// A bzImage or an ELF vmlinux with a PVH note; `None` boots nothing (the engine's probe).
+    pub kernel: Option<PathBuf>,
+    /// The initramfs, as bytes.
+    pub initramfs: Vec<u8>,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Guest RAM in bytes.
+    pub mem: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Also copy the console to stderr.
+    pub echo_console: bool,
+}
+
+/// Whether the QEMU engine works here, tried for real: QEMU starts stopped with 16 MiB of RAM
+/// and the plugin, which must write-protect it with QEMU's own credentials. Returns QEMU's
+/// version and the userfaultfd's mode.
+pub fn probe() -> Result<(String, String), QemuError> {
+    let boot = QemuBoot {
+        kernel: None,
+        initramfs: Vec::new(),
+        cmdline: String::new(),
+        mem: 16 * crate::units::MIB,
+        vcpus: 1,
+        echo_console: false,
+    };
+    let vm = QemuVm::start(&boot, Arc::new(GuestLog::new("probe")))?;
+    Ok((vm.version.clone(), vm.uffd_mode.clone()))
+}
+
+/// The guest-physical RAM slots of a `mem`-byte guest, with each one's offset in QEMU's RAM.
+pub fn slots(mem: u64) -> Vec<(Slot, u64)> {
+    let low = mem.min(LOW_RAM_END);
+    let mut s = vec![(Slot { slot: 0, guest_phys_addr: 0, size_bytes: low }, 0)];
+    if mem > LOW_RAM_END {
+        s.push((Slot { slot: 1, guest_phys_addr: HIGH_RAM_START, size_bytes: mem - LOW_RAM_END }, LOW_RAM_END));
+    }
+    s
+}
+
+/// A QEMU process that dies with us: killed (and reaped) when dropped.
+struct Process {
+    child: Mutex<Child>,
+    pid: u32,
+}
+
+impl Process {
+    fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+    }
+}
+
+/// A private directory for the QMP socket, removed when dropped.
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn create() -> std::io::Result<PrivateDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = std::env::temp_dir();
+        for attempt in 0..100u32 {
+            let p = base.join(format!("dirtytrace-qemu-{}-{}-{attempt}", std::process::id(), crate::clock::now_ns()));
+            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+                Ok(()) => return Ok(PrivateDir(p)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(std::io::Error::other("cannot make a private directory for QEMU's socket"))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        // Only the socket QEMU made, then the directory we made.
+        let _ = std::fs::remove_file(self.0.join("qmp.sock"));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// What the console reader has seen.
+#[derive(Default)]
+struct Console {
+    parser: ConsoleParser,
+    closed: bool,
+}
+
+/// A QEMU started stopped (`-S`) with guest RAM write-protected: the guest has not run an
+/// instruction yet.
+pub struct QemuVm {
+    process: Process,
+    qmp: qmp::Qmp,
+    pagemap: pagemap::Pagemap,
+    mem_file: std::fs::File,
+    ram_host_start: u64,
+    /// The RAM slots, as the trace describes them.
+    pub slots: Vec<Slot>,
+    slot_offsets: Vec<u64>,
+    vcpu_threads: Vec<u32>,
+    vcpus: u32,
+    console: Arc<Mutex<Console>>,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    /// QEMU's version, as `--version` says it.
+    pub version: String,
+    /// Which faults the userfaultfd sees: `user` (`UFFD_USER_MODE_ONLY`) or `all`.
+    pub uffd_mode: String,
+    _dir: PrivateDir,
+}
+
+impl QemuVm {
+    /// Starts QEMU stopped, with the plugin, and waits for it to report guest RAM.
+    pub fn start(boot: &QemuBoot, log: Arc<GuestLog>) -> Result<QemuVm, QemuError> {
+        let binary = binary();
+        let (major, minor, version) = version(&binary)?;
+        probe_pagemap_scan()?;
+        if !boot.mem.is_multiple_of(PAGE_SIZE) || boot.mem == 0 {
+            return Err(QemuError::Unsupported("--mem must be a whole number of 4 KiB pages".into()));
+        }
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| QemuError::Io { what, source }
+        };
+        let dir = PrivateDir::create().map_err(io("cannot make a private directory for QEMU's monitor socket"))?;
+        let socket = dir.0.join("qmp.sock");
+        let plugin = plugin::memfd().map_err(io("cannot prepare the QEMU plugin"))?;
+        let initrd = initramfs_memfd(&boot.initramfs).map_err(io("cannot prepare the initramfs for QEMU"))?;
+        let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| QemuError::Io { what: "pipe".into(), source: e.into() })?;
+        let inherit = [plugin.as_raw_fd(), initrd.as_raw_fd(), report_write.as_raw_fd()];
+
+        let mut cmd = Command::new(&binary);
+        cmd.args(["-name", "dirtytrace,debug-threads=on", "-accel", "tcg", "-nodefaults", "-no-user-config"])
+            .args(["-display", "none", "-S"])
+            .arg("-machine")
+            .arg(format!("pc,memory-backend={RAM_BACKEND_ID},max-ram-below-4g={LOW_RAM_END}"))
+            .arg("-object")
+            .arg(format!("memory-backend-memfd,id={RAM_BACKEND_ID},size={}", boot.mem))
+            .arg("-m")
+            .arg(format!("{}B", boot.mem))
+            .arg("-smp")
+            .arg(boot.vcpus.to_string())
+            .args(["-action", "reboot=shutdown,shutdown=pause", "-serial", "stdio"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", socket.display()));
+        if let Some(kernel) = &boot.kernel {
+            cmd.arg("-kernel")
+                .arg(kernel)
+                .arg("-initrd")
+                .arg(format!("/proc/self/fd/{}", initrd.as_raw_fd()))
+                .arg("-append")
+                .arg(&boot.cmdline);
+        }
+        cmd.arg("-plugin")
+            .arg(format!(
+                "/proc/self/fd/{},fd={},size={},id={RAM_BACKEND_ID}",
+                plugin.as_raw_fd(),
+                report_write.as_raw_fd(),
+                boot.mem
+            ))
+            .env("DIRTYTRACE_QEMU_PLUGIN_API", plugin::api_version(major, minor).to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // async-signal-safe functions (fcntl, prctl, getppid, kill) on fds this process owns.
+        unsafe {
+            cmd.pre_exec(move || {
+                for fd in inherit {
+                    nix::fcntl::fcntl(
+                        std::os::fd::BorrowedFd::borrow_raw(fd),
+                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                    )?;
+                }
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                Ok(())
+            })
+        };
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(QemuError::Missing { binary: binary.display().to_string() })
+            }
+            Err(source) => return Err(QemuError::Io { what: format!("cannot start {}", binary.display()), source }),
+        };
+        drop(report_write);
+        let pid = child.id();
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(pipe) = child.stderr.take() {
+            let keep = stderr.clone();
+            let _ = std::thread::Builder::new().name("qemu-stderr".into()).spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut k = keep.lock().unwrap_or_else(|e| e.into_inner());
+                    if k.len() == STDERR_LINES {
+                        k.pop_front();
+                    }
+                    k.push_back(line);
+                }
+            });
+        }
+        let console = Arc::new(Mutex::new(Console::default()));
+        if let Some(pipe) = child.stdout.take() {
+            let (console, echo) = (console.clone(), boot.echo_console);
+            let _ = std::thread::Builder::new()
+                .name("qemu-console".into())
+                .spawn(move || read_console(pipe, &log, &console, echo));
+        }
+        let process = Process { child: Mutex::new(child), pid };
+        let tail = |s: &Arc<Mutex<VecDeque<String>>>| {
+            // Give the stderr reader a moment to catch QEMU's last words.
+            std::thread::sleep(Duration::from_millis(100));
+            s.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect::<Vec<_>>()
+        };
+        let report = read_report(report_read, STARTUP_TIMEOUT);
+        let (ram_host_start, uffd_mode) = match parse_report(&report, boot.mem) {
+            Ok(r) => r,
+            Err(msg) => {
+                drop(process);
+                return Err(QemuError::Startup { msg, stderr: tail(&stderr) });
+            }
+        };
+        let qmp = qmp::Qmp::connect(&socket, STARTUP_TIMEOUT, || process.exited().is_none())
+            .map_err(|msg| QemuError::Startup { msg, stderr: tail(&stderr) })?;
+        let pagemap = pagemap::Pagemap::open(pid).map_err(|source| QemuError::Scan { pid, source })?;
+        let mem_file = std::fs::File::open(format!("/proc/{pid}/mem"))
+            .map_err(|source| QemuError::Io { what: format!("cannot open /proc/{pid}/mem"), source })?;
+        let vcpu_threads = vcpu_threads(pid);
+        let (slots, slot_offsets) = slots(boot.mem).into_iter().unzip();
+        Ok(QemuVm {
+            process,
+            qmp,
+            pagemap,
+            mem_file,
+            ram_host_start,
+            slots,
+            slot_offsets,
+            vcpu_threads,
+            vcpus: boot.vcpus,
+            console,
+            stderr,
+            version,
+            uffd_mode,
+            _dir: dir,
+        })
+    }
+
+    /// Pages of guest RAM holding anything but zeroes now (before the guest's first
+    /// instruction: what QEMU itself put there). Only pages memory backs are read.
+    pub fn nonzero_pages(&self) -> Vec<PageRange> {
+        let mut out: Vec<PageRange> = Vec::new();
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        for (slot, offset) in self.slots.iter().zip(&self.slot_offsets) {
+            let host = self.ram_host_start + offset;
+            let mut present = Vec::new();
+            if self.pagemap.present(host, slot.size_bytes, |s, e| present.push((s, e))).is_err() {
+                continue;
+            }
+            for (s, e) in present {
+                for addr in (s..e).step_by(PAGE_SIZE as usize) {
+                    if self.mem_file.read_exact_at(&mut page, addr).is_ok() && page.iter().any(|&b| b != 0) {
+                        let p = slot.first_page() + (addr - host) / PAGE_SIZE;
+                        match out.last_mut() {
+                            Some(r) if r.first + r.count == p => r.count += 1,
+                            _ => out.push(PageRange { first: p, count: 1 }),
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Lets the guest run.
+    pub fn start_guest(self) -> Result<RunningQemu, QemuError> {
+        self.qmp.execute("cont").map_err(QemuError::Qmp)?;
+        let last_cpu = Mutex::new(vec![0; self.vcpus as usize]);
+        Ok(RunningQemu { vm: self, stopped_by_us: false, last_cpu })
+    }
+}
+
+fn initramfs_memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    use std::io::Write;
+    let fd = nix::sys::memfd::memfd_create(c"dirtytrace-initramfs", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+        .map_err(std::io::Error::from)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    Ok(OwnedFd::from(file))
+}
+
+/// The plugin's one line, or what stood in for it.
+fn read_report(pipe: OwnedFd, timeout: Duration) -> Result<String, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::fs::File::from(pipe).take(4096).read_to_string(&mut text);
+        let _ = tx.send(text);
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(t) if t.trim().is_empty() => Err("QEMU exited before dirtytrace's plugin reported guest RAM".into()),
+        Ok(t) => Ok(t.trim().to_string()),
+        Err(_) => Err(format!("dirtytrace's plugin did not report guest RAM within {timeout:?}")),
+    }
+}
+
+/// `ok START LEN MODE` from the plugin: guest RAM's host address and the userfaultfd's mode.
+fn parse_report(report: &Result<String, String>, mem: u64) -> Result<(u64, String), String> {
+    let line = report.as_ref().map_err(String::clone)?;
+    if let Some(why) = line.strip_prefix("error ") {
+        return Err(format!("dirtytrace's plugin cannot track guest RAM: {why}"));
+    }
+    let f: Vec<&str> = line.split_whitespace().collect();
+    match f.as_slice() {
+        ["ok", start, len, mode] => {
+            let start = u64::from_str_radix(start, 16).map_err(|_| format!("the plugin said `{line}`"))?;
+            if len.parse::<u64>().ok() != Some(mem) {
+                return Err(format!("the plugin tracks {len} bytes, not the guest's {mem}"));
+            }
+            Ok((start, mode.to_string()))
+        }
+        _ => Err(format!("the plugin said `{line}`")),
+    }
+}
+
+/// The thread ids of QEMU's vCPU threads (`CPU N/TCG`, named by `-name debug-threads=on`),
+/// in vCPU order.
+fn vcpu_threads(pid: u32) -> Vec<u32> {
+    let mut found: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for e in dir.flatten() {
+            let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+            let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+            if let Some(n) = comm.trim().strip_prefix("CPU ").and_then(|r| r.split('/').next()) {
+                if let Ok(n) = n.parse::<u32>() {
+                    found.push((n, tid));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.into_iter().map(|(_, tid)| tid).collect()
+}
+
+/// A thread's time on a CPU in nanoseconds (`/proc/PID/task/TID/schedstat`).
+fn thread_cpu_ns(pid: u32, tid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn read_console(mut pipe: impl Read, log: &GuestLog, console: &Mutex<Console>, echo: bool) {
+    use std::io::Write;
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                log.append_console(&buf[..n]);
+                if echo {
+                    let _ = std::io::stderr().write_all(&buf[..n]);
+                }
+                console.lock().unwrap_or_else(|e| e.into_inner()).parser.feed(&buf[..n], log);
+            }
+        }
+    }
+    console.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+}
+
+/// A QEMU whose guest runs.
+pub struct RunningQemu {
+    vm: QemuVm,
+    stopped_by_us: bool,
+    last_cpu: Mutex<Vec<u64>>,
+}
+
+impl RunningQemu {
+    fn fault(&self, reason: String) -> VcpuOutcome {
+        VcpuOutcome::Fault(GuestFault {
+            vcpu: 0,
+            reason,
+            registers: "not available under the QEMU engine".into(),
+            instruction_bytes: "not available under the QEMU engine".into(),
+        })
+    }
+
+    fn stderr_lines(&self) -> Vec<String> {
+        self.vm.stderr.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+}
+
+impl crate::engine::RunningGuest for RunningQemu {
+    fn harvest_all(&self) -> Result<Vec<Vec<u64>>, crate::engine::EngineError> {
+        let vm = &self.vm;
+        let mut out = Vec::with_capacity(vm.slots.len());
+        for (slot, offset) in vm.slots.iter().zip(&vm.slot_offsets) {
+            let mut words = vec![0u64; slot.num_pages().div_ceil(64) as usize];
+            let host = vm.ram_host_start + offset;
+            let scanned = vm.pagemap.take_written(host, slot.size_bytes, |s, e| {
+                for page in (s - host) / PAGE_SIZE..(e - host).div_ceil(PAGE_SIZE) {
+                    if let Some(w) = words.get_mut((page / 64) as usize) {
+                        *w |= 1 << (page % 64);
+                    }
+                }
+            });
+            match scanned {
+                Ok(()) => out.push(words),
+                // QEMU is gone, and with it the pages written since the last harvest: the
+                // interval is kept empty and the crash is reported by `stop`.
+                Err(_) if vm.process.exited().is_some() => out.push(words),
+                Err(source) => return Err(QemuError::Scan { pid: vm.process.pid, source }.into()),
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_u64(&self, gpa: u64) -> u64 {
+        let vm = &self.vm;
+        let host = vm.slots.iter().zip(&vm.slot_offsets).find_map(|(s, off)| {
+            (gpa >= s.guest_phys_addr && gpa + 8 <= s.guest_phys_addr + s.size_bytes)
+                .then(|| vm.ram_host_start + off + (gpa - s.guest_phys_addr))
+        });
+        let mut b = [0u8; 8];
+        match host {
+            Some(h) if vm.mem_file.read_exact_at(&mut b, h).is_ok() => u64::from_le_bytes(b),
+            _ => 0,
+        }
+    }
+
+    fn vcpu_cpu_ns(&self) -> Vec<u64> {
+        let mut last = self.last_cpu.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, &tid) in self.vm.vcpu_threads.iter().enumerate() {
+            if let (Some(ns), Some(slot)) = (thread_cpu_ns(self.vm.process.pid, tid), last.get_mut(i)) {
+                *slot = ns;
+            }
+        }
+        last.clone()
+    }
+
+    fn all_finished(&self) -> bool {
+        self.vm.qmp.events.shutdown.load(Ordering::Acquire)
+    }
+
+    fn stop_requested(&self) -> bool {
+        self.vm.process.exited().is_some()
+    }
+
+    fn pause(&self) {
+        let _ = self.vm.qmp.execute("stop");
+    }
+
+    fn resume(&self) {
+        let _ = self.vm.qmp.execute("cont");
+    }
+
+    fn stop(&mut self) -> Vec<VcpuOutcome> {
+        let shutdown = self.vm.qmp.events.shutdown.load(Ordering::Acquire);
+        let exited = self.vm.process.exited();
+        if exited.is_none() && !shutdown {
+            // Paused, not quit: its memory stays for the final harvest.
+            self.stopped_by_us = self.vm.qmp.execute("stop").is_ok();
+        }
+        // The console's last lines (the workload's status) are in before QEMU paused.
+        for _ in 0..50 {
+            let c = self.vm.console.lock().unwrap_or_else(|e| e.into_inner());
+            if c.closed || c.parser.status.is_some() || !shutdown {
+                break;
+            }
+            drop(c);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (status, panic) = {
+            let c = self.vm.console.lock().unwrap_or_else(|e| e.into_inner());
+            (c.parser.status, c.parser.panic.clone())
+        };
+        let first = match (exited, shutdown, status, panic) {
+            (_, _, _, Some(panic)) => self.fault(format!("the guest kernel panicked: {panic}")),
+            (_, true, Some(s), None) => VcpuOutcome::PowerOff(s),
+            (_, true, None, None) => self.fault("the guest rebooted before its workload finished".into()),
+            (Some(st), false, _, None) => {
+                self.fault(format!("QEMU exited ({st}) while the guest ran{}", stderr_tail(&self.stderr_lines())))
+            }
+            (None, false, _, None) => VcpuOutcome::Stopped,
+        };
+        let mut outcomes = vec![first];
+        outcomes.extend((1..self.vm.vcpus).map(|_| VcpuOutcome::Stopped));
+        outcomes
+    }
+}
+
+impl Drop for RunningQemu {
+    fn drop(&mut self) {
+        // A clean quit first, so QEMU can tidy up; the process guard kills it otherwise.
+        if self.vm.process.exited().is_none() && self.vm.qmp.execute("quit").is_ok() {
+            for _ in 0..100 {
+                if self.vm.process.exited().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_split_at_3_gib_like_the_own_vmm() {
+        let s = slots(512 << 20);
+        assert_eq!(s, vec![(Slot { slot: 0, guest_phys_addr: 0, size_bytes: 512 << 20 }, 0)]);
+        let s = slots(5 * GIB);
+        assert_eq!(s[1], (Slot { slot: 1, guest_phys_addr: 4 * GIB, size_bytes: 2 * GIB }, 3 * GIB));
+        let own = crate::guest::linux::boot::ram_ranges(5 * GIB);
+        assert_eq!(s.iter().map(|(s, _)| (s.guest_phys_addr, s.size_bytes)).collect::<Vec<_>>(), own);
+    }
+
+    #[test]
+    fn the_plugin_report_is_checked() {
+        assert_eq!(parse_report(&Ok("ok 7f00 4096 user".into()), 4096), Ok((0x7f00, "user".into())));
+        assert!(parse_report(&Ok("ok 7f00 8192 user".into()), 4096).unwrap_err().contains("8192"));
+        let e = parse_report(&Ok("error userfaultfd: EPERM".into()), 4096).unwrap_err();
+        assert!(e.contains("cannot track guest RAM: userfaultfd: EPERM"), "{e}");
+        assert!(parse_report(&Err("gone".into()), 4096).unwrap_err().contains("gone"));
+    }
+}

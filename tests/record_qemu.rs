@@ -1,0 +1,283 @@
+//! `record --engine qemu`: real Linux programs under QEMU's TCG, their writes tracked by
+//! dirtytrace's plugin (userfaultfd, async write-protect) and harvested with `PAGEMAP_SCAN`.
+//! These need Debian's `qemu-system-x86` and the kit (`.ci/run` installs both), and a host
+//! kernel with `PAGEMAP_SCAN` (Linux 6.7+); they fail, rather than skip, without them.
+
+mod common;
+
+use common::*;
+use dirtytrace::trace::{Trace, TraceStatus};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/linux").join(name).to_str().unwrap().to_string()
+}
+
+fn record(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.arg("record").args(["--engine", "qemu"]).args(args).stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// The QEMU processes whose parent is `pid`.
+fn qemu_children(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // pid (comm) state ppid ...
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else { continue };
+        let f: Vec<&str> = after.split_whitespace().collect();
+        if stat.contains("(qemu-system-x86") && f.get(1) == Some(&pid.to_string().as_str()) && f[0] != "Z" {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// True while `pid` runs (a zombie counts as gone: it runs no more code).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rfind(')').and_then(|i| s.get(i + 2..i + 3)) != Some("Z"))
+        .unwrap_or(false)
+}
+
+/// A recorder started by a test, killed (with its QEMU, through the parent-death signal) if
+/// the test fails before it ends.
+struct Recorder(Option<std::process::Child>);
+
+impl Recorder {
+    fn start(script: &Path, out: &Path) -> Recorder {
+        let child = Command::new(bin())
+            .args(["record", "--engine", "qemu", "--mem", "256MiB", "--workload", script.to_str().unwrap(), "--output"])
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Recorder(Some(child))
+    }
+    fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+    fn take(&mut self) -> std::process::Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The distinct pages the intervals of `phase` wrote.
+fn pages_of_phase(trace: &Trace, phase: &str) -> BTreeSet<u64> {
+    let rows = trace.rates().unwrap();
+    let mut pages = BTreeSet::new();
+    for r in rows.iter().filter(|r| r.phase == phase) {
+        pages.extend(trace.bitmap(r.interval).unwrap().pages());
+    }
+    pages
+}
+
+/// stress-ng from `--package`, end to end: a complete trace with its phases and exit status
+/// 0, the stress phase's writes covering stress-ng's 64 MiB, and the offline tools reading it.
+#[test]
+fn stress_ng_records_end_to_end_under_qemu() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-stress");
+    let out = dir.join("trace");
+    let o = record(
+        &[
+            "--workload",
+            &example("stress-ng.sh"),
+            "--package",
+            "stress-ng",
+            "--mem",
+            "1GiB",
+            "--json",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["status"], "complete");
+    assert_eq!(summary["end_reason"], "guest_power_off");
+    assert_eq!(summary["guest_exit_status"], 0);
+
+    let trace = Trace::open(&out).unwrap();
+    let engine = trace.manifest.engine.clone().unwrap();
+    assert_eq!((engine.name.as_str(), engine.accelerator.as_str()), ("qemu", "tcg"));
+    assert_eq!(engine.tracking, "userfaultfd_wp_async");
+    assert_eq!(trace.manifest.ramsize_bytes, 1 << 30);
+    let rows = trace.rates().unwrap();
+    let phases: Vec<&str> = rows.iter().map(|r| r.phase.as_str()).collect();
+    let mut order: Vec<&str> = phases.clone();
+    order.dedup();
+    assert_eq!(order.first(), Some(&"boot"), "{order:?}");
+    for p in ["stress", "quiet"] {
+        assert!(order.contains(&p), "phase {p} missing: {order:?}");
+    }
+    let stress = pages_of_phase(&trace, "stress");
+    assert!(
+        stress.len() as u64 * 4096 >= 64 << 20,
+        "the stress phase wrote {} distinct pages, fewer than stress-ng's 64 MiB",
+        stress.len()
+    );
+    let console = std::fs::read_to_string(out.join("console.log")).unwrap();
+    assert!(console.contains("DIRTYTRACE:workload_end:0"), "{console}");
+    assert!(!trace.manifest.initial_nonzero_pages.is_empty(), "QEMU loads the kernel before the first instruction");
+
+    for tool in [vec!["summarize"], vec!["replay", "--bandwidth", "1Gbit/s"], vec!["simgrid"]] {
+        let o = Command::new(bin()).args(&tool).arg(&out).output().unwrap();
+        assert!(o.status.success(), "{tool:?}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+/// A workload that writes a known amount: every one of its pages is in the trace, in the
+/// phase that wrote them.
+#[test]
+fn a_known_write_is_seen_in_its_phase() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-known");
+    let script = write(
+        &dir,
+        "w.sh",
+        "#!/bin/sh\ndt-phase quiet\nsleep 1\ndt-phase write\ndd if=/dev/zero of=/tmp/blob bs=1M count=48 || exit 9\n\
+         sync\ndt-phase settle\nsleep 1\n",
+    );
+    let out = dir.join("trace");
+    let o =
+        record(&["--workload", script.to_str().unwrap(), "--mem", "512MiB", "--output", out.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let trace = Trace::open(&out).unwrap();
+    // The write's pages show up by the interval the next phase begins in (the phase of an
+    // interval is the one active at its end).
+    let written: BTreeSet<u64> =
+        pages_of_phase(&trace, "write").union(&pages_of_phase(&trace, "settle")).copied().collect();
+    assert!(written.len() as u64 * 4096 >= 48 << 20, "{} pages for a 48 MiB write", written.len());
+    let quiet = pages_of_phase(&trace, "quiet");
+    assert!((quiet.len() as u64) * 4096 < 16 << 20, "a sleeping guest wrote {} pages", quiet.len());
+}
+
+/// QEMU killed mid-run: the trace is finalised with every harvested interval, exit code 3,
+/// and the error says QEMU died.
+#[test]
+fn qemu_killed_mid_run_keeps_the_trace() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-killed");
+    let script = write(&dir, "w.sh", "#!/bin/sh\ndt-phase wait\nsleep 60\n");
+    let out = dir.join("trace");
+    let mut child = Recorder::start(&script, &out);
+    wait_for("a few intervals", Duration::from_secs(60), || {
+        std::fs::metadata(out.join("journal.dtj")).is_ok_and(|m| m.len() > 4096)
+    });
+    // Found now, not at start: `--version` runs a short-lived QEMU first.
+    let qemu = qemu_children(child.id());
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let o = child.take().wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    let trace = Trace::open(&out).unwrap();
+    assert_eq!(trace.manifest.status, TraceStatus::GuestFault);
+    let error = trace.manifest.error.clone().unwrap_or_default();
+    assert!(error.contains("QEMU exited"), "{error}");
+    assert!(trace.manifest.intervals > 0);
+    assert_eq!(trace.rates().unwrap().len() as u64, trace.manifest.intervals);
+}
+
+/// The recorder SIGKILLed: its QEMU is gone within a second, and `recover` finalises the trace.
+#[test]
+fn a_killed_recorder_takes_qemu_with_it() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-recorder-killed");
+    let script = write(&dir, "w.sh", "#!/bin/sh\nsleep 60\n");
+    let out = dir.join("trace");
+    let mut child = Recorder::start(&script, &out);
+    wait_for("a few intervals", Duration::from_secs(60), || {
+        std::fs::metadata(out.join("journal.dtj")).is_ok_and(|m| m.len() > 4096)
+    });
+    let qemu = qemu_children(child.id());
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    let mut child = child.take();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t = Instant::now();
+    wait_for("QEMU to die with its recorder", Duration::from_secs(1), || !running(qemu[0]));
+    eprintln!("QEMU gone {:?} after its recorder", t.elapsed());
+    let o = Command::new(bin()).arg("recover").arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let trace = Trace::open(&out).unwrap();
+    assert_eq!(trace.manifest.status, TraceStatus::Recovered);
+    assert!(trace.manifest.intervals > 0);
+}
+
+/// No QEMU on PATH: the error names the package, and nothing is left behind.
+#[test]
+fn missing_qemu_names_the_package() {
+    let dir = Scratch::new("qemu-missing");
+    let script = write(&dir, "w.sh", "true\n");
+    let out = dir.join("trace");
+    let o = record(
+        &["--workload", script.to_str().unwrap(), "--output", out.to_str().unwrap()],
+        &[("PATH", dir.to_str().unwrap())],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("qemu-system-x86_64 was not found") && stderr.contains("qemu-system-x86"), "{stderr}");
+    assert!(!out.exists());
+}
+
+/// The plugin cannot find guest RAM (here: a QEMU wrapper lies about its size): QEMU is
+/// stopped, the error names the cause, no output directory is made and no QEMU is left.
+#[test]
+fn a_plugin_that_cannot_track_stops_qemu_with_the_cause() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-plugin-fails");
+    let wrapper = write(
+        &dir,
+        "qemu-wrapper",
+        "#!/bin/sh\nfor a in \"$@\"; do shift; set -- \"$@\" \"$(echo \"$a\" | sed 's/,size=[0-9]*,/,size=8192,/')\"; done\n\
+         exec qemu-system-x86_64 \"$@\"\n",
+    );
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = write(&dir, "w.sh", "true\n");
+    let out = dir.join("trace");
+    let me = std::process::id();
+    let o = record(
+        &["--workload", script.to_str().unwrap(), "--mem", "256MiB", "--output", out.to_str().unwrap()],
+        &[("DIRTYTRACE_QEMU", wrapper.to_str().unwrap())],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("dirtytrace's plugin cannot track guest RAM")
+            && stderr.contains("no memory-backend-memfd mapping of 8192 bytes"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    assert!(qemu_children(me).is_empty());
+}
