@@ -47,9 +47,11 @@ fn table(path: &Path) -> Vec<Row> {
     rows
 }
 
-/// Runs the CLI; returns (exit code, stdout, stderr).
+/// Runs the CLI, for two minutes at most; returns (exit code, stdout, stderr).
 fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = output_within(&mut cmd, Duration::from_secs(120));
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
