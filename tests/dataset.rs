@@ -484,6 +484,40 @@ fn bad_input_is_refused_naming_the_key_or_flag_and_leaves_nothing() {
     assert!(err.contains("neither a trace"), "{err}");
 }
 
+/// Issue 15, defect 6: a FIFO at `.index.lock` blocked `index` and `sweep` forever. A lock file
+/// that is not a regular file is refused with the file named; a symlink is not followed.
+#[test]
+fn a_lock_file_that_is_not_a_regular_file_is_refused_naming_it() {
+    let dir = tempdir("ds-lock-files");
+    let grid = write(&dir, "grid.toml", GRID);
+    let out = dir.join("ds");
+    generated(&grid, &out, "1/1");
+    let lock = out.join(".index.lock");
+    std::fs::remove_file(&lock).unwrap();
+    nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, _, err) = cli(&["index", s(&out)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("{}: is a FIFO", lock.display())) && err.contains("remove it"), "{err}");
+    // Every run is recorded already: the sweep skips them all, and fails on the index.
+    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("8 skipped") && err.contains("index: FAILED"), "{err}");
+    assert!(err.contains(&format!("{}: is a FIFO", lock.display())), "{err}");
+
+    std::fs::remove_file(&lock).unwrap();
+    let elsewhere = write(&dir, "elsewhere", "");
+    std::os::unix::fs::symlink(&elsewhere, &lock).unwrap();
+    let (code, _, err) = cli(&["index", s(&out)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("{}: is a symbolic link", lock.display())), "{err}");
+    // Removed, as the message says: `index` makes a new one.
+    std::fs::remove_file(&lock).unwrap();
+    let (code, _, err) = cli(&["index", s(&out)]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(std::fs::symlink_metadata(&lock).unwrap().is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The rows of the first table after `heading` in a schema document: its first column, or all.
 fn doc_table(doc: &str, heading: &str) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(format!("{}/schemas/{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
