@@ -7,8 +7,14 @@
 //!   traces/NAME/       each run's trace, exactly as `dirtytrace record` writes it
 //!   index.parquet      one row per trace: axis values, summary, SimGrid fit
 //!   replay.parquet     one row per trace and [replay] bandwidth
-//!   .index.lock        held while the two tables are rewritten (an `flock`)
+//!   .dataset.lock      held while a sweep checks and creates the dataset
+//!   .claims/NAME.lock  held by the sweep working on run NAME
+//!   .index.lock        held while the two tables are rewritten
 //! ```
+//!
+//! The three locks are `flock`s on empty regular files, which are never removed (a process
+//! holding a removed file's lock would not exclude one locking its successor). A lock dies with
+//! its holder, so a killed sweep blocks nothing.
 //!
 //! - [`grid`]: parses `GRID.toml`, expands it into named, seeded runs, splits them into shards.
 //! - [`sweep`]: records a shard's runs into the dataset, resuming whatever an earlier sweep left.
@@ -37,6 +43,10 @@ pub const INDEX: &str = "index.parquet";
 pub const REPLAY: &str = "replay.parquet";
 /// The lock file that serialises rewrites of the index.
 pub const INDEX_LOCK: &str = ".index.lock";
+/// The lock file held while a sweep checks and creates the dataset.
+pub const DATASET_LOCK: &str = ".dataset.lock";
+/// The directory of the runs' claims: `NAME.lock`, locked by the sweep working on run NAME.
+pub const CLAIMS: &str = ".claims";
 /// `dataset.json`'s format version.
 pub const INFO_VERSION: u32 = 1;
 
