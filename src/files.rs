@@ -37,9 +37,12 @@ pub enum FileError {
     },
 }
 
-fn kind_of(ft: std::fs::FileType) -> &'static str {
+/// What a file that is not a regular file is, in words.
+pub(crate) fn kind_of(ft: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() {
+    if ft.is_symlink() {
+        "symbolic link"
+    } else if ft.is_dir() {
         "directory"
     } else if ft.is_fifo() {
         "FIFO"

@@ -73,7 +73,8 @@ dirtytrace sweep examples/sweeps/grid.toml --output ds\n  \
 dirtytrace sweep grid.toml --output /shared/ds --shard 3/8      # host 3 of 8 (examples/sweeps/slurm.sh)\n\n\
 The grid, the run names and the index are documented in schemas/dataset.md. Running the same command again \
 resumes: finished traces are skipped, killed ones recovered, interrupted ones recorded again. Ctrl-C stops after \
-finalising the current trace (exit code 130).\n\n\
+finalising the current trace (exit code 130). Sweeps and shards may write into one dataset at once: each run is \
+claimed by one sweep, and the others leave it to that one.\n\n\
 --jobs: recordings share the CPUs, so concurrent ones harvest later and their guests run slower; keep 1 \
 (the default) for timing-faithful traces, and check missed_deadlines in the index if you raise it.";
 

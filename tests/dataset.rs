@@ -1,6 +1,7 @@
 //! Datasets: `sweep`, `index`, and the analysis tools over a dataset. The index, merge,
 //! resume-logic and bad-input tests make their traces with the KVM-free generator (the sweep's
-//! `Engine::Generate`); the sweep, kill and Ctrl-C tests record real guests under KVM.
+//! `Engine::Generate`); the sweep, kill, Ctrl-C and concurrent-sweep tests record real guests
+//! under KVM.
 
 mod common;
 
@@ -11,6 +12,7 @@ use dirtytrace::dataset::grid::{Grid, ValueKind};
 use dirtytrace::dataset::index::{self, index_column_names, replay_column_names};
 use dirtytrace::dataset::sweep::{self, Action, Engine, SweepOptions, SweepReport};
 use dirtytrace::dataset::{DatasetInfo, INDEX, REPLAY};
+use dirtytrace::guest::synthetic::verify::verify;
 use dirtytrace::trace::{Manifest, MemorySlot, Trace, TraceStatus, TraceWriter};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -47,9 +49,11 @@ fn table(path: &Path) -> Vec<Row> {
     rows
 }
 
-/// Runs the CLI; returns (exit code, stdout, stderr).
+/// Runs the CLI, for two minutes at most; returns (exit code, stdout, stderr).
 fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = output_within(&mut cmd, Duration::from_secs(120));
     (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
@@ -482,6 +486,91 @@ fn bad_input_is_refused_naming_the_key_or_flag_and_leaves_nothing() {
     assert!(err.contains("neither a trace"), "{err}");
 }
 
+/// Issue 15, defect 6: a FIFO at `.index.lock` blocked `index` and `sweep` forever. A lock file
+/// that is not a regular file is refused with the file named; a symlink is not followed.
+#[test]
+fn a_lock_file_that_is_not_a_regular_file_is_refused_naming_it() {
+    let dir = tempdir("ds-lock-files");
+    let grid = write(&dir, "grid.toml", GRID);
+    let out = dir.join("ds");
+    generated(&grid, &out, "1/1");
+    let lock = out.join(".index.lock");
+    std::fs::remove_file(&lock).unwrap();
+    nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, _, err) = cli(&["index", s(&out)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("{}: is a FIFO", lock.display())) && err.contains("remove it"), "{err}");
+    // Every run is recorded already: the sweep skips them all, and fails on the index.
+    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("8 skipped") && err.contains("index: FAILED"), "{err}");
+    assert!(err.contains(&format!("{}: is a FIFO", lock.display())), "{err}");
+
+    std::fs::remove_file(&lock).unwrap();
+    let elsewhere = write(&dir, "elsewhere", "");
+    std::os::unix::fs::symlink(&elsewhere, &lock).unwrap();
+    let (code, _, err) = cli(&["index", s(&out)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("{}: is a symbolic link", lock.display())), "{err}");
+    // Removed, as the message says: `index` makes a new one.
+    std::fs::remove_file(&lock).unwrap();
+    let (code, _, err) = cli(&["index", s(&out)]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(std::fs::symlink_metadata(&lock).unwrap().is_file());
+
+    // A run's claim: that run fails, naming the file, and the sweep goes on.
+    let first = names(&table(&out.join(INDEX)))[0].clone();
+    let claim = out.join(".claims").join(format!("{first}.lock"));
+    std::fs::remove_file(&claim).unwrap();
+    nix::unistd::mkfifo(&claim, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("{first}: FAILED: {}: is a FIFO", claim.display())), "{err}");
+    assert!(err.contains("7 skipped, 0 left to another recorder, 1 failed"), "{err}");
+    std::fs::remove_file(&claim).unwrap();
+    // The dataset's lock: the sweep stops before any run.
+    let dataset_lock = out.join(".dataset.lock");
+    std::fs::remove_file(&dataset_lock).unwrap();
+    nix::unistd::mkfifo(&dataset_lock, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.starts_with(&format!("error: {}: is a FIFO", dataset_lock.display())), "{err}");
+    assert!(!err.contains("[1/8]"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 15: sweeps starting together into one directory each see the others' entries before
+/// `dataset.json` exists. The plan accepts what a sweep makes; the sweep checks again under the
+/// dataset lock, where only a half-made dataset's empty directories pass.
+#[test]
+fn a_directory_a_sweep_began_is_accepted_and_checked_again_under_the_lock() {
+    let dir = tempdir("ds-half-made");
+    let grid = write(&dir, "grid.toml", GRID);
+    // What a sweep killed while creating the dataset leaves: its lock, empty directories and a
+    // temporary dataset.json.
+    let out = dir.join("ds");
+    for d in ["traces", "specs", ".claims"] {
+        std::fs::create_dir_all(out.join(d)).unwrap();
+    }
+    write(&out, ".dataset.lock", "");
+    let tmp = write(&out, ".dataset.json.4242-1.tmp", "{\"half");
+    let report = generated(&grid, &out, "1/1");
+    assert_eq!(report.outcomes.iter().filter(|o| o.action == Action::Recorded).count(), 8, "{report:?}");
+    assert!(!tmp.exists(), "the stale temporary file is removed under the lock");
+
+    // Those names holding files, without dataset.json: a sweep could be filling them, so the
+    // plan accepts them; under the lock no sweep is, and the directory is refused untouched.
+    let other = dir.join("other");
+    std::fs::create_dir_all(other.join("traces/x")).unwrap();
+    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&other), "--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&other)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not a dirtytrace dataset"), "{err}");
+    assert!(other.join("traces/x").is_dir() && !other.join("dataset.json").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The rows of the first table after `heading` in a schema document: its first column, or all.
 fn doc_table(doc: &str, heading: &str) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(format!("{}/schemas/{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
@@ -633,12 +722,12 @@ fn kvm_grid(dir: &Path, rates: &[&str]) -> PathBuf {
     )
 }
 
-/// Starts `dirtytrace sweep`, its stderr in a file.
+/// Starts `dirtytrace sweep`, its stderr in a file and its stdout (`--json`) beside it.
 fn spawn_sweep(grid: &Path, out: &Path, log: &Path, extra: &[&str]) -> std::process::Child {
     Command::new(bin())
         .args(["sweep", s(grid), "--output", s(out)])
         .args(extra)
-        .stdout(Stdio::null())
+        .stdout(std::fs::File::create(log.with_extension("json")).unwrap())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
@@ -656,6 +745,18 @@ fn wait_for_frames(trace: &Path) {
 
 fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+/// A `sweep --json` report's (name, action) pairs, by name.
+fn actions(report: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = report["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["name"].as_str().unwrap().into(), o["action"].as_str().unwrap().into()))
+        .collect();
+    v.sort();
+    v
 }
 
 fn unique(rows: &[Row], col: &str) -> usize {
@@ -739,15 +840,8 @@ fn ctrl_c_finalises_the_current_trace_and_the_next_sweep_records_it_again() {
     let (code, stdout, err) = cli(&["sweep", s(&grid), "--output", s(&out), "--jobs", &jobs, "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
-    let mut actions: Vec<(String, String)> = report["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| (o["name"].as_str().unwrap().into(), o["action"].as_str().unwrap().into()))
-        .collect();
-    actions.sort();
     assert_eq!(
-        actions,
+        actions(&report),
         [("rate=16MiBps_r0".to_string(), "recorded".to_string()), ("rate=8MiBps_r0".into(), "rerecorded".into())]
     );
     assert!(err.contains("interrupted by Ctrl-C in an earlier sweep"), "{err}");
@@ -755,4 +849,138 @@ fn ctrl_c_finalises_the_current_trace_and_the_next_sweep_records_it_again() {
     assert_eq!(rows.iter().map(|r| r["status"].as_str().unwrap()).collect::<Vec<_>>(), ["complete", "complete"]);
     assert_eq!(unique(&rows, "trace_id"), 2);
     assert!(rows.iter().all(|r| r["trace_id"] != interrupted_id.as_str()));
+}
+
+/// Issue 15, defect 1: four sweeps of one grid into one new dataset at once. Each run is
+/// recorded by exactly one of them (the others leave it to its claimant or skip it once done),
+/// none fails, every trace is whole and exact, and the index has one row per run.
+#[test]
+fn four_sweeps_of_one_grid_at_once_record_every_run_exactly_once() {
+    let _g = kvm_lock();
+    let dir = tempdir("ds-four-sweeps");
+    let rates = ["8MiB/s", "16MiB/s", "24MiB/s", "32MiB/s", "40MiB/s", "48MiB/s"];
+    let grid = kvm_grid(&dir, &rates);
+    let mut want: Vec<String> = rates.iter().map(|r| format!("rate={}ps_r0", r.trim_end_matches("/s"))).collect();
+    want.sort();
+    let out = dir.join("ds");
+    let started = Instant::now();
+    let logs: Vec<PathBuf> = (0..4).map(|i| dir.join(format!("sweep{i}.log"))).collect();
+    let mut sweeps: Vec<_> = logs.iter().map(|log| spawn_sweep(&grid, &out, log, &["--json"])).collect();
+    let mut recorded_by: BTreeMap<String, String> = BTreeMap::new();
+    for (child, log) in sweeps.iter_mut().zip(&logs) {
+        let status = wait_within(child, Duration::from_secs(120), "a concurrent sweep");
+        let err = std::fs::read_to_string(log).unwrap();
+        assert_eq!(status.code(), Some(0), "{err}");
+        let report: Value = serde_json::from_str(&std::fs::read_to_string(log.with_extension("json")).unwrap())
+            .unwrap_or_else(|e| panic!("{e}: {err}"));
+        assert_eq!((report["failed"].as_u64(), report["interrupted"].as_bool()), (Some(0), Some(false)), "{err}");
+        assert_eq!(report["index_error"], Value::Null, "{err}");
+        let mine = actions(&report);
+        assert_eq!(mine.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), want, "every run gets an outcome: {err}");
+        for (name, action) in mine {
+            match action.as_str() {
+                "recorded" => {
+                    let o = report["outcomes"].as_array().unwrap().iter().find(|o| o["name"] == name.as_str());
+                    let id = o.unwrap()["trace_id"].as_str().unwrap().to_string();
+                    assert!(recorded_by.insert(name.clone(), id).is_none(), "{name} recorded twice: {err}");
+                }
+                "busy" | "skipped" => {}
+                other => panic!("{name}: {other}, where only recorded, busy or skipped may be: {err}"),
+            }
+        }
+    }
+    let wall = started.elapsed();
+    assert_eq!(recorded_by.keys().cloned().collect::<Vec<_>>(), want, "each run recorded once");
+
+    // Every trace whole: complete, the recording sweep's, every interval there and exact.
+    let mut dirs: Vec<String> = std::fs::read_dir(out.join("traces"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, want);
+    for name in &want {
+        let path = out.join("traces").join(name);
+        let t = Trace::open(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(t.manifest.status, TraceStatus::Complete, "{name}");
+        assert_eq!(t.manifest.trace_id, recorded_by[name], "{name} holds another recording's manifest");
+        assert!(!path.join("journal.dtj").exists(), "{name}: finalised");
+        let rows = t.rates().unwrap();
+        assert!(!rows.is_empty(), "{name}");
+        assert_eq!(rows.len() as u64, t.manifest.intervals, "{name}");
+        for (i, r) in rows.iter().enumerate() {
+            assert_eq!(r.interval, i as u64, "{name}");
+        }
+        for c in verify(&t).unwrap() {
+            assert_eq!((c.missing, c.missing_cumulative, c.unexpected), (0, 0, 0), "{name}: {c:?}");
+        }
+    }
+
+    // The index: one row per run, each that trace's; the last rewrite left nothing to do.
+    let rows = table(&out.join(INDEX));
+    assert_eq!(names(&rows), want);
+    for r in &rows {
+        let name = r["name"].as_str().unwrap();
+        assert_eq!(
+            (r["status"].as_str(), r["trace_id"].as_str()),
+            (Some("complete"), Some(recorded_by[name].as_str()))
+        );
+        assert!(r["dirty_rate_mean_bytes_per_s"].as_f64().unwrap() > 0.0, "{name}");
+    }
+    let (code, _, err) = cli(&["index", s(&out)]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("6 traces (0 analysed, 6 unchanged)"), "{err}");
+    eprintln!("four sweeps of 6 runs of 1 s: {:.1} s", wall.as_secs_f64());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 15: a run claimed by a live process is left to it (busy, not a failure: exit 0). The
+/// claim is an `flock`, so it dies with its holder: once the holder is SIGKILLed, the next sweep
+/// records the run.
+#[test]
+fn a_claimed_run_is_left_to_its_holder_and_the_claim_dies_with_it() {
+    let _g = kvm_lock();
+    let dir = tempdir("ds-claim-holder");
+    let grid = kvm_grid(&dir, &["8MiB/s", "16MiB/s"]);
+    let out = dir.join("ds");
+    let claim = out.join(".claims/rate=8MiBps_r0.lock");
+    std::fs::create_dir_all(claim.parent().unwrap()).unwrap();
+    // One process holding the claim as a sweep would: sh opens it, util-linux flock locks that
+    // open file, and sh becomes sleep, keeping it.
+    let mut holder = Command::new("sh")
+        .args(["-c", "exec 9>>\"$0\" && flock --exclusive 9 && echo locked && exec sleep 120", s(&claim)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+
+    let (code, stdout, err) = cli(&["sweep", s(&grid), "--output", s(&out), "--json"]);
+    let _ = holder.kill();
+    assert_eq!(code, Some(0), "{err}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        actions(&report),
+        [("rate=16MiBps_r0".to_string(), "recorded".to_string()), ("rate=8MiBps_r0".into(), "busy".into())]
+    );
+    assert_eq!(report["failed"], 0);
+    assert!(err.contains("rate=8MiBps_r0: left alone: claimed by another sweep right now; left to it"), "{err}");
+    assert!(err.contains("1 left to another recorder, 0 failed"), "{err}");
+    assert!(!out.join("traces/rate=8MiBps_r0").exists(), "a claimed run is not touched");
+
+    // SIGKILLed (above): the lock file stays, its lock is gone.
+    holder.wait().unwrap();
+    assert!(claim.exists());
+    let (code, stdout, err) = cli(&["sweep", s(&grid), "--output", s(&out), "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        actions(&report),
+        [("rate=16MiBps_r0".to_string(), "skipped".to_string()), ("rate=8MiBps_r0".into(), "recorded".into())]
+    );
+    let t = Trace::open(out.join("traces/rate=8MiBps_r0")).unwrap();
+    assert_eq!(t.manifest.status, TraceStatus::Complete);
+    assert_eq!(table(&out.join(INDEX)).len(), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

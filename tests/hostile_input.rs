@@ -15,7 +15,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// 118 intervals of 50 ms (5.9 s), the length of the trace in the issue's defect 9.
 const SPEC: &str = r#"mem = "16MiB"
@@ -87,26 +87,8 @@ fn run_cmd(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Out {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?} hung: still running after 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Out { code: status.code(), stderr: reader.join().unwrap() }
+    let out = output_within(&mut cmd, Duration::from_secs(120));
+    Out { code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
 fn run(args: &[&str]) -> Out {

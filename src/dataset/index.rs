@@ -406,12 +406,7 @@ pub fn update(dataset: &Path, rebuild: bool) -> Result<IndexReport, DatasetError
         return Err(DatasetError::NotATraceOrDataset(dataset.to_path_buf()));
     }
     let lock_path = dataset.join(INDEX_LOCK);
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_err("cannot open", &lock_path))?;
+    let lock = super::open_lock(&lock_path)?;
     lock.lock().map_err(io_err("cannot lock", &lock_path))?;
     remove_stale_temporaries(dataset);
 

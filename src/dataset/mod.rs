@@ -7,7 +7,14 @@
 //!   traces/NAME/       each run's trace, exactly as `dirtytrace record` writes it
 //!   index.parquet      one row per trace: axis values, summary, SimGrid fit
 //!   replay.parquet     one row per trace and [replay] bandwidth
+//!   .dataset.lock      held while a sweep checks and creates the dataset
+//!   .claims/NAME.lock  held by the sweep working on run NAME
+//!   .index.lock        held while the two tables are rewritten
 //! ```
+//!
+//! The three locks are `flock`s on empty regular files, which are never removed (a process
+//! holding a removed file's lock would not exclude one locking its successor). A lock dies with
+//! its holder, so a killed sweep blocks nothing.
 //!
 //! - [`grid`]: parses `GRID.toml`, expands it into named, seeded runs, splits them into shards.
 //! - [`sweep`]: records a shard's runs into the dataset, resuming whatever an earlier sweep left.
@@ -36,6 +43,10 @@ pub const INDEX: &str = "index.parquet";
 pub const REPLAY: &str = "replay.parquet";
 /// The lock file that serialises rewrites of the index.
 pub const INDEX_LOCK: &str = ".index.lock";
+/// The lock file held while a sweep checks and creates the dataset.
+pub const DATASET_LOCK: &str = ".dataset.lock";
+/// The directory of the runs' claims: `NAME.lock`, locked by the sweep working on run NAME.
+pub const CLAIMS: &str = ".claims";
 /// `dataset.json`'s format version.
 pub const INFO_VERSION: u32 = 1;
 
@@ -102,6 +113,19 @@ pub enum DatasetError {
         path: PathBuf,
         /// What the Parquet or Arrow writer said.
         msg: String,
+    },
+    /// A lock file is a FIFO, a directory, a symlink…: locking it could block forever or lock
+    /// something else.
+    #[error(
+        "{}: is a {kind}, where dirtytrace keeps a lock file (an empty regular file): remove it, then run again \
+         (dirtytrace creates the lock file anew)",
+        path.display()
+    )]
+    NotALockFile {
+        /// The lock file.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
     },
 }
 
@@ -209,6 +233,36 @@ impl DatasetInfo {
             .map_err(|e| DatasetError::Info { path: dataset.join(INFO), msg: e.to_string() })?;
         write_atomic(&dataset.join(INFO), (text + "\n").as_bytes())
     }
+}
+
+/// Opens the lock file at `path`, creating it if needed, and checks that it is a regular file:
+/// opening a FIFO for writing blocks until a reader comes, and a symlink could point anywhere.
+pub(crate) fn open_lock(path: &Path) -> Result<std::fs::File, DatasetError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_a_lock = |kind| DatasetError::NotALockFile { path: path.to_path_buf(), kind };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_file() => return Err(not_a_lock(crate::files::kind_of(m.file_type()))),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err("cannot read", path)(e)),
+        _ => {}
+    }
+    // Checked again on the open file, in case it was replaced meanwhile: O_NONBLOCK so that a
+    // FIFO cannot block the open, O_NOFOLLOW so that a symlink is refused.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => not_a_lock("symbolic link"),
+            _ => io_err("cannot open", path)(e),
+        })?;
+    let ft = file.metadata().map_err(io_err("cannot read", path))?.file_type();
+    if !ft.is_file() {
+        return Err(not_a_lock(crate::files::kind_of(ft)));
+    }
+    Ok(file)
 }
 
 /// A name for a temporary file beside `path` that no other process picks.

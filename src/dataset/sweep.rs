@@ -2,7 +2,19 @@
 //! `DATASET/traces/NAME/` exactly as `dirtytrace record` would, and rewrites the index after
 //! each run.
 //!
-//! Resuming: before recording a run, the sweep looks at its directory ([`inspect`]):
+//! Any number of sweeps and shards may write into one dataset at once:
+//! - A sweep checks and creates the dataset (its directories and `dataset.json`) holding
+//!   `DATASET/.dataset.lock`, so that sweeps starting together into a new directory create it
+//!   once, and each checks it, under the lock, as it then is ([`plan`]'s check, made without
+//!   the lock, accepts what a sweep may be creating).
+//! - A sweep claims each run before it even looks at its directory: an exclusive `flock` on
+//!   `DATASET/.claims/NAME.lock`, taken without waiting and held until the run is over
+//!   (inspected, recovered or removed, and recorded). A sweep that finds the claim held leaves
+//!   the run to its holder ([`Action::Busy`], not a failure). The kernel drops the lock when its
+//!   holder dies, so a killed sweep blocks no run.
+//!
+//! So two sweeps never record, recover or remove the same run. Resuming: holding the claim,
+//! the sweep looks at the run's directory ([`inspect`]):
 //!
 //! | found | what the sweep does |
 //! | --- | --- |
@@ -17,7 +29,7 @@
 
 use super::grid::{Grid, Run, RunWorkload, Shard};
 use super::index::{self, IndexReport};
-use super::{io_err, write_atomic, DatasetError, DatasetInfo, SPECS, TRACES};
+use super::{io_err, open_lock, write_atomic, DatasetError, DatasetInfo, CLAIMS, DATASET_LOCK, INFO, SPECS, TRACES};
 use crate::guest::synthetic::generate::{generate, GenerateOptions};
 use crate::guest::synthetic::spec::WorkloadSpec;
 use crate::record::{self, Progress, RecordOptions, RecordSummary, Recorder};
@@ -89,7 +101,8 @@ pub struct Plan {
 }
 
 /// Checks the options, loads and expands the grid and checks the output directory. Writes
-/// nothing, so a refused sweep leaves nothing behind.
+/// nothing, so a refused sweep leaves nothing behind. [`run`] checks the directory again,
+/// holding the dataset lock.
 pub fn plan(opts: SweepOptions) -> Result<Plan, DatasetError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if opts.jobs == 0 {
@@ -111,20 +124,94 @@ pub fn plan(opts: SweepOptions) -> Result<Plan, DatasetError> {
     let runs = grid.expand(opts.max_runs)?;
     let info = DatasetInfo::new(&grid, &runs);
     if opts.output.is_dir() {
-        match DatasetInfo::load(&opts.output)? {
-            Some(old) if old.fingerprint != info.fingerprint => {
-                return Err(DatasetError::OtherGrid { dir: opts.output.clone(), grid: old.grid_file });
-            }
-            Some(_) => {}
-            None => {
-                let mut entries = std::fs::read_dir(&opts.output).map_err(io_err("cannot read", &opts.output))?;
-                if entries.next().is_some() {
-                    return Err(DatasetError::NotADataset(opts.output.clone()));
-                }
-            }
-        }
+        check_output(&opts.output, &info, false)?;
     }
     Ok(Plan { grid, runs, info, opts })
+}
+
+/// Whether `name` is a temporary `dataset.json` of [`write_atomic`]'s.
+fn is_info_temporary(name: &str) -> bool {
+    name.starts_with(&format!(".{INFO}.")) && name.ends_with(".tmp")
+}
+
+/// Checks that `out` holds a dataset of `info`'s grid, or only what a sweep makes before
+/// `dataset.json`. Without the dataset lock (`locked` false), a concurrent sweep may be
+/// creating the dataset right now: its entries are accepted by name, and a `dataset.json` that
+/// appeared since the look defers the check to the lock. With the lock there is no such
+/// sweep, and `traces/` and `specs/` must be empty.
+fn check_output(out: &Path, info: &DatasetInfo, locked: bool) -> Result<(), DatasetError> {
+    match DatasetInfo::load(out)? {
+        Some(old) if old.fingerprint != info.fingerprint => {
+            return Err(DatasetError::OtherGrid { dir: out.to_path_buf(), grid: old.grid_file });
+        }
+        Some(_) => return Ok(()),
+        None => {}
+    }
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(out).map_err(io_err("cannot read", out))? {
+        let e = e.map_err(io_err("cannot read", out))?;
+        let ft = e.file_type().map_err(io_err("cannot read", &e.path()))?;
+        entries.push((e.file_name().to_string_lossy().into_owned(), ft, e.path()));
+    }
+    if !locked && entries.iter().any(|(name, _, _)| name == INFO) {
+        return Ok(());
+    }
+    let empty = |dir: &Path| std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+    for (name, ft, path) in &entries {
+        let made_by_a_sweep = match name.as_str() {
+            DATASET_LOCK => ft.is_file(),
+            CLAIMS => ft.is_dir(),
+            TRACES | SPECS => ft.is_dir() && (!locked || empty(path)),
+            n => is_info_temporary(n) && ft.is_file(),
+        };
+        if !made_by_a_sweep {
+            return Err(DatasetError::NotADataset(out.to_path_buf()));
+        }
+    }
+    Ok(())
+}
+
+/// Creates the dataset (its directories and `dataset.json`), or checks the one there, holding
+/// the dataset lock: sweeps starting together into one directory create it one at a time, and
+/// each checks it as the one before left it.
+fn create_dataset(plan: &Plan) -> Result<(), DatasetError> {
+    let out = &plan.opts.output;
+    std::fs::create_dir_all(out).map_err(io_err("cannot create", out))?;
+    let lock_path = out.join(DATASET_LOCK);
+    let lock = open_lock(&lock_path)?;
+    lock.lock().map_err(io_err("cannot lock", &lock_path))?;
+    check_output(out, &plan.info, true)?;
+    // A sweep killed while storing dataset.json left its temporary file: none is written now.
+    for e in std::fs::read_dir(out).map_err(io_err("cannot read", out))?.flatten() {
+        if is_info_temporary(&e.file_name().to_string_lossy()) && e.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let mut dirs = vec![TRACES, CLAIMS];
+    if plan.runs.iter().any(|r| matches!(r.workload, RunWorkload::Synthetic { .. }))
+        && plan.opts.engine == Engine::Record
+    {
+        dirs.push(SPECS);
+    }
+    for d in dirs {
+        std::fs::create_dir_all(out.join(d)).map_err(io_err("cannot create", &out.join(d)))?;
+    }
+    if DatasetInfo::load(out)?.as_ref() != Some(&plan.info) {
+        plan.info.store(out)?;
+    }
+    drop(lock);
+    Ok(())
+}
+
+/// Claims a run: an exclusive `flock` on its lock file, held until the file is closed; `None`
+/// when another sweep holds it. Never waits: a claimed run is left to its holder.
+fn claim(path: &Path) -> Result<Option<std::fs::File>, DatasetError> {
+    let lock = open_lock(path)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(Some(lock)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(io_err("cannot lock", path)(e)),
+    }
 }
 
 impl Plan {
@@ -384,15 +471,7 @@ pub struct SweepReport {
 pub fn run(plan: &Plan, interrupt: Arc<AtomicBool>, observer: &dyn Observer) -> Result<SweepReport, DatasetError> {
     let started = Instant::now();
     let out = &plan.opts.output;
-    std::fs::create_dir_all(out.join(TRACES)).map_err(io_err("cannot create", &out.join(TRACES)))?;
-    if plan.runs.iter().any(|r| matches!(r.workload, RunWorkload::Synthetic { .. }))
-        && plan.opts.engine == Engine::Record
-    {
-        std::fs::create_dir_all(out.join(SPECS)).map_err(io_err("cannot create", &out.join(SPECS)))?;
-    }
-    if DatasetInfo::load(out)?.as_ref() != Some(&plan.info) {
-        plan.info.store(out)?;
-    }
+    create_dataset(plan)?;
     let mine = plan.mine();
     observer.event(Event::Start { grid_runs: plan.runs.len(), shard_runs: mine.len() });
     let next = AtomicUsize::new(0);
@@ -444,7 +523,7 @@ pub fn run(plan: &Plan, interrupt: Arc<AtomicBool>, observer: &dyn Observer) -> 
     })
 }
 
-/// One run: look at its directory, act on what is there, record if needed.
+/// One run: claim it, look at its directory, act on what is there, record if needed.
 fn one_run(plan: &Plan, run: &Run, interrupt: &Arc<AtomicBool>, observer: &dyn Observer) -> RunOutcome {
     let dir = plan.trace_dir(run);
     let mut o = RunOutcome {
@@ -467,9 +546,24 @@ fn one_run(plan: &Plan, run: &Run, interrupt: &Arc<AtomicBool>, observer: &dyn O
             o.intervals = Some(m.intervals);
         }
     };
+    let claim_path = plan.opts.output.join(CLAIMS).join(format!("{}.lock", run.name));
+    // Held to the end of the run: no other sweep looks at, removes or records it meanwhile.
+    let _claim = match claim(&claim_path) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            o.note = Some("claimed by another sweep right now; left to it".into());
+            finished(&mut o, Action::Busy);
+            return o;
+        }
+        Err(e) => {
+            o.note = Some(e.to_string());
+            return o;
+        }
+    };
     let mut again: Option<String> = None;
     match inspect(&dir) {
         RunState::Pending => {
+            // Under the claim, no sweep is starting here: these are a killed recorder's.
             for f in STARTUP_FILES {
                 let _ = std::fs::remove_file(dir.join(f));
             }

@@ -4,10 +4,12 @@
 
 use dirtytrace::record::{self, RecordOptions, RecordSummary};
 use dirtytrace::trace::Trace;
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 static KVM: Mutex<()> = Mutex::new(());
 
@@ -94,6 +96,42 @@ pub fn record_spec(name: &str, spec: &str, interval: Duration, duration: Option<
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dirtytrace"))
+}
+
+/// Runs `cmd` to its end, as [`Command::output`] does (reading only the pipes asked for), but
+/// kills it and fails the test once it has run for `limit`: a hang fails the test instead of
+/// hanging the suite.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Output {
+    fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = wait_within(&mut child, limit, &format!("{cmd:?}"));
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+/// Waits for `child`; kills it and fails the test once it has run for `limit`.
+pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} hung: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
