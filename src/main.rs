@@ -18,9 +18,11 @@ use std::time::Duration;
     about = "Record how fast a VM dirties its memory, as datasets for live-migration simulators"
 )]
 #[command(long_about = "Record how fast a VM dirties its memory, as datasets for live-migration simulators.\n\n\
-`dirtytrace record` boots a guest under KVM, samples its dirty log on a drift-free clock and writes a \
+`dirtytrace record` boots a guest, samples its dirty log on a drift-free clock and writes a \
 trace directory: a Parquet table of per-interval rates (with SimGrid's live-migration parameters) and \
-compressed per-interval dirty bitmaps. Needs read-write access to /dev/kvm (root, or the kvm group).\n\n\
+compressed per-interval dirty bitmaps. The guest runs under dirtytrace's own VMM on KVM (read-write \
+/dev/kvm: root, or the kvm group), or, for Linux workloads on hosts without VT-x/AMD-V, under QEMU's \
+TCG emulator with dirtytrace's plugin (--engine; `dirtytrace doctor` says what runs here).\n\n\
 `summarize`, `simgrid`, `replay` and `plot` turn a trace into numbers, SimGrid parameters, \
 trace-driven precopy migrations and figures; the files themselves load in pandas, polars, DuckDB \
 or Spark (schemas/).")]

@@ -166,8 +166,12 @@ pub struct RecordSummary {
     pub harvest_lateness_p99_s: f64,
     /// Harvest lateness, maximum (s).
     pub harvest_lateness_max_s: f64,
-    /// `KVM_GET_DIRTY_LOG` time, median (s).
+    /// Time in the harvest call (`KVM_GET_DIRTY_LOG`, or `PAGEMAP_SCAN` under QEMU), median (s).
     pub harvest_ioctl_p50_s: f64,
+    /// The engine that ran the guest (`kvm` or `qemu`; `kvm` for traces that do not say).
+    pub engine: String,
+    /// Why that engine ran (`--engine NAME`, or what `auto` found).
+    pub engine_reason: Option<String>,
     /// Harvests that began more than a tenth of the interval late.
     pub missed_deadlines: u64,
     /// Mean length of a full interval (s).
@@ -216,6 +220,8 @@ impl RecordSummary {
             harvest_lateness_p99_s: m.timing.lateness_p99_s,
             harvest_lateness_max_s: m.timing.lateness_max_s,
             harvest_ioctl_p50_s: m.timing.ioctl_p50_s,
+            engine: m.engine.as_ref().map_or("kvm", |e| e.name.as_str()).to_string(),
+            engine_reason: m.engine.as_ref().map(|e| e.reason.clone()),
             missed_deadlines: m.timing.missed_deadlines,
             mean_interval_s: m.timing.mean_interval_s,
             guest_exit_status,
@@ -230,7 +236,7 @@ impl RecordSummary {
 /// Mean seconds per interval spent inside KVM and in the recorder's own work.
 #[derive(Debug, Clone, Serialize)]
 pub struct HarvestCost {
-    /// Inside `KVM_GET_DIRTY_LOG` (thread CPU time).
+    /// Inside the harvest call, `KVM_GET_DIRTY_LOG` or `PAGEMAP_SCAN` (thread CPU time).
     pub ioctl_mean_s: f64,
     /// The sampler's work around the ioctl: progress words, CPU clocks, hand-off.
     pub sampler_own_mean_s: f64,

@@ -13,6 +13,7 @@ pub fn record_summary(s: &RecordSummary) -> String {
         "intervals",
         format!("{} over {:.3} s (mean interval {:.3} ms)", s.intervals, s.duration_s, s.mean_interval_s * 1e3),
     );
+    line("engine", s.engine_reason.as_ref().map_or(s.engine.clone(), |why| format!("{} ({why})", s.engine)));
     line("guest RAM", HumanBytes(s.ramsize_bytes as f64).to_string());
     line("dirty rate, mean", format!("{:.2} MiB/s", s.mean_dirty_rate_bytes_per_s / MIB as f64));
     line("dirty rate, max interval", format!("{:.2} MiB/s", s.max_dirty_rate_bytes_per_s / MIB as f64));
@@ -28,7 +29,8 @@ pub fn record_summary(s: &RecordSummary) -> String {
             s.missed_deadlines
         ),
     );
-    line("KVM_GET_DIRTY_LOG, p50", format!("{:.3} ms", s.harvest_ioctl_p50_s * 1e3));
+    let harvest_call = if s.engine == "qemu" { "PAGEMAP_SCAN, p50" } else { "KVM_GET_DIRTY_LOG, p50" };
+    line(harvest_call, format!("{:.3} ms", s.harvest_ioctl_p50_s * 1e3));
     if let Some(code) = s.guest_exit_status {
         line("guest exit status", code.to_string());
     }

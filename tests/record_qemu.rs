@@ -281,3 +281,41 @@ fn a_plugin_that_cannot_track_stops_qemu_with_the_cause() {
     assert!(!out.exists());
     assert!(qemu_children(me).is_empty());
 }
+
+/// Two vCPUs (QEMU's multi-threaded TCG) and `--exact-cut` (QMP stop and cont around each
+/// harvest): both vCPUs' CPU time is read, the cut is recorded, and the workload completes.
+#[test]
+fn two_vcpus_with_an_exact_cut() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-smp");
+    let out = dir.join("trace");
+    let o = record(
+        &[
+            "--workload",
+            &example("hello.sh"),
+            "--vcpus",
+            "2",
+            "--exact-cut",
+            "--mem",
+            "512MiB",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("engine") && stderr.contains("qemu (--engine qemu)"), "{stderr}");
+    assert!(stderr.contains("PAGEMAP_SCAN, p50"), "{stderr}");
+    let trace = Trace::open(&out).unwrap();
+    assert_eq!(trace.manifest.vcpus, 2);
+    assert!(trace.manifest.exact_cut);
+    let rows = trace.rates().unwrap();
+    assert!(rows.iter().all(|r| r.cpu_util_per_vcpu.len() == 2));
+    let busy = |v: usize| rows.iter().map(|r| r.cpu_util_per_vcpu[v] * r.duration_s).sum::<f64>();
+    assert!(busy(0) > 0.1 && busy(1) > 0.1, "both vCPU threads ran: {} and {} s", busy(0), busy(1));
+    let console = std::fs::read_to_string(out.join("console.log")).unwrap();
+    assert!(console.contains("workload done"), "{console}");
+    let fill = pages_of_phase(&trace, "fill").union(&pages_of_phase(&trace, "idle")).count() as u64;
+    assert!(fill * 4096 >= 64 << 20, "hello.sh's dd writes 64 MiB: {fill} pages");
+}
