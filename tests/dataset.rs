@@ -984,3 +984,49 @@ fn a_claimed_run_is_left_to_its_holder_and_the_claim_dies_with_it() {
     assert_eq!(table(&out.join(INDEX)).len(), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A finished trace damaged afterwards (`truncate -s 100 rates.parquet`, or a bitmaps table
+/// cut short) is reported as failed, named, and left alone; it is not skipped as complete.
+#[test]
+fn a_finished_trace_damaged_later_is_reported_not_skipped() {
+    let dir = Scratch::new("ds-damaged");
+    let grid = write(&dir, "grid.toml", GRID);
+    let out = dir.join("ds");
+    let first = generated(&grid, &out, "1/1");
+    assert_eq!(first.failed, 0);
+    let names: Vec<String> = first.outcomes.iter().map(|o| o.name.clone()).collect();
+    let rates = out.join("traces").join(&names[0]).join("rates.parquet");
+    std::fs::OpenOptions::new().write(true).open(&rates).unwrap().set_len(100).unwrap();
+    let bitmaps = out.join("traces").join(&names[1]).join("bitmaps.parquet");
+    let len = std::fs::metadata(&bitmaps).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&bitmaps).unwrap().set_len(len / 2).unwrap();
+    let again = generated(&grid, &out, "1/1");
+    let by_name = |n: &str| again.outcomes.iter().find(|o| o.name == n).unwrap().clone();
+    for (name, file) in [(&names[0], "rates.parquet"), (&names[1], "bitmaps.parquet")] {
+        let o = by_name(name);
+        assert_eq!(o.action, sweep::Action::Failed, "{o:?}");
+        let note = o.note.unwrap_or_default();
+        assert!(note.contains(file) && note.contains("move it away"), "{note}");
+    }
+    assert_eq!(again.failed, 2);
+    assert_eq!(std::fs::metadata(&rates).unwrap().len(), 100, "the damaged trace is left as it was");
+    assert!(names[2..].iter().all(|n| by_name(n).action == sweep::Action::Skipped));
+}
+
+/// A huge `dataset.json` is refused by its size, before it is read.
+#[test]
+fn a_huge_dataset_description_is_refused_before_it_is_read() {
+    let dir = Scratch::new("ds-huge-info");
+    let grid = write(&dir, "grid.toml", GRID);
+    let out = dir.join("ds");
+    generated(&grid, &out, "1/1");
+    let info = out.join("dataset.json");
+    std::fs::OpenOptions::new().write(true).open(&info).unwrap().set_len(1 << 30).unwrap();
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--as=536870912", "--"]).arg(bin()).args(["index", s(&out)]);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let o = output_within(&mut cmd, Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("dataset.json") && stderr.contains("1073741824"), "{stderr}");
+}

@@ -47,6 +47,9 @@ pub const INDEX_LOCK: &str = ".index.lock";
 pub const DATASET_LOCK: &str = ".dataset.lock";
 /// The directory of the runs' claims: `NAME.lock`, locked by the sweep working on run NAME.
 pub const CLAIMS: &str = ".claims";
+/// The largest `dataset.json` read: one run takes about 200 bytes, so this holds a grid of
+/// about 300,000 runs, and a larger file is refused before it is read.
+pub const MAX_INFO_BYTES: u64 = 64 * crate::units::MIB;
 /// `dataset.json`'s format version.
 pub const INFO_VERSION: u32 = 1;
 
@@ -214,7 +217,7 @@ impl DatasetInfo {
         if !path.exists() {
             return Ok(None);
         }
-        let bytes = crate::files::read_regular(&path, 1 << 30, "dataset description")
+        let bytes = crate::files::read_regular(&path, MAX_INFO_BYTES, "dataset description")
             .map_err(|e| DatasetError::Info { path: path.clone(), msg: e.to_string() })?;
         let info: DatasetInfo = serde_json::from_slice(&bytes)
             .map_err(|e| DatasetError::Info { path: path.clone(), msg: e.to_string() })?;

@@ -19,7 +19,7 @@
 //! | found | what the sweep does |
 //! | --- | --- |
 //! | nothing, or an empty directory | records it |
-//! | a trace that opens with status `complete`, `recovered` or `guest_fault` | skips it |
+//! | a trace with status `complete`, `recovered` or `guest_fault` whose tables are whole (both Parquet footers read, one row per interval and slot) | skips it |
 //! | status `recording`, and a recorder holds the journal's lock | leaves it to that recorder |
 //! | status `recording`, lock free (the recorder was killed) | recovers it from its journal (`recovered`); if the journal kept no interval or cannot be read, removes it and records again |
 //! | status `interrupted` (Ctrl-C stopped an earlier sweep) | removes it and records again |
@@ -309,8 +309,8 @@ pub fn inspect(dir: &Path) -> RunState {
             }
         }
         TraceStatus::Interrupted => RunState::Interrupted,
-        s => match Trace::open(dir) {
-            Ok(_) => RunState::Finished(s),
+        s => match Trace::open(dir).and_then(|t| t.check_tables()) {
+            Ok(()) => RunState::Finished(s),
             Err(e) => RunState::Foreign(format!("is finalised but cannot be read: {e}")),
         },
     }

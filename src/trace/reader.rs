@@ -195,6 +195,27 @@ impl Trace {
         Ok(b)
     }
 
+    /// Checks, cheaply, that both tables are whole: each Parquet footer reads, and they hold one
+    /// rates row per interval and one bitmaps row per interval and slot, as the manifest says.
+    /// Reads no data pages: a sweep calls it before it skips a finished trace.
+    pub fn check_tables(&self) -> Result<(), TraceError> {
+        let intervals = self.manifest.intervals;
+        let slots = self.manifest.slots.len() as u64;
+        for (name, max_row, rows) in [
+            (RATES, MAX_RATES_ROW_BYTES, intervals),
+            (BITMAPS, self.max_bitmap_row_bytes(), intervals.saturating_mul(slots)),
+        ] {
+            let found = self.builder(name, max_row)?.metadata().file_metadata().num_rows().max(0) as u64;
+            if found != rows {
+                return Err(corrupt(
+                    &self.dir.join(name),
+                    format!("holds {found} rows where the manifest's {intervals} intervals make {rows}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The most a bitmaps row can take uncompressed: the largest slot's raw bitmap, and slack.
     fn max_bitmap_row_bytes(&self) -> u64 {
         self.manifest.slots.iter().map(|s| s.bitmap_bytes()).max().unwrap_or(0) * 2 + 1024
