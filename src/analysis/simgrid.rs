@@ -12,6 +12,10 @@
 //!   migration speed.
 //! - `working_set_memory_bytes`: the most distinct bytes dirtied within any window as long as
 //!   one full-RAM precopy round at the migration speed (`ramsize / migration_speed` seconds).
+//!
+//! [`model`] computes SimGrid's rounds for given parameters.
+
+pub mod model;
 
 use super::summary::SummaryBuilder;
 use super::{bad, check_phase, for_each_interval, PageSpace, Result};
