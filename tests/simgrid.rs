@@ -183,6 +183,141 @@ fn the_rust_model_of_simgrid_agrees_with_simgrid() {
     }
 }
 
+/// 24 s of `pattern` writes at 32 MiB/s into 224 MiB of a 256 MiB guest, 90 % of hot/cold's
+/// into a hot tenth: a sequential guest has written its working set once after 7 s.
+fn long_spec(pattern: &str) -> String {
+    spec(pattern).replace("duration = \"8.5s\"", "duration = \"24s\"")
+}
+
+/// The migration starts after the first pass; at 48 MiB/s the sequential one lasts 14 s.
+const START: &str = "8s";
+const START_BANDWIDTHS: [&str; 2] = ["48MiB/s", "128MiB/s"];
+const START_INTERVAL_S: f64 = 0.02;
+
+fn replay_at_start(trace: &str, start: &str, bw: &str) -> Value {
+    dirtytrace_json(&[
+        "replay",
+        trace,
+        "--start",
+        start,
+        "--bandwidth",
+        bw,
+        "--zero-pages",
+        "skip",
+        "--max-downtime",
+        "30ms",
+        "--json",
+    ])
+}
+
+fn pct(a: f64, b: f64) -> f64 {
+    100.0 * (a / b - 1.0)
+}
+
+/// `simgrid --start` parameters run in SimGrid against `replay` of the same migration, at both
+/// bandwidths: time and bytes within 10 %, and the Rust model within 0.5 % of SimGrid.
+fn start_parameters_reproduce_replay(pattern: &str) {
+    let tmp = TempDir::new(&format!("simgrid-start-{pattern}"));
+    let trace = generated(&tmp, &long_spec(pattern), START_INTERVAL_S);
+    let t = trace.to_str().unwrap();
+    for bw in START_BANDWIDTHS {
+        let params = dirtytrace_json(&["simgrid", t, "--start", START, "--migration-speed", bw, "--json"]);
+        let r = replay_at_start(t, START, bw);
+        let sg = simgrid_run(&tmp, &params, &[]);
+        let (rt, rb) = (r["total_time_s"].as_f64().unwrap(), r["transferred_bytes"].as_f64().unwrap());
+        let (st, sb) = (sg["migration_time_s"].as_f64().unwrap(), sg["transferred_bytes"].as_f64().unwrap());
+        let model = &params["model"];
+        let (mt, mb) = (model["total_time_s"].as_f64().unwrap(), model["transferred_bytes"].as_f64().unwrap());
+        eprintln!(
+            "| {pattern} | {bw} | {rt:.3} s / {:.2} MiB / {} | {st:.3} s / {:.2} MiB / {} | {mt:.3} s / {:.2} MiB | \
+             {:+.2} % / {:+.2} % | {:+.4} % / {:+.4} % | curve error {:.1} %, rate {:.2} MiB/s, cap {:.1} MiB |",
+            rb / MIB,
+            r["rounds"],
+            sb / MIB,
+            sg["rounds"],
+            mb / MIB,
+            pct(st, rt),
+            pct(sb, rb),
+            pct(mt, st),
+            pct(mb, sb),
+            params["fit"]["curve_error"].as_f64().unwrap() * 100.0,
+            params["dirty_rate_bytes_per_s"].as_f64().unwrap() / MIB,
+            params["working_set_memory_bytes"].as_f64().unwrap() / MIB,
+        );
+        // The parameters describe this migration: its round 0, not the guest's RAM.
+        assert_eq!(params["round0_bytes"], r["per_round"][0]["bytes"]);
+        assert!(params.get("ramsize_bytes").is_none());
+        assert_eq!(sg["stage1_key"], "round0_bytes");
+        assert_eq!(params["replay"]["total_time_s"], r["total_time_s"]);
+        assert_eq!(params["replay"]["rounds"], r["rounds"]);
+        assert_eq!(params["fit"]["valid"], true, "{pattern} at {bw}: {}", params["fit"]);
+        assert_eq!((r["converged"].as_bool(), sg["converged"].as_bool()), (Some(true), Some(true)));
+        assert!(pct(st, rt).abs() < 10.0, "{pattern} at {bw}: SimGrid {st} s vs replay {rt} s");
+        assert!(pct(sb, rb).abs() < 10.0, "{pattern} at {bw}: SimGrid {sb} B vs replay {rb} B");
+        assert!(pct(mt, st).abs() < 0.5, "{pattern} at {bw}: Rust model {mt} s vs SimGrid {st} s");
+        assert!(pct(mb, sb).abs() < 0.5, "{pattern} at {bw}: Rust model {mb} B vs SimGrid {sb} B");
+        assert_eq!(model["rounds"], sg["rounds"]);
+        assert_eq!(params["difference"]["total_time_pct"].as_f64().map(|d| (d - pct(mt, rt)).abs() < 1e-9), Some(true));
+    }
+}
+
+#[test]
+fn start_parameters_reproduce_replay_sequential() {
+    start_parameters_reproduce_replay("sequential");
+}
+
+#[test]
+fn start_parameters_reproduce_replay_random() {
+    start_parameters_reproduce_replay("random");
+}
+
+#[test]
+fn start_parameters_reproduce_replay_hotcold() {
+    start_parameters_reproduce_replay("hotcold");
+}
+
+/// A 16 MiB working set rewritten at 96 MiB/s, migrated at 64 MiB/s: every round finds all of
+/// it dirty again, so replay stops at its round limit. The fit says it is invalid, and SimGrid
+/// with its parameters does not converge either (the program stops at its round limit).
+#[test]
+fn a_migration_that_never_converges_does_not_converge_in_simgrid_either() {
+    let tmp = TempDir::new("simgrid-start-nonconverging");
+    let spec = "mem = \"64MiB\"\nseed = 5\n[[phase]]\nname = \"fast\"\nduration = \"12s\"\nworking_set = \"16MiB\"\n\
+                rate = \"96MiB/s\"\npattern = \"sequential\"\n";
+    let trace = generated(&tmp, spec, START_INTERVAL_S);
+    let t = trace.to_str().unwrap();
+    let params = dirtytrace_json(&["simgrid", t, "--start", "1s", "--migration-speed", "64MiB/s", "--json"]);
+    let r = replay_at_start(t, "1s", "64MiB/s");
+    assert_eq!((r["converged"].as_bool(), r["rounds"].as_u64()), (Some(false), Some(30)));
+    // Every round after round 0 sends the working set and the control page.
+    assert!(r["per_round"].as_array().unwrap()[1..].iter().all(|x| x["bytes"] == (16 << 20) + 4096));
+    assert_eq!(params["fit"]["valid"], false);
+    let errors = params["fit"]["errors"].as_array().unwrap();
+    assert!(errors.iter().any(|e| e.as_str().unwrap().contains("round limit")), "{errors:?}");
+    assert!(params["dirty_rate_bytes_per_s"].as_f64().unwrap() >= 64.0 * MIB);
+    assert_eq!(params["difference"]["total_time_pct"], Value::Null);
+    let model = &params["model"];
+    assert_eq!((model["converged"].as_bool(), model["rounds"].as_u64()), (Some(false), Some(1 + 1000)));
+    let sg = simgrid_run(&tmp, &params, &[]);
+    assert_eq!((sg["converged"].as_bool(), sg["migration_time_s"].is_null()), (Some(false), true));
+    assert_eq!(sg["rounds"], model["rounds"]);
+    let (st, mt) = (sg["stopped_at_s"].as_f64().unwrap(), model["total_time_s"].as_f64().unwrap());
+    let (sb, mb) = (sg["transferred_bytes"].as_f64().unwrap(), model["transferred_bytes"].as_f64().unwrap());
+    eprintln!(
+        "| non-converging | 64MiB/s | {:.3} s / {:.2} MiB / {} (max_rounds) | stopped at {st:.3} s / {:.2} MiB / {} | \
+         {mt:.3} s / {:.2} MiB | n/a | {:+.4} % / {:+.4} % |",
+        r["total_time_s"].as_f64().unwrap(),
+        r["transferred_bytes"].as_f64().unwrap() / MIB,
+        r["rounds"],
+        sb / MIB,
+        sg["rounds"],
+        mb / MIB,
+        pct(mt, st),
+        pct(mb, sb)
+    );
+    assert!(pct(mt, st).abs() < 0.5 && pct(mb, sb).abs() < 0.5);
+}
+
 /// The precopy of the sequential trace, computed from the spec alone: round 0 sends all RAM;
 /// each later round sends what was written during the previous one (`rate × its length`,
 /// plus the guest's control page), until that fits in 30 ms.
@@ -270,12 +405,16 @@ fn c_and_cpp_snippets_compile_against_simgrid() {
     let tmp = TempDir::new("simgrid-snippets");
     let trace = sequential(&tmp);
     let t = trace.to_str().unwrap();
-    for (format, compiler, file) in [("c", "gcc", "params.c"), ("cpp", "g++", "params.cpp")] {
-        let o = Command::new(bin())
-            .args(["simgrid", t, "--migration-speed", BANDWIDTH, "--format", format])
-            .output()
-            .unwrap();
-        assert!(o.status.success());
+    for (format, compiler, file, start) in [
+        ("c", "gcc", "params.c", None),
+        ("cpp", "g++", "params.cpp", None),
+        ("c", "gcc", "start.c", Some("1s")),
+        ("cpp", "g++", "start.cpp", Some("1s")),
+    ] {
+        let mut args = vec!["simgrid", t, "--migration-speed", BANDWIDTH, "--format", format];
+        args.extend(start.iter().flat_map(|s| ["--start", *s]));
+        let o = Command::new(bin()).args(&args).output().unwrap();
+        assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
         let path = write(&tmp.0, file, &String::from_utf8(o.stdout).unwrap());
         let c =
             Command::new(compiler).args(["-fsyntax-only", "-Wall", "-Wextra", "-Werror"]).arg(&path).output().unwrap();
