@@ -206,9 +206,10 @@ pub fn simgrid_start_text(p: &StartParams) -> String {
     line(
         "fit",
         format!(
-            "{}; the line misses the rounds' dirtied bytes by {:.1} %",
+            "{}; the line misses the rounds' dirtied bytes by {:.1} % ({:.1} % beyond one interval)",
             if p.fit.valid { "valid" } else { "INVALID" },
-            p.fit.curve_error * 100.0
+            p.fit.curve_error * 100.0,
+            p.fit.curve_error_beyond_resolution * 100.0
         ),
     );
     out.push_str(&format!("  {:<10} {:>10} {:>12} {:>7} {:>10}\n", "", "total", "sent", "rounds", "converged"));

@@ -22,8 +22,8 @@ use crate::units::MIB;
 use serde::Serialize;
 use std::ops::ControlFlow;
 
-/// The fit is invalid when the capped line misses the rounds' dirtied bytes by more than this
-/// fraction of them (`fit.curve_error`).
+/// The fit is invalid when the capped line misses the rounds' dirtied bytes, beyond a round's
+/// resolution, by more than this fraction of them (`fit.curve_error_beyond_resolution`).
 pub const CURVE_TOLERANCE: f64 = 0.10;
 /// The fit is invalid when SimGrid's model, run with the parameters, takes a total time this
 /// far from replay's, as a fraction of it.
@@ -126,9 +126,16 @@ impl CappedLine {
     /// `Σ |line(d) − y| / Σ y` over `points`: how far the line is from them, as a fraction of
     /// the bytes (0 when they have none).
     pub fn error(&self, points: &[(f64, f64)]) -> f64 {
+        self.error_beyond(points, 0.0)
+    }
+
+    /// The same, counting only what each point misses by beyond `slack_s` of the line's
+    /// dirtying (`rate × slack_s` bytes): what a point's own resolution cannot explain.
+    pub fn error_beyond(&self, points: &[(f64, f64)], slack_s: f64) -> f64 {
         let total: f64 = points.iter().map(|q| q.1).sum();
+        let slack = self.rate * slack_s;
         if total > 0.0 {
-            points.iter().map(|&(d, y)| (self.at(d) - y).abs()).sum::<f64>() / total
+            points.iter().map(|&(d, y)| ((self.at(d) - y).abs() - slack).max(0.0)).sum::<f64>() / total
         } else {
             0.0
         }
@@ -157,6 +164,9 @@ pub struct Fit {
     pub errors: Vec<String>,
     /// `Σ |fitted − dirtied| / Σ dirtied` over the rounds.
     pub curve_error: f64,
+    /// The same, each round counting only what it misses by beyond one interval's dirtying at
+    /// the fitted rate (the resolution of a round's page set); what the fit is judged by.
+    pub curve_error_beyond_resolution: f64,
     /// The line fitted, bytes per second.
     pub fitted_rate_bytes_per_s: f64,
     /// True when the working set is the fitted cap; false when no round reached a cap and it
@@ -325,6 +335,7 @@ pub fn fit_to_replay(trace: &Trace, opts: &StartOptions, r: &ReplayResult) -> Re
     let points: Vec<(f64, f64)> = r.per_round.iter().zip(&dirtied).map(|(x, &b)| (x.duration_s, b as f64)).collect();
     let line = CappedLine::fit(&points, CAP_RESOLUTION_INTERVALS * m.interval_s);
     let curve_error = line.error(&points);
+    let beyond = line.error_beyond(&points, m.interval_s);
     let st = stretch(trace, opts.start_s, r.total_time_s.max(m.interval_s), opts.looped)?;
     let threshold = speed * MAX_DOWNTIME_S;
     let longest = points.iter().map(|p| p.0).fold(0.0, f64::max);
@@ -344,7 +355,7 @@ pub fn fit_to_replay(trace: &Trace, opts: &StartOptions, r: &ReplayResult) -> Re
             ((st.distinct_pages * m.page_size) as f64).max(rate * longest).max(most_dirtied)
         }
     };
-    if curve_error > CURVE_TOLERANCE {
+    if beyond > CURVE_TOLERANCE {
         let worst = points
             .iter()
             .zip(&r.per_round)
@@ -361,9 +372,10 @@ pub fn fit_to_replay(trace: &Trace, opts: &StartOptions, r: &ReplayResult) -> Re
             .unwrap_or_default();
         errors.push(format!(
             "the bytes dirtied in replay's rounds follow no straight line up to a cap: the best one misses them by \
-             {:.1} % (more than {:.0} %; {worst}). SimGrid's model cannot express this workload at this migration \
-             speed; use replay's figures, or a --start where the workload is steadier",
-            100.0 * curve_error,
+             {:.1} % beyond a round's resolution of one interval (more than {:.0} %; {worst}). SimGrid's model cannot \
+             express this workload at this migration speed; use replay's figures, or a --start where the workload \
+             is steadier",
+            100.0 * beyond,
             100.0 * CURVE_TOLERANCE
         ));
     }
@@ -436,6 +448,7 @@ pub fn fit_to_replay(trace: &Trace, opts: &StartOptions, r: &ReplayResult) -> Re
         valid: errors.is_empty(),
         errors,
         curve_error,
+        curve_error_beyond_resolution: beyond,
         fitted_rate_bytes_per_s: line.rate,
         working_set_from_rounds: line.cap.is_some(),
         points: points
@@ -531,6 +544,15 @@ mod tests {
         let pts = [(0.1, 0.0), (0.2, 0.0), (0.5, 1.0 * MB), (1.0, 10.0 * MB), (2.0, 40.0 * MB)];
         let l = CappedLine::fit(&pts, 0.04);
         assert!(l.error(&pts) > CURVE_TOLERANCE, "{l:?}: {}", l.error(&pts));
+    }
+
+    #[test]
+    fn misses_within_a_rounds_resolution_do_not_count() {
+        // 32 MiB/s, but a 40 ms round held no interval end of a 100 ms trace.
+        let pts = [(1.0, 32.0 * MB), (0.5, 16.0 * MB), (0.04, 0.0)];
+        let l = CappedLine::fit(&pts, 0.2);
+        assert!(l.error(&pts) > 0.02, "{}", l.error(&pts));
+        assert_eq!(l.error_beyond(&pts, 0.1), 0.0);
     }
 
     #[test]
