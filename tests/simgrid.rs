@@ -141,7 +141,7 @@ fn simgrid_network_delivers_the_stated_bandwidth() {
 }
 
 /// examples/simgrid/migrate and `analysis::simgrid::model` on the same parameters: the same
-/// rounds, byte for byte, and the same times; a migration that never converges stops at the
+/// rounds, to a byte, and the same times; a migration that never converges stops at the
 /// round limit in both, and `round0_bytes`, when present, is what stage 1 sends.
 #[test]
 fn the_rust_model_of_simgrid_agrees_with_simgrid() {
@@ -173,10 +173,15 @@ fn the_rust_model_of_simgrid_agrees_with_simgrid() {
         );
         assert_eq!(sg["stage1_key"], "round0_bytes");
         assert_eq!(sg["converged"], rust.converged);
+        // To a byte per round: SimGrid's clock and the flops computed in a round carry float
+        // rounding that the truncation to bytes can turn into one byte more or less.
+        let sg_bytes: Vec<u64> = sg["round_bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap()).collect();
         let bytes: Vec<u64> = rust.per_round.iter().map(|r| r.bytes).collect();
-        assert_eq!(sg["round_bytes"], serde_json::json!(bytes));
+        assert_eq!(sg_bytes.len(), bytes.len());
+        assert!(sg_bytes.iter().zip(&bytes).all(|(a, b)| a.abs_diff(*b) <= 1), "{sg_bytes:?} vs {bytes:?}");
         assert_eq!(sg["rounds"], rust.rounds);
-        assert_eq!(sg["transferred_bytes"], rust.transferred_bytes);
+        let sent = sg["transferred_bytes"].as_u64().unwrap();
+        assert!(sent.abs_diff(rust.transferred_bytes) <= bytes.len() as u64);
         let t = sg["stopped_at_s"].as_f64().unwrap();
         assert!((t / rust.total_time_s - 1.0).abs() < 1e-9, "SimGrid {t} s, Rust {} s", rust.total_time_s);
         assert!((sg["downtime_s"].as_f64().unwrap() - rust.downtime_s).abs() < 1e-9);
