@@ -1,6 +1,7 @@
 //! The command line: parse, then hand over to the library.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use dirtytrace::analysis::simgrid::start;
 use dirtytrace::analysis::{plot, replay, simgrid, summary};
 use dirtytrace::units::{HumanDuration, HumanRate, HumanSize, MIB};
 use dirtytrace::{bench, dataset, record, report, trace};
@@ -222,6 +223,17 @@ struct SimgridArgs {
     /// Fit to the intervals of this phase only.
     #[arg(long)]
     phase: Option<String>,
+    /// Fit to one precopy migration starting at this trace time, as `replay --start T
+    /// --zero-pages skip --max-downtime 30ms` runs it at the migration speed: for migration
+    /// studies. Without it, the whole trace's rates: for characterising the workload.
+    #[arg(long, conflicts_with = "phase", allow_hyphen_values = true)]
+    start: Option<HumanDuration>,
+    /// With --start: repeat the trace when the migration outlasts it, as `replay --loop`.
+    #[arg(long = "loop", requires = "start")]
+    looped: bool,
+    /// With --start: replay's round limit (round 0 included), as `replay --max-rounds`.
+    #[arg(long, requires = "start", default_value_t = replay::DEFAULT_MAX_ROUNDS, allow_hyphen_values = true)]
+    max_rounds: u32,
     /// Output format.
     #[arg(long, value_enum, default_value_t = SimgridFormat::Human)]
     format: SimgridFormat,
@@ -323,6 +335,22 @@ fn run_analysis(command: AnalysisCommand) -> anyhow::Result<ExitCode> {
             let several = a.traces.len() > 1 || !dataset::is_trace(&a.traces[0]);
             if several && matches!(format, SimgridFormat::C | SimgridFormat::Cpp) {
                 anyhow::bail!("--format c and cpp print one function: give one trace directory");
+            }
+            if let Some(start) = a.start {
+                let mut o = start::StartOptions::new(start.0.as_secs_f64());
+                o.migration_speed = opts.migration_speed;
+                o.looped = a.looped;
+                o.max_rounds = a.max_rounds;
+                return for_traces(
+                    &a.traces,
+                    format == SimgridFormat::Json,
+                    |t| Ok(start::fit_start(t, &o)?),
+                    |p| match format {
+                        SimgridFormat::C => simgrid::start_c_snippet(p),
+                        SimgridFormat::Cpp => simgrid::start_cpp_snippet(p),
+                        _ => report::simgrid_start_text(p),
+                    },
+                );
             }
             for_traces(
                 &a.traces,

@@ -43,6 +43,7 @@ pub fn record_summary(s: &RecordSummary) -> String {
 // ---- Offline analysis (`summarize`, `simgrid`, `replay`) ----
 
 use crate::analysis::replay::{ReplayResult, ZeroPages};
+use crate::analysis::simgrid::start::StartParams;
 use crate::analysis::simgrid::SimgridParams;
 use crate::analysis::summary::{Stats, Summary};
 use crate::units::HumanBytes as HB;
@@ -163,6 +164,77 @@ pub fn simgrid_text(p: &SimgridParams) -> String {
             p.create_migratable.dp_intensity_percent
         ),
     );
+    for n in &p.notes {
+        out.push_str(&format!("  note: {n}\n"));
+    }
+    out
+}
+
+/// `dirtytrace simgrid --start`, for people.
+pub fn simgrid_start_text(p: &StartParams) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<28} {v}\n"));
+    line("trace", p.trace_id.clone());
+    line(
+        "migration",
+        format!(
+            "from {:.3} s at {:.2} MiB/s, max downtime {:.0} ms, zero pages skipped",
+            p.start_s,
+            p.migration_speed_bytes_per_s / MIB as f64,
+            p.max_downtime_s * 1e3
+        ),
+    );
+    line(
+        "round0 (SimGrid's ramsize)",
+        format!(
+            "{} bytes ({}; {} pages with data; guest RAM {})",
+            p.round0_bytes,
+            HB(p.round0_bytes as f64),
+            p.round0_nonzero_pages,
+            HB(p.guest_ram_bytes as f64)
+        ),
+    );
+    line("dirty page intensity", format!("{:.6} (of the migration speed, per core of load)", p.dp_intensity));
+    line(
+        "working set memory",
+        format!(
+            "{} ({})",
+            HB(p.working_set_memory_bytes as f64),
+            if p.fit.working_set_from_rounds { "fitted cap" } else { "no round reached a cap" }
+        ),
+    );
+    line("VM load", format!("{:.3} cores (mean over {} intervals)", p.cpu_util, p.migration_intervals));
+    line("dirty rate", format!("{:.2} MiB/s", p.dirty_rate_bytes_per_s / MIB as f64));
+    line(
+        "fit",
+        format!(
+            "{}; the line misses the rounds' dirtied bytes by {:.1} % ({:.1} % beyond one interval)",
+            if p.fit.valid { "valid" } else { "INVALID" },
+            p.fit.curve_error * 100.0,
+            p.fit.curve_error_beyond_resolution * 100.0
+        ),
+    );
+    out.push_str(&format!("  {:<10} {:>10} {:>12} {:>7} {:>10}\n", "", "total", "sent", "rounds", "converged"));
+    let (r, m) = (&p.replay, &p.model);
+    for (name, t, b, n, c) in [
+        ("replay", r.total_time_s, r.transferred_bytes, r.rounds, r.converged),
+        ("SimGrid", m.total_time_s, m.transferred_bytes, m.rounds, m.converged),
+    ] {
+        out.push_str(&format!(
+            "  {name:<10} {t:>8.3} s {:>8.2} MiB {n:>7} {:>10}\n",
+            b as f64 / MIB as f64,
+            if c { "yes" } else { "no" }
+        ));
+    }
+    match (p.difference.total_time_pct, p.difference.transferred_bytes_pct, p.difference.rounds) {
+        (Some(t), Some(b), Some(n)) => {
+            out.push_str(&format!("  {:<10} {t:>+8.2} % {b:>+8.2} %   {n:>+5}\n", "difference"))
+        }
+        _ => out.push_str("  difference: none to compare; a migration that does not converge has no total time\n"),
+    }
+    for e in &p.fit.errors {
+        out.push_str(&format!("  fit error: {e}\n"));
+    }
     for n in &p.notes {
         out.push_str(&format!("  note: {n}\n"));
     }

@@ -356,6 +356,49 @@ fn assert_fails(args: &[&str], needles: &[&str]) {
     assert!(err.starts_with("error"), "{err}");
 }
 
+/// `simgrid --start` in the idle phase: nothing is dirtied, so the migration is round 0 alone,
+/// the pages written before it in full and every other page as a 9-byte zero page, and
+/// SimGrid's model reproduces it exactly.
+#[test]
+fn simgrid_start_in_an_idle_stretch_is_round_0_alone() {
+    let j = cli_json(&["simgrid", td(), "--start", "6.5s", "--migration-speed", "64MiB/s", "--json"]);
+    // The working set, and the 2 MiB system area the guest starts with (its control page in it).
+    let nonzero = WS_PAGES + 512;
+    assert_eq!(j["round0_nonzero_pages"], nonzero);
+    assert_eq!(j["round0_bytes"], nonzero * PAGE + (RAM / PAGE - nonzero) * 9);
+    assert_eq!(j["guest_ram_bytes"], RAM);
+    assert!(j.get("ramsize_bytes").is_none(), "the guest's RAM is not SimGrid's ramsize here: {j}");
+    assert_eq!((j["dp_intensity"].as_f64(), j["cpu_util"].as_f64()), (Some(0.0), Some(0.0)));
+    assert_eq!(j["fit"]["valid"], true, "{j}");
+    assert_eq!(j["fit"]["curve_error"], 0.0);
+    let t0 = j["round0_bytes"].as_f64().unwrap() / (64.0 * MIB as f64);
+    for m in ["replay", "model"] {
+        assert_eq!(j[m]["rounds"], 1, "{m}");
+        assert_eq!(j[m]["transferred_bytes"], j["round0_bytes"], "{m}");
+        assert!((j[m]["total_time_s"].as_f64().unwrap() - t0).abs() < 1e-12, "{m}");
+    }
+    assert_eq!(j["difference"]["total_time_pct"], 0.0);
+    let r = cli_json(&[
+        "replay",
+        td(),
+        "--start",
+        "6.5s",
+        "--bandwidth",
+        "64MiB/s",
+        "--zero-pages",
+        "skip",
+        "--max-downtime",
+        "30ms",
+        "--json",
+    ]);
+    assert_eq!(r["total_time_s"], j["replay"]["total_time_s"]);
+    // The snippets set round 0's bytes as SimGrid's ramsize, and say so.
+    let (ok, out, _) = cli(&["simgrid", td(), "--start", "6.5s", "--migration-speed", "64MiB/s", "--format", "c"]);
+    assert!(ok);
+    assert!(out.contains(&format!("sg_vm_set_ramsize(vm, {});", j["round0_bytes"])), "{out}");
+    assert!(out.contains("not the guest's RAM"), "{out}");
+}
+
 #[test]
 fn bad_input_gets_a_clear_error_naming_the_file_or_flag() {
     let t = td();
@@ -393,8 +436,15 @@ fn bad_input_gets_a_clear_error_naming_the_file_or_flag() {
     assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--start", "100s"], &["--start"]);
     assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--max-downtime", "-1ms"], &["--max-downtime"]);
     assert_fails(&["simgrid", t, "--migration-speed", "0"], &["--migration-speed"]);
+    assert_fails(&["simgrid", t, "--migration-speed", "0", "--start", "1s"], &["--migration-speed"]);
+    assert_fails(&["simgrid", t, "--start", "100s"], &["--start", "100"]);
+    assert_fails(&["simgrid", t, "--start", "-1s"], &["--start"]);
+    assert_fails(&["simgrid", t, "--start", "1s", "--max-rounds", "0"], &["--max-rounds"]);
+    assert_fails(&["simgrid", t, "--start", "1s", "--phase", "seq"], &["--start", "--phase"]);
+    assert_fails(&["simgrid", t, "--loop"], &["--loop", "--start"]);
     // A trace too short for the migration, without --loop.
     assert_fails(&["replay", t, "--bandwidth", "4MiB/s"], &["--loop", t]);
+    assert_fails(&["simgrid", t, "--start", "1s", "--migration-speed", "4MiB/s"], &["--loop", t]);
     // A figure format we do not write.
     assert_fails(&["plot", t, "-o", "/tmp/figure.jpg"], &["-o", "figure.jpg"]);
 }

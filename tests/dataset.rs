@@ -100,6 +100,7 @@ repeat = 2
 
 [replay]
 bandwidths = ["32MiB/s", "1Gbit/s"]
+start = "0.5s"
 "#;
 
 /// Sweeps `grid` into `out` with the generator.
@@ -186,7 +187,8 @@ fn index_values_equal_what_the_tools_print() {
         assert_eq!(bws, [32.0 * 1048576.0, 125e6]);
         for r in mine {
             let bw = format!("{}B/s", r["bandwidth_bytes_per_s"].as_f64().unwrap());
-            let (code, stdout, stderr) = cli(&["replay", s(&t), "--bandwidth", &bw, "--json"]);
+            simgrid_columns_are_what_simgrid_start_prints(r, &t, &bw);
+            let (code, stdout, stderr) = cli(&["replay", s(&t), "--bandwidth", &bw, "--start", "0.5s", "--json"]);
             match r["error"].as_str() {
                 None => {
                     assert_eq!(code, Some(0), "{stderr}");
@@ -231,6 +233,45 @@ fn index_values_equal_what_the_tools_print() {
     assert_eq!(both[1]["trace_id"], rows[1]["trace_id"]);
 }
 
+/// A `replay.parquet` row's SimGrid columns against `simgrid --start` (the grid's 0.5 s) at the
+/// row's bandwidth: the parameters, and the model's figures where it converged.
+fn simgrid_columns_are_what_simgrid_start_prints(r: &Row, t: &Path, bw: &str) {
+    let (code, stdout, stderr) = cli(&["simgrid", s(t), "--start", "0.5s", "--migration-speed", bw, "--json"]);
+    if code != Some(0) {
+        assert!(stderr.contains(r["simgrid_fit_error"].as_str().unwrap()), "{stderr} vs {r:?}");
+        assert_eq!(r["simgrid_round0_bytes"], Value::Null);
+        return;
+    }
+    let p: Value = serde_json::from_str(&stdout).unwrap();
+    for (col, key) in [
+        ("simgrid_round0_bytes", "/round0_bytes"),
+        ("simgrid_dp_intensity", "/dp_intensity"),
+        ("simgrid_working_set_memory_bytes", "/working_set_memory_bytes"),
+        ("simgrid_cpu_util", "/cpu_util"),
+        ("simgrid_fit_valid", "/fit/valid"),
+        ("simgrid_converged", "/model/converged"),
+    ] {
+        assert_eq!(as_printed(&r[col]), p.pointer(key).cloned().unwrap(), "{bw}: {col}");
+    }
+    let converged = p["model"]["converged"] == true;
+    for (col, key) in [
+        ("simgrid_total_time_s", "total_time_s"),
+        ("simgrid_downtime_s", "downtime_s"),
+        ("simgrid_rounds", "rounds"),
+        ("simgrid_transferred_bytes", "transferred_bytes"),
+    ] {
+        let want = if converged { p["model"][key].clone() } else { Value::Null };
+        assert_eq!(as_printed(&r[col]), want, "{bw}: {col}");
+    }
+    match r["simgrid_fit_error"].as_str() {
+        None => assert_eq!(p["fit"]["valid"], true),
+        Some(e) => assert_eq!(
+            e,
+            p["fit"]["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect::<Vec<_>>().join("; ")
+        ),
+    }
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -249,8 +290,11 @@ fn comparable(rows: Vec<Row>) -> Vec<Row> {
     rows.into_iter()
         .map(|mut r| {
             r.remove("start_unix_s");
-            let failed = !r["error"].is_null();
-            r.insert("error".into(), failed.into());
+            for col in ["error", "simgrid_fit_error"] {
+                if let Some(e) = r.get_mut(col) {
+                    *e = (!e.is_null()).into();
+                }
+            }
             r
         })
         .collect()
@@ -428,6 +472,7 @@ fn bad_input_is_refused_naming_the_key_or_flag_and_leaves_nothing() {
         ("linux.toml", "workload = \"job.sh\"\n[axes]\nrate = [\"1MiB/s\"]\n".to_string(), "`axes.rate`: the workload"),
         ("not-hotcold.toml", format!("{spec}[axes]\nhot_fraction = [0.2]\n"), "`axes.hot_fraction`"),
         ("big.toml", format!("{spec}[axes]\nrate = [\"1MiB/s\", \"2MiB/s\"]\nrepeat = 501\n"), "--max-runs 1002"),
+        ("start.toml", format!("{spec}[replay]\nbandwidths = [\"1Gbit/s\"]\nstart = \"soon\"\n"), "`replay.start`"),
     ];
     for (file, text, want) in &grids {
         let g = write(&dir, file, text);

@@ -46,6 +46,9 @@ pub enum AnalysisError {
     /// The trace ends before the analysis can.
     #[error("{0}")]
     TraceTooShort(String),
+    /// SimGrid's model cannot run with these parameters.
+    #[error(transparent)]
+    Model(#[from] simgrid::model::ModelError),
     /// The output file cannot be written.
     #[error("{}: {msg}", path.display())]
     Output {

@@ -12,6 +12,12 @@
 //!   migration speed.
 //! - `working_set_memory_bytes`: the most distinct bytes dirtied within any window as long as
 //!   one full-RAM precopy round at the migration speed (`ramsize / migration_speed` seconds).
+//!
+//! [`model`] computes SimGrid's rounds for given parameters; [`start`] fits the parameters of
+//! one migration that starts at a given time, rather than of the whole trace.
+
+pub mod model;
+pub mod start;
 
 use super::summary::SummaryBuilder;
 use super::{bad, check_phase, for_each_interval, PageSpace, Result};
@@ -166,48 +172,102 @@ pub fn fit(trace: &Trace, opts: &SimgridOptions) -> Result<SimgridParams> {
     })
 }
 
-fn header(p: &SimgridParams, lang: &str) -> String {
+/// What a C or C++ snippet sets, from either fit.
+struct Snippet<'a> {
+    /// What the parameters were fitted to.
+    fitted_to: String,
+    ramsize: u64,
+    /// What `ramsize` is.
+    ramsize_is: &'static str,
+    dp_intensity: f64,
+    working_set: u64,
+    speed: f64,
+    cpu_util: f64,
+    vcpus: u32,
+    create_migratable: Option<&'a CreateMigratable>,
+    notes: Vec<String>,
+}
+
+impl<'a> From<&'a SimgridParams> for Snippet<'a> {
+    fn from(p: &'a SimgridParams) -> Self {
+        Snippet {
+            fitted_to: format!(
+                "trace {}{}",
+                p.trace_id,
+                p.phase.as_ref().map(|ph| format!(", phase `{ph}`")).unwrap_or_default()
+            ),
+            ramsize: p.ramsize_bytes,
+            ramsize_is: "guest RAM",
+            dp_intensity: p.dp_intensity,
+            working_set: p.working_set_memory_bytes,
+            speed: p.migration_speed_bytes_per_s,
+            cpu_util: p.cpu_util,
+            vcpus: p.vcpus,
+            create_migratable: Some(&p.create_migratable),
+            notes: p.notes.clone(),
+        }
+    }
+}
+
+impl<'a> From<&'a start::StartParams> for Snippet<'a> {
+    fn from(p: &'a start::StartParams) -> Self {
+        let mut notes: Vec<String> = p.fit.errors.iter().map(|e| format!("FIT INVALID: {e}")).collect();
+        notes.extend(p.notes.iter().cloned());
+        Snippet {
+            fitted_to: format!("the migration starting at {} s of trace {}", p.start_s, p.trace_id),
+            ramsize: p.round0_bytes,
+            ramsize_is: "round 0's bytes, not the guest's RAM",
+            dp_intensity: p.dp_intensity,
+            working_set: p.working_set_memory_bytes,
+            speed: p.migration_speed_bytes_per_s,
+            cpu_util: p.cpu_util,
+            vcpus: p.vcpus,
+            create_migratable: None,
+            notes,
+        }
+    }
+}
+
+fn header(p: &Snippet, lang: &str) -> String {
     let mut lines = vec![
-        format!(
-            "/* SimGrid live-migration parameters fitted by dirtytrace to trace {}{} ({lang}).",
-            p.trace_id,
-            p.phase.as_ref().map(|ph| format!(", phase `{ph}`")).unwrap_or_default()
-        ),
+        format!("/* SimGrid live-migration parameters fitted by dirtytrace to {} ({lang}).", p.fitted_to),
         " * Call sg_vm_live_migration_plugin_init() before loading the platform.".to_string(),
         format!(" * Load the VM at {:.4} cores: sg_vm_set_bound(vm, {:.4} * host_speed), with", p.cpu_util, p.cpu_util),
         " * enough work to keep it busy: SimGrid dirties memory in proportion to CPU work.".to_string(),
-        format!(
+    ];
+    if let Some(c) = p.create_migratable {
+        lines.push(format!(
             " * Integer form: sg_vm_create_migratable(pm, \"vm\", {}, {}, {}, {}), which sets the",
             p.vcpus.max(1),
-            p.create_migratable.ramsize_mib,
-            p.create_migratable.mig_netspeed_mib_per_s,
-            p.create_migratable.dp_intensity_percent
-        ),
-        " * working set to 90 % of RAM instead of the fitted value.".to_string(),
-    ];
+            c.ramsize_mib,
+            c.mig_netspeed_mib_per_s,
+            c.dp_intensity_percent
+        ));
+        lines.push(" * working set to 90 % of RAM instead of the fitted value.".to_string());
+    }
     lines.extend(p.notes.iter().map(|n| format!(" * Note: {n}")));
     lines.push(" */".to_string());
     lines.join("\n") + "\n"
 }
 
-fn body(p: &SimgridParams) -> String {
+fn body(p: &Snippet) -> String {
     format!(
-        "  sg_vm_set_ramsize(vm, {}); /* bytes ({:.1} MiB) */\n  \
+        "  sg_vm_set_ramsize(vm, {}); /* bytes ({:.1} MiB): {} */\n  \
          sg_vm_set_dirty_page_intensity(vm, {:.9}); /* fraction of the migration speed per core of load */\n  \
          sg_vm_set_working_set_memory(vm, {}); /* bytes ({:.1} MiB) */\n  \
          sg_vm_set_migration_speed(vm, {:.1}); /* bytes/s ({:.2} MiB/s) */\n",
-        p.ramsize_bytes,
-        p.ramsize_bytes as f64 / MIB as f64,
+        p.ramsize,
+        p.ramsize as f64 / MIB as f64,
+        p.ramsize_is,
         p.dp_intensity,
-        p.working_set_memory_bytes,
-        p.working_set_memory_bytes as f64 / MIB as f64,
-        p.migration_speed_bytes_per_s,
-        p.migration_speed_bytes_per_s / MIB as f64,
+        p.working_set,
+        p.working_set as f64 / MIB as f64,
+        p.speed,
+        p.speed / MIB as f64,
     )
 }
 
-/// A C function that applies the parameters to a VM (SimGrid's C API).
-pub fn c_snippet(p: &SimgridParams) -> String {
+fn c_code(p: &Snippet) -> String {
     format!(
         "{}#include <stddef.h> /* simgrid/vm.h uses size_t */\n#include <simgrid/vm.h>\n#include <simgrid/plugins/live_migration.h>\n\n\
          void dirtytrace_configure_vm(sg_vm_t vm)\n{{\n{}}}\n",
@@ -216,12 +276,31 @@ pub fn c_snippet(p: &SimgridParams) -> String {
     )
 }
 
-/// The same for C++ (s4u): the C functions take an `s4u::VirtualMachine*`.
-pub fn cpp_snippet(p: &SimgridParams) -> String {
+fn cpp_code(p: &Snippet) -> String {
     format!(
         "{}#include <simgrid/s4u/VirtualMachine.hpp>\n#include <simgrid/vm.h>\n#include <simgrid/plugins/live_migration.h>\n\n\
          void dirtytrace_configure_vm(simgrid::s4u::VirtualMachine* vm)\n{{\n{}}}\n",
         header(p, "C++"),
         body(p)
     )
+}
+
+/// A C function that applies the parameters to a VM (SimGrid's C API).
+pub fn c_snippet(p: &SimgridParams) -> String {
+    c_code(&p.into())
+}
+
+/// The same for C++ (s4u): the C functions take an `s4u::VirtualMachine*`.
+pub fn cpp_snippet(p: &SimgridParams) -> String {
+    cpp_code(&p.into())
+}
+
+/// [`c_snippet`] for the parameters of one migration (`--start`): `ramsize` is round 0's bytes.
+pub fn start_c_snippet(p: &start::StartParams) -> String {
+    c_code(&p.into())
+}
+
+/// [`cpp_snippet`] for the parameters of one migration (`--start`).
+pub fn start_cpp_snippet(p: &start::StartParams) -> String {
+    cpp_code(&p.into())
 }

@@ -355,6 +355,14 @@ pub struct ReplaySettings {
     /// `--zero-pages`.
     #[serde(with = "zero_pages_serde")]
     pub zero_pages: ZeroPages,
+    /// `--start` (s), of the replays and the SimGrid fits. Left out of `dataset.json` at its
+    /// default of 0, so that a dataset written before it existed keeps its file and its rows.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub start_s: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// `send` or `skip`, as `--zero-pages` reads them.
@@ -386,6 +394,7 @@ impl Default for ReplaySettings {
             max_rounds: replay::DEFAULT_MAX_ROUNDS,
             looped: false,
             zero_pages: ZeroPages::Send,
+            start_s: 0.0,
         }
     }
 }
@@ -398,6 +407,7 @@ impl ReplaySettings {
         o.max_rounds = self.max_rounds;
         o.looped = self.looped;
         o.zero_pages = self.zero_pages;
+        o.start_s = self.start_s;
         o
     }
 }
@@ -542,6 +552,7 @@ struct RawReplay {
     #[serde(rename = "loop")]
     looped: Option<bool>,
     zero_pages: Option<String>,
+    start: Option<toml::Value>,
 }
 
 /// A value's text: a string as written, a number as TOML shows it.
@@ -1155,6 +1166,9 @@ fn parse_replay(cx: &Ctx, raw: RawReplay) -> Result<ReplaySettings, GridError> {
             .ok_or_else(|| cx.key("replay.max_rounds", "must be at least 1 (round 0 sends all RAM)"))?;
     }
     s.looped = raw.looped.unwrap_or(false);
+    if let Some(v) = &raw.start {
+        s.start_s = cx.duration("replay.start", v)?.as_secs_f64();
+    }
     if let Some(z) = raw.zero_pages {
         s.zero_pages = match z.as_str() {
             "send" => ZeroPages::Send,

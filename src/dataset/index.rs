@@ -4,8 +4,9 @@
 //! [`replay_columns`]); `schemas/dataset.md` documents them and a test keeps the two in step.
 //!
 //! Every figure comes from the same library calls as the command-line tools, with their
-//! defaults: [`summary::summarize`], [`simgrid::fit`] and [`replay::replay`], so an index value
-//! equals what `summarize`, `simgrid` and `replay --json` print for that trace.
+//! defaults: [`summary::summarize`], [`simgrid::fit`], [`replay::replay`] and
+//! [`start::fit_start`], so an index value equals what `summarize`, `simgrid`, `replay --json`
+//! and `simgrid --start --json` print for that trace.
 //!
 //! Rewrites hold `DATASET/.index.lock` (an `flock`) and replace the tables atomically. A row
 //! whose trace has not changed since the last index (same `trace_id`, `status` and
@@ -14,7 +15,9 @@
 
 use super::grid::{ReplaySettings, ValueKind};
 use super::{io_err, temp_beside, AxisInfo, DatasetError, DatasetInfo, RunInfo, INDEX, INDEX_LOCK, REPLAY, TRACES};
-use crate::analysis::replay::{self, ReplayResult};
+use crate::analysis::replay::{self, ReplayResult, ZeroPages};
+use crate::analysis::simgrid::model::{ModelMigration, MAX_DOWNTIME_S};
+use crate::analysis::simgrid::start::{self, StartParams};
 use crate::analysis::simgrid::{self, SimgridParams};
 use crate::analysis::summary::{self, Summary};
 use crate::trace::{Manifest, Trace, TraceStatus};
@@ -32,7 +35,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The version of the index's columns: part of the key that decides whether a row is reused.
-pub const INDEX_FORMAT: u32 = 1;
+/// 2: `replay.parquet` gained the SimGrid columns.
+pub const INDEX_FORMAT: u32 = 2;
 /// The Parquet key-value metadata entry holding that key.
 pub const KEY_METADATA: &str = "dirtytrace.index_key";
 
@@ -45,6 +49,41 @@ pub struct ReplayEntry {
     pub result: Option<ReplayResult>,
     /// Why it failed (the trace ends before the migration does, …).
     pub error: Option<String>,
+    /// `simgrid --start` at this bandwidth: SimGrid's parameters for the same migration and
+    /// what SimGrid's model predicts with them; `None` when the fit failed.
+    pub simgrid: Option<StartParams>,
+    /// Why the fit failed, or why it is invalid.
+    pub simgrid_error: Option<String>,
+}
+
+impl ReplayEntry {
+    /// Replays `trace` at `bandwidth` with `settings`, and fits SimGrid's parameters to the
+    /// same migration (reusing the replay when `settings` are the fit's own).
+    fn compute(trace: &Trace, settings: &ReplaySettings, bandwidth: f64) -> ReplayEntry {
+        let r = replay::replay(trace, &settings.options(bandwidth));
+        let mut o = start::StartOptions::new(settings.start_s);
+        o.migration_speed = Some(bandwidth);
+        o.looped = settings.looped;
+        o.max_rounds = settings.max_rounds;
+        let fit = match &r {
+            Ok(res) if settings.zero_pages == ZeroPages::Skip && settings.max_downtime_s == MAX_DOWNTIME_S => {
+                start::fit_to_replay(trace, &o, res)
+            }
+            _ => start::fit_start(trace, &o),
+        };
+        let simgrid_error = match &fit {
+            Ok(p) if p.fit.valid => None,
+            Ok(p) => Some(p.fit.errors.join("; ")),
+            Err(e) => Some(e.to_string()),
+        };
+        ReplayEntry {
+            bandwidth_bytes_per_s: bandwidth,
+            error: r.as_ref().err().map(|e| e.to_string()),
+            result: r.ok(),
+            simgrid: fit.ok(),
+            simgrid_error,
+        }
+    }
 }
 
 /// One trace as the index sees it.
@@ -83,12 +122,7 @@ impl Entry {
             Ok((t, s, p)) => {
                 entry.figures = Some((s, p));
                 for &bw in &replay_settings.bandwidths {
-                    let r = replay::replay(&t, &replay_settings.options(bw));
-                    entry.replays.push(ReplayEntry {
-                        bandwidth_bytes_per_s: bw,
-                        error: r.as_ref().err().map(|e| e.to_string()),
-                        result: r.ok(),
-                    });
+                    entry.replays.push(ReplayEntry::compute(&t, replay_settings, bw));
                 }
             }
             Err(e) => entry.error = Some(format!("{e:#}")),
@@ -190,11 +224,19 @@ pub fn index_columns(entries: &[&Entry], axes: &[AxisInfo]) -> Vec<Column> {
     cols
 }
 
+/// SimGrid's model of the migration, where it converged: a migration stopped at a round limit
+/// has no figures.
+fn converged(x: &ReplayEntry) -> Option<&ModelMigration> {
+    x.simgrid.as_ref().map(|p| &p.model).filter(|m| m.converged)
+}
+
 /// The columns of `replay.parquet`: one row per trace and bandwidth, by name then bandwidth
 /// in `[replay]`'s order.
 pub fn replay_columns(rows: &[(&Entry, &ReplayEntry)]) -> Vec<Column> {
     let r = || rows.iter().copied();
     let res = |f: fn(&ReplayResult) -> f64| r().map(move |(_, x)| x.result.as_ref().map(f));
+    let sg = |f: fn(&StartParams) -> f64| r().map(move |(_, x)| x.simgrid.as_ref().map(f));
+    let model = |f: fn(&ModelMigration) -> f64| r().map(move |(_, x)| converged(x).map(f));
     vec![
         utf8("name", false, r().map(|(e, _)| Some(e.name.clone()))),
         utf8("trace_id", false, r().map(|(e, _)| Some(e.manifest.trace_id.clone()))),
@@ -206,6 +248,21 @@ pub fn replay_columns(rows: &[(&Entry, &ReplayEntry)]) -> Vec<Column> {
         boolc("converged", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.converged))),
         utf8("stop_reason", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.stop_reason.clone()))),
         utf8("error", true, r().map(|(_, x)| x.error.clone())),
+        f64c("simgrid_total_time_s", true, model(|m| m.total_time_s)),
+        f64c("simgrid_downtime_s", true, model(|m| m.downtime_s)),
+        u32c("simgrid_rounds", true, r().map(|(_, x)| converged(x).map(|m| m.rounds))),
+        u64c("simgrid_transferred_bytes", true, r().map(|(_, x)| converged(x).map(|m| m.transferred_bytes))),
+        boolc("simgrid_converged", true, r().map(|(_, x)| x.simgrid.as_ref().map(|p| p.model.converged))),
+        u64c("simgrid_round0_bytes", true, r().map(|(_, x)| x.simgrid.as_ref().map(|p| p.round0_bytes))),
+        f64c("simgrid_dp_intensity", true, sg(|p| p.dp_intensity)),
+        u64c(
+            "simgrid_working_set_memory_bytes",
+            true,
+            r().map(|(_, x)| x.simgrid.as_ref().map(|p| p.working_set_memory_bytes)),
+        ),
+        f64c("simgrid_cpu_util", true, sg(|p| p.cpu_util)),
+        boolc("simgrid_fit_valid", true, r().map(|(_, x)| x.simgrid.as_ref().map(|p| p.fit.valid))),
+        utf8("simgrid_fit_error", true, r().map(|(_, x)| x.simgrid_error.clone())),
     ]
 }
 
