@@ -1349,6 +1349,36 @@ mod tests {
         assert_eq!(g.expand(1200).unwrap().len(), 1200);
     }
 
+    /// A dataset keeps its fingerprint and its `dataset.json` across versions, so that a sweep
+    /// resumes a dataset an earlier dirtytrace began: these values were computed by the first.
+    #[test]
+    fn fingerprints_and_replay_settings_stay_as_first_written() {
+        let linux = grid(
+            "workload = \"x.sh\"\n[record]\ninterval = \"20ms\"\nduration = \"2s\"\nmigration_speed = \"1Gbit/s\"\n\
+             mem = \"1GiB\"\nvcpus = 2\nexact_cut = true\nkernel = \"k/bzImage\"\nfiles = [\"b:/usr/bin/b\"]\n\
+             cmdline = \"quiet\"\nbzimage = true\nrootfs = \"r.tar\"\npackages = [\"stress-ng\"]\n\
+             allow_emulated_kernel = true\n[axes]\nvcpus = [1, 2]\n[replay]\nbandwidths = [\"1Gbit/s\", \"64MiB/s\"]\n\
+             max_downtime = \"50ms\"\nmax_rounds = 5\nloop = true\nzero_pages = \"skip\"\n",
+        )
+        .unwrap();
+        assert_eq!(linux.fingerprint(&linux.expand(10).unwrap()), "157c8a1867c8a524a57b905f56b0b91c");
+        // Paths are relative to the grid's directory.
+        assert_eq!(linux.linux.kernel.as_deref(), Some(Path::new("/g/k/bzImage")));
+        assert_eq!(linux.linux.files, ["/g/b:/usr/bin/b"]);
+        assert_eq!(linux.linux.rootfs.as_deref(), Some(Path::new("/g/r.tar")));
+        assert_eq!(
+            serde_json::to_string(&linux.replay).unwrap(),
+            r#"{"bandwidths":[125000000.0,67108864.0],"max_downtime_s":0.05,"max_rounds":5,"looped":true,"zero_pages":"skip"}"#
+        );
+        let synthetic =
+            grid("workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\", \"2MiB/s\"]\ninterval = [\"10ms\"]\n").unwrap();
+        assert_eq!(synthetic.fingerprint(&synthetic.expand(10).unwrap()), "2ab25bc01e922f52ecffd7f1c06f9851");
+        assert_eq!(
+            serde_json::to_string(&synthetic.replay).unwrap(),
+            r#"{"bandwidths":[],"max_downtime_s":0.03,"max_rounds":30,"looped":false,"zero_pages":"send"}"#
+        );
+    }
+
     #[test]
     fn long_names_are_cut_and_hashed() {
         let parts = vec![("k".to_string(), "x".repeat(300))];
