@@ -119,13 +119,6 @@ fn boolc(name: &str, nullable: bool, v: impl Iterator<Item = Option<bool>>) -> C
     (Field::new(name, DataType::Boolean, nullable), Arc::new(BooleanArray::from_iter(v)))
 }
 
-fn status_name(s: TraceStatus) -> String {
-    match serde_json::to_value(s) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => format!("{s:?}").to_lowercase(),
-    }
-}
-
 /// The columns of `index.parquet` for `entries`, in order: identity, the grid's axes
 /// (`axes`, in `dataset.json`'s order), the manifest, `summarize`, then `simgrid`.
 pub fn index_columns(entries: &[&Entry], axes: &[AxisInfo]) -> Vec<Column> {
@@ -138,7 +131,7 @@ pub fn index_columns(entries: &[&Entry], axes: &[AxisInfo]) -> Vec<Column> {
     let mut cols = vec![
         utf8("name", false, e().map(|x| Some(x.name.clone()))),
         utf8("trace_id", false, e().map(|x| Some(x.manifest.trace_id.clone()))),
-        utf8("status", false, e().map(|x| Some(status_name(x.manifest.status)))),
+        utf8("status", false, e().map(|x| Some(x.manifest.status.to_string()))),
         u64c("run", true, e().map(|x| x.run.as_ref().map(|r| r.run))),
         u64c("seed", true, e().map(|x| x.run.as_ref().and_then(|r| r.seed))),
         u32c("axis_repeat", true, e().map(|x| x.run.as_ref().map(|r| r.repeat))),
@@ -444,11 +437,11 @@ pub fn update(dataset: &Path, rebuild: bool) -> Result<IndexReport, DatasetError
         if run.is_none() && info.is_some() {
             report.warnings.push(format!("{}: not a run of the dataset's grid (no axis values)", dir.display()));
         }
-        *report.statuses.entry(status_name(manifest.status)).or_default() += 1;
+        *report.statuses.entry(manifest.status.to_string()).or_default() += 1;
         seen_ids.push((manifest.trace_id.clone(), name.clone()));
         let reusable = old.as_ref().and_then(|o| {
             let (row, id, status, intervals) = o.rows.get(&name)?;
-            (*id == manifest.trace_id && *status == status_name(manifest.status) && *intervals == manifest.intervals)
+            (*id == manifest.trace_id && *status == manifest.status.to_string() && *intervals == manifest.intervals)
                 .then(|| (*row, o.replay_rows.get(&name).cloned().unwrap_or_default()))
         });
         match reusable {

@@ -166,7 +166,7 @@ impl RunState {
     pub fn word(&self) -> String {
         match self {
             RunState::Pending => "pending".into(),
-            RunState::Finished(s) => format!("{s:?}").to_lowercase(),
+            RunState::Finished(s) => s.to_string(),
             RunState::Interrupted => "interrupted".into(),
             RunState::Killed => "killed".into(),
             RunState::Busy => "busy".into(),
@@ -693,7 +693,7 @@ pub fn outcome_line(o: &RunOutcome, done: usize, total: usize) -> String {
     };
     let mut line = format!("[{done}/{total}] {}: {what}", o.name);
     if let (Some(s), Some(n)) = (o.status, o.intervals) {
-        line.push_str(&format!(", {} ({n} intervals", format!("{s:?}").to_lowercase()));
+        line.push_str(&format!(", {s} ({n} intervals"));
         if let Some(d) = o.duration_s {
             line.push_str(&format!(", {d:.2} s"));
         }
@@ -743,4 +743,29 @@ pub fn render_report(r: &SweepReport) -> String {
         out.push_str("interrupted: run the same command again to resume\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Listings and logs call a status what the manifest and the index call it.
+    #[test]
+    fn statuses_are_written_as_the_manifest_writes_them() {
+        assert_eq!(RunState::Finished(TraceStatus::GuestFault).word(), "guest_fault");
+        let o = RunOutcome {
+            run: 0,
+            name: "r".into(),
+            action: Action::Recorded,
+            status: Some(TraceStatus::GuestFault),
+            trace_id: None,
+            intervals: Some(3),
+            duration_s: None,
+            record_s: 0.0,
+            overhead_s: 0.0,
+            note: None,
+        };
+        let line = outcome_line(&o, 1, 1);
+        assert!(line.starts_with("[1/1] r: recorded, guest_fault (3 intervals)"), "{line}");
+    }
 }

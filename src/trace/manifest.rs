@@ -4,6 +4,7 @@ use super::records::{MemorySlot, PageRange, SamplerScheduling};
 use super::FORMAT_VERSION;
 use crate::units::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,6 +22,13 @@ pub enum TraceStatus {
     GuestFault,
     /// Finalised by `dirtytrace recover` after the recorder died.
     Recovered,
+}
+
+impl fmt::Display for TraceStatus {
+    /// The status as `manifest.json` writes it (`guest_fault`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        super::write_serde_name(f, self)
+    }
 }
 
 /// Harvest timing, derived from the rows so that a recovered trace gets the same figures.

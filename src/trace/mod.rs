@@ -21,6 +21,19 @@ pub use tables::{bitmap_columns, rate_columns, ColumnError};
 pub use validate::{check_manifest, name_problem, sanitize_name, Invalid, RowChecker};
 pub use writer::{finalize, prepare_dir, timing_of, Finalized, TraceWriter, WriteError};
 
+/// Writes the name serde gives `value`, a unit variant of an enum: the word the trace's JSON
+/// holds, so that listings and logs say what the files say.
+pub(crate) fn write_serde_name<T: serde::Serialize + std::fmt::Debug>(
+    f: &mut std::fmt::Formatter<'_>,
+    value: &T,
+) -> std::fmt::Result {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => f.write_str(&name),
+        // Not a unit variant: there is no one word for it.
+        _ => write!(f, "{value:?}"),
+    }
+}
+
 /// The format's version, in `manifest.json`: readers refuse others.
 pub const FORMAT_VERSION: u32 = 1;
 /// The manifest's file name.
