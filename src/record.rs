@@ -5,8 +5,8 @@
 use crate::accounting::IntervalAccounting;
 use crate::events::GuestLog;
 use crate::guest::{self, linux, synthetic, Guest};
-use crate::sampler::{self, EndReason, Harvest, RealtimeMode, SamplerConfig};
-use crate::trace::{self, IntervalRow, Manifest, MemorySlot, SamplerScheduling, TraceStatus, TraceWriter};
+use crate::sampler::{self, Harvest, RealtimeMode, SamplerConfig};
+use crate::trace::{self, EndReason, IntervalRow, Manifest, MemorySlot, SamplerScheduling, TraceStatus, TraceWriter};
 use crate::vmm::{self, Bus, DirtyTracking, VcpuOutcome, Vm};
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -139,7 +139,7 @@ pub struct RecordSummary {
     /// Where the trace stands.
     pub status: TraceStatus,
     /// Why the recording ended.
-    pub end_reason: String,
+    pub end_reason: Option<EndReason>,
     /// The guest fault or error that ended it.
     pub error: Option<String>,
     /// Rows recorded.
@@ -195,7 +195,7 @@ impl RecordSummary {
             trace_dir: dir.to_path_buf(),
             trace_id: m.trace_id.clone(),
             status: m.status,
-            end_reason: m.end_reason.clone().unwrap_or_default(),
+            end_reason: m.end_reason,
             error: m.error.clone(),
             intervals: rows.len() as u64,
             duration_s,
@@ -581,7 +581,7 @@ impl Recorder {
         let dir = writer.dir().to_path_buf();
         let write_error = write_error.map(|e| format!("{e:#}"));
         let error = write_error.clone().or_else(|| fault.clone());
-        let finalized = writer.finish(status, result.end.as_str(), error).map_err(|e| {
+        let finalized = writer.finish(status, result.end, error).map_err(|e| {
             anyhow::anyhow!(
                 "{e}\nthe intervals recorded so far are in {}'s journal: free the problem, then run `dirtytrace recover {}`",
                 dir.display(),

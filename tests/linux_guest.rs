@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use dirtytrace::guest::linux::{acpi, boot, initramfs, kit};
 use dirtytrace::record::{self, LinuxRecordOptions, RecordOptions};
-use dirtytrace::trace::{Trace, TraceStatus};
+use dirtytrace::trace::{EndReason, Trace, TraceStatus};
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use std::path::{Path, PathBuf};
@@ -279,7 +279,7 @@ fn markers_phases_and_exit_status_through_the_console() {
     let (summary, out) = record_tiny("markers", &print_then_reset(text));
     let summary = summary.unwrap();
     assert_eq!(summary.guest_exit_status, Some(3));
-    assert_eq!(summary.end_reason, "guest_power_off");
+    assert_eq!(summary.end_reason, Some(EndReason::GuestPowerOff));
     assert_eq!(summary.status, TraceStatus::Complete);
     let trace = Trace::open(&out).unwrap();
     assert_eq!(std::fs::read_to_string(out.join("console.log")).unwrap(), text);
@@ -481,7 +481,7 @@ fn debian_kernel_boots_and_its_dirty_pages_are_recorded() {
         assert!(console.contains("workload done"));
     } else if summary.status == TraceStatus::Interrupted {
         // Ended once the lines above were there: a valid trace, every interval labelled boot.
-        assert_eq!(summary.end_reason, "interrupted");
+        assert_eq!(summary.end_reason, Some(EndReason::Interrupted));
         assert_eq!(rows.len() as u64, trace.manifest.intervals);
         assert!(rows.iter().all(|r| r.phase == "boot"), "boot intervals are labelled boot");
     } else {
@@ -517,7 +517,7 @@ fn debian_bzimage_reads_our_boot_params() {
     if hw {
         assert_eq!(summary.guest_exit_status, Some(0));
     } else {
-        assert_eq!((summary.status, summary.end_reason.as_str()), (TraceStatus::Interrupted, "interrupted"));
+        assert_eq!((summary.status, summary.end_reason), (TraceStatus::Interrupted, Some(EndReason::Interrupted)));
         assert_eq!(trace.rates().unwrap().len() as u64, trace.manifest.intervals);
     }
 }

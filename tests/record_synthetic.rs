@@ -114,7 +114,7 @@ fn intervals_do_not_drift_over_30s() {
         Some(Duration::from_secs(30)),
     );
     let rows = trace.rates().unwrap();
-    assert_eq!(summary.end_reason, "duration");
+    assert_eq!(summary.end_reason, Some(dirtytrace::trace::EndReason::Duration));
     assert_eq!(rows.len(), 300);
     let mean: f64 = rows.iter().map(|r| r.duration_s).sum::<f64>() / rows.len() as f64;
     assert!((mean / 0.1 - 1.0).abs() < 0.01, "mean interval {mean}");

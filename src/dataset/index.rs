@@ -146,7 +146,7 @@ pub fn index_columns(entries: &[&Entry], axes: &[AxisInfo]) -> Vec<Column> {
         });
     }
     cols.extend([
-        utf8("end_reason", true, e().map(|x| x.manifest.end_reason.clone())),
+        utf8("end_reason", true, e().map(|x| x.manifest.end_reason.map(|r| r.to_string()))),
         utf8("error", true, e().map(|x| x.error.clone())),
         f64c("interval_s", false, m(|m| m.interval_s)),
         u32c("vcpus", false, e().map(|x| Some(x.manifest.vcpus))),

@@ -31,6 +31,33 @@ impl fmt::Display for TraceStatus {
     }
 }
 
+/// Why a recording ended (`manifest.json` `end_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Every vCPU said it was done.
+    WorkloadDone,
+    /// `--duration` passed.
+    Duration,
+    /// Ctrl-C, SIGTERM or SIGHUP.
+    Interrupted,
+    /// The guest powered off or reset.
+    GuestPowerOff,
+    /// A vCPU faulted.
+    GuestFault,
+    /// The trace writer stopped taking harvests.
+    WriterFailed,
+    /// The recorder died before it could say; the trace was finalised from its journal.
+    RecoveredFromJournal,
+}
+
+impl fmt::Display for EndReason {
+    /// The reason as `manifest.json` writes it (`guest_power_off`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        super::write_serde_name(f, self)
+    }
+}
+
 /// Harvest timing, derived from the rows so that a recovered trace gets the same figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HarvestTiming {
@@ -69,7 +96,7 @@ pub struct Manifest {
     /// Where the trace stands.
     pub status: TraceStatus,
     /// Why the recording ended.
-    pub end_reason: Option<String>,
+    pub end_reason: Option<EndReason>,
     /// A guest fault or other error that ended the recording.
     pub error: Option<String>,
     /// `dirtytrace`.

@@ -7,7 +7,7 @@ use super::plan::{GuestPlan, CONTROL_PAGE};
 use super::spec::{WorkloadSpec, WriteRate};
 use crate::accounting::IntervalAccounting;
 use crate::sampler::Harvest;
-use crate::trace::{self, GuestEvent, Manifest, MemorySlot, PageRange, TraceStatus, TraceWriter};
+use crate::trace::{self, EndReason, GuestEvent, Manifest, MemorySlot, PageRange, TraceStatus, TraceWriter};
 use crate::units::PAGE_SIZE;
 use anyhow::{bail, Context};
 use std::path::Path;
@@ -154,6 +154,8 @@ pub fn generate(dir: &Path, spec_text: &str, opts: &GenerateOptions) -> anyhow::
             p(k);
         }
     }
-    let done = writer.finish(TraceStatus::Complete, "workload_done", None).context("finalising the generated trace")?;
+    let done = writer
+        .finish(TraceStatus::Complete, EndReason::WorkloadDone, None)
+        .context("finalising the generated trace")?;
     Ok(done.manifest)
 }
