@@ -2,7 +2,7 @@
 //! comes from real recordings of the synthetic guest on this host.
 
 use crate::record::{self, RecordOptions, RecordSummary};
-use crate::trace::Trace;
+use crate::trace::{SchedPolicy, Trace};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -472,7 +472,8 @@ pub fn deadlines(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Resul
             }
         }
     }
-    let realtime_of = |d: &DeadlineRow| if d.sampler.starts_with("fifo") { "on" } else { "off" };
+    let fifo = SchedPolicy::Fifo.to_string();
+    let realtime_of = |d: &DeadlineRow| if d.sampler.starts_with(&fifo) { "on" } else { "off" };
     let mut keys: Vec<(u64, &str, String)> = Vec::new();
     for d in &report.deadlines {
         let key = (d.guest_bytes, realtime_of(d), d.settings.clone());
@@ -540,7 +541,7 @@ fn timer_floor(interval: Duration, seconds: f64, spin: Duration) -> anyhow::Resu
     let on_time = late.iter().filter(|&&l| l <= interval.as_secs_f64() / 10.0).count();
     let spin_label = if spin > Duration::ZERO { format!("+spin{}us", spin.as_micros()) } else { String::new() };
     Ok(TimerFloorRow {
-        sampler: format!("{}{spin_label}", if realtime { "fifo" } else { "other" }),
+        sampler: format!("{}{spin_label}", if realtime { SchedPolicy::Fifo } else { SchedPolicy::Other }),
         interval_s: interval.as_secs_f64(),
         on_time_fraction: on_time as f64 / (late.len() as u64 + skipped).max(1) as f64,
         skipped_deadlines: skipped,

@@ -6,7 +6,9 @@ use crate::accounting::IntervalAccounting;
 use crate::events::GuestLog;
 use crate::guest::{self, linux, synthetic, Guest};
 use crate::sampler::{self, Harvest, RealtimeMode, SamplerConfig};
-use crate::trace::{self, EndReason, IntervalRow, Manifest, MemorySlot, SamplerScheduling, TraceStatus, TraceWriter};
+use crate::trace::{
+    self, EndReason, IntervalRow, Manifest, MemorySlot, SamplerScheduling, SchedPolicy, TraceStatus, TraceWriter,
+};
 use crate::vmm::{self, Bus, DirtyTracking, VcpuOutcome, Vm};
 use anyhow::{bail, Context};
 use serde::Serialize;
@@ -448,7 +450,7 @@ impl TryFrom<RecordOptions> for Recorder {
         let cpu_plan = if realtime { crate::cpus::plan(vm.vcpus.len()) } else { None };
         manifest.sampler = Some(SamplerScheduling {
             requested: opts.realtime.as_str().into(),
-            policy: if realtime { "fifo" } else { "other" }.into(),
+            policy: if realtime { SchedPolicy::Fifo } else { SchedPolicy::Other },
             priority: if realtime { sampler::REALTIME_PRIORITY as u32 } else { 0 },
             spin_us: spin.as_micros() as u64,
             cpu: cpu_plan.as_ref().map(|p| p.housekeeping as u32),
@@ -576,7 +578,7 @@ impl Recorder {
         };
         let mut writer = writer;
         if let Some(s) = writer.manifest_mut().sampler.as_mut().filter(|_| realtime && !got_realtime) {
-            (s.policy, s.priority) = ("other".into(), 0);
+            (s.policy, s.priority) = (SchedPolicy::Other, 0);
         }
         let dir = writer.dir().to_path_buf();
         let write_error = write_error.map(|e| format!("{e:#}"));

@@ -16,7 +16,7 @@ mod writer;
 pub use bitmap::{BitmapEncoder, ZSTD_LEVEL};
 pub use manifest::{EndReason, HarvestTiming, Manifest, TraceStatus};
 pub use reader::{BitmapStream, IntervalBitmaps, IntervalStream, RatesStream, SlotBitmap, Trace, TraceError};
-pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SlotBlob};
+pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SchedPolicy, SlotBlob};
 pub use tables::{bitmap_columns, rate_columns, ColumnError};
 pub use validate::{check_manifest, name_problem, sanitize_name, Invalid, RowChecker};
 pub use writer::{finalize, prepare_dir, timing_of, Finalized, TraceWriter, WriteError};
