@@ -1,6 +1,7 @@
 //! `dirtytrace bench`: the recorder's costs, measured as ratios within one run. Every figure
 //! comes from real recordings of the synthetic guest on this host.
 
+use crate::guest::synthetic::DoneDetail;
 use crate::record::{self, RecordOptions, RecordSummary};
 use crate::trace::{SchedPolicy, Trace};
 use serde::Serialize;
@@ -339,7 +340,7 @@ fn pages(bytes: f64) -> u64 {
 /// Total writes the guest made, from the phase-final counts in its log.
 fn guest_writes(trace: &Trace) -> anyhow::Result<u64> {
     let log = trace.guest_log()?;
-    Ok(log.iter().filter_map(|e| e.detail.get("last_phase_writes").and_then(|v| v.as_u64())).sum())
+    Ok(log.iter().filter_map(|e| DoneDetail::of(e)?.last_phase_writes).sum())
 }
 
 fn steady(trace: &Trace) -> anyhow::Result<Vec<crate::trace::IntervalRow>> {

@@ -176,7 +176,7 @@ impl RunState {
 }
 
 /// Files a recorder may leave in a directory before its manifest exists.
-const STARTUP_FILES: [&str; 2] = [".write-test", ".manifest.json.tmp"];
+const STARTUP_FILES: [&str; 2] = [trace::WRITE_TEST, trace::MANIFEST_TMP];
 
 /// Looks at a run's directory without changing it.
 pub fn inspect(dir: &Path) -> RunState {

@@ -213,7 +213,7 @@ impl Manifest {
 
     /// Writes the manifest atomically (temporary file, then rename).
     pub fn store(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(".manifest.json.tmp");
+        let tmp = dir.join(super::MANIFEST_TMP);
         let mut text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         text.push('\n');
         std::fs::write(&tmp, text)?;

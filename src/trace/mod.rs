@@ -46,5 +46,10 @@ pub const BITMAPS: &str = "bitmaps.parquet";
 pub const JOURNAL: &str = "journal.dtj";
 /// The guest log's file name.
 pub const GUEST_LOG: &str = "guest_log.jsonl";
+/// The file [`prepare_dir`] writes, then removes, to learn that a new trace's directory is
+/// writable.
+pub const WRITE_TEST: &str = ".write-test";
+/// The file a manifest is written to before it is renamed into place.
+pub const MANIFEST_TMP: &str = ".manifest.json.tmp";
 /// The console log's file name (Linux guests).
 pub const CONSOLE: &str = "console.log";

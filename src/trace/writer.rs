@@ -89,7 +89,7 @@ pub fn prepare_dir(dir: &Path) -> Result<(), WriteError> {
     } else {
         std::fs::create_dir_all(dir).map_err(io_err("cannot create output directory", dir))?;
     }
-    let probe = dir.join(".write-test");
+    let probe = dir.join(super::WRITE_TEST);
     std::fs::write(&probe, b"").map_err(io_err("output directory is not writable:", dir))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
