@@ -12,7 +12,7 @@
 
 use dirtytrace::guest::linux::{initramfs, kit};
 use dirtytrace::record::{self, RecordOptions};
-use dirtytrace::units::parse_size;
+use dirtytrace::units::{parse_size, HumanDuration, HumanSize};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -79,8 +79,8 @@ fn main() -> anyhow::Result<()> {
             let out = work.join(format!("trace-{run}-{label}"));
             let mut o = RecordOptions::new(out.clone());
             o.workload = Some(script.clone());
-            o.mem = Some(mem);
-            o.duration = Some(Duration::from_millis(500));
+            o.settings.mem = Some(HumanSize(mem));
+            o.settings.duration = Some(HumanDuration(Duration::from_millis(500)));
             o.linux.rootfs = Some(rootfs.clone());
             o.linux.allow_emulated_kernel = true;
             let s = record::record(&o, Arc::new(AtomicBool::new(false)), None)?;

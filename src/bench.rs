@@ -4,6 +4,7 @@
 use crate::guest::synthetic::DoneDetail;
 use crate::record::{self, RecordOptions, RecordSummary};
 use crate::trace::{SchedPolicy, Trace};
+use crate::units::{HumanDuration, HumanSize};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -320,7 +321,7 @@ fn run_with(
     std::fs::write(&spec_path, spec)?;
     let mut ro = RecordOptions::new(dir.clone());
     ro.workload = Some(spec_path);
-    ro.interval = interval;
+    ro.settings.interval = HumanDuration(interval);
     tweak(&mut ro);
     let summary = record::record(&ro, Arc::new(AtomicBool::new(false)), None)?;
     let trace = Trace::open(&dir)?;
@@ -670,7 +671,7 @@ pub fn exact_cut(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Resul
         let mut pause = 0.0;
         for cut in [false, true] {
             let (summary, trace) =
-                run_with(opts, &format!("cut-{ms}-{cut}"), &text, interval, |ro| ro.exact_cut = cut)?;
+                run_with(opts, &format!("cut-{ms}-{cut}"), &text, interval, |ro| ro.settings.exact_cut = cut)?;
             let elapsed = trace.rates()?.last().map_or(1.0, |r| r.t_end_s);
             rates.push(guest_writes(&trace)? as f64 / elapsed);
             if cut {
@@ -697,8 +698,8 @@ pub fn linux_setup(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Res
         let dir = opts.work_dir.join(format!("linux-{i}"));
         let mut ro = RecordOptions::new(dir.clone());
         ro.workload = Some(script.clone());
-        ro.mem = Some(512 << 20);
-        ro.duration = Some(Duration::from_secs_f64(seconds));
+        ro.settings.mem = Some(HumanSize(512 << 20));
+        ro.settings.duration = Some(HumanDuration(Duration::from_secs_f64(seconds)));
         ro.linux.allow_emulated_kernel = true;
         let summary = record::record(&ro, Arc::new(AtomicBool::new(false)), None)?;
         let trace = Trace::open(&dir)?;

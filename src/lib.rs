@@ -19,6 +19,7 @@ pub mod doctor;
 pub mod events;
 pub mod files;
 pub mod guest;
+pub mod options;
 pub mod pagestats;
 pub mod record;
 pub mod report;

@@ -397,31 +397,14 @@ struct RecordArgs {
     /// Linux guest (.sh, see schemas/linux-guest.md). Default: the built-in synthetic spec.
     #[arg(long, value_name = "FILE")]
     workload: Option<PathBuf>,
-    /// Time between harvests of the dirty log (1ms to 1h).
-    #[arg(long, default_value_t = HumanDuration(record::DEFAULT_INTERVAL))]
-    interval: HumanDuration,
-    /// Stop after this long, even if the workload goes on.
-    #[arg(long)]
-    duration: Option<HumanDuration>,
-    /// Guest RAM, overriding the workload's `mem`.
-    #[arg(long)]
-    mem: Option<HumanSize>,
-    /// Number of vCPUs, overriding the workload's `vcpus`.
-    #[arg(long)]
-    vcpus: Option<u32>,
-    /// Migration speed for the SimGrid columns (bytes/s or bits/s).
-    #[arg(long, default_value_t = HumanRate(record::DEFAULT_MIGRATION_SPEED_BYTES_PER_S))]
-    migration_speed: HumanRate,
+    #[command(flatten)]
+    settings: record::RecordSettings,
     /// Trace directory to create (must not exist, or be empty). Default: ./trace-<UTC time>.
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// Hold every vCPU outside the guest around each harvest: an exact cut between intervals,
-    /// at the cost of a short pause of the guest per harvest (see `bench --only cut`).
-    #[arg(long)]
-    exact_cut: bool,
     /// Real-time priority (SCHED_FIFO) for the sampler thread alone, so that short intervals
     /// keep their deadlines: auto uses it where permitted (root or CAP_SYS_NICE) and says when
     /// it cannot; on makes the lack of permission an error.
@@ -511,12 +494,7 @@ impl RecordArgs {
     fn into_options(self) -> record::RecordOptions {
         let mut opts = record::RecordOptions::new(self.output.unwrap_or_else(record::default_output_dir));
         opts.workload = self.workload;
-        opts.interval = self.interval.0;
-        opts.duration = self.duration.map(|d| d.0);
-        opts.mem = self.mem.map(|m| m.0);
-        opts.vcpus = self.vcpus;
-        opts.migration_speed = self.migration_speed.0;
-        opts.exact_cut = self.exact_cut;
+        opts.settings = self.settings;
         opts.realtime = self.realtime;
         opts.spin = self.spin.map(|d| d.0);
         if let Some(k) = self.kvm_device {

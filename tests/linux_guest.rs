@@ -9,6 +9,7 @@ use common::*;
 use dirtytrace::guest::linux::{acpi, boot, initramfs, kit};
 use dirtytrace::record::{self, LinuxRecordOptions, RecordOptions};
 use dirtytrace::trace::{EndReason, Trace, TraceStatus};
+use dirtytrace::units::{HumanDuration, HumanSize};
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use std::path::{Path, PathBuf};
@@ -265,9 +266,9 @@ fn record_tiny(name: &str, code: &[u8]) -> (anyhow::Result<record::RecordSummary
     let out = dir.join("trace");
     let mut opts = RecordOptions::new(out.clone());
     opts.workload = Some(script);
-    opts.mem = Some(128 * MIB);
-    opts.interval = Duration::from_millis(20);
-    opts.duration = Some(Duration::from_secs(20));
+    opts.settings.mem = Some(HumanSize(128 * MIB));
+    opts.settings.interval = HumanDuration(Duration::from_millis(20));
+    opts.settings.duration = Some(HumanDuration(Duration::from_secs(20)));
     opts.linux = LinuxRecordOptions { kernel: Some(kernel), ..Default::default() };
     (record::record(&opts, Arc::new(AtomicBool::new(false)), None), out)
 }
@@ -448,9 +449,9 @@ fn debian_kernel_boots_and_its_dirty_pages_are_recorded() {
     let hw = hardware_virtualisation();
     let mut opts = RecordOptions::new(out.clone());
     opts.workload = Some(example("hello.sh"));
-    opts.mem = Some(512 * MIB);
-    opts.vcpus = Some(2);
-    opts.duration = Some(Duration::from_secs(if hw { 60 } else { 180 }));
+    opts.settings.mem = Some(HumanSize(512 * MIB));
+    opts.settings.vcpus = Some(2);
+    opts.settings.duration = Some(HumanDuration(Duration::from_secs(if hw { 60 } else { 180 })));
     opts.linux.allow_emulated_kernel = true;
     std::env::remove_var("DIRTYTRACE_BUSYBOX");
     let summary = record_until(
@@ -504,8 +505,8 @@ fn debian_bzimage_reads_our_boot_params() {
     let hw = hardware_virtualisation();
     let mut opts = RecordOptions::new(out.clone());
     opts.workload = Some(example("hello.sh"));
-    opts.mem = Some(512 * MIB);
-    opts.duration = Some(Duration::from_secs(if hw { 60 } else { 120 }));
+    opts.settings.mem = Some(HumanSize(512 * MIB));
+    opts.settings.duration = Some(HumanDuration(Duration::from_secs(if hw { 60 } else { 120 })));
     opts.linux.force_bzimage = true;
     opts.linux.allow_emulated_kernel = true;
     std::env::remove_var("DIRTYTRACE_BUSYBOX");

@@ -138,8 +138,8 @@ fn exact_cut_pauses_the_guest_around_each_harvest() {
     let spec_path = write(&dir, "s.toml", &spec("random", "64MiB", "40MiB/s", 1.0));
     let mut opts = dirtytrace::record::RecordOptions::new(dir.join("t"));
     opts.workload = Some(spec_path);
-    opts.interval = Duration::from_millis(20);
-    opts.exact_cut = true;
+    opts.settings.interval = dirtytrace::units::HumanDuration(Duration::from_millis(20));
+    opts.settings.exact_cut = true;
     let summary =
         dirtytrace::record::record(&opts, std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)), None)
             .unwrap();

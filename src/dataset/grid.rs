@@ -10,7 +10,10 @@
 
 use crate::analysis::replay::{self, ReplayOptions, ZeroPages};
 use crate::guest::synthetic::spec::{Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
-use crate::units::{parse_duration, parse_rate, parse_size, HumanDuration, HumanRate, HumanSize, MAX_RATE_BYTES_PER_S};
+use crate::options::keys_of;
+use crate::record::{self, RecordSettings, SettingError};
+use crate::units::{parse_duration, parse_rate, parse_size, HumanDuration, HumanRate, HumanSize};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::fmt;
@@ -324,23 +327,6 @@ pub struct LinuxBase {
     pub allow_emulated_kernel: bool,
 }
 
-/// The record options of one run (or the grid's `[record]` before the axes apply).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunRecord {
-    /// `--interval`.
-    pub interval: Duration,
-    /// `--duration`.
-    pub duration: Option<Duration>,
-    /// `--migration-speed`, bytes per second.
-    pub migration_speed: f64,
-    /// `--mem` (Linux workloads; a synthetic run has it in its spec).
-    pub mem: Option<u64>,
-    /// `--vcpus` (Linux workloads; a synthetic run has it in its spec).
-    pub vcpus: Option<u32>,
-    /// `--exact-cut`.
-    pub exact_cut: bool,
-}
-
 /// `[replay]`: the migrations the index replays every trace with, one per bandwidth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplaySettings {
@@ -432,8 +418,8 @@ pub struct Run {
     pub values: Vec<AxisValue>,
     /// What it records.
     pub workload: RunWorkload,
-    /// How it records.
-    pub record: RunRecord,
+    /// How it records (a synthetic run has its `mem` and `vcpus` in its spec instead).
+    pub record: RecordSettings,
 }
 
 /// Reads a file a grid names (relative to the grid): its resolved path and its contents.
@@ -449,7 +435,7 @@ pub struct Grid {
     /// The base workload.
     pub workload: BaseWorkload,
     /// The base record options (`[record]`).
-    pub record: RunRecord,
+    pub record: RecordSettings,
     /// Linux options (`[record]`), paths resolved against the grid's directory.
     pub linux: LinuxBase,
     /// The same as written in the grid, for the fingerprint.
@@ -510,7 +496,7 @@ impl std::str::FromStr for Shard {
 struct RawGrid {
     workload: Option<String>,
     spec: Option<toml::Table>,
-    record: Option<RawRecord>,
+    record: Option<toml::Table>,
     axes: Option<toml::Table>,
     replay: Option<RawReplay>,
 }
@@ -518,12 +504,6 @@ struct RawGrid {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRecord {
-    interval: Option<toml::Value>,
-    duration: Option<toml::Value>,
-    migration_speed: Option<toml::Value>,
-    mem: Option<toml::Value>,
-    vcpus: Option<toml::Value>,
-    exact_cut: Option<bool>,
     kernel: Option<String>,
     files: Option<Vec<String>>,
     cmdline: Option<String>,
@@ -631,34 +611,53 @@ impl Ctx<'_> {
         parse_size(&t).map_err(|e| self.key(key, e.to_string()))
     }
 
+    /// `record`'s check of a setting, its error under `key`.
+    fn setting<T>(&self, key: &str, value: T, check: fn(T) -> Result<(), SettingError>) -> Result<T, GridError>
+    where
+        T: Copy,
+    {
+        check(value).map_err(|e| self.key(key, e.to_string()))?;
+        Ok(value)
+    }
+
     fn interval(&self, key: &str, v: &toml::Value) -> Result<Duration, GridError> {
-        let d = self.duration(key, v)?;
-        if d < crate::record::MIN_INTERVAL || d > crate::record::MAX_INTERVAL {
-            return Err(self.key(key, format!("must be between 1ms and 1h, got {}", HumanDuration(d))));
-        }
-        Ok(d)
+        self.setting(key, self.duration(key, v)?, record::check_interval)
     }
 
     fn record_duration(&self, key: &str, v: &toml::Value) -> Result<Duration, GridError> {
-        let d = self.duration(key, v)?;
-        if d.is_zero() || d > crate::record::MAX_RECORD_DURATION {
-            return Err(self.key(key, "must be longer than 0 and at most 366 days"));
-        }
-        Ok(d)
+        self.setting(key, self.duration(key, v)?, record::check_duration)
     }
 
     fn speed(&self, key: &str, v: &toml::Value) -> Result<f64, GridError> {
-        let r = self.rate(key, v)?;
-        if !(r > 0.0 && r <= MAX_RATE_BYTES_PER_S) {
-            return Err(self.key(key, "must be greater than 0 (and at most 1 PB/s)"));
-        }
-        Ok(r)
+        self.setting(key, self.rate(key, v)?, record::check_migration_speed)
     }
 
     fn vcpus(&self, key: &str, v: &toml::Value) -> Result<u32, GridError> {
         match v.as_integer() {
             Some(n) if (1..=MAX_VCPUS as i64).contains(&n) => Ok(n as u32),
             _ => Err(self.key(key, format!("must be an integer between 1 and {MAX_VCPUS}"))),
+        }
+    }
+
+    /// Takes the keys `T` reads out of `table`, the grid's `[section]`, and reads them. Each
+    /// key is read alone first, so that an error names it (`record.interval`).
+    fn take<T: DeserializeOwned>(&self, section: &str, table: &mut toml::Table) -> Result<T, GridError> {
+        let mine: toml::Table = keys_of::<T>().iter().filter_map(|k| table.remove_entry(*k)).collect();
+        for (k, v) in &mine {
+            let alone = toml::Table::from_iter([(k.clone(), v.clone())]);
+            toml::Value::Table(alone).try_into::<T>().map_err(|e| self.key(format!("{section}.{k}"), e.message()))?;
+        }
+        toml::Value::Table(mine).try_into().map_err(|e| self.key(section, e.message()))
+    }
+
+    /// Refuses the first key left in `table` once every struct of `[section]` took its own.
+    fn refuse_rest(&self, section: &str, table: &toml::Table, keys: &[&str]) -> Result<(), GridError> {
+        match table.keys().next() {
+            Some(k) => Err(self.key(
+                format!("{section}.{k}"),
+                format!("is not a key of [{section}], whose keys are {}", keys.join(", ")),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -747,21 +746,14 @@ impl Grid {
             }
         };
 
-        let rec = raw.record.unwrap_or_default();
-        let record = RunRecord {
-            interval: match &rec.interval {
-                Some(v) => cx.interval("record.interval", v)?,
-                None => crate::record::DEFAULT_INTERVAL,
-            },
-            duration: rec.duration.as_ref().map(|v| cx.record_duration("record.duration", v)).transpose()?,
-            migration_speed: match &rec.migration_speed {
-                Some(v) => cx.speed("record.migration_speed", v)?,
-                None => crate::record::DEFAULT_MIGRATION_SPEED_BYTES_PER_S,
-            },
-            mem: rec.mem.as_ref().map(|v| cx.size("record.mem", v)).transpose()?,
-            vcpus: rec.vcpus.as_ref().map(|v| cx.vcpus("record.vcpus", v)).transpose()?,
-            exact_cut: rec.exact_cut.unwrap_or(false),
-        };
+        let mut section = raw.record.unwrap_or_default();
+        let record: RecordSettings = cx.take("record", &mut section)?;
+        record.check().map_err(|e| cx.key(format!("record.{}", e.key()), e.to_string()))?;
+        if let Some(n) = record.vcpus {
+            cx.vcpus("record.vcpus", &toml::Value::Integer(n.into()))?;
+        }
+        let rec: RawRecord = cx.take("record", &mut section)?;
+        cx.refuse_rest("record", &section, &[keys_of::<RecordSettings>(), keys_of::<RawRecord>()].concat())?;
         let linux_keys = rec.kernel.is_some()
             || rec.files.is_some()
             || rec.cmdline.is_some()
@@ -821,7 +813,7 @@ impl Grid {
 
         let phases = match &workload {
             BaseWorkload::Synthetic { text, origin } => {
-                let spec = WorkloadSpec::parse(text, record.mem, record.vcpus)
+                let spec = WorkloadSpec::parse(text, record.mem.map(|m| m.0), record.vcpus)
                     .map_err(|e| cx.key("workload", format!("{origin}: {e}")))?;
                 let names: Vec<String> = spec.phases.iter().map(|p| p.name.clone()).collect();
                 if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
@@ -866,7 +858,7 @@ impl Grid {
             BaseWorkload::Synthetic { text, .. } => {
                 let table: toml::Table = toml::from_str(text)
                     .map_err(|e| GridError::Syntax { path: self.path.clone(), msg: e.to_string() })?;
-                let spec = WorkloadSpec::parse(text, self.record.mem, self.record.vcpus).map_err(|e| {
+                let spec = WorkloadSpec::parse(text, self.record.mem.map(|m| m.0), self.record.vcpus).map_err(|e| {
                     GridError::Key { path: self.path.clone(), key: "workload".into(), msg: e.to_string() }
                 })?;
                 (Some(table), spec.seed)
@@ -891,10 +883,10 @@ impl Grid {
             let mut record = self.record.clone();
             for (a, v) in self.axes.iter().zip(&values) {
                 match (a.key, *v) {
-                    (Key::Interval, AxisValue::Time(d)) => record.interval = d,
-                    (Key::Duration, AxisValue::Time(d)) => record.duration = Some(d),
-                    (Key::MigrationSpeed, AxisValue::Rate(Some(r))) => record.migration_speed = r,
-                    (Key::Mem, AxisValue::Bytes(b)) => record.mem = Some(b),
+                    (Key::Interval, AxisValue::Time(d)) => record.interval = HumanDuration(d),
+                    (Key::Duration, AxisValue::Time(d)) => record.duration = Some(HumanDuration(d)),
+                    (Key::MigrationSpeed, AxisValue::Rate(Some(r))) => record.migration_speed = HumanRate(r),
+                    (Key::Mem, AxisValue::Bytes(b)) => record.mem = Some(HumanSize(b)),
                     (Key::Vcpus, AxisValue::Count(c)) => record.vcpus = Some(c),
                     _ => {}
                 }
@@ -929,14 +921,14 @@ impl Grid {
     fn run_spec(
         &self,
         base: &toml::Table,
-        record: &RunRecord,
+        record: &RecordSettings,
         values: &[AxisValue],
         seed: u64,
         name: &str,
     ) -> Result<String, GridError> {
         let mut t = base.clone();
         if let Some(m) = record.mem {
-            t.insert("mem".into(), AxisValue::Bytes(m).toml());
+            t.insert("mem".into(), AxisValue::Bytes(m.0).toml());
         }
         if let Some(v) = record.vcpus {
             t.insert("vcpus".into(), toml::Value::Integer(v as i64));
@@ -1230,7 +1222,7 @@ mod tests {
         assert_eq!(seeds[1], 0x5269_5778_8704_3966, "{:#x}", seeds[1]);
         for r in &runs {
             assert_eq!(r.seed, Some(seeds[r.repeat as usize]));
-            assert_eq!(r.record.interval, Duration::from_millis(50));
+            assert_eq!(r.record.interval, HumanDuration(Duration::from_millis(50)));
             let RunWorkload::Synthetic { spec } = &r.workload else { panic!() };
             let s = WorkloadSpec::parse(spec, None, None).unwrap();
             assert_eq!(s.seed, seeds[r.repeat as usize]);
@@ -1307,7 +1299,7 @@ mod tests {
         let runs = l.expand(10).unwrap();
         assert_eq!(runs.len(), 2);
         assert_eq!(runs[1].record.vcpus, Some(2));
-        assert_eq!(runs[1].record.mem, Some(1 << 30));
+        assert_eq!(runs[1].record.mem, Some(HumanSize(1 << 30)));
         assert_eq!(runs[1].seed, None);
         assert_eq!(runs[1].name, "vcpus=2_r0");
     }

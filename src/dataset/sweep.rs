@@ -567,12 +567,7 @@ fn make_trace(
             };
             let mut opts = RecordOptions::new(dir.to_path_buf());
             opts.workload = Some(workload);
-            opts.interval = rec.interval;
-            opts.duration = rec.duration;
-            opts.migration_speed = rec.migration_speed;
-            opts.mem = rec.mem;
-            opts.vcpus = rec.vcpus;
-            opts.exact_cut = rec.exact_cut;
+            opts.settings = rec.clone();
             if let Some(k) = &plan.opts.kvm_device {
                 opts.kvm_device = k.clone();
             }
@@ -596,13 +591,13 @@ fn make_trace(
                 anyhow::bail!("the generate engine makes synthetic traces only; {} is a Linux workload", run.name);
             };
             let spec = match rec.duration {
-                Some(d) => cap_spec(spec, d)?,
+                Some(d) => cap_spec(spec, d.0)?,
                 None => spec.clone(),
             };
             let id = sha2::Sha256::digest(format!("{}:{}", plan.info.fingerprint, run.name).as_bytes());
             let opts = GenerateOptions {
-                interval: rec.interval,
-                migration_speed: rec.migration_speed,
+                interval: rec.interval.0,
+                migration_speed: rec.migration_speed.0,
                 trace_id: Some(id[..16].iter().map(|b| format!("{b:02x}")).collect()),
                 progress: None,
             };
