@@ -700,7 +700,7 @@ pub fn linux_setup(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Res
         ro.workload = Some(script.clone());
         ro.settings.mem = Some(HumanSize(512 << 20));
         ro.settings.duration = Some(HumanDuration(Duration::from_secs_f64(seconds)));
-        ro.linux.allow_emulated_kernel = true;
+        ro.linux.boot.allow_emulated_kernel = true;
         let summary = record::record(&ro, Arc::new(AtomicBool::new(false)), None)?;
         let trace = Trace::open(&dir)?;
         let g = &trace.manifest.guest;

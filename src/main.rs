@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dirtytrace::analysis::{plot, replay, simgrid, summary};
+use dirtytrace::guest::linux::{initramfs, kit, LinuxInputs};
 use dirtytrace::units::{HumanDuration, HumanRate, HumanSize, MIB};
 use dirtytrace::{bench, dataset, record, report, trace};
 use std::io::IsTerminal;
@@ -360,7 +361,6 @@ enum KitCommand {
 }
 
 fn run_kit(cmd: KitCommand) -> anyhow::Result<ExitCode> {
-    use dirtytrace::guest::linux::kit;
     match cmd {
         KitCommand::Fetch => {
             let info = kit::fetch(&mut |m| eprintln!("kit: {m}"))?;
@@ -418,60 +418,30 @@ struct RecordArgs {
     /// The KVM device (default /dev/kvm, or $DIRTYTRACE_KVM_DEVICE).
     #[arg(long, value_name = "PATH")]
     kvm_device: Option<PathBuf>,
-    /// Linux guest: the kernel, a bzImage or an ELF vmlinux (default: $DIRTYTRACE_KERNEL, then the kit).
-    #[arg(long, value_name = "PATH", help_heading = "Linux guest (.sh workloads)")]
-    kernel: Option<PathBuf>,
-    /// Linux guest: copy a host file into the initramfs (repeatable).
-    #[arg(long = "file", value_name = "HOST_PATH:GUEST_PATH", help_heading = "Linux guest (.sh workloads)")]
-    files: Vec<String>,
-    /// Linux guest: extra kernel command-line arguments.
-    #[arg(long, value_name = "EXTRA", help_heading = "Linux guest (.sh workloads)")]
-    cmdline: Option<String>,
-    /// Linux guest: stream the serial console to stderr as well.
-    #[arg(long, help_heading = "Linux guest (.sh workloads)")]
+    #[command(flatten, next_help_heading = LINUX_HEADING)]
+    linux: LinuxInputs,
+    /// Stream the serial console to stderr as well.
+    #[arg(long, help_heading = LINUX_HEADING)]
     console: bool,
-    /// Linux guest: boot the kit's bzImage even when its vmlinux (PVH entry) is available.
-    #[arg(long, help_heading = "Linux guest (.sh workloads)")]
-    bzimage: bool,
-    /// Linux guest: a root filesystem (directory, .tar, .tar.gz or .tar.zst) under dirtytrace's files.
-    #[arg(long, value_name = "PATH", help_heading = "Linux guest (.sh workloads)")]
-    rootfs: Option<PathBuf>,
-    /// Linux guest: a Debian package and its runtime dependencies, from the host's apt (repeatable).
-    #[arg(long = "package", value_name = "NAME", help_heading = "Linux guest (.sh workloads)")]
-    packages: Vec<String>,
-    /// Linux guest: boot the kit's kernel even where `doctor` finds guest kernel code emulated.
-    #[arg(long, help_heading = "Linux guest (.sh workloads)")]
-    allow_emulated_kernel: bool,
 }
+
+/// Where `record --help` lists the flags of `.sh` workloads.
+const LINUX_HEADING: &str = "Linux guest (.sh workloads)";
 
 #[derive(Args)]
 struct InitramfsArgs {
     /// The workload script (.sh), run by the archive's /init.
     #[arg(long, value_name = "FILE")]
     workload: PathBuf,
-    /// A root filesystem (directory, .tar, .tar.gz or .tar.zst) under dirtytrace's files.
-    #[arg(long, value_name = "PATH")]
-    rootfs: Option<PathBuf>,
-    /// A Debian package and its runtime dependencies, from the host's apt (repeatable).
-    #[arg(long = "package", value_name = "NAME")]
-    packages: Vec<String>,
-    /// Copy a host file into the archive (repeatable).
-    #[arg(long = "file", value_name = "HOST_PATH:GUEST_PATH")]
-    files: Vec<String>,
+    #[command(flatten)]
+    contents: initramfs::Contents,
     /// The archive to write (.cpio.gz); must not exist.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
 }
 
 fn run_initramfs(a: InitramfsArgs) -> anyhow::Result<ExitCode> {
-    use dirtytrace::guest::linux::{initramfs, kit};
-    let inputs = initramfs::Inputs {
-        busybox: kit::locate_busybox()?,
-        script: a.workload,
-        extras: a.files.iter().map(|f| initramfs::parse_extra(f)).collect::<Result<_, _>>()?,
-        rootfs: a.rootfs,
-        packages: a.packages,
-    };
+    let inputs = initramfs::Inputs { busybox: kit::locate_busybox()?, script: a.workload, contents: a.contents };
     let archive = initramfs::write_archive(&inputs, &a.output, &mut |m| eprintln!("initramfs: {m}"))?;
     for note in &archive.notes {
         eprintln!("initramfs: {note}");
@@ -500,16 +470,7 @@ impl RecordArgs {
         if let Some(k) = self.kvm_device {
             opts.kvm_device = k;
         }
-        opts.linux = record::LinuxRecordOptions {
-            kernel: self.kernel,
-            files: self.files,
-            cmdline: self.cmdline,
-            console: self.console,
-            force_bzimage: self.bzimage,
-            rootfs: self.rootfs,
-            packages: self.packages,
-            allow_emulated_kernel: self.allow_emulated_kernel,
-        };
+        (opts.linux, opts.console) = (self.linux, self.console);
         opts
     }
 }

@@ -164,8 +164,10 @@ pub struct RecordOptions {
     pub zstd_level: i32,
     /// How writes are tracked (off only to measure what tracking costs).
     pub dirty_tracking: DirtyTracking,
-    /// Settings of `.sh` workloads.
-    pub linux: LinuxRecordOptions,
+    /// The kernel and the initramfs of `.sh` workloads.
+    pub linux: linux::LinuxInputs,
+    /// Stream a Linux guest's console to stderr too.
+    pub console: bool,
     /// Whether the sampler thread runs at real-time priority.
     pub realtime: RealtimeMode,
     /// The most the sampler wakes before each deadline to spin on the clock; `None`: the
@@ -203,33 +205,13 @@ impl RecordOptions {
             kvm_device: vmm::kvm_device_path(),
             zstd_level: trace::ZSTD_LEVEL,
             dirty_tracking: DirtyTracking::Bitmap,
-            linux: LinuxRecordOptions::default(),
+            linux: linux::LinuxInputs::default(),
+            console: false,
             realtime: RealtimeMode::Auto,
             spin: None,
             lock_memory: false,
         }
     }
-}
-
-/// Linux-guest settings of `record`, used when the workload is a `.sh` script.
-#[derive(Debug, Clone, Default)]
-pub struct LinuxRecordOptions {
-    /// A bzImage or ELF vmlinux; default: `$DIRTYTRACE_KERNEL`, then the kit.
-    pub kernel: Option<PathBuf>,
-    /// `HOST_PATH:GUEST_PATH` extras for the initramfs.
-    pub files: Vec<String>,
-    /// Extra kernel command-line arguments.
-    pub cmdline: Option<String>,
-    /// Stream the console to stderr too.
-    pub console: bool,
-    /// Boot the kit's bzImage even when its vmlinux is there.
-    pub force_bzimage: bool,
-    /// `--rootfs`: a directory or tarball packed into the initramfs.
-    pub rootfs: Option<PathBuf>,
-    /// `--package`: Debian packages (and dependencies) packed into the initramfs.
-    pub packages: Vec<String>,
-    /// `--allow-emulated-kernel`: boot the kit's kernel on a host that emulates kernel code.
-    pub allow_emulated_kernel: bool,
 }
 
 /// How a recording went, as `record` prints it.
@@ -399,21 +381,13 @@ fn load_guest(opts: &RecordOptions) -> anyhow::Result<Box<dyn Guest>> {
             "sh" => {
                 crate::files::check_regular(p, linux::initramfs::MAX_SCRIPT_BYTES, "workload script")
                     .context("--workload")?;
-                let files =
-                    opts.linux.files.iter().map(|f| linux::initramfs::parse_extra(f)).collect::<Result<_, _>>()?;
                 let guest = linux::LinuxGuest::new(linux::LinuxOptions {
                     script: p.clone(),
-                    kernel: opts.linux.kernel.clone(),
-                    files,
+                    inputs: opts.linux.clone(),
                     mem: opts.settings.mem.map_or(LINUX_DEFAULT_MEM, |m| m.0),
                     vcpus: opts.settings.vcpus.unwrap_or(1),
-                    cmdline_extra: opts.linux.cmdline.clone(),
-                    console: opts.linux.console,
-                    force_bzimage: opts.linux.force_bzimage,
-                    rootfs: opts.linux.rootfs.clone(),
-                    packages: opts.linux.packages.clone(),
+                    console: opts.console,
                     kvm_device: opts.kvm_device.clone(),
-                    allow_emulated_kernel: opts.linux.allow_emulated_kernel,
                 })?;
                 return Ok(Box::new(guest));
             }

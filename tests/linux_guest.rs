@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use dirtytrace::guest::linux::{acpi, boot, initramfs, kit};
-use dirtytrace::record::{self, LinuxRecordOptions, RecordOptions};
+use dirtytrace::record::{self, RecordOptions};
 use dirtytrace::trace::{EndReason, Trace, TraceStatus};
 use dirtytrace::units::{HumanDuration, HumanSize};
 use linux_loader::loader::bootparam::boot_params;
@@ -45,7 +45,7 @@ fn initramfs_reads_back_entry_by_entry() {
     let extra = write(&dir, "bench.bin", "BENCH");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&extra, std::fs::Permissions::from_mode(0o750)).unwrap();
-    let extras = vec![initramfs::parse_extra(&format!("{}:/opt/tools/bench", extra.display())).unwrap()];
+    let extras = vec![format!("{}:/opt/tools/bench", extra.display())];
     let cache = dir.join("cache");
     let built = initramfs::build(&fake_busybox(), &script, &extras, Some(&cache)).unwrap();
     assert!(!built.cached);
@@ -75,7 +75,7 @@ fn initramfs_reads_back_entry_by_entry() {
     write(&dir, "work.sh", "#!/bin/sh\necho changed\n");
     assert!(!initramfs::build(&fake_busybox(), &script, &extras, Some(&cache)).unwrap().cached);
     // A missing --file and bad guest paths are clear errors.
-    let missing = vec![initramfs::parse_extra("/no/such/file:/x").unwrap()];
+    let missing = vec!["/no/such/file:/x".to_string()];
     let e = initramfs::build(&fake_busybox(), &script, &missing, None).err().unwrap().to_string();
     assert!(e.contains("/no/such/file"), "{e}");
     assert!(initramfs::parse_extra("a:relative").is_err());
@@ -269,7 +269,7 @@ fn record_tiny(name: &str, code: &[u8]) -> (anyhow::Result<record::RecordSummary
     opts.settings.mem = Some(HumanSize(128 * MIB));
     opts.settings.interval = HumanDuration(Duration::from_millis(20));
     opts.settings.duration = Some(HumanDuration(Duration::from_secs(20)));
-    opts.linux = LinuxRecordOptions { kernel: Some(kernel), ..Default::default() };
+    opts.linux.boot.kernel = Some(kernel);
     (record::record(&opts, Arc::new(AtomicBool::new(false)), None), out)
 }
 
@@ -452,7 +452,7 @@ fn debian_kernel_boots_and_its_dirty_pages_are_recorded() {
     opts.settings.mem = Some(HumanSize(512 * MIB));
     opts.settings.vcpus = Some(2);
     opts.settings.duration = Some(HumanDuration(Duration::from_secs(if hw { 60 } else { 180 })));
-    opts.linux.allow_emulated_kernel = true;
+    opts.linux.boot.allow_emulated_kernel = true;
     std::env::remove_var("DIRTYTRACE_BUSYBOX");
     let summary = record_until(
         &opts,
@@ -507,8 +507,8 @@ fn debian_bzimage_reads_our_boot_params() {
     opts.workload = Some(example("hello.sh"));
     opts.settings.mem = Some(HumanSize(512 * MIB));
     opts.settings.duration = Some(HumanDuration(Duration::from_secs(if hw { 60 } else { 120 })));
-    opts.linux.force_bzimage = true;
-    opts.linux.allow_emulated_kernel = true;
+    opts.linux.boot.bzimage = true;
+    opts.linux.boot.allow_emulated_kernel = true;
     std::env::remove_var("DIRTYTRACE_BUSYBOX");
     let summary = record_until(&opts, &["KASLR disabled: 'nokaslr' on cmdline."]);
     let console = std::fs::read_to_string(out.join("console.log")).unwrap();

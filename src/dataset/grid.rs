@@ -9,6 +9,7 @@
 //! to shard `k mod N + 1` of `N`, so shards partition the runs exactly and evenly.
 
 use crate::analysis::replay::{self, ReplayOptions, ZeroPages};
+use crate::guest::linux::{initramfs, BootInputs, LinuxInputs};
 use crate::guest::synthetic::spec::{Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
 use crate::options::keys_of;
 use crate::record::{self, RecordSettings, SettingError};
@@ -308,25 +309,6 @@ pub enum BaseWorkload {
     },
 }
 
-/// Linux-guest options of the grid's `[record]`, as `record`'s flags.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct LinuxBase {
-    /// `--kernel`, relative to the grid's directory.
-    pub kernel: Option<PathBuf>,
-    /// `--file HOST:GUEST`, HOST relative to the grid's directory.
-    pub files: Vec<String>,
-    /// `--cmdline`.
-    pub cmdline: Option<String>,
-    /// `--bzimage`.
-    pub bzimage: bool,
-    /// `--rootfs`, relative to the grid's directory.
-    pub rootfs: Option<PathBuf>,
-    /// `--package`, each.
-    pub packages: Vec<String>,
-    /// `--allow-emulated-kernel`.
-    pub allow_emulated_kernel: bool,
-}
-
 /// `[replay]`: the migrations the index replays every trace with, one per bandwidth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplaySettings {
@@ -436,10 +418,10 @@ pub struct Grid {
     pub workload: BaseWorkload,
     /// The base record options (`[record]`).
     pub record: RecordSettings,
-    /// Linux options (`[record]`), paths resolved against the grid's directory.
-    pub linux: LinuxBase,
+    /// Linux inputs (`[record]`), paths resolved against the grid's directory.
+    pub linux: LinuxInputs,
     /// The same as written in the grid, for the fingerprint.
-    linux_as_written: LinuxBase,
+    linux_as_written: LinuxInputs,
     /// The axes, in canonical order (not necessarily as written).
     pub axes: Vec<Axis>,
     /// `axes.repeat`: repetitions of every combination (1 when absent).
@@ -499,18 +481,6 @@ struct RawGrid {
     record: Option<toml::Table>,
     axes: Option<toml::Table>,
     replay: Option<RawReplay>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRecord {
-    kernel: Option<String>,
-    files: Option<Vec<String>>,
-    cmdline: Option<String>,
-    bzimage: Option<bool>,
-    rootfs: Option<String>,
-    packages: Option<Vec<String>>,
-    allow_emulated_kernel: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -752,64 +722,16 @@ impl Grid {
         if let Some(n) = record.vcpus {
             cx.vcpus("record.vcpus", &toml::Value::Integer(n.into()))?;
         }
-        let rec: RawRecord = cx.take("record", &mut section)?;
-        cx.refuse_rest("record", &section, &[keys_of::<RecordSettings>(), keys_of::<RawRecord>()].concat())?;
-        let linux_keys = rec.kernel.is_some()
-            || rec.files.is_some()
-            || rec.cmdline.is_some()
-            || rec.bzimage.is_some()
-            || rec.rootfs.is_some()
-            || rec.packages.is_some()
-            || rec.allow_emulated_kernel.is_some();
-        let is_linux = matches!(workload, BaseWorkload::Linux { .. });
-        if linux_keys && !is_linux {
-            let k = [
-                ("kernel", rec.kernel.is_some()),
-                ("files", rec.files.is_some()),
-                ("cmdline", rec.cmdline.is_some()),
-                ("rootfs", rec.rootfs.is_some()),
-                ("packages", rec.packages.is_some()),
-                ("allow_emulated_kernel", rec.allow_emulated_kernel.is_some()),
-            ]
-            .into_iter()
-            .find(|k| k.1)
-            .map_or("bzimage", |k| k.0);
+        // The keys only a Linux workload takes.
+        let linux_keys = [keys_of::<BootInputs>(), keys_of::<initramfs::Contents>()].concat();
+        let linux_given: Vec<String> = section.keys().filter(|k| linux_keys.contains(&k.as_str())).cloned().collect();
+        let linux_as_written =
+            LinuxInputs { boot: cx.take("record", &mut section)?, initramfs: cx.take("record", &mut section)? };
+        cx.refuse_rest("record", &section, &[keys_of::<RecordSettings>(), &linux_keys].concat())?;
+        if let (Some(k), BaseWorkload::Synthetic { .. }) = (linux_given.first(), &workload) {
             return Err(cx.key(format!("record.{k}"), "is a Linux-guest option, but the workload is a synthetic spec"));
         }
-        let relative = |p: &str| {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base_dir.join(p)
-            }
-        };
-        let linux_as_written = LinuxBase {
-            kernel: rec.kernel.as_deref().map(PathBuf::from),
-            files: rec.files.clone().unwrap_or_default(),
-            cmdline: rec.cmdline.clone(),
-            bzimage: rec.bzimage.unwrap_or(false),
-            rootfs: rec.rootfs.as_deref().map(PathBuf::from),
-            packages: rec.packages.clone().unwrap_or_default(),
-            allow_emulated_kernel: rec.allow_emulated_kernel.unwrap_or(false),
-        };
-        let linux = LinuxBase {
-            kernel: rec.kernel.as_deref().map(relative),
-            files: rec
-                .files
-                .unwrap_or_default()
-                .into_iter()
-                .map(|f| match f.split_once(':') {
-                    Some((h, g)) => format!("{}:{g}", relative(h).display()),
-                    None => f,
-                })
-                .collect(),
-            cmdline: rec.cmdline,
-            bzimage: rec.bzimage.unwrap_or(false),
-            rootfs: rec.rootfs.as_deref().map(relative),
-            packages: rec.packages.unwrap_or_default(),
-            allow_emulated_kernel: rec.allow_emulated_kernel.unwrap_or(false),
-        };
+        let linux = linux_as_written.relative_to(&base_dir);
 
         let phases = match &workload {
             BaseWorkload::Synthetic { text, origin } => {
@@ -973,7 +895,7 @@ impl Grid {
             feed(&mut h, sha256);
         }
         // The Linux options as written, not as resolved: hosts may mount the grid elsewhere.
-        feed(&mut h, &serde_json::to_string(&self.linux_as_written).unwrap_or_default());
+        feed(&mut h, &linux_fingerprint(&self.linux_as_written));
         for r in runs {
             feed(&mut h, &r.name);
             feed(&mut h, &serde_json::to_string(&r.record).unwrap_or_default());
@@ -984,6 +906,28 @@ impl Grid {
         }
         hex(&h.finalize())[..32].to_string()
     }
+}
+
+/// The keys of the Linux inputs in the order the first datasets hashed them. Never edited:
+/// changing it would change every dataset's fingerprint.
+const LINUX_KEYS_AS_FIRST_HASHED: [&str; 7] =
+    ["kernel", "files", "cmdline", "bzimage", "rootfs", "packages", "allow_emulated_kernel"];
+
+/// The Linux inputs as the fingerprint hashes them: a JSON object of the keys the first datasets
+/// hashed, in their order, then any key added since that is not at its default. So neither
+/// regrouping the inputs nor adding one changes the fingerprint of a dataset that began before.
+fn linux_fingerprint(linux: &LinuxInputs) -> String {
+    let object = |l: &LinuxInputs| match serde_json::to_value(l) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (set, default) = (object(linux), object(&LinuxInputs::default()));
+    let first = LINUX_KEYS_AS_FIRST_HASHED.iter().filter_map(|k| set.get_key_value(*k));
+    let added =
+        set.iter().filter(|(k, v)| !LINUX_KEYS_AS_FIRST_HASHED.contains(&k.as_str()) && default.get(*k) != Some(v));
+    let fields: Vec<String> =
+        first.chain(added).map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k.as_str()))).collect();
+    format!("{{{}}}", fields.join(","))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -1355,9 +1299,9 @@ mod tests {
         .unwrap();
         assert_eq!(linux.fingerprint(&linux.expand(10).unwrap()), "157c8a1867c8a524a57b905f56b0b91c");
         // Paths are relative to the grid's directory.
-        assert_eq!(linux.linux.kernel.as_deref(), Some(Path::new("/g/k/bzImage")));
-        assert_eq!(linux.linux.files, ["/g/b:/usr/bin/b"]);
-        assert_eq!(linux.linux.rootfs.as_deref(), Some(Path::new("/g/r.tar")));
+        assert_eq!(linux.linux.boot.kernel.as_deref(), Some(Path::new("/g/k/bzImage")));
+        assert_eq!(linux.linux.initramfs.files, ["/g/b:/usr/bin/b"]);
+        assert_eq!(linux.linux.initramfs.rootfs.as_deref(), Some(Path::new("/g/r.tar")));
         assert_eq!(
             serde_json::to_string(&linux.replay).unwrap(),
             r#"{"bandwidths":[125000000.0,67108864.0],"max_downtime_s":0.05,"max_rounds":5,"looped":true,"zero_pages":"skip"}"#

@@ -20,7 +20,7 @@ use super::index::{self, IndexReport};
 use super::{io_err, write_atomic, DatasetError, DatasetInfo, SPECS, TRACES};
 use crate::guest::synthetic::generate::{generate, GenerateOptions};
 use crate::guest::synthetic::spec::WorkloadSpec;
-use crate::record::{self, Progress, RecordOptions, RecordSummary, Recorder};
+use crate::record::{Progress, RecordOptions, RecordSummary, Recorder};
 use crate::trace::{self, Manifest, Trace, TraceStatus, WriteError};
 use crate::units::HumanDuration;
 use serde::Serialize;
@@ -571,17 +571,7 @@ fn make_trace(
             if let Some(k) = &plan.opts.kvm_device {
                 opts.kvm_device = k.clone();
             }
-            let l = &plan.grid.linux;
-            opts.linux = record::LinuxRecordOptions {
-                kernel: l.kernel.clone(),
-                files: l.files.clone(),
-                cmdline: l.cmdline.clone(),
-                console: false,
-                force_bzimage: l.bzimage,
-                rootfs: l.rootfs.clone(),
-                packages: l.packages.clone(),
-                allow_emulated_kernel: l.allow_emulated_kernel,
-            };
+            opts.linux = plan.grid.linux.clone();
             let recorder = Recorder::try_from(opts)?;
             let progress = observer.run_progress(run, recorder.expected_duration());
             recorder.run(interrupt.clone(), progress)
