@@ -236,24 +236,14 @@ struct ReplayArgs {
     /// Bandwidth of the migration stream (bytes/s or bits/s).
     #[arg(long, allow_hyphen_values = true)]
     bandwidth: HumanRate,
-    /// Stop-and-copy starts once the rest can be sent within this long.
-    #[arg(long, default_value_t = HumanDuration(replay::DEFAULT_MAX_DOWNTIME), allow_hyphen_values = true)]
-    max_downtime: HumanDuration,
-    /// Precopy rounds (round 0 included) before a forced stop-and-copy.
-    #[arg(long, default_value_t = replay::DEFAULT_MAX_ROUNDS, allow_hyphen_values = true)]
-    max_rounds: u32,
+    #[command(flatten)]
+    precopy: replay::Precopy,
     /// Trace time at which the migration starts.
     #[arg(long, default_value_t = HumanDuration(Duration::ZERO), allow_hyphen_values = true)]
     start: HumanDuration,
-    /// Repeat the trace when the migration outlasts it.
-    #[arg(long = "loop")]
-    looped: bool,
     /// The longest migration to replay (migration time): a longer one is an error.
     #[arg(long, default_value_t = HumanDuration(replay::DEFAULT_MAX_TIME), allow_hyphen_values = true)]
     max_time: HumanDuration,
-    /// send: round 0 sends every page (SimGrid); skip: a still-zero page costs 9 bytes (QEMU).
-    #[arg(long, value_enum, default_value_t = replay::ZeroPages::Send)]
-    zero_pages: replay::ZeroPages,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -334,13 +324,12 @@ fn run_analysis(command: AnalysisCommand) -> anyhow::Result<ExitCode> {
             )
         }
         AnalysisCommand::Replay(a) => {
-            let mut o = replay::ReplayOptions::new(a.bandwidth.0);
-            o.max_downtime_s = a.max_downtime.0.as_secs_f64();
-            o.max_rounds = a.max_rounds;
-            o.start_s = a.start.0.as_secs_f64();
-            o.looped = a.looped;
-            o.max_time_s = a.max_time.0.as_secs_f64();
-            o.zero_pages = a.zero_pages;
+            let o = replay::ReplayOptions {
+                bandwidth_bytes_per_s: a.bandwidth.0,
+                precopy: a.precopy,
+                start_s: a.start.0.as_secs_f64(),
+                max_time_s: a.max_time.0.as_secs_f64(),
+            };
             for_traces(&a.traces, a.json, |t| Ok(replay::replay(t, &o)?), report::replay_text)
         }
         AnalysisCommand::Plot(a) => {

@@ -8,7 +8,8 @@
 //! axis varying slowest and the repetition fastest. Run `k` (0-based, in that order) belongs
 //! to shard `k mod N + 1` of `N`, so shards partition the runs exactly and evenly.
 
-use crate::analysis::replay::{self, ReplayOptions, ZeroPages};
+use crate::analysis::replay::{Precopy, ReplayOptions};
+use crate::analysis::AnalysisError;
 use crate::guest::linux::{initramfs, BootInputs, LinuxInputs};
 use crate::guest::synthetic::spec::{Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
 use crate::options::keys_of;
@@ -310,63 +311,19 @@ pub enum BaseWorkload {
 }
 
 /// `[replay]`: the migrations the index replays every trace with, one per bandwidth.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplaySettings {
     /// Bandwidths, bytes per second; empty: no replay.
     pub bandwidths: Vec<f64>,
-    /// `--max-downtime`, seconds.
-    pub max_downtime_s: f64,
-    /// `--max-rounds`.
-    pub max_rounds: u32,
-    /// `--loop`.
-    pub looped: bool,
-    /// `--zero-pages`.
-    #[serde(with = "zero_pages_serde")]
-    pub zero_pages: ZeroPages,
-}
-
-/// `send` or `skip`, as `--zero-pages` reads them.
-mod zero_pages_serde {
-    use super::ZeroPages;
-    use serde::Deserialize;
-
-    pub fn serialize<S: serde::Serializer>(z: &ZeroPages, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(match z {
-            ZeroPages::Send => "send",
-            ZeroPages::Skip => "skip",
-        })
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ZeroPages, D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "send" => Ok(ZeroPages::Send),
-            "skip" => Ok(ZeroPages::Skip),
-            other => Err(serde::de::Error::custom(format!("zero_pages `{other}` is not send or skip"))),
-        }
-    }
-}
-
-impl Default for ReplaySettings {
-    fn default() -> Self {
-        ReplaySettings {
-            bandwidths: Vec::new(),
-            max_downtime_s: replay::DEFAULT_MAX_DOWNTIME.as_secs_f64(),
-            max_rounds: replay::DEFAULT_MAX_ROUNDS,
-            looped: false,
-            zero_pages: ZeroPages::Send,
-        }
-    }
+    /// How each migration runs, as `replay`'s flags say.
+    #[serde(flatten)]
+    pub precopy: Precopy,
 }
 
 impl ReplaySettings {
     /// The options `dirtytrace replay` would be given for one bandwidth.
     pub fn options(&self, bandwidth: f64) -> ReplayOptions {
-        let mut o = ReplayOptions::new(bandwidth);
-        o.max_downtime_s = self.max_downtime_s;
-        o.max_rounds = self.max_rounds;
-        o.looped = self.looped;
-        o.zero_pages = self.zero_pages;
-        o
+        ReplayOptions { precopy: self.precopy, ..ReplayOptions::new(bandwidth) }
     }
 }
 
@@ -480,18 +437,7 @@ struct RawGrid {
     spec: Option<toml::Table>,
     record: Option<toml::Table>,
     axes: Option<toml::Table>,
-    replay: Option<RawReplay>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReplay {
-    bandwidths: Option<Vec<toml::Value>>,
-    max_downtime: Option<toml::Value>,
-    max_rounds: Option<i64>,
-    #[serde(rename = "loop")]
-    looped: Option<bool>,
-    zero_pages: Option<String>,
+    replay: Option<toml::Table>,
 }
 
 /// A value's text: a string as written, a number as TOML shows it.
@@ -1066,39 +1012,33 @@ fn parse_axes(
     Ok((axes, repeat))
 }
 
-fn parse_replay(cx: &Ctx, raw: RawReplay) -> Result<ReplaySettings, GridError> {
-    let mut s = ReplaySettings::default();
-    if let Some(b) = raw.bandwidths {
+fn parse_replay(cx: &Ctx, mut table: toml::Table) -> Result<ReplaySettings, GridError> {
+    let mut bandwidths = Vec::new();
+    if let Some(b) = table.remove("bandwidths") {
+        let toml::Value::Array(b) = b else {
+            return Err(cx.key("replay.bandwidths", "must be a list of rates, such as [\"1Gbit/s\"]"));
+        };
         if b.is_empty() {
             return Err(cx.key("replay.bandwidths", "is empty: give at least one bandwidth, or remove [replay]"));
         }
         for v in &b {
-            s.bandwidths.push(cx.speed("replay.bandwidths", v)?);
+            bandwidths.push(cx.speed("replay.bandwidths", v)?);
         }
-        let mut sorted = s.bandwidths.clone();
+        let mut sorted = bandwidths.clone();
         sorted.sort_by(f64::total_cmp);
         if sorted.windows(2).any(|w| w[0] == w[1]) {
             return Err(cx.key("replay.bandwidths", "lists a bandwidth twice"));
         }
     }
-    if let Some(v) = &raw.max_downtime {
-        s.max_downtime_s = cx.duration("replay.max_downtime", v)?.as_secs_f64();
-    }
-    if let Some(n) = raw.max_rounds {
-        s.max_rounds = u32::try_from(n)
-            .ok()
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| cx.key("replay.max_rounds", "must be at least 1 (round 0 sends all RAM)"))?;
-    }
-    s.looped = raw.looped.unwrap_or(false);
-    if let Some(z) = raw.zero_pages {
-        s.zero_pages = match z.as_str() {
-            "send" => ZeroPages::Send,
-            "skip" => ZeroPages::Skip,
-            _ => return Err(cx.key("replay.zero_pages", format!("`{z}` is not send or skip"))),
-        };
-    }
-    Ok(s)
+    let precopy: Precopy = cx.take("replay", &mut table)?;
+    cx.refuse_rest("replay", &table, &[&["bandwidths"], keys_of::<Precopy>()].concat())?;
+    precopy.check().map_err(|e| match e {
+        AnalysisError::BadArgument { flag, msg } => {
+            cx.key(format!("replay.{}", flag.trim_start_matches("--").replace('-', "_")), msg)
+        }
+        e => cx.key("replay", e.to_string()),
+    })?;
+    Ok(ReplaySettings { bandwidths, precopy })
 }
 
 #[cfg(test)]
@@ -1302,10 +1242,10 @@ mod tests {
         assert_eq!(linux.linux.boot.kernel.as_deref(), Some(Path::new("/g/k/bzImage")));
         assert_eq!(linux.linux.initramfs.files, ["/g/b:/usr/bin/b"]);
         assert_eq!(linux.linux.initramfs.rootfs.as_deref(), Some(Path::new("/g/r.tar")));
-        assert_eq!(
-            serde_json::to_string(&linux.replay).unwrap(),
-            r#"{"bandwidths":[125000000.0,67108864.0],"max_downtime_s":0.05,"max_rounds":5,"looped":true,"zero_pages":"skip"}"#
-        );
+        let json = r#"{"bandwidths":[125000000.0,67108864.0],"max_downtime_s":0.05,"max_rounds":5,"looped":true,"zero_pages":"skip"}"#;
+        assert_eq!(serde_json::to_string(&linux.replay).unwrap(), json);
+        // `index` reads them back from dataset.json.
+        assert_eq!(serde_json::from_str::<ReplaySettings>(json).unwrap(), linux.replay);
         let synthetic =
             grid("workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\", \"2MiB/s\"]\ninterval = [\"10ms\"]\n").unwrap();
         assert_eq!(synthetic.fingerprint(&synthetic.expand(10).unwrap()), "2ab25bc01e922f52ecffd7f1c06f9851");
