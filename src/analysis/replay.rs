@@ -137,6 +137,23 @@ pub struct StopAndCopy {
     pub duration_s: f64,
 }
 
+/// Why precopy stopped and stop-and-copy began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The rest fit within `max_downtime`.
+    Converged,
+    /// `max_rounds` rounds had run.
+    MaxRounds,
+}
+
+impl std::fmt::Display for StopReason {
+    /// The reason as `replay --json` and `replay.parquet` write it (`max_rounds`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::trace::write_serde_name(f, self)
+    }
+}
+
 /// How the replayed migration went (`schemas/analysis.md`, *replay*).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplayResult {
@@ -148,8 +165,8 @@ pub struct ReplayResult {
     pub rounds: u32,
     /// All rounds plus stop-and-copy.
     pub transferred_bytes: u64,
-    /// `converged`: the rest fit within max_downtime; `max_rounds`: the cap was reached.
-    pub stop_reason: String,
+    /// Why precopy stopped.
+    pub stop_reason: StopReason,
     /// The rest fit within `max_downtime` before `max_rounds`.
     pub converged: bool,
     /// Every precopy round.
@@ -412,7 +429,7 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
         downtime_s: sc.duration_s,
         rounds: st.rounds.len() as u32,
         transferred_bytes: transferred,
-        stop_reason: if converged { "converged" } else { "max_rounds" }.into(),
+        stop_reason: if converged { StopReason::Converged } else { StopReason::MaxRounds },
         converged,
         per_round: st.rounds,
         stop_and_copy: sc,

@@ -197,7 +197,7 @@ pub fn replay_columns(rows: &[(&Entry, &ReplayEntry)]) -> Vec<Column> {
         u32c("rounds", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.rounds))),
         u64c("transferred_bytes", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.transferred_bytes))),
         boolc("converged", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.converged))),
-        utf8("stop_reason", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.stop_reason.clone()))),
+        utf8("stop_reason", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.stop_reason.to_string()))),
         utf8("error", true, r().map(|(_, x)| x.error.clone())),
     ]
 }
