@@ -51,3 +51,26 @@ impl<'de> de::Deserializer<'de> for KeyCatcher<'_> {
         unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, clap::Args, serde::Deserialize)]
+    struct Example {
+        /// A count.
+        #[arg(long, default_value_t = 7)]
+        count: u32,
+        /// A switch.
+        #[arg(long)]
+        #[serde(alias = "switch")]
+        on: bool,
+    }
+
+    #[test]
+    fn defaults_are_the_flags_and_keys_are_the_fields() {
+        assert_eq!(defaults::<Example>(), Example { count: 7, on: false });
+        assert_eq!(keys_of::<Example>(), ["count", "on", "switch"]);
+        assert!(keys_of::<u32>().is_empty());
+    }
+}
