@@ -549,7 +549,12 @@ impl Ctx<'_> {
     }
 
     fn vcpus(&self, key: &str, v: &toml::Value) -> Result<u32, GridError> {
-        match v.as_integer() {
+        self.vcpu_count(key, v.as_integer())
+    }
+
+    /// A grid's vCPU count, for any workload within the synthetic guest's range.
+    fn vcpu_count(&self, key: &str, n: Option<i64>) -> Result<u32, GridError> {
+        match n {
             Some(n) if (1..=MAX_VCPUS as i64).contains(&n) => Ok(n as u32),
             _ => Err(self.key(key, format!("must be an integer between 1 and {MAX_VCPUS}"))),
         }
@@ -666,7 +671,7 @@ impl Grid {
         let record: RecordSettings = cx.take("record", &mut section)?;
         record.check().map_err(|e| cx.key(format!("record.{}", e.key()), e.to_string()))?;
         if let Some(n) = record.vcpus {
-            cx.vcpus("record.vcpus", &toml::Value::Integer(n.into()))?;
+            cx.vcpu_count("record.vcpus", Some(n.into()))?;
         }
         // The keys only a Linux workload takes.
         let linux_keys = [keys_of::<BootInputs>(), keys_of::<initramfs::Contents>()].concat();
