@@ -76,7 +76,7 @@ fn child(mode: &str, dir: &Path) -> anyhow::Result<()> {
                 end = row?.t_end_s;
             }
             let mut o = replay::ReplayOptions::new(t.manifest.ramsize_bytes as f64 / (0.99 * end));
-            o.max_rounds = 1;
+            o.precopy.max_rounds = 1;
             let r = replay::replay(&t, &o)?;
             serde_json::json!({"total_time_s": r.total_time_s, "intervals_in_round_0": r.per_round[0].intervals,
                                "stop_and_copy_bytes": r.stop_and_copy.bytes})

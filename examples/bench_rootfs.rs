@@ -12,7 +12,7 @@
 
 use dirtytrace::guest::linux::{initramfs, kit};
 use dirtytrace::record::{self, RecordOptions};
-use dirtytrace::units::parse_size;
+use dirtytrace::units::{parse_size, HumanDuration, HumanSize};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -46,8 +46,7 @@ fn main() -> anyhow::Result<()> {
     let inputs = initramfs::Inputs {
         busybox: kit::locate_busybox()?,
         script: script.clone(),
-        rootfs: Some(rootfs.clone()),
-        ..Default::default()
+        contents: initramfs::Contents { rootfs: Some(rootfs.clone()), ..Default::default() },
     };
     println!("rootfs {}", rootfs.display());
     let mut key = String::new();
@@ -79,10 +78,10 @@ fn main() -> anyhow::Result<()> {
             let out = work.join(format!("trace-{run}-{label}"));
             let mut o = RecordOptions::new(out.clone());
             o.workload = Some(script.clone());
-            o.mem = Some(mem);
-            o.duration = Some(Duration::from_millis(500));
-            o.linux.rootfs = Some(rootfs.clone());
-            o.linux.allow_emulated_kernel = true;
+            o.settings.mem = Some(HumanSize(mem));
+            o.settings.duration = Some(HumanDuration(Duration::from_millis(500)));
+            o.linux.initramfs.rootfs = Some(rootfs.clone());
+            o.linux.boot.allow_emulated_kernel = true;
             let s = record::record(&o, Arc::new(AtomicBool::new(false)), None)?;
             println!("record setup ({label}) {:.3} s", s.setup_s.unwrap_or(f64::NAN));
             let _ = std::fs::remove_dir_all(&out);

@@ -79,8 +79,8 @@ fn bench_index(dir: &Path, n: usize) -> anyhow::Result<()> {
             }
             let dirtytrace::dataset::grid::RunWorkload::Synthetic { spec } = &r.workload else { bail!("synthetic") };
             let o = GenerateOptions {
-                interval: r.record.interval,
-                migration_speed: r.record.migration_speed,
+                interval: r.record.interval.0,
+                migration_speed: r.record.migration_speed.0,
                 trace_id: Some(format!("{:032x}", r.run)),
                 progress: None,
             };
@@ -103,8 +103,8 @@ fn bench_index(dir: &Path, n: usize) -> anyhow::Result<()> {
     std::fs::remove_dir_all(&dir)?;
     let dirtytrace::dataset::grid::RunWorkload::Synthetic { spec } = &last.workload else { bail!("synthetic") };
     let o = GenerateOptions {
-        interval: last.record.interval,
-        migration_speed: last.record.migration_speed,
+        interval: last.record.interval.0,
+        migration_speed: last.record.migration_speed.0,
         trace_id: Some(format!("{:032x}", u128::MAX - now_tag())),
         progress: None,
     };

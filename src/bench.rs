@@ -1,8 +1,10 @@
 //! `dirtytrace bench`: the recorder's costs, measured as ratios within one run. Every figure
 //! comes from real recordings of the synthetic guest on this host.
 
+use crate::guest::synthetic::DoneDetail;
 use crate::record::{self, RecordOptions, RecordSummary};
-use crate::trace::Trace;
+use crate::trace::{SchedPolicy, Trace};
+use crate::units::{HumanDuration, HumanSize};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -319,7 +321,7 @@ fn run_with(
     std::fs::write(&spec_path, spec)?;
     let mut ro = RecordOptions::new(dir.clone());
     ro.workload = Some(spec_path);
-    ro.interval = interval;
+    ro.settings.interval = HumanDuration(interval);
     tweak(&mut ro);
     let summary = record::record(&ro, Arc::new(AtomicBool::new(false)), None)?;
     let trace = Trace::open(&dir)?;
@@ -339,7 +341,7 @@ fn pages(bytes: f64) -> u64 {
 /// Total writes the guest made, from the phase-final counts in its log.
 fn guest_writes(trace: &Trace) -> anyhow::Result<u64> {
     let log = trace.guest_log()?;
-    Ok(log.iter().filter_map(|e| e.detail.get("last_phase_writes").and_then(|v| v.as_u64())).sum())
+    Ok(log.iter().filter_map(|e| DoneDetail::of(e)?.last_phase_writes).sum())
 }
 
 fn steady(trace: &Trace) -> anyhow::Result<Vec<crate::trace::IntervalRow>> {
@@ -472,7 +474,8 @@ pub fn deadlines(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Resul
             }
         }
     }
-    let realtime_of = |d: &DeadlineRow| if d.sampler.starts_with("fifo") { "on" } else { "off" };
+    let fifo = SchedPolicy::Fifo.to_string();
+    let realtime_of = |d: &DeadlineRow| if d.sampler.starts_with(&fifo) { "on" } else { "off" };
     let mut keys: Vec<(u64, &str, String)> = Vec::new();
     for d in &report.deadlines {
         let key = (d.guest_bytes, realtime_of(d), d.settings.clone());
@@ -540,7 +543,7 @@ fn timer_floor(interval: Duration, seconds: f64, spin: Duration) -> anyhow::Resu
     let on_time = late.iter().filter(|&&l| l <= interval.as_secs_f64() / 10.0).count();
     let spin_label = if spin > Duration::ZERO { format!("+spin{}us", spin.as_micros()) } else { String::new() };
     Ok(TimerFloorRow {
-        sampler: format!("{}{spin_label}", if realtime { "fifo" } else { "other" }),
+        sampler: format!("{}{spin_label}", if realtime { SchedPolicy::Fifo } else { SchedPolicy::Other }),
         interval_s: interval.as_secs_f64(),
         on_time_fraction: on_time as f64 / (late.len() as u64 + skipped).max(1) as f64,
         skipped_deadlines: skipped,
@@ -668,7 +671,7 @@ pub fn exact_cut(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Resul
         let mut pause = 0.0;
         for cut in [false, true] {
             let (summary, trace) =
-                run_with(opts, &format!("cut-{ms}-{cut}"), &text, interval, |ro| ro.exact_cut = cut)?;
+                run_with(opts, &format!("cut-{ms}-{cut}"), &text, interval, |ro| ro.settings.exact_cut = cut)?;
             let elapsed = trace.rates()?.last().map_or(1.0, |r| r.t_end_s);
             rates.push(guest_writes(&trace)? as f64 / elapsed);
             if cut {
@@ -695,9 +698,9 @@ pub fn linux_setup(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Res
         let dir = opts.work_dir.join(format!("linux-{i}"));
         let mut ro = RecordOptions::new(dir.clone());
         ro.workload = Some(script.clone());
-        ro.mem = Some(512 << 20);
-        ro.duration = Some(Duration::from_secs_f64(seconds));
-        ro.linux.allow_emulated_kernel = true;
+        ro.settings.mem = Some(HumanSize(512 << 20));
+        ro.settings.duration = Some(HumanDuration(Duration::from_secs_f64(seconds)));
+        ro.linux.boot.allow_emulated_kernel = true;
         let summary = record::record(&ro, Arc::new(AtomicBool::new(false)), None)?;
         let trace = Trace::open(&dir)?;
         let g = &trace.manifest.guest;

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod events;
 pub mod files;
 pub mod guest;
+pub mod options;
 pub mod pagestats;
 pub mod qemu;
 pub mod record;

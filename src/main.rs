@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use dirtytrace::analysis::simgrid::start;
 use dirtytrace::analysis::{plot, replay, simgrid, summary};
+use dirtytrace::guest::linux::{initramfs, kit, LinuxInputs};
 use dirtytrace::units::{HumanDuration, HumanRate, HumanSize, MIB};
 use dirtytrace::{bench, dataset, record, report, trace};
 use std::io::IsTerminal;
@@ -250,24 +251,14 @@ struct ReplayArgs {
     /// Bandwidth of the migration stream (bytes/s or bits/s).
     #[arg(long, allow_hyphen_values = true)]
     bandwidth: HumanRate,
-    /// Stop-and-copy starts once the rest can be sent within this long.
-    #[arg(long, default_value_t = HumanDuration(replay::DEFAULT_MAX_DOWNTIME), allow_hyphen_values = true)]
-    max_downtime: HumanDuration,
-    /// Precopy rounds (round 0 included) before a forced stop-and-copy.
-    #[arg(long, default_value_t = replay::DEFAULT_MAX_ROUNDS, allow_hyphen_values = true)]
-    max_rounds: u32,
+    #[command(flatten)]
+    precopy: replay::Precopy,
     /// Trace time at which the migration starts.
     #[arg(long, default_value_t = HumanDuration(Duration::ZERO), allow_hyphen_values = true)]
     start: HumanDuration,
-    /// Repeat the trace when the migration outlasts it.
-    #[arg(long = "loop")]
-    looped: bool,
     /// The longest migration to replay (migration time): a longer one is an error.
     #[arg(long, default_value_t = HumanDuration(replay::DEFAULT_MAX_TIME), allow_hyphen_values = true)]
     max_time: HumanDuration,
-    /// send: round 0 sends every page (SimGrid); skip: a still-zero page costs 9 bytes (QEMU).
-    #[arg(long, value_enum, default_value_t = replay::ZeroPages::Send)]
-    zero_pages: replay::ZeroPages,
     /// Print JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -364,13 +355,12 @@ fn run_analysis(command: AnalysisCommand) -> anyhow::Result<ExitCode> {
             )
         }
         AnalysisCommand::Replay(a) => {
-            let mut o = replay::ReplayOptions::new(a.bandwidth.0);
-            o.max_downtime_s = a.max_downtime.0.as_secs_f64();
-            o.max_rounds = a.max_rounds;
-            o.start_s = a.start.0.as_secs_f64();
-            o.looped = a.looped;
-            o.max_time_s = a.max_time.0.as_secs_f64();
-            o.zero_pages = a.zero_pages;
+            let o = replay::ReplayOptions {
+                bandwidth_bytes_per_s: a.bandwidth.0,
+                precopy: a.precopy,
+                start_s: a.start.0.as_secs_f64(),
+                max_time_s: a.max_time.0.as_secs_f64(),
+            };
             for_traces(&a.traces, a.json, |t| Ok(replay::replay(t, &o)?), report::replay_text)
         }
         AnalysisCommand::Plot(a) => {
@@ -391,7 +381,6 @@ enum KitCommand {
 }
 
 fn run_kit(cmd: KitCommand) -> anyhow::Result<ExitCode> {
-    use dirtytrace::guest::linux::kit;
     match cmd {
         KitCommand::Fetch => {
             let info = kit::fetch(&mut |m| eprintln!("kit: {m}"))?;
@@ -428,31 +417,14 @@ struct RecordArgs {
     /// Linux guest (.sh, see schemas/linux-guest.md). Default: the built-in synthetic spec.
     #[arg(long, value_name = "FILE")]
     workload: Option<PathBuf>,
-    /// Time between harvests of the dirty log (1ms to 1h).
-    #[arg(long, default_value_t = HumanDuration(record::DEFAULT_INTERVAL))]
-    interval: HumanDuration,
-    /// Stop after this long, even if the workload goes on.
-    #[arg(long)]
-    duration: Option<HumanDuration>,
-    /// Guest RAM, overriding the workload's `mem`.
-    #[arg(long)]
-    mem: Option<HumanSize>,
-    /// Number of vCPUs, overriding the workload's `vcpus`.
-    #[arg(long)]
-    vcpus: Option<u32>,
-    /// Migration speed for the SimGrid columns (bytes/s or bits/s).
-    #[arg(long, default_value_t = HumanRate(record::DEFAULT_MIGRATION_SPEED_BYTES_PER_S))]
-    migration_speed: HumanRate,
+    #[command(flatten)]
+    settings: record::RecordSettings,
     /// Trace directory to create (must not exist, or be empty). Default: ./trace-<UTC time>.
     #[arg(long, short)]
     output: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
-    /// Hold every vCPU outside the guest around each harvest: an exact cut between intervals,
-    /// at the cost of a short pause of the guest per harvest (see `bench --only cut`).
-    #[arg(long)]
-    exact_cut: bool,
     /// Real-time priority (SCHED_FIFO) for the sampler thread alone, so that short intervals
     /// keep their deadlines: auto uses it where permitted (root or CAP_SYS_NICE) and says when
     /// it cannot; on makes the lack of permission an error.
@@ -466,65 +438,30 @@ struct RecordArgs {
     /// The KVM device (default /dev/kvm, or $DIRTYTRACE_KVM_DEVICE).
     #[arg(long, value_name = "PATH")]
     kvm_device: Option<PathBuf>,
-    /// What runs the guest: kvm, dirtytrace's own VMM; qemu, QEMU's TCG emulator with
-    /// dirtytrace's plugin (Linux guests; no VT-x/AMD-V needed, guest code runs slower); auto
-    /// picks kvm wherever the own VMM can run the guest, else qemu (see `dirtytrace doctor`).
-    #[arg(long, value_enum, default_value_t = dirtytrace::engine::EngineChoice::Auto)]
-    engine: dirtytrace::engine::EngineChoice,
-    /// Linux guest: the kernel, a bzImage or an ELF vmlinux (default: $DIRTYTRACE_KERNEL, then the kit).
-    #[arg(long, value_name = "PATH", help_heading = "Linux guest (.sh workloads)")]
-    kernel: Option<PathBuf>,
-    /// Linux guest: copy a host file into the initramfs (repeatable).
-    #[arg(long = "file", value_name = "HOST_PATH:GUEST_PATH", help_heading = "Linux guest (.sh workloads)")]
-    files: Vec<String>,
-    /// Linux guest: extra kernel command-line arguments.
-    #[arg(long, value_name = "EXTRA", help_heading = "Linux guest (.sh workloads)")]
-    cmdline: Option<String>,
-    /// Linux guest: stream the serial console to stderr as well.
-    #[arg(long, help_heading = "Linux guest (.sh workloads)")]
+    #[command(flatten, next_help_heading = LINUX_HEADING)]
+    linux: LinuxInputs,
+    /// Stream the serial console to stderr as well.
+    #[arg(long, help_heading = LINUX_HEADING)]
     console: bool,
-    /// Linux guest: boot the kit's bzImage even when its vmlinux (PVH entry) is available.
-    #[arg(long, help_heading = "Linux guest (.sh workloads)")]
-    bzimage: bool,
-    /// Linux guest: a root filesystem (directory, .tar, .tar.gz or .tar.zst) under dirtytrace's files.
-    #[arg(long, value_name = "PATH", help_heading = "Linux guest (.sh workloads)")]
-    rootfs: Option<PathBuf>,
-    /// Linux guest: a Debian package and its runtime dependencies, from the host's apt (repeatable).
-    #[arg(long = "package", value_name = "NAME", help_heading = "Linux guest (.sh workloads)")]
-    packages: Vec<String>,
-    /// Linux guest: boot the kit's kernel even where `doctor` finds guest kernel code emulated.
-    #[arg(long, help_heading = "Linux guest (.sh workloads)")]
-    allow_emulated_kernel: bool,
 }
+
+/// Where `record --help` lists the flags of `.sh` workloads.
+const LINUX_HEADING: &str = "Linux guest (.sh workloads)";
 
 #[derive(Args)]
 struct InitramfsArgs {
     /// The workload script (.sh), run by the archive's /init.
     #[arg(long, value_name = "FILE")]
     workload: PathBuf,
-    /// A root filesystem (directory, .tar, .tar.gz or .tar.zst) under dirtytrace's files.
-    #[arg(long, value_name = "PATH")]
-    rootfs: Option<PathBuf>,
-    /// A Debian package and its runtime dependencies, from the host's apt (repeatable).
-    #[arg(long = "package", value_name = "NAME")]
-    packages: Vec<String>,
-    /// Copy a host file into the archive (repeatable).
-    #[arg(long = "file", value_name = "HOST_PATH:GUEST_PATH")]
-    files: Vec<String>,
+    #[command(flatten)]
+    contents: initramfs::Contents,
     /// The archive to write (.cpio.gz); must not exist.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
 }
 
 fn run_initramfs(a: InitramfsArgs) -> anyhow::Result<ExitCode> {
-    use dirtytrace::guest::linux::{initramfs, kit};
-    let inputs = initramfs::Inputs {
-        busybox: kit::locate_busybox()?,
-        script: a.workload,
-        extras: a.files.iter().map(|f| initramfs::parse_extra(f)).collect::<Result<_, _>>()?,
-        rootfs: a.rootfs,
-        packages: a.packages,
-    };
+    let inputs = initramfs::Inputs { busybox: kit::locate_busybox()?, script: a.workload, contents: a.contents };
     let archive = initramfs::write_archive(&inputs, &a.output, &mut |m| eprintln!("initramfs: {m}"))?;
     for note in &archive.notes {
         eprintln!("initramfs: {note}");
@@ -547,28 +484,13 @@ impl RecordArgs {
     fn into_options(self) -> record::RecordOptions {
         let mut opts = record::RecordOptions::new(self.output.unwrap_or_else(record::default_output_dir));
         opts.workload = self.workload;
-        opts.interval = self.interval.0;
-        opts.duration = self.duration.map(|d| d.0);
-        opts.mem = self.mem.map(|m| m.0);
-        opts.vcpus = self.vcpus;
-        opts.migration_speed = self.migration_speed.0;
-        opts.exact_cut = self.exact_cut;
+        opts.settings = self.settings;
         opts.realtime = self.realtime;
         opts.spin = self.spin.map(|d| d.0);
-        opts.engine = self.engine;
         if let Some(k) = self.kvm_device {
             opts.kvm_device = k;
         }
-        opts.linux = record::LinuxRecordOptions {
-            kernel: self.kernel,
-            files: self.files,
-            cmdline: self.cmdline,
-            console: self.console,
-            force_bzimage: self.bzimage,
-            rootfs: self.rootfs,
-            packages: self.packages,
-            allow_emulated_kernel: self.allow_emulated_kernel,
-        };
+        (opts.linux, opts.console) = (self.linux, self.console);
         opts
     }
 }

@@ -6,11 +6,15 @@ use crate::accounting::IntervalAccounting;
 use crate::engine::{EngineChoice, RunningGuest};
 use crate::events::GuestLog;
 use crate::guest::{self, linux, synthetic, Guest};
-use crate::sampler::{self, EndReason, Harvest, RealtimeMode, SamplerConfig};
-use crate::trace::{self, EngineInfo, IntervalRow, Manifest, MemorySlot, SamplerScheduling, TraceStatus, TraceWriter};
+use crate::sampler::{self, Harvest, RealtimeMode, SamplerConfig};
+use crate::trace::{
+    self, EndReason, EngineInfo, IntervalRow, Manifest, MemorySlot, SamplerScheduling, SchedPolicy, TraceStatus,
+    TraceWriter,
+};
+use crate::units::{HumanDuration, HumanRate, HumanSize};
 use crate::vmm::{self, Bus, DirtyTracking, VcpuOutcome, Vm};
 use anyhow::{bail, Context};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -31,22 +35,139 @@ pub const MAX_QUEUED_BITMAP_BYTES: u64 = 256 * crate::units::MIB;
 /// A Linux guest's RAM when neither `--mem` nor the workload says.
 pub const LINUX_DEFAULT_MEM: u64 = 2 * crate::units::GIB;
 
+/// The options of `record` that a grid's `[record]` takes too: each field is a flag of
+/// `record` and a key of `[record]` (with `_` for `-`), and [`RecordSettings::check`] is their
+/// one validator. A run's settings go into its dataset's fingerprint as serde writes them, so
+/// a field added here changes every fingerprint unless it is skipped at its default
+/// (`#[serde(skip_serializing_if = ...)]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordSettings {
+    /// Time between harvests of the dirty log (1ms to 1h).
+    #[arg(long, default_value_t = HumanDuration(DEFAULT_INTERVAL))]
+    pub interval: HumanDuration,
+    /// Stop after this long, even if the workload goes on.
+    #[arg(long)]
+    pub duration: Option<HumanDuration>,
+    /// Migration speed for the SimGrid columns (bytes/s or bits/s).
+    #[arg(long, default_value_t = HumanRate(DEFAULT_MIGRATION_SPEED_BYTES_PER_S))]
+    pub migration_speed: HumanRate,
+    /// Guest RAM, overriding the workload's `mem`.
+    #[arg(long)]
+    pub mem: Option<HumanSize>,
+    /// Number of vCPUs, overriding the workload's `vcpus`.
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Hold every vCPU outside the guest around each harvest: an exact cut between intervals,
+    /// at the cost of a short pause of the guest per harvest (see `bench --only cut`).
+    #[arg(long)]
+    pub exact_cut: bool,
+    /// What runs the guest: kvm, dirtytrace's own VMM; qemu, QEMU's TCG emulator with
+    /// dirtytrace's plugin (Linux guests; no VT-x/AMD-V needed, guest code runs slower); auto
+    /// picks kvm wherever the own VMM can run the guest, else qemu (see `dirtytrace doctor`).
+    #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
+    #[serde(skip_serializing_if = "is_auto")]
+    pub engine: EngineChoice,
+}
+
+fn is_auto(e: &EngineChoice) -> bool {
+    *e == EngineChoice::Auto
+}
+
+impl Default for RecordSettings {
+    fn default() -> Self {
+        crate::options::defaults()
+    }
+}
+
+/// Why a setting of [`RecordSettings`] was refused. The message follows the setting's name:
+/// `--interval` on the command line, `record.interval` or `axes.interval` in a grid.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SettingError {
+    /// The interval is shorter than [`MIN_INTERVAL`].
+    #[error("must be at least 1ms, got {0:?}")]
+    IntervalTooShort(Duration),
+    /// The interval is longer than [`MAX_INTERVAL`].
+    #[error("must be at most 1h, got {0:?}")]
+    IntervalTooLong(Duration),
+    /// The duration is zero.
+    #[error("must be longer than 0")]
+    ZeroDuration,
+    /// The duration is longer than [`MAX_RECORD_DURATION`].
+    #[error("must be at most 366 days, got {0:?}")]
+    DurationTooLong(Duration),
+    /// The migration speed is not positive, or above [`crate::units::MAX_RATE_BYTES_PER_S`].
+    #[error("must be greater than 0 and at most 1 PB/s, got {0} B/s")]
+    MigrationSpeed(f64),
+}
+
+impl SettingError {
+    /// The setting's field in [`RecordSettings`], which is also its grid key.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SettingError::IntervalTooShort(_) | SettingError::IntervalTooLong(_) => "interval",
+            SettingError::ZeroDuration | SettingError::DurationTooLong(_) => "duration",
+            SettingError::MigrationSpeed(_) => "migration_speed",
+        }
+    }
+
+    /// The setting's flag: `--migration-speed`.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.key().replace('_', "-"))
+    }
+}
+
+/// Checks an interval as `--interval` takes it.
+pub fn check_interval(interval: Duration) -> Result<(), SettingError> {
+    if interval < MIN_INTERVAL {
+        return Err(SettingError::IntervalTooShort(interval));
+    }
+    if interval > MAX_INTERVAL {
+        return Err(SettingError::IntervalTooLong(interval));
+    }
+    Ok(())
+}
+
+/// Checks a recording's length as `--duration` takes it.
+pub fn check_duration(duration: Duration) -> Result<(), SettingError> {
+    if duration.is_zero() {
+        return Err(SettingError::ZeroDuration);
+    }
+    if duration > MAX_RECORD_DURATION {
+        return Err(SettingError::DurationTooLong(duration));
+    }
+    Ok(())
+}
+
+/// Checks a migration speed (bytes per second) as `--migration-speed` takes it.
+pub fn check_migration_speed(bytes_per_s: f64) -> Result<(), SettingError> {
+    if bytes_per_s > 0.0 && bytes_per_s <= crate::units::MAX_RATE_BYTES_PER_S {
+        Ok(())
+    } else {
+        Err(SettingError::MigrationSpeed(bytes_per_s))
+    }
+}
+
+impl RecordSettings {
+    /// The one validator of the settings, for `record` and grids alike. The guest checks `mem`
+    /// and `vcpus` against its workload.
+    pub fn check(&self) -> Result<(), SettingError> {
+        check_interval(self.interval.0)?;
+        if let Some(d) = self.duration {
+            check_duration(d.0)?;
+        }
+        check_migration_speed(self.migration_speed.0)
+    }
+}
+
 /// Everything `record` is told.
 #[derive(Debug, Clone)]
 pub struct RecordOptions {
     /// A `.toml` synthetic workload spec or a `.sh` Linux workload; `None` runs the built-in
     /// synthetic default.
     pub workload: Option<PathBuf>,
-    /// Time between harvests.
-    pub interval: Duration,
-    /// Stop after this long, even if the workload goes on.
-    pub duration: Option<Duration>,
-    /// Guest RAM, overriding the workload's.
-    pub mem: Option<u64>,
-    /// vCPUs, overriding the workload's.
-    pub vcpus: Option<u32>,
-    /// Migration speed of the SimGrid columns, bytes per second.
-    pub migration_speed: f64,
+    /// What grids set too: the interval, the duration, guest RAM and vCPUs, ...
+    pub settings: RecordSettings,
     /// The trace directory to create.
     pub output: PathBuf,
     /// The KVM device.
@@ -55,10 +176,10 @@ pub struct RecordOptions {
     pub zstd_level: i32,
     /// How writes are tracked (off only to measure what tracking costs).
     pub dirty_tracking: DirtyTracking,
-    /// Settings of `.sh` workloads.
-    pub linux: LinuxRecordOptions,
-    /// Pause the vCPUs around each harvest for an exact cut (costs guest time).
-    pub exact_cut: bool,
+    /// The kernel and the initramfs of `.sh` workloads.
+    pub linux: linux::LinuxInputs,
+    /// Stream a Linux guest's console to stderr too.
+    pub console: bool,
     /// Whether the sampler thread runs at real-time priority.
     pub realtime: RealtimeMode,
     /// The most the sampler wakes before each deadline to spin on the clock; `None`: the
@@ -67,8 +188,6 @@ pub struct RecordOptions {
     /// Lock the recorder's own memory (not the guest's) with `mlockall(MCL_CURRENT)` before
     /// the guest's memory exists.
     pub lock_memory: bool,
-    /// Which engine runs the guest.
-    pub engine: EngineChoice,
 }
 
 /// The default most the sampler spins before a deadline, at intervals up to
@@ -93,44 +212,18 @@ impl RecordOptions {
     pub fn new(output: PathBuf) -> Self {
         RecordOptions {
             workload: None,
-            interval: DEFAULT_INTERVAL,
-            duration: None,
-            mem: None,
-            vcpus: None,
-            migration_speed: DEFAULT_MIGRATION_SPEED_BYTES_PER_S,
+            settings: RecordSettings::default(),
             output,
             kvm_device: vmm::kvm_device_path(),
             zstd_level: trace::ZSTD_LEVEL,
             dirty_tracking: DirtyTracking::Bitmap,
-            linux: LinuxRecordOptions::default(),
-            exact_cut: false,
+            linux: linux::LinuxInputs::default(),
+            console: false,
             realtime: RealtimeMode::Auto,
             spin: None,
             lock_memory: false,
-            engine: EngineChoice::Auto,
         }
     }
-}
-
-/// Linux-guest settings of `record`, used when the workload is a `.sh` script.
-#[derive(Debug, Clone, Default)]
-pub struct LinuxRecordOptions {
-    /// A bzImage or ELF vmlinux; default: `$DIRTYTRACE_KERNEL`, then the kit.
-    pub kernel: Option<PathBuf>,
-    /// `HOST_PATH:GUEST_PATH` extras for the initramfs.
-    pub files: Vec<String>,
-    /// Extra kernel command-line arguments.
-    pub cmdline: Option<String>,
-    /// Stream the console to stderr too.
-    pub console: bool,
-    /// Boot the kit's bzImage even when its vmlinux is there.
-    pub force_bzimage: bool,
-    /// `--rootfs`: a directory or tarball packed into the initramfs.
-    pub rootfs: Option<PathBuf>,
-    /// `--package`: Debian packages (and dependencies) packed into the initramfs.
-    pub packages: Vec<String>,
-    /// `--allow-emulated-kernel`: boot the kit's kernel on a host that emulates kernel code.
-    pub allow_emulated_kernel: bool,
 }
 
 /// How a recording went, as `record` prints it.
@@ -143,7 +236,7 @@ pub struct RecordSummary {
     /// Where the trace stands.
     pub status: TraceStatus,
     /// Why the recording ended.
-    pub end_reason: String,
+    pub end_reason: Option<EndReason>,
     /// The guest fault or error that ended it.
     pub error: Option<String>,
     /// Rows recorded.
@@ -203,7 +296,7 @@ impl RecordSummary {
             trace_dir: dir.to_path_buf(),
             trace_id: m.trace_id.clone(),
             status: m.status,
-            end_reason: m.end_reason.clone().unwrap_or_default(),
+            end_reason: m.end_reason,
             error: m.error.clone(),
             intervals: rows.len() as u64,
             duration_s,
@@ -312,14 +405,14 @@ fn is_linux_workload(opts: &RecordOptions) -> bool {
 /// Resolves `--engine`: `auto` takes the own VMM wherever it can run the guest.
 fn choose_engine(opts: &RecordOptions) -> anyhow::Result<(Engine, String)> {
     let linux = is_linux_workload(opts);
-    Ok(match opts.engine {
+    Ok(match opts.settings.engine {
         EngineChoice::Kvm => (Engine::Kvm, "--engine kvm".into()),
         EngineChoice::Qemu if !linux => {
             bail!("--engine qemu runs Linux workloads (.sh) only for now; record the synthetic guest with --engine kvm")
         }
         EngineChoice::Qemu => (Engine::Qemu, "--engine qemu".into()),
         EngineChoice::Auto if !linux => (Engine::Kvm, "auto: the synthetic guest runs under the own VMM".into()),
-        EngineChoice::Auto if opts.linux.allow_emulated_kernel => {
+        EngineChoice::Auto if opts.linux.boot.allow_emulated_kernel => {
             (Engine::Kvm, format!("auto: {} asks for the own VMM", linux::ALLOW_EMULATED_FLAG))
         }
         EngineChoice::Auto => match crate::guest::probe::cached(&opts.kvm_device) {
@@ -347,21 +440,13 @@ fn load_guest(opts: &RecordOptions, engine: Engine) -> anyhow::Result<Box<dyn Gu
             "sh" => {
                 crate::files::check_regular(p, linux::initramfs::MAX_SCRIPT_BYTES, "workload script")
                     .context("--workload")?;
-                let files =
-                    opts.linux.files.iter().map(|f| linux::initramfs::parse_extra(f)).collect::<Result<_, _>>()?;
                 let guest = linux::LinuxGuest::new(linux::LinuxOptions {
                     script: p.clone(),
-                    kernel: opts.linux.kernel.clone(),
-                    files,
-                    mem: opts.mem.unwrap_or(LINUX_DEFAULT_MEM),
-                    vcpus: opts.vcpus.unwrap_or(1),
-                    cmdline_extra: opts.linux.cmdline.clone(),
-                    console: opts.linux.console,
-                    force_bzimage: opts.linux.force_bzimage,
-                    rootfs: opts.linux.rootfs.clone(),
-                    packages: opts.linux.packages.clone(),
+                    inputs: opts.linux.clone(),
+                    mem: opts.settings.mem.map_or(LINUX_DEFAULT_MEM, |m| m.0),
+                    vcpus: opts.settings.vcpus.unwrap_or(1),
+                    console: opts.console,
                     kvm_device: opts.kvm_device.clone(),
-                    allow_emulated_kernel: opts.linux.allow_emulated_kernel,
                     under_kvm: engine == Engine::Kvm,
                 })?;
                 return Ok(Box::new(guest));
@@ -374,30 +459,12 @@ fn load_guest(opts: &RecordOptions, engine: Engine) -> anyhow::Result<Box<dyn Gu
             _ => bail!("{}: a workload is a synthetic spec (.toml) or a Linux workload script (.sh)", p.display()),
         },
     };
-    let spec = synthetic::spec::WorkloadSpec::parse(&text, opts.mem, opts.vcpus).map_err(|e| match &opts.workload {
+    let (mem, vcpus) = (opts.settings.mem.map(|m| m.0), opts.settings.vcpus);
+    let spec = synthetic::spec::WorkloadSpec::parse(&text, mem, vcpus).map_err(|e| match &opts.workload {
         Some(p) => anyhow::anyhow!("{}: {e}", p.display()),
         None => anyhow::anyhow!("built-in spec: {e}"),
     })?;
     Ok(Box::new(synthetic::SyntheticGuest::new(spec, text)?))
-}
-
-fn validate(opts: &RecordOptions) -> anyhow::Result<()> {
-    if opts.interval < MIN_INTERVAL {
-        bail!("--interval must be at least 1ms, got {:?}", opts.interval);
-    }
-    if opts.interval > MAX_INTERVAL {
-        bail!("--interval must be at most 1h, got {:?}", opts.interval);
-    }
-    if opts.duration.is_some_and(|d| d.is_zero()) {
-        bail!("--duration must be longer than 0");
-    }
-    if let Some(d) = opts.duration.filter(|&d| d > MAX_RECORD_DURATION) {
-        bail!("--duration must be at most 366 days, got {d:?}");
-    }
-    if !(opts.migration_speed > 0.0 && opts.migration_speed <= crate::units::MAX_RATE_BYTES_PER_S) {
-        bail!("--migration-speed must be greater than 0 and at most 1 PB/s, got {} B/s", opts.migration_speed);
-    }
-    Ok(())
 }
 
 /// The host's kernel, as `uname -sr` says it.
@@ -474,7 +541,8 @@ impl TryFrom<RecordOptions> for Recorder {
     /// output directory is made last, so an error leaves nothing behind.
     fn try_from(opts: RecordOptions) -> anyhow::Result<Recorder> {
         let t_begin_ns = crate::clock::now_ns();
-        validate(&opts)?;
+        opts.settings.check().map_err(|e| anyhow::anyhow!("{} {e}", e.flag()))?;
+        let (interval, duration) = (opts.settings.interval.0, opts.settings.duration.map(|d| d.0));
         let mut notes = Vec::new();
         let realtime = match (opts.realtime, sampler::probe_realtime()) {
             (RealtimeMode::Off, _) => false,
@@ -535,15 +603,15 @@ impl TryFrom<RecordOptions> for Recorder {
             .iter()
             .map(|s| MemorySlot { slot: s.slot, guest_phys_addr: s.guest_phys_addr, size_bytes: s.size_bytes })
             .collect();
-        let mut manifest = Manifest::new(new_trace_id(), opts.interval, slots, vcpus, opts.migration_speed);
+        let mut manifest = Manifest::new(new_trace_id(), interval, slots, vcpus, opts.settings.migration_speed.0);
         (manifest.host_kernel, manifest.host_name) = host_info();
-        manifest.duration_limit_s = opts.duration.map(|d| d.as_secs_f64());
-        manifest.exact_cut = opts.exact_cut;
-        let spin = sampler::bounded_spin(opts.spin.unwrap_or_else(|| default_spin(opts.interval)), opts.interval);
+        manifest.duration_limit_s = duration.map(|d| d.as_secs_f64());
+        manifest.exact_cut = opts.settings.exact_cut;
+        let spin = sampler::bounded_spin(opts.spin.unwrap_or_else(|| default_spin(interval)), interval);
         let cpu_plan = if realtime { crate::cpus::plan(vcpus as usize) } else { None };
         manifest.sampler = Some(SamplerScheduling {
             requested: opts.realtime.as_str().into(),
-            policy: if realtime { "fifo" } else { "other" }.into(),
+            policy: if realtime { SchedPolicy::Fifo } else { SchedPolicy::Other },
             priority: if realtime { sampler::REALTIME_PRIORITY as u32 } else { 0 },
             spin_us: spin.as_micros() as u64,
             cpu: cpu_plan.as_ref().map(|p| p.housekeeping as u32),
@@ -562,10 +630,10 @@ impl TryFrom<RecordOptions> for Recorder {
         let writer = TraceWriter::create(&opts.output, manifest)?;
         let accounting = IntervalAccounting::new(writer.manifest(), opts.zstd_level).context("zstd")?;
         let sampler = SamplerConfig {
-            interval: opts.interval,
-            duration: opts.duration,
+            interval,
+            duration,
             progress_words: guest.progress_words(),
-            exact_cut: opts.exact_cut,
+            exact_cut: opts.settings.exact_cut,
             spin,
         };
         Ok(Recorder {
@@ -697,12 +765,12 @@ impl Recorder {
         };
         let mut writer = writer;
         if let Some(s) = writer.manifest_mut().sampler.as_mut().filter(|_| realtime && !got_realtime) {
-            (s.policy, s.priority) = ("other".into(), 0);
+            (s.policy, s.priority) = (SchedPolicy::Other, 0);
         }
         let dir = writer.dir().to_path_buf();
         let write_error = write_error.map(|e| format!("{e:#}"));
         let error = write_error.clone().or_else(|| fault.clone());
-        let finalized = writer.finish(status, result.end.as_str(), error).map_err(|e| {
+        let finalized = writer.finish(status, result.end, error).map_err(|e| {
             anyhow::anyhow!(
                 "{e}\nthe intervals recorded so far are in {}'s journal: free the problem, then run `dirtytrace recover {}`",
                 dir.display(),
@@ -732,4 +800,28 @@ pub fn record(
     progress: Option<Progress>,
 ) -> anyhow::Result<RecordSummary> {
     Recorder::try_from(opts.clone())?.run(interrupt, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The library and grids default as `record`'s flags do, and a refused setting is named
+    /// as its flag and its grid key.
+    #[test]
+    fn settings_default_as_the_flags_and_are_checked_once() {
+        let s = RecordSettings::default();
+        assert_eq!((s.interval.0, s.migration_speed.0), (DEFAULT_INTERVAL, DEFAULT_MIGRATION_SPEED_BYTES_PER_S));
+        assert_eq!((s.duration, s.mem, s.vcpus, s.exact_cut), (None, None, None, false));
+        assert_eq!(
+            crate::options::keys_of::<RecordSettings>(),
+            ["interval", "duration", "migration_speed", "mem", "vcpus", "exact_cut"]
+        );
+        assert_eq!(s.check(), Ok(()));
+        let slow = RecordSettings { migration_speed: HumanRate(0.0), ..s.clone() };
+        let e = slow.check().unwrap_err();
+        assert_eq!((e.flag().as_str(), e.key()), ("--migration-speed", "migration_speed"));
+        let long = RecordSettings { interval: HumanDuration(Duration::from_secs(7200)), ..s };
+        assert_eq!(long.check().unwrap_err().to_string(), "must be at most 1h, got 7200s");
+    }
 }

@@ -8,7 +8,7 @@ pub fn record_summary(s: &RecordSummary) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("  {k:<26} {v}\n"));
     line("trace", s.trace_dir.display().to_string());
-    line("status", format!("{:?} ({})", s.status, s.end_reason).to_lowercase());
+    line("status", s.end_reason.map_or(s.status.to_string(), |r| format!("{} ({r})", s.status)));
     line(
         "intervals",
         format!("{} over {:.3} s (mean interval {:.3} ms)", s.intervals, s.duration_s, s.mean_interval_s * 1e3),

@@ -5,7 +5,7 @@
 use crate::clock;
 use crate::engine::{EngineError, RunningGuest};
 use crate::events::GuestLog;
-use crate::trace::GuestEvent;
+use crate::trace::{EndReason, GuestEvent};
 use crate::vmm::VcpuOutcome;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -136,38 +136,6 @@ impl Harvest {
     /// slot; everything else starts empty.
     pub fn new(index: u64, t_start_ns: u64, t_end_ns: u64, bitmaps: Vec<Vec<u64>>) -> Harvest {
         Harvest { index, t_start_ns, t_end_ns, bitmaps, ..Harvest::default() }
-    }
-}
-
-/// Why the sampler stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// Every vCPU said it was done.
-    WorkloadDone,
-    /// `--duration` passed.
-    Duration,
-    /// Ctrl-C, SIGTERM or SIGHUP.
-    Interrupted,
-    /// The guest powered off or reset.
-    GuestPowerOff,
-    /// A vCPU faulted.
-    GuestFault,
-    /// The trace writer stopped taking harvests.
-    WriterFailed,
-}
-
-impl EndReason {
-    /// The name in `manifest.json`'s `end_reason`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndReason::WorkloadDone => "workload_done",
-            EndReason::Duration => "duration",
-            EndReason::Interrupted => "interrupted",
-            EndReason::GuestPowerOff => "guest_power_off",
-            EndReason::GuestFault => "guest_fault",
-            EndReason::WriterFailed => "writer_failed",
-        }
     }
 }
 

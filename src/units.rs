@@ -222,6 +222,62 @@ impl fmt::Display for HumanBytes {
     }
 }
 
+/// Reads a quantity as a grid writes it: a string (`"250ms"`), or a number read as its text
+/// (`5` is 5 s, or 5 bytes), so that a key takes what its flag takes.
+struct TextVisitor<T> {
+    expecting: &'static str,
+    read: std::marker::PhantomData<T>,
+}
+
+impl<T: std::str::FromStr<Err = ParseError>> serde::de::Visitor<'_> for TextVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        v.parse().map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
+        self.visit_str(&v.to_string())
+    }
+}
+
+/// Serde for the human-written quantities: read as people write them (see [`TextVisitor`]),
+/// written as the value they hold (a `Duration` as serde writes one, bytes, bytes per second),
+/// which is what a dataset's fingerprint has always hashed.
+macro_rules! human_serde {
+    ($($ty:ident: $expecting:literal),*) => {$(
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize(s)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_any(TextVisitor { expecting: $expecting, read: std::marker::PhantomData })
+            }
+        }
+    )*};
+}
+
+human_serde!(
+    HumanDuration: "a duration such as \"250ms\"",
+    HumanRate: "a rate such as \"1Gbit/s\"",
+    HumanSize: "a size such as \"64MiB\""
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +343,23 @@ mod tests {
         assert!(parse_rate("1PB/s").is_err(), "PB is not a unit");
         assert_eq!(parse_rate("1000TB/s").unwrap(), 1e15);
         assert!(parse_rate("1001TB/s").is_err());
+    }
+
+    #[test]
+    fn grid_values_read_as_flags_do() {
+        let read = |v: toml::Value| v.try_into::<HumanDuration>().map(|d| d.0).map_err(|e| e.message().to_string());
+        assert_eq!(read("250ms".into()), Ok(Duration::from_millis(250)));
+        assert_eq!(read(5.into()), Ok(Duration::from_secs(5)), "a bare number is seconds");
+        assert_eq!(read(0.25.into()), Ok(Duration::from_millis(250)));
+        assert!(read(true.into()).unwrap_err().contains("a duration such as \"250ms\""));
+        assert!(read("soon".into()).unwrap_err().contains("`soon`"));
+        assert_eq!(toml::Value::from(4096).try_into::<HumanSize>().unwrap(), HumanSize(4096));
+        assert!(toml::Value::from(1000).try_into::<HumanRate>().unwrap_err().message().contains("per-second unit"));
+        // Written as the value held, as fingerprints hash it.
+        assert_eq!(
+            serde_json::to_string(&HumanDuration(Duration::from_millis(20))).unwrap(),
+            r#"{"secs":0,"nanos":20000000}"#
+        );
+        assert_eq!(serde_json::to_string(&HumanRate(125e6)).unwrap(), "125000000.0");
     }
 }

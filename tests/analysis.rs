@@ -191,7 +191,7 @@ fn replay_of_an_idle_stretch_takes_ramsize_over_bandwidth() {
 
     // zero-pages skip: round 0 sends in full only the pages loaded at the start or dirtied
     // before 6.5 s; every other page costs 9 bytes.
-    o.zero_pages = ZeroPages::Skip;
+    o.precopy.zero_pages = ZeroPages::Skip;
     let r = replay::replay(&t, &o).unwrap();
     let mut nonzero: HashSet<u64> = HashSet::new();
     for pr in &t.manifest.initial_nonzero_pages {
@@ -246,7 +246,7 @@ fn replay_loop_repeats_a_short_trace() {
     let err = replay::replay(&t, &o).unwrap_err();
     assert!(matches!(err, AnalysisError::TraceTooShort(_)), "{err}");
     assert!(err.to_string().contains("--loop"), "{err}");
-    o.looped = true;
+    o.precopy.looped = true;
     let r = replay::replay(&t, &o).unwrap();
     assert!(r.trace_passes >= 2, "{r:?}");
     assert_eq!(r.per_round[0].bytes, RAM);

@@ -795,8 +795,8 @@ fn read_everything(rng: &mut Rng, dir: &Path) -> Result<(), String> {
     }
     simgrid::fit(&t, &simgrid::SimgridOptions::default()).map_err(|e| e.to_string())?;
     let mut o = replay::ReplayOptions::new(*rng.pick(&[1e-12, 1.0, 1e6, 64e6, 1e9, 1e15]));
-    o.looped = rng.chance(2);
-    o.zero_pages = if rng.chance(2) { replay::ZeroPages::Skip } else { replay::ZeroPages::Send };
+    o.precopy.looped = rng.chance(2);
+    o.precopy.zero_pages = if rng.chance(2) { replay::ZeroPages::Skip } else { replay::ZeroPages::Send };
     replay::replay(&t, &o).map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use dirtytrace::guest::linux::initramfs::{self, ArchiveEntry, Inputs};
+use dirtytrace::guest::linux::initramfs::{self, ArchiveEntry, Contents, Inputs};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,8 +19,7 @@ fn inputs(dir: &Path, rootfs: Option<&Path>) -> Inputs {
     Inputs {
         busybox: fake_busybox(),
         script: write(dir, "w.sh", "#!/bin/sh\necho hi\n"),
-        rootfs: rootfs.map(Path::to_path_buf),
-        ..Default::default()
+        contents: Contents { rootfs: rootfs.map(Path::to_path_buf), ..Default::default() },
     }
 }
 
@@ -212,9 +211,7 @@ fn initramfs_command_writes_what_record_would_boot() {
     let inp = Inputs {
         busybox: fake_busybox(),
         script: script.clone(),
-        extras: vec![initramfs::parse_extra(&file_arg).unwrap()],
-        rootfs: Some(root.clone()),
-        packages: vec![],
+        contents: Contents { files: vec![file_arg.clone()], rootfs: Some(root.clone()), packages: vec![] },
     };
     let lib = initramfs::build_with(&inp, None, &mut |_| {}).unwrap();
     assert_eq!(lib.bytes, written);

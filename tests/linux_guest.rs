@@ -8,8 +8,9 @@ mod common;
 use common::*;
 use dirtytrace::engine::EngineChoice;
 use dirtytrace::guest::linux::{acpi, boot, initramfs, kit};
-use dirtytrace::record::{self, LinuxRecordOptions, RecordOptions};
-use dirtytrace::trace::{Trace, TraceStatus};
+use dirtytrace::record::{self, RecordOptions};
+use dirtytrace::trace::{EndReason, Trace, TraceStatus};
+use dirtytrace::units::{HumanDuration, HumanSize};
 use linux_loader::loader::bootparam::boot_params;
 use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
 use std::path::{Path, PathBuf};
@@ -45,7 +46,7 @@ fn initramfs_reads_back_entry_by_entry() {
     let extra = write(&dir, "bench.bin", "BENCH");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&extra, std::fs::Permissions::from_mode(0o750)).unwrap();
-    let extras = vec![initramfs::parse_extra(&format!("{}:/opt/tools/bench", extra.display())).unwrap()];
+    let extras = vec![format!("{}:/opt/tools/bench", extra.display())];
     let cache = dir.join("cache");
     let built = initramfs::build(&fake_busybox(), &script, &extras, Some(&cache)).unwrap();
     assert!(!built.cached);
@@ -75,7 +76,7 @@ fn initramfs_reads_back_entry_by_entry() {
     write(&dir, "work.sh", "#!/bin/sh\necho changed\n");
     assert!(!initramfs::build(&fake_busybox(), &script, &extras, Some(&cache)).unwrap().cached);
     // A missing --file and bad guest paths are clear errors.
-    let missing = vec![initramfs::parse_extra("/no/such/file:/x").unwrap()];
+    let missing = vec!["/no/such/file:/x".to_string()];
     let e = initramfs::build(&fake_busybox(), &script, &missing, None).err().unwrap().to_string();
     assert!(e.contains("/no/such/file"), "{e}");
     assert!(initramfs::parse_extra("a:relative").is_err());
@@ -266,11 +267,11 @@ fn record_tiny(name: &str, code: &[u8]) -> (anyhow::Result<record::RecordSummary
     let out = dir.join("trace");
     let mut opts = RecordOptions::new(out.clone());
     opts.workload = Some(script);
-    opts.mem = Some(128 * MIB);
-    opts.interval = Duration::from_millis(20);
-    opts.duration = Some(Duration::from_secs(20));
-    opts.linux = LinuxRecordOptions { kernel: Some(kernel), ..Default::default() };
-    opts.engine = EngineChoice::Kvm;
+    opts.settings.mem = Some(HumanSize(128 * MIB));
+    opts.settings.interval = HumanDuration(Duration::from_millis(20));
+    opts.settings.duration = Some(HumanDuration(Duration::from_secs(20)));
+    opts.linux.boot.kernel = Some(kernel);
+    opts.settings.engine = EngineChoice::Kvm;
     (record::record(&opts, Arc::new(AtomicBool::new(false)), None), out)
 }
 
@@ -281,7 +282,7 @@ fn markers_phases_and_exit_status_through_the_console() {
     let (summary, out) = record_tiny("markers", &print_then_reset(text));
     let summary = summary.unwrap();
     assert_eq!(summary.guest_exit_status, Some(3));
-    assert_eq!(summary.end_reason, "guest_power_off");
+    assert_eq!(summary.end_reason, Some(EndReason::GuestPowerOff));
     assert_eq!(summary.status, TraceStatus::Complete);
     let trace = Trace::open(&out).unwrap();
     assert_eq!(std::fs::read_to_string(out.join("console.log")).unwrap(), text);
@@ -452,10 +453,10 @@ fn debian_kernel_boots_and_its_dirty_pages_are_recorded() {
     let hw = hardware_virtualisation();
     let mut opts = RecordOptions::new(out.clone());
     opts.workload = Some(example("hello.sh"));
-    opts.mem = Some(512 * MIB);
-    opts.vcpus = Some(2);
-    opts.duration = Some(Duration::from_secs(if hw { 60 } else { 180 }));
-    opts.linux.allow_emulated_kernel = true;
+    opts.settings.mem = Some(HumanSize(512 * MIB));
+    opts.settings.vcpus = Some(2);
+    opts.settings.duration = Some(HumanDuration(Duration::from_secs(if hw { 60 } else { 180 })));
+    opts.linux.boot.allow_emulated_kernel = true;
     std::env::remove_var("DIRTYTRACE_BUSYBOX");
     let summary = record_until(
         &opts,
@@ -485,7 +486,7 @@ fn debian_kernel_boots_and_its_dirty_pages_are_recorded() {
         assert!(console.contains("workload done"));
     } else if summary.status == TraceStatus::Interrupted {
         // Ended once the lines above were there: a valid trace, every interval labelled boot.
-        assert_eq!(summary.end_reason, "interrupted");
+        assert_eq!(summary.end_reason, Some(EndReason::Interrupted));
         assert_eq!(rows.len() as u64, trace.manifest.intervals);
         assert!(rows.iter().all(|r| r.phase == "boot"), "boot intervals are labelled boot");
     } else {
@@ -508,10 +509,10 @@ fn debian_bzimage_reads_our_boot_params() {
     let hw = hardware_virtualisation();
     let mut opts = RecordOptions::new(out.clone());
     opts.workload = Some(example("hello.sh"));
-    opts.mem = Some(512 * MIB);
-    opts.duration = Some(Duration::from_secs(if hw { 60 } else { 120 }));
-    opts.linux.force_bzimage = true;
-    opts.linux.allow_emulated_kernel = true;
+    opts.settings.mem = Some(HumanSize(512 * MIB));
+    opts.settings.duration = Some(HumanDuration(Duration::from_secs(if hw { 60 } else { 120 })));
+    opts.linux.boot.bzimage = true;
+    opts.linux.boot.allow_emulated_kernel = true;
     std::env::remove_var("DIRTYTRACE_BUSYBOX");
     let summary = record_until(&opts, &["KASLR disabled: 'nokaslr' on cmdline."]);
     let console = std::fs::read_to_string(out.join("console.log")).unwrap();
@@ -521,7 +522,7 @@ fn debian_bzimage_reads_our_boot_params() {
     if hw {
         assert_eq!(summary.guest_exit_status, Some(0));
     } else {
-        assert_eq!((summary.status, summary.end_reason.as_str()), (TraceStatus::Interrupted, "interrupted"));
+        assert_eq!((summary.status, summary.end_reason), (TraceStatus::Interrupted, Some(EndReason::Interrupted)));
         assert_eq!(trace.rates().unwrap().len() as u64, trace.manifest.intervals);
     }
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use dirtytrace::trace::{SamplerScheduling, Trace};
+use dirtytrace::trace::{SamplerScheduling, SchedPolicy, Trace};
 use std::path::Path;
 use std::process::Command;
 
@@ -33,11 +33,11 @@ fn scheduling(out: &Path) -> SamplerScheduling {
     Trace::open(out).unwrap().manifest.sampler.expect("the manifest records the sampler's scheduling")
 }
 
-fn sched(requested: &str, policy: &str, priority: u32) -> SamplerScheduling {
+fn sched(requested: &str, policy: SchedPolicy, priority: u32) -> SamplerScheduling {
     // A real-time sampler gets the last CPU to itself (with the writer) when the guest's one
     // vCPU leaves one over.
-    let cpu = (policy == "fifo").then(|| dirtytrace::cpus::plan(1).map(|p| p.housekeeping as u32)).flatten();
-    SamplerScheduling { requested: requested.into(), policy: policy.into(), priority, spin_us: 0, cpu }
+    let cpu = (policy == SchedPolicy::Fifo).then(|| dirtytrace::cpus::plan(1).map(|p| p.housekeeping as u32)).flatten();
+    SamplerScheduling { requested: requested.into(), policy, priority, spin_us: 0, cpu }
 }
 
 #[test]
@@ -47,7 +47,7 @@ fn auto_gives_the_sampler_fifo_where_permitted() {
     let (code, stderr) = record(&out, &[], false);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("normal priority"), "{stderr}");
-    assert_eq!(scheduling(&out), sched("auto", "fifo", dirtytrace::sampler::REALTIME_PRIORITY as u32));
+    assert_eq!(scheduling(&out), sched("auto", SchedPolicy::Fifo, dirtytrace::sampler::REALTIME_PRIORITY as u32));
     assert_eq!(scheduling(&out).cpu, Some(dirtytrace::cpus::allowed().len() as u32 - 1), "this host has 2 CPUs");
 }
 
@@ -57,7 +57,7 @@ fn off_keeps_normal_scheduling() {
     let out = tempdir("rt-off").join("t");
     let (code, stderr) = record(&out, &["--realtime", "off"], false);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(scheduling(&out), sched("off", "other", 0));
+    assert_eq!(scheduling(&out), sched("off", SchedPolicy::Other, 0));
 }
 
 #[test]
@@ -68,7 +68,7 @@ fn auto_without_permission_says_so_and_goes_on() {
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stderr.matches("note: the sampler runs at normal priority").count(), 1, "{stderr}");
     assert!(stderr.contains("CAP_SYS_NICE"), "{stderr}");
-    assert_eq!(scheduling(&out), sched("auto", "other", 0));
+    assert_eq!(scheduling(&out), sched("auto", SchedPolicy::Other, 0));
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn on_without_permission_is_an_error_that_leaves_nothing() {
     // With permission, `on` is granted.
     let (code, stderr) = record(&out, &["--realtime", "on"], false);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(scheduling(&out), sched("on", "fifo", dirtytrace::sampler::REALTIME_PRIORITY as u32));
+    assert_eq!(scheduling(&out), sched("on", SchedPolicy::Fifo, dirtytrace::sampler::REALTIME_PRIORITY as u32));
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn a_stopped_realtime_recorder_skips_what_it_slept_through_and_stays_exact() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
     let trace = Trace::open(&out).unwrap();
-    assert_eq!(scheduling(&out).policy, "fifo");
+    assert_eq!(scheduling(&out).policy, SchedPolicy::Fifo);
     // Stopped for 600 ms at 50 ms: about 11 deadlines passed while the process slept (at
     // least 8 however the stop falls between them and however late the signals land).
     assert!(trace.manifest.timing.skipped_deadlines >= 8, "{:?}", trace.manifest.timing);

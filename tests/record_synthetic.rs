@@ -114,7 +114,7 @@ fn intervals_do_not_drift_over_30s() {
         Some(Duration::from_secs(30)),
     );
     let rows = trace.rates().unwrap();
-    assert_eq!(summary.end_reason, "duration");
+    assert_eq!(summary.end_reason, Some(dirtytrace::trace::EndReason::Duration));
     assert_eq!(rows.len(), 300);
     let mean: f64 = rows.iter().map(|r| r.duration_s).sum::<f64>() / rows.len() as f64;
     assert!((mean / 0.1 - 1.0).abs() < 0.01, "mean interval {mean}");
@@ -138,8 +138,8 @@ fn exact_cut_pauses_the_guest_around_each_harvest() {
     let spec_path = write(&dir, "s.toml", &spec("random", "64MiB", "40MiB/s", 1.0));
     let mut opts = dirtytrace::record::RecordOptions::new(dir.join("t"));
     opts.workload = Some(spec_path);
-    opts.interval = Duration::from_millis(20);
-    opts.exact_cut = true;
+    opts.settings.interval = dirtytrace::units::HumanDuration(Duration::from_millis(20));
+    opts.settings.exact_cut = true;
     let summary =
         dirtytrace::record::record(&opts, std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)), None)
             .unwrap();

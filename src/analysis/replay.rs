@@ -12,7 +12,8 @@
 
 use super::{bad, for_each_interval, AnalysisError, PageBits, PageSpace, Result};
 use crate::trace::Trace;
-use serde::Serialize;
+use crate::units::HumanDuration;
+use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 
 /// The most passes over the trace `--loop` counts: beyond 2^53, pass numbers lose precision
@@ -31,7 +32,7 @@ pub const DEFAULT_MAX_ROUNDS: u32 = 30;
 pub const DEFAULT_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// How round 0 counts pages that were never written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ZeroPages {
     /// Round 0 sends every page in full (SimGrid's convention).
@@ -40,21 +41,57 @@ pub enum ZeroPages {
     Skip,
 }
 
+/// How the precopy migration runs and when it stops, at whatever bandwidth: flags of `replay`
+/// and keys of a grid's `[replay]`, with one validator ([`Precopy::check`]). A dataset's
+/// `dataset.json` keeps them as `max_downtime_s` (seconds) and `looped`, and reads them back.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default)]
+pub struct Precopy {
+    /// Stop-and-copy starts once the rest can be sent within this long.
+    #[arg(long, default_value_t = HumanDuration(DEFAULT_MAX_DOWNTIME), allow_hyphen_values = true)]
+    #[serde(rename(serialize = "max_downtime_s"), alias = "max_downtime_s", serialize_with = "as_seconds")]
+    pub max_downtime: HumanDuration,
+    /// Precopy rounds (round 0 included) before a forced stop-and-copy.
+    #[arg(long, default_value_t = DEFAULT_MAX_ROUNDS, allow_hyphen_values = true)]
+    pub max_rounds: u32,
+    /// Repeat the trace when the migration outlasts it.
+    #[arg(long = "loop")]
+    #[serde(rename(serialize = "looped", deserialize = "loop"), alias = "looped")]
+    pub looped: bool,
+    /// send: round 0 sends every page (SimGrid); skip: a still-zero page costs 9 bytes (QEMU).
+    #[arg(long, value_enum, default_value_t = ZeroPages::Send)]
+    pub zero_pages: ZeroPages,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &HumanDuration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(d.0.as_secs_f64())
+}
+
+impl Default for Precopy {
+    fn default() -> Self {
+        crate::options::defaults()
+    }
+}
+
+impl Precopy {
+    /// The one check of these settings, for `replay` and grids alike.
+    pub fn check(&self) -> Result<()> {
+        if self.max_rounds == 0 {
+            return Err(bad("--max-rounds", "must be at least 1 (round 0 sends all RAM)"));
+        }
+        Ok(())
+    }
+}
+
 /// How to replay a migration over a trace.
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
     /// The migration stream's bandwidth, bytes per second.
     pub bandwidth_bytes_per_s: f64,
-    /// Stop-and-copy starts once the rest can be sent within this long (s).
-    pub max_downtime_s: f64,
-    /// Precopy rounds, round 0 included, before a forced stop-and-copy.
-    pub max_rounds: u32,
+    /// How the migration runs and when it stops.
+    pub precopy: Precopy,
     /// Trace time at which the migration starts (s).
     pub start_s: f64,
-    /// Repeat the trace when the migration outlasts it.
-    pub looped: bool,
-    /// How round 0 counts pages never written.
-    pub zero_pages: ZeroPages,
     /// The longest migration replayed, in seconds of migration time (`--max-time`): a round
     /// that would end later is an error naming the flag.
     pub max_time_s: f64,
@@ -65,11 +102,8 @@ impl ReplayOptions {
     pub fn new(bandwidth_bytes_per_s: f64) -> Self {
         ReplayOptions {
             bandwidth_bytes_per_s,
-            max_downtime_s: DEFAULT_MAX_DOWNTIME.as_secs_f64(),
-            max_rounds: DEFAULT_MAX_ROUNDS,
+            precopy: Precopy::default(),
             start_s: 0.0,
-            looped: false,
-            zero_pages: ZeroPages::Send,
             max_time_s: DEFAULT_MAX_TIME.as_secs_f64(),
         }
     }
@@ -103,6 +137,23 @@ pub struct StopAndCopy {
     pub duration_s: f64,
 }
 
+/// Why precopy stopped and stop-and-copy began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The rest fit within `max_downtime`.
+    Converged,
+    /// `max_rounds` rounds had run.
+    MaxRounds,
+}
+
+impl std::fmt::Display for StopReason {
+    /// The reason as `replay --json` and `replay.parquet` write it (`max_rounds`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        crate::trace::write_serde_name(f, self)
+    }
+}
+
 /// How the replayed migration went (`schemas/analysis.md`, *replay*).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplayResult {
@@ -114,8 +165,8 @@ pub struct ReplayResult {
     pub rounds: u32,
     /// All rounds plus stop-and-copy.
     pub transferred_bytes: u64,
-    /// `converged`: the rest fit within max_downtime; `max_rounds`: the cap was reached.
-    pub stop_reason: String,
+    /// Why precopy stopped.
+    pub stop_reason: StopReason,
     /// The rest fit within `max_downtime` before `max_rounds`.
     pub converged: bool,
     /// Every precopy round.
@@ -152,12 +203,7 @@ fn validate(trace: &Trace, o: &ReplayOptions, end_s: f64) -> Result<()> {
     if !o.bandwidth_bytes_per_s.is_finite() || o.bandwidth_bytes_per_s <= 0.0 {
         return Err(bad("--bandwidth", format!("must be greater than 0 bytes/s, got {}", o.bandwidth_bytes_per_s)));
     }
-    if !o.max_downtime_s.is_finite() || o.max_downtime_s < 0.0 {
-        return Err(bad("--max-downtime", format!("must be 0 s or more, got {}", o.max_downtime_s)));
-    }
-    if o.max_rounds == 0 {
-        return Err(bad("--max-rounds", "must be at least 1 (round 0 sends all RAM)"));
-    }
+    o.precopy.check()?;
     if !(o.max_time_s.is_finite() && o.max_time_s > 0.0) {
         return Err(bad("--max-time", format!("must be longer than 0 s, got {}", o.max_time_s)));
     }
@@ -264,7 +310,7 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
     }
     validate(trace, o, end_s)?;
     let space = PageSpace::new(&m.slots);
-    let nonzero = match o.zero_pages {
+    let nonzero = match o.precopy.zero_pages {
         ZeroPages::Send => None,
         ZeroPages::Skip => {
             let mut nz = PageBits::new(space.total_pages);
@@ -280,9 +326,9 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
     };
     let mut st = State {
         bw: o.bandwidth_bytes_per_s,
-        threshold: o.bandwidth_bytes_per_s * o.max_downtime_s,
+        threshold: o.bandwidth_bytes_per_s * o.precopy.max_downtime.0.as_secs_f64(),
         page_size: m.page_size,
-        max_rounds: o.max_rounds,
+        max_rounds: o.precopy.max_rounds,
         max_time: o.max_time_s,
         nonzero,
         dirty: PageBits::new(space.total_pages),
@@ -353,7 +399,7 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
                 st.close_round()?;
             }
         }
-        if st.done.is_none() && !o.looped {
+        if st.done.is_none() && !o.precopy.looped {
             let r = st.rounds.last().map_or(0, |r| r.round);
             let need = st.round_end.unwrap_or(0.0) + o.start_s;
             return Err(AnalysisError::TraceTooShort(format!(
@@ -383,18 +429,18 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
         downtime_s: sc.duration_s,
         rounds: st.rounds.len() as u32,
         transferred_bytes: transferred,
-        stop_reason: if converged { "converged" } else { "max_rounds" }.into(),
+        stop_reason: if converged { StopReason::Converged } else { StopReason::MaxRounds },
         converged,
         per_round: st.rounds,
         stop_and_copy: sc,
         bandwidth_bytes_per_s: o.bandwidth_bytes_per_s,
-        max_downtime_s: o.max_downtime_s,
+        max_downtime_s: o.precopy.max_downtime.0.as_secs_f64(),
         threshold_bytes: st.threshold,
-        max_rounds: o.max_rounds,
+        max_rounds: o.precopy.max_rounds,
         start_s: o.start_s,
-        looped: o.looped,
+        looped: o.precopy.looped,
         trace_passes: passes,
-        zero_pages: o.zero_pages,
+        zero_pages: o.precopy.zero_pages,
         ramsize_bytes: m.ramsize_bytes,
         page_size_bytes: m.page_size,
         trace_id: m.trace_id.clone(),

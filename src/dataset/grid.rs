@@ -8,9 +8,14 @@
 //! axis varying slowest and the repetition fastest. Run `k` (0-based, in that order) belongs
 //! to shard `k mod N + 1` of `N`, so shards partition the runs exactly and evenly.
 
-use crate::analysis::replay::{self, ReplayOptions, ZeroPages};
+use crate::analysis::replay::{Precopy, ReplayOptions};
+use crate::analysis::AnalysisError;
+use crate::guest::linux::{initramfs, BootInputs, LinuxInputs};
 use crate::guest::synthetic::spec::{Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
-use crate::units::{parse_duration, parse_rate, parse_size, HumanDuration, HumanRate, HumanSize, MAX_RATE_BYTES_PER_S};
+use crate::options::keys_of;
+use crate::record::{self, RecordSettings, SettingError};
+use crate::units::{parse_duration, parse_rate, parse_size, HumanDuration, HumanRate, HumanSize};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::fmt;
@@ -305,56 +310,14 @@ pub enum BaseWorkload {
     },
 }
 
-/// Linux-guest options of the grid's `[record]`, as `record`'s flags.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct LinuxBase {
-    /// `--kernel`, relative to the grid's directory.
-    pub kernel: Option<PathBuf>,
-    /// `--file HOST:GUEST`, HOST relative to the grid's directory.
-    pub files: Vec<String>,
-    /// `--cmdline`.
-    pub cmdline: Option<String>,
-    /// `--bzimage`.
-    pub bzimage: bool,
-    /// `--rootfs`, relative to the grid's directory.
-    pub rootfs: Option<PathBuf>,
-    /// `--package`, each.
-    pub packages: Vec<String>,
-    /// `--allow-emulated-kernel`.
-    pub allow_emulated_kernel: bool,
-}
-
-/// The record options of one run (or the grid's `[record]` before the axes apply).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct RunRecord {
-    /// `--interval`.
-    pub interval: Duration,
-    /// `--duration`.
-    pub duration: Option<Duration>,
-    /// `--migration-speed`, bytes per second.
-    pub migration_speed: f64,
-    /// `--mem` (Linux workloads; a synthetic run has it in its spec).
-    pub mem: Option<u64>,
-    /// `--vcpus` (Linux workloads; a synthetic run has it in its spec).
-    pub vcpus: Option<u32>,
-    /// `--exact-cut`.
-    pub exact_cut: bool,
-}
-
 /// `[replay]`: the migrations the index replays every trace with, one per bandwidth.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplaySettings {
     /// Bandwidths, bytes per second; empty: no replay.
     pub bandwidths: Vec<f64>,
-    /// `--max-downtime`, seconds.
-    pub max_downtime_s: f64,
-    /// `--max-rounds`.
-    pub max_rounds: u32,
-    /// `--loop`.
-    pub looped: bool,
-    /// `--zero-pages`.
-    #[serde(with = "zero_pages_serde")]
-    pub zero_pages: ZeroPages,
+    /// How each migration runs, as `replay`'s flags say.
+    #[serde(flatten)]
+    pub precopy: Precopy,
     /// `--start` (s), of the replays and the SimGrid fits. Left out of `dataset.json` at its
     /// default of 0, so that a dataset written before it existed keeps its file and its rows.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -365,50 +328,10 @@ fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
-/// `send` or `skip`, as `--zero-pages` reads them.
-mod zero_pages_serde {
-    use super::ZeroPages;
-    use serde::Deserialize;
-
-    pub fn serialize<S: serde::Serializer>(z: &ZeroPages, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(match z {
-            ZeroPages::Send => "send",
-            ZeroPages::Skip => "skip",
-        })
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ZeroPages, D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "send" => Ok(ZeroPages::Send),
-            "skip" => Ok(ZeroPages::Skip),
-            other => Err(serde::de::Error::custom(format!("zero_pages `{other}` is not send or skip"))),
-        }
-    }
-}
-
-impl Default for ReplaySettings {
-    fn default() -> Self {
-        ReplaySettings {
-            bandwidths: Vec::new(),
-            max_downtime_s: replay::DEFAULT_MAX_DOWNTIME.as_secs_f64(),
-            max_rounds: replay::DEFAULT_MAX_ROUNDS,
-            looped: false,
-            zero_pages: ZeroPages::Send,
-            start_s: 0.0,
-        }
-    }
-}
-
 impl ReplaySettings {
     /// The options `dirtytrace replay` would be given for one bandwidth.
     pub fn options(&self, bandwidth: f64) -> ReplayOptions {
-        let mut o = ReplayOptions::new(bandwidth);
-        o.max_downtime_s = self.max_downtime_s;
-        o.max_rounds = self.max_rounds;
-        o.looped = self.looped;
-        o.zero_pages = self.zero_pages;
-        o.start_s = self.start_s;
-        o
+        ReplayOptions { precopy: self.precopy, start_s: self.start_s, ..ReplayOptions::new(bandwidth) }
     }
 }
 
@@ -442,8 +365,8 @@ pub struct Run {
     pub values: Vec<AxisValue>,
     /// What it records.
     pub workload: RunWorkload,
-    /// How it records.
-    pub record: RunRecord,
+    /// How it records (a synthetic run has its `mem` and `vcpus` in its spec instead).
+    pub record: RecordSettings,
 }
 
 /// Reads a file a grid names (relative to the grid): its resolved path and its contents.
@@ -459,11 +382,11 @@ pub struct Grid {
     /// The base workload.
     pub workload: BaseWorkload,
     /// The base record options (`[record]`).
-    pub record: RunRecord,
-    /// Linux options (`[record]`), paths resolved against the grid's directory.
-    pub linux: LinuxBase,
+    pub record: RecordSettings,
+    /// Linux inputs (`[record]`), paths resolved against the grid's directory.
+    pub linux: LinuxInputs,
     /// The same as written in the grid, for the fingerprint.
-    linux_as_written: LinuxBase,
+    linux_as_written: LinuxInputs,
     /// The axes, in canonical order (not necessarily as written).
     pub axes: Vec<Axis>,
     /// `axes.repeat`: repetitions of every combination (1 when absent).
@@ -520,39 +443,9 @@ impl std::str::FromStr for Shard {
 struct RawGrid {
     workload: Option<String>,
     spec: Option<toml::Table>,
-    record: Option<RawRecord>,
+    record: Option<toml::Table>,
     axes: Option<toml::Table>,
-    replay: Option<RawReplay>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRecord {
-    interval: Option<toml::Value>,
-    duration: Option<toml::Value>,
-    migration_speed: Option<toml::Value>,
-    mem: Option<toml::Value>,
-    vcpus: Option<toml::Value>,
-    exact_cut: Option<bool>,
-    kernel: Option<String>,
-    files: Option<Vec<String>>,
-    cmdline: Option<String>,
-    bzimage: Option<bool>,
-    rootfs: Option<String>,
-    packages: Option<Vec<String>>,
-    allow_emulated_kernel: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawReplay {
-    bandwidths: Option<Vec<toml::Value>>,
-    max_downtime: Option<toml::Value>,
-    max_rounds: Option<i64>,
-    #[serde(rename = "loop")]
-    looped: Option<bool>,
-    zero_pages: Option<String>,
-    start: Option<toml::Value>,
+    replay: Option<toml::Table>,
 }
 
 /// A value's text: a string as written, a number as TOML shows it.
@@ -642,34 +535,58 @@ impl Ctx<'_> {
         parse_size(&t).map_err(|e| self.key(key, e.to_string()))
     }
 
+    /// `record`'s check of a setting, its error under `key`.
+    fn setting<T>(&self, key: &str, value: T, check: fn(T) -> Result<(), SettingError>) -> Result<T, GridError>
+    where
+        T: Copy,
+    {
+        check(value).map_err(|e| self.key(key, e.to_string()))?;
+        Ok(value)
+    }
+
     fn interval(&self, key: &str, v: &toml::Value) -> Result<Duration, GridError> {
-        let d = self.duration(key, v)?;
-        if d < crate::record::MIN_INTERVAL || d > crate::record::MAX_INTERVAL {
-            return Err(self.key(key, format!("must be between 1ms and 1h, got {}", HumanDuration(d))));
-        }
-        Ok(d)
+        self.setting(key, self.duration(key, v)?, record::check_interval)
     }
 
     fn record_duration(&self, key: &str, v: &toml::Value) -> Result<Duration, GridError> {
-        let d = self.duration(key, v)?;
-        if d.is_zero() || d > crate::record::MAX_RECORD_DURATION {
-            return Err(self.key(key, "must be longer than 0 and at most 366 days"));
-        }
-        Ok(d)
+        self.setting(key, self.duration(key, v)?, record::check_duration)
     }
 
     fn speed(&self, key: &str, v: &toml::Value) -> Result<f64, GridError> {
-        let r = self.rate(key, v)?;
-        if !(r > 0.0 && r <= MAX_RATE_BYTES_PER_S) {
-            return Err(self.key(key, "must be greater than 0 (and at most 1 PB/s)"));
-        }
-        Ok(r)
+        self.setting(key, self.rate(key, v)?, record::check_migration_speed)
     }
 
     fn vcpus(&self, key: &str, v: &toml::Value) -> Result<u32, GridError> {
-        match v.as_integer() {
+        self.vcpu_count(key, v.as_integer())
+    }
+
+    /// A grid's vCPU count, for any workload within the synthetic guest's range.
+    fn vcpu_count(&self, key: &str, n: Option<i64>) -> Result<u32, GridError> {
+        match n {
             Some(n) if (1..=MAX_VCPUS as i64).contains(&n) => Ok(n as u32),
             _ => Err(self.key(key, format!("must be an integer between 1 and {MAX_VCPUS}"))),
+        }
+    }
+
+    /// Takes the keys `T` reads out of `table`, the grid's `[section]`, and reads them. Each
+    /// key is read alone first, so that an error names it (`record.interval`).
+    fn take<T: DeserializeOwned>(&self, section: &str, table: &mut toml::Table) -> Result<T, GridError> {
+        let mine: toml::Table = keys_of::<T>().iter().filter_map(|k| table.remove_entry(*k)).collect();
+        for (k, v) in &mine {
+            let alone = toml::Table::from_iter([(k.clone(), v.clone())]);
+            toml::Value::Table(alone).try_into::<T>().map_err(|e| self.key(format!("{section}.{k}"), e.message()))?;
+        }
+        toml::Value::Table(mine).try_into().map_err(|e| self.key(section, e.message()))
+    }
+
+    /// Refuses the first key left in `table` once every struct of `[section]` took its own.
+    fn refuse_rest(&self, section: &str, table: &toml::Table, keys: &[&str]) -> Result<(), GridError> {
+        match table.keys().next() {
+            Some(k) => Err(self.key(
+                format!("{section}.{k}"),
+                format!("is not a key of [{section}], whose keys are {}", keys.join(", ")),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -758,81 +675,26 @@ impl Grid {
             }
         };
 
-        let rec = raw.record.unwrap_or_default();
-        let record = RunRecord {
-            interval: match &rec.interval {
-                Some(v) => cx.interval("record.interval", v)?,
-                None => crate::record::DEFAULT_INTERVAL,
-            },
-            duration: rec.duration.as_ref().map(|v| cx.record_duration("record.duration", v)).transpose()?,
-            migration_speed: match &rec.migration_speed {
-                Some(v) => cx.speed("record.migration_speed", v)?,
-                None => crate::record::DEFAULT_MIGRATION_SPEED_BYTES_PER_S,
-            },
-            mem: rec.mem.as_ref().map(|v| cx.size("record.mem", v)).transpose()?,
-            vcpus: rec.vcpus.as_ref().map(|v| cx.vcpus("record.vcpus", v)).transpose()?,
-            exact_cut: rec.exact_cut.unwrap_or(false),
-        };
-        let linux_keys = rec.kernel.is_some()
-            || rec.files.is_some()
-            || rec.cmdline.is_some()
-            || rec.bzimage.is_some()
-            || rec.rootfs.is_some()
-            || rec.packages.is_some()
-            || rec.allow_emulated_kernel.is_some();
-        let is_linux = matches!(workload, BaseWorkload::Linux { .. });
-        if linux_keys && !is_linux {
-            let k = [
-                ("kernel", rec.kernel.is_some()),
-                ("files", rec.files.is_some()),
-                ("cmdline", rec.cmdline.is_some()),
-                ("rootfs", rec.rootfs.is_some()),
-                ("packages", rec.packages.is_some()),
-                ("allow_emulated_kernel", rec.allow_emulated_kernel.is_some()),
-            ]
-            .into_iter()
-            .find(|k| k.1)
-            .map_or("bzimage", |k| k.0);
+        let mut section = raw.record.unwrap_or_default();
+        let record: RecordSettings = cx.take("record", &mut section)?;
+        record.check().map_err(|e| cx.key(format!("record.{}", e.key()), e.to_string()))?;
+        if let Some(n) = record.vcpus {
+            cx.vcpu_count("record.vcpus", Some(n.into()))?;
+        }
+        // The keys only a Linux workload takes.
+        let linux_keys = [keys_of::<BootInputs>(), keys_of::<initramfs::Contents>()].concat();
+        let linux_given: Vec<String> = section.keys().filter(|k| linux_keys.contains(&k.as_str())).cloned().collect();
+        let linux_as_written =
+            LinuxInputs { boot: cx.take("record", &mut section)?, initramfs: cx.take("record", &mut section)? };
+        cx.refuse_rest("record", &section, &[keys_of::<RecordSettings>(), &linux_keys].concat())?;
+        if let (Some(k), BaseWorkload::Synthetic { .. }) = (linux_given.first(), &workload) {
             return Err(cx.key(format!("record.{k}"), "is a Linux-guest option, but the workload is a synthetic spec"));
         }
-        let relative = |p: &str| {
-            let p = Path::new(p);
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base_dir.join(p)
-            }
-        };
-        let linux_as_written = LinuxBase {
-            kernel: rec.kernel.as_deref().map(PathBuf::from),
-            files: rec.files.clone().unwrap_or_default(),
-            cmdline: rec.cmdline.clone(),
-            bzimage: rec.bzimage.unwrap_or(false),
-            rootfs: rec.rootfs.as_deref().map(PathBuf::from),
-            packages: rec.packages.clone().unwrap_or_default(),
-            allow_emulated_kernel: rec.allow_emulated_kernel.unwrap_or(false),
-        };
-        let linux = LinuxBase {
-            kernel: rec.kernel.as_deref().map(relative),
-            files: rec
-                .files
-                .unwrap_or_default()
-                .into_iter()
-                .map(|f| match f.split_once(':') {
-                    Some((h, g)) => format!("{}:{g}", relative(h).display()),
-                    None => f,
-                })
-                .collect(),
-            cmdline: rec.cmdline,
-            bzimage: rec.bzimage.unwrap_or(false),
-            rootfs: rec.rootfs.as_deref().map(relative),
-            packages: rec.packages.unwrap_or_default(),
-            allow_emulated_kernel: rec.allow_emulated_kernel.unwrap_or(false),
-        };
+        let linux = linux_as_written.relative_to(&base_dir);
 
         let phases = match &workload {
             BaseWorkload::Synthetic { text, origin } => {
-                let spec = WorkloadSpec::parse(text, record.mem, record.vcpus)
+                let spec = WorkloadSpec::parse(text, record.mem.map(|m| m.0), record.vcpus)
                     .map_err(|e| cx.key("workload", format!("{origin}: {e}")))?;
                 let names: Vec<String> = spec.phases.iter().map(|p| p.name.clone()).collect();
                 if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
@@ -877,7 +739,7 @@ impl Grid {
             BaseWorkload::Synthetic { text, .. } => {
                 let table: toml::Table = toml::from_str(text)
                     .map_err(|e| GridError::Syntax { path: self.path.clone(), msg: e.to_string() })?;
-                let spec = WorkloadSpec::parse(text, self.record.mem, self.record.vcpus).map_err(|e| {
+                let spec = WorkloadSpec::parse(text, self.record.mem.map(|m| m.0), self.record.vcpus).map_err(|e| {
                     GridError::Key { path: self.path.clone(), key: "workload".into(), msg: e.to_string() }
                 })?;
                 (Some(table), spec.seed)
@@ -902,10 +764,10 @@ impl Grid {
             let mut record = self.record.clone();
             for (a, v) in self.axes.iter().zip(&values) {
                 match (a.key, *v) {
-                    (Key::Interval, AxisValue::Time(d)) => record.interval = d,
-                    (Key::Duration, AxisValue::Time(d)) => record.duration = Some(d),
-                    (Key::MigrationSpeed, AxisValue::Rate(Some(r))) => record.migration_speed = r,
-                    (Key::Mem, AxisValue::Bytes(b)) => record.mem = Some(b),
+                    (Key::Interval, AxisValue::Time(d)) => record.interval = HumanDuration(d),
+                    (Key::Duration, AxisValue::Time(d)) => record.duration = Some(HumanDuration(d)),
+                    (Key::MigrationSpeed, AxisValue::Rate(Some(r))) => record.migration_speed = HumanRate(r),
+                    (Key::Mem, AxisValue::Bytes(b)) => record.mem = Some(HumanSize(b)),
                     (Key::Vcpus, AxisValue::Count(c)) => record.vcpus = Some(c),
                     _ => {}
                 }
@@ -940,14 +802,14 @@ impl Grid {
     fn run_spec(
         &self,
         base: &toml::Table,
-        record: &RunRecord,
+        record: &RecordSettings,
         values: &[AxisValue],
         seed: u64,
         name: &str,
     ) -> Result<String, GridError> {
         let mut t = base.clone();
         if let Some(m) = record.mem {
-            t.insert("mem".into(), AxisValue::Bytes(m).toml());
+            t.insert("mem".into(), AxisValue::Bytes(m.0).toml());
         }
         if let Some(v) = record.vcpus {
             t.insert("vcpus".into(), toml::Value::Integer(v as i64));
@@ -992,7 +854,7 @@ impl Grid {
             feed(&mut h, sha256);
         }
         // The Linux options as written, not as resolved: hosts may mount the grid elsewhere.
-        feed(&mut h, &serde_json::to_string(&self.linux_as_written).unwrap_or_default());
+        feed(&mut h, &linux_fingerprint(&self.linux_as_written));
         for r in runs {
             feed(&mut h, &r.name);
             feed(&mut h, &serde_json::to_string(&r.record).unwrap_or_default());
@@ -1003,6 +865,28 @@ impl Grid {
         }
         hex(&h.finalize())[..32].to_string()
     }
+}
+
+/// The keys of the Linux inputs in the order the first datasets hashed them. Never edited:
+/// changing it would change every dataset's fingerprint.
+const LINUX_KEYS_AS_FIRST_HASHED: [&str; 7] =
+    ["kernel", "files", "cmdline", "bzimage", "rootfs", "packages", "allow_emulated_kernel"];
+
+/// The Linux inputs as the fingerprint hashes them: a JSON object of the keys the first datasets
+/// hashed, in their order, then any key added since that is not at its default. So neither
+/// regrouping the inputs nor adding one changes the fingerprint of a dataset that began before.
+fn linux_fingerprint(linux: &LinuxInputs) -> String {
+    let object = |l: &LinuxInputs| match serde_json::to_value(l) {
+        Ok(serde_json::Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    let (set, default) = (object(linux), object(&LinuxInputs::default()));
+    let first = LINUX_KEYS_AS_FIRST_HASHED.iter().filter_map(|k| set.get_key_value(*k));
+    let added =
+        set.iter().filter(|(k, v)| !LINUX_KEYS_AS_FIRST_HASHED.contains(&k.as_str()) && default.get(*k) != Some(v));
+    let fields: Vec<String> =
+        first.chain(added).map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k.as_str()))).collect();
+    format!("{{{}}}", fields.join(","))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -1141,42 +1025,37 @@ fn parse_axes(
     Ok((axes, repeat))
 }
 
-fn parse_replay(cx: &Ctx, raw: RawReplay) -> Result<ReplaySettings, GridError> {
-    let mut s = ReplaySettings::default();
-    if let Some(b) = raw.bandwidths {
+fn parse_replay(cx: &Ctx, mut table: toml::Table) -> Result<ReplaySettings, GridError> {
+    let mut bandwidths = Vec::new();
+    if let Some(b) = table.remove("bandwidths") {
+        let toml::Value::Array(b) = b else {
+            return Err(cx.key("replay.bandwidths", "must be a list of rates, such as [\"1Gbit/s\"]"));
+        };
         if b.is_empty() {
             return Err(cx.key("replay.bandwidths", "is empty: give at least one bandwidth, or remove [replay]"));
         }
         for v in &b {
-            s.bandwidths.push(cx.speed("replay.bandwidths", v)?);
+            bandwidths.push(cx.speed("replay.bandwidths", v)?);
         }
-        let mut sorted = s.bandwidths.clone();
+        let mut sorted = bandwidths.clone();
         sorted.sort_by(f64::total_cmp);
         if sorted.windows(2).any(|w| w[0] == w[1]) {
             return Err(cx.key("replay.bandwidths", "lists a bandwidth twice"));
         }
     }
-    if let Some(v) = &raw.max_downtime {
-        s.max_downtime_s = cx.duration("replay.max_downtime", v)?.as_secs_f64();
-    }
-    if let Some(n) = raw.max_rounds {
-        s.max_rounds = u32::try_from(n)
-            .ok()
-            .filter(|&n| n >= 1)
-            .ok_or_else(|| cx.key("replay.max_rounds", "must be at least 1 (round 0 sends all RAM)"))?;
-    }
-    s.looped = raw.looped.unwrap_or(false);
-    if let Some(v) = &raw.start {
-        s.start_s = cx.duration("replay.start", v)?.as_secs_f64();
-    }
-    if let Some(z) = raw.zero_pages {
-        s.zero_pages = match z.as_str() {
-            "send" => ZeroPages::Send,
-            "skip" => ZeroPages::Skip,
-            _ => return Err(cx.key("replay.zero_pages", format!("`{z}` is not send or skip"))),
-        };
-    }
-    Ok(s)
+    let start_s = match table.remove("start") {
+        Some(v) => cx.duration("replay.start", &v)?.as_secs_f64(),
+        None => 0.0,
+    };
+    let precopy: Precopy = cx.take("replay", &mut table)?;
+    cx.refuse_rest("replay", &table, &[&["bandwidths"], keys_of::<Precopy>()].concat())?;
+    precopy.check().map_err(|e| match e {
+        AnalysisError::BadArgument { flag, msg } => {
+            cx.key(format!("replay.{}", flag.trim_start_matches("--").replace('-', "_")), msg)
+        }
+        e => cx.key("replay", e.to_string()),
+    })?;
+    Ok(ReplaySettings { bandwidths, precopy, start_s })
 }
 
 #[cfg(test)]
@@ -1244,7 +1123,7 @@ mod tests {
         assert_eq!(seeds[1], 0x5269_5778_8704_3966, "{:#x}", seeds[1]);
         for r in &runs {
             assert_eq!(r.seed, Some(seeds[r.repeat as usize]));
-            assert_eq!(r.record.interval, Duration::from_millis(50));
+            assert_eq!(r.record.interval, HumanDuration(Duration::from_millis(50)));
             let RunWorkload::Synthetic { spec } = &r.workload else { panic!() };
             let s = WorkloadSpec::parse(spec, None, None).unwrap();
             assert_eq!(s.seed, seeds[r.repeat as usize]);
@@ -1321,7 +1200,7 @@ mod tests {
         let runs = l.expand(10).unwrap();
         assert_eq!(runs.len(), 2);
         assert_eq!(runs[1].record.vcpus, Some(2));
-        assert_eq!(runs[1].record.mem, Some(1 << 30));
+        assert_eq!(runs[1].record.mem, Some(HumanSize(1 << 30)));
         assert_eq!(runs[1].seed, None);
         assert_eq!(runs[1].name, "vcpus=2_r0");
     }
@@ -1361,6 +1240,36 @@ mod tests {
         let e = g.expand(DEFAULT_MAX_RUNS).unwrap_err().to_string();
         assert!(e.contains("1200 runs") && e.contains("--max-runs 1200"), "{e}");
         assert_eq!(g.expand(1200).unwrap().len(), 1200);
+    }
+
+    /// A dataset keeps its fingerprint and its `dataset.json` across versions, so that a sweep
+    /// resumes a dataset an earlier dirtytrace began: these values were computed by the first.
+    #[test]
+    fn fingerprints_and_replay_settings_stay_as_first_written() {
+        let linux = grid(
+            "workload = \"x.sh\"\n[record]\ninterval = \"20ms\"\nduration = \"2s\"\nmigration_speed = \"1Gbit/s\"\n\
+             mem = \"1GiB\"\nvcpus = 2\nexact_cut = true\nkernel = \"k/bzImage\"\nfiles = [\"b:/usr/bin/b\"]\n\
+             cmdline = \"quiet\"\nbzimage = true\nrootfs = \"r.tar\"\npackages = [\"stress-ng\"]\n\
+             allow_emulated_kernel = true\n[axes]\nvcpus = [1, 2]\n[replay]\nbandwidths = [\"1Gbit/s\", \"64MiB/s\"]\n\
+             max_downtime = \"50ms\"\nmax_rounds = 5\nloop = true\nzero_pages = \"skip\"\n",
+        )
+        .unwrap();
+        assert_eq!(linux.fingerprint(&linux.expand(10).unwrap()), "157c8a1867c8a524a57b905f56b0b91c");
+        // Paths are relative to the grid's directory.
+        assert_eq!(linux.linux.boot.kernel.as_deref(), Some(Path::new("/g/k/bzImage")));
+        assert_eq!(linux.linux.initramfs.files, ["/g/b:/usr/bin/b"]);
+        assert_eq!(linux.linux.initramfs.rootfs.as_deref(), Some(Path::new("/g/r.tar")));
+        let json = r#"{"bandwidths":[125000000.0,67108864.0],"max_downtime_s":0.05,"max_rounds":5,"looped":true,"zero_pages":"skip"}"#;
+        assert_eq!(serde_json::to_string(&linux.replay).unwrap(), json);
+        // `index` reads them back from dataset.json.
+        assert_eq!(serde_json::from_str::<ReplaySettings>(json).unwrap(), linux.replay);
+        let synthetic =
+            grid("workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\", \"2MiB/s\"]\ninterval = [\"10ms\"]\n").unwrap();
+        assert_eq!(synthetic.fingerprint(&synthetic.expand(10).unwrap()), "2ab25bc01e922f52ecffd7f1c06f9851");
+        assert_eq!(
+            serde_json::to_string(&synthetic.replay).unwrap(),
+            r#"{"bandwidths":[],"max_downtime_s":0.03,"max_rounds":30,"looped":false,"zero_pages":"send"}"#
+        );
     }
 
     #[test]

@@ -63,10 +63,13 @@ impl ReplayEntry {
         let r = replay::replay(trace, &settings.options(bandwidth));
         let mut o = start::StartOptions::new(settings.start_s);
         o.migration_speed = Some(bandwidth);
-        o.looped = settings.looped;
-        o.max_rounds = settings.max_rounds;
+        o.looped = settings.precopy.looped;
+        o.max_rounds = settings.precopy.max_rounds;
         let fit = match &r {
-            Ok(res) if settings.zero_pages == ZeroPages::Skip && settings.max_downtime_s == MAX_DOWNTIME_S => {
+            Ok(res)
+                if settings.precopy.zero_pages == ZeroPages::Skip
+                    && settings.precopy.max_downtime.0.as_secs_f64() == MAX_DOWNTIME_S =>
+            {
                 start::fit_to_replay(trace, &o, res)
             }
             _ => start::fit_start(trace, &o),
@@ -153,13 +156,6 @@ fn boolc(name: &str, nullable: bool, v: impl Iterator<Item = Option<bool>>) -> C
     (Field::new(name, DataType::Boolean, nullable), Arc::new(BooleanArray::from_iter(v)))
 }
 
-fn status_name(s: TraceStatus) -> String {
-    match serde_json::to_value(s) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => format!("{s:?}").to_lowercase(),
-    }
-}
-
 /// The columns of `index.parquet` for `entries`, in order: identity, the grid's axes
 /// (`axes`, in `dataset.json`'s order), the manifest, `summarize`, then `simgrid`.
 pub fn index_columns(entries: &[&Entry], axes: &[AxisInfo]) -> Vec<Column> {
@@ -172,7 +168,8 @@ pub fn index_columns(entries: &[&Entry], axes: &[AxisInfo]) -> Vec<Column> {
     let mut cols = vec![
         utf8("name", false, e().map(|x| Some(x.name.clone()))),
         utf8("trace_id", false, e().map(|x| Some(x.manifest.trace_id.clone()))),
-        utf8("status", false, e().map(|x| Some(status_name(x.manifest.status)))),
+        utf8("status", false, e().map(|x| Some(x.manifest.status.to_string()))),
+        utf8("engine", false, e().map(|x| Some(x.manifest.engine.as_ref().map_or("kvm", |g| &g.name).to_string()))),
         u64c("run", true, e().map(|x| x.run.as_ref().map(|r| r.run))),
         u64c("seed", true, e().map(|x| x.run.as_ref().and_then(|r| r.seed))),
         u32c("axis_repeat", true, e().map(|x| x.run.as_ref().map(|r| r.repeat))),
@@ -187,7 +184,7 @@ pub fn index_columns(entries: &[&Entry], axes: &[AxisInfo]) -> Vec<Column> {
         });
     }
     cols.extend([
-        utf8("end_reason", true, e().map(|x| x.manifest.end_reason.clone())),
+        utf8("end_reason", true, e().map(|x| x.manifest.end_reason.map(|r| r.to_string()))),
         utf8("error", true, e().map(|x| x.error.clone())),
         f64c("interval_s", false, m(|m| m.interval_s)),
         u32c("vcpus", false, e().map(|x| Some(x.manifest.vcpus))),
@@ -246,7 +243,7 @@ pub fn replay_columns(rows: &[(&Entry, &ReplayEntry)]) -> Vec<Column> {
         u32c("rounds", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.rounds))),
         u64c("transferred_bytes", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.transferred_bytes))),
         boolc("converged", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.converged))),
-        utf8("stop_reason", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.stop_reason.clone()))),
+        utf8("stop_reason", true, r().map(|(_, x)| x.result.as_ref().map(|x| x.stop_reason.to_string()))),
         utf8("error", true, r().map(|(_, x)| x.error.clone())),
         f64c("simgrid_total_time_s", true, model(|m| m.total_time_s)),
         f64c("simgrid_downtime_s", true, model(|m| m.downtime_s)),
@@ -496,11 +493,11 @@ pub fn update(dataset: &Path, rebuild: bool) -> Result<IndexReport, DatasetError
         if run.is_none() && info.is_some() {
             report.warnings.push(format!("{}: not a run of the dataset's grid (no axis values)", dir.display()));
         }
-        *report.statuses.entry(status_name(manifest.status)).or_default() += 1;
+        *report.statuses.entry(manifest.status.to_string()).or_default() += 1;
         seen_ids.push((manifest.trace_id.clone(), name.clone()));
         let reusable = old.as_ref().and_then(|o| {
             let (row, id, status, intervals) = o.rows.get(&name)?;
-            (*id == manifest.trace_id && *status == status_name(manifest.status) && *intervals == manifest.intervals)
+            (*id == manifest.trace_id && *status == manifest.status.to_string() && *intervals == manifest.intervals)
                 .then(|| (*row, o.replay_rows.get(&name).cloned().unwrap_or_default()))
         });
         match reusable {

@@ -32,7 +32,7 @@ use super::index::{self, IndexReport};
 use super::{io_err, open_lock, write_atomic, DatasetError, DatasetInfo, CLAIMS, DATASET_LOCK, INFO, SPECS, TRACES};
 use crate::guest::synthetic::generate::{generate, GenerateOptions};
 use crate::guest::synthetic::spec::WorkloadSpec;
-use crate::record::{self, Progress, RecordOptions, RecordSummary, Recorder};
+use crate::record::{Progress, RecordOptions, RecordSummary, Recorder};
 use crate::trace::{self, Manifest, Trace, TraceStatus, WriteError};
 use crate::units::HumanDuration;
 use serde::Serialize;
@@ -253,7 +253,7 @@ impl RunState {
     pub fn word(&self) -> String {
         match self {
             RunState::Pending => "pending".into(),
-            RunState::Finished(s) => format!("{s:?}").to_lowercase(),
+            RunState::Finished(s) => s.to_string(),
             RunState::Interrupted => "interrupted".into(),
             RunState::Killed => "killed".into(),
             RunState::Busy => "busy".into(),
@@ -263,7 +263,7 @@ impl RunState {
 }
 
 /// Files a recorder may leave in a directory before its manifest exists.
-const STARTUP_FILES: [&str; 2] = [".write-test", ".manifest.json.tmp"];
+const STARTUP_FILES: [&str; 2] = [trace::WRITE_TEST, trace::MANIFEST_TMP];
 
 /// Looks at a run's directory without changing it.
 pub fn inspect(dir: &Path) -> RunState {
@@ -661,26 +661,11 @@ fn make_trace(
             };
             let mut opts = RecordOptions::new(dir.to_path_buf());
             opts.workload = Some(workload);
-            opts.interval = rec.interval;
-            opts.duration = rec.duration;
-            opts.migration_speed = rec.migration_speed;
-            opts.mem = rec.mem;
-            opts.vcpus = rec.vcpus;
-            opts.exact_cut = rec.exact_cut;
+            opts.settings = rec.clone();
             if let Some(k) = &plan.opts.kvm_device {
                 opts.kvm_device = k.clone();
             }
-            let l = &plan.grid.linux;
-            opts.linux = record::LinuxRecordOptions {
-                kernel: l.kernel.clone(),
-                files: l.files.clone(),
-                cmdline: l.cmdline.clone(),
-                console: false,
-                force_bzimage: l.bzimage,
-                rootfs: l.rootfs.clone(),
-                packages: l.packages.clone(),
-                allow_emulated_kernel: l.allow_emulated_kernel,
-            };
+            opts.linux = plan.grid.linux.clone();
             let recorder = Recorder::try_from(opts)?;
             let progress = observer.run_progress(run, recorder.expected_duration());
             recorder.run(interrupt.clone(), progress)
@@ -690,13 +675,13 @@ fn make_trace(
                 anyhow::bail!("the generate engine makes synthetic traces only; {} is a Linux workload", run.name);
             };
             let spec = match rec.duration {
-                Some(d) => cap_spec(spec, d)?,
+                Some(d) => cap_spec(spec, d.0)?,
                 None => spec.clone(),
             };
             let id = sha2::Sha256::digest(format!("{}:{}", plan.info.fingerprint, run.name).as_bytes());
             let opts = GenerateOptions {
-                interval: rec.interval,
-                migration_speed: rec.migration_speed,
+                interval: rec.interval.0,
+                migration_speed: rec.migration_speed.0,
                 trace_id: Some(id[..16].iter().map(|b| format!("{b:02x}")).collect()),
                 progress: None,
             };
@@ -787,7 +772,7 @@ pub fn outcome_line(o: &RunOutcome, done: usize, total: usize) -> String {
     };
     let mut line = format!("[{done}/{total}] {}: {what}", o.name);
     if let (Some(s), Some(n)) = (o.status, o.intervals) {
-        line.push_str(&format!(", {} ({n} intervals", format!("{s:?}").to_lowercase()));
+        line.push_str(&format!(", {s} ({n} intervals"));
         if let Some(d) = o.duration_s {
             line.push_str(&format!(", {d:.2} s"));
         }
@@ -837,4 +822,29 @@ pub fn render_report(r: &SweepReport) -> String {
         out.push_str("interrupted: run the same command again to resume\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Listings and logs call a status what the manifest and the index call it.
+    #[test]
+    fn statuses_are_written_as_the_manifest_writes_them() {
+        assert_eq!(RunState::Finished(TraceStatus::GuestFault).word(), "guest_fault");
+        let o = RunOutcome {
+            run: 0,
+            name: "r".into(),
+            action: Action::Recorded,
+            status: Some(TraceStatus::GuestFault),
+            trace_id: None,
+            intervals: Some(3),
+            duration_s: None,
+            record_s: 0.0,
+            overhead_s: 0.0,
+            note: None,
+        };
+        let line = outcome_line(&o, 1, 1);
+        assert!(line.starts_with("[1/1] r: recorded, guest_fault (3 intervals)"), "{line}");
+    }
 }

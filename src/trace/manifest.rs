@@ -4,6 +4,7 @@ use super::records::{MemorySlot, PageRange, SamplerScheduling};
 use super::FORMAT_VERSION;
 use crate::units::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -21,6 +22,40 @@ pub enum TraceStatus {
     GuestFault,
     /// Finalised by `dirtytrace recover` after the recorder died.
     Recovered,
+}
+
+impl fmt::Display for TraceStatus {
+    /// The status as `manifest.json` writes it (`guest_fault`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        super::write_serde_name(f, self)
+    }
+}
+
+/// Why a recording ended (`manifest.json` `end_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Every vCPU said it was done.
+    WorkloadDone,
+    /// `--duration` passed.
+    Duration,
+    /// Ctrl-C, SIGTERM or SIGHUP.
+    Interrupted,
+    /// The guest powered off or reset.
+    GuestPowerOff,
+    /// A vCPU faulted.
+    GuestFault,
+    /// The trace writer stopped taking harvests.
+    WriterFailed,
+    /// The recorder died before it could say; the trace was finalised from its journal.
+    RecoveredFromJournal,
+}
+
+impl fmt::Display for EndReason {
+    /// The reason as `manifest.json` writes it (`guest_power_off`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        super::write_serde_name(f, self)
+    }
 }
 
 /// Harvest timing, derived from the rows so that a recovered trace gets the same figures.
@@ -81,7 +116,7 @@ pub struct Manifest {
     /// Where the trace stands.
     pub status: TraceStatus,
     /// Why the recording ended.
-    pub end_reason: Option<String>,
+    pub end_reason: Option<EndReason>,
     /// A guest fault or other error that ended the recording.
     pub error: Option<String>,
     /// `dirtytrace`.
@@ -203,7 +238,7 @@ impl Manifest {
 
     /// Writes the manifest atomically (temporary file, then rename).
     pub fn store(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join(".manifest.json.tmp");
+        let tmp = dir.join(super::MANIFEST_TMP);
         let mut text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         text.push('\n');
         std::fs::write(&tmp, text)?;

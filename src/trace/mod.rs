@@ -14,12 +14,25 @@ mod validate;
 mod writer;
 
 pub use bitmap::{BitmapEncoder, ZSTD_LEVEL};
-pub use manifest::{EngineInfo, HarvestTiming, Manifest, TraceStatus};
+pub use manifest::{EndReason, EngineInfo, HarvestTiming, Manifest, TraceStatus};
 pub use reader::{BitmapStream, IntervalBitmaps, IntervalStream, RatesStream, SlotBitmap, Trace, TraceError};
-pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SlotBlob};
+pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SchedPolicy, SlotBlob};
 pub use tables::{bitmap_columns, rate_columns, ColumnError};
 pub use validate::{check_manifest, name_problem, sanitize_name, Invalid, RowChecker};
 pub use writer::{finalize, prepare_dir, timing_of, Finalized, TraceWriter, WriteError};
+
+/// Writes the name serde gives `value`, a unit variant of an enum: the word the trace's JSON
+/// holds, so that listings and logs say what the files say.
+pub(crate) fn write_serde_name<T: serde::Serialize + std::fmt::Debug>(
+    f: &mut std::fmt::Formatter<'_>,
+    value: &T,
+) -> std::fmt::Result {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => f.write_str(&name),
+        // Not a unit variant: there is no one word for it.
+        _ => write!(f, "{value:?}"),
+    }
+}
 
 /// The format's version, in `manifest.json`: readers refuse others.
 pub const FORMAT_VERSION: u32 = 1;
@@ -33,5 +46,10 @@ pub const BITMAPS: &str = "bitmaps.parquet";
 pub const JOURNAL: &str = "journal.dtj";
 /// The guest log's file name.
 pub const GUEST_LOG: &str = "guest_log.jsonl";
+/// The file [`prepare_dir`] writes, then removes, to learn that a new trace's directory is
+/// writable.
+pub const WRITE_TEST: &str = ".write-test";
+/// The file a manifest is written to before it is renamed into place.
+pub const MANIFEST_TMP: &str = ".manifest.json.tmp";
 /// The console log's file name (Linux guests).
 pub const CONSOLE: &str = "console.log";

@@ -157,13 +157,30 @@ pub struct GuestEvent {
     pub detail: serde_json::Value,
 }
 
+/// The scheduling policy the sampler thread ran under (`manifest.json` `sampler.policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedPolicy {
+    /// SCHED_FIFO: real-time priority.
+    Fifo,
+    /// SCHED_OTHER: normal scheduling.
+    Other,
+}
+
+impl std::fmt::Display for SchedPolicy {
+    /// The policy as `manifest.json` writes it (`fifo`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        super::write_serde_name(f, self)
+    }
+}
+
 /// How the sampler thread was scheduled (`manifest.json` `sampler`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SamplerScheduling {
     /// What `--realtime` asked for: `auto`, `on` or `off`.
     pub requested: String,
-    /// What the sampler thread got: `fifo` (SCHED_FIFO) or `other` (normal scheduling).
-    pub policy: String,
+    /// What the sampler thread got.
+    pub policy: SchedPolicy,
     /// Its SCHED_FIFO priority; 0 under `other`.
     pub priority: u32,
     /// The most it woke before each deadline to spin on the clock, in µs (0: never).

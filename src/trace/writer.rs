@@ -4,7 +4,7 @@
 
 use super::bitmap;
 use super::journal::{self, JournalReader};
-use super::manifest::{HarvestTiming, Manifest, TraceStatus};
+use super::manifest::{EndReason, HarvestTiming, Manifest, TraceStatus};
 use super::records::{GuestEvent, IntervalRow, SlotBlob};
 use super::tables;
 use super::validate::{check_blob, invalid, Invalid, RowChecker};
@@ -89,7 +89,7 @@ pub fn prepare_dir(dir: &Path) -> Result<(), WriteError> {
     } else {
         std::fs::create_dir_all(dir).map_err(io_err("cannot create output directory", dir))?;
     }
-    let probe = dir.join(".write-test");
+    let probe = dir.join(super::WRITE_TEST);
     std::fs::write(&probe, b"").map_err(io_err("output directory is not writable:", dir))?;
     let _ = std::fs::remove_file(probe);
     Ok(())
@@ -204,12 +204,12 @@ impl TraceWriter {
     pub fn finish(
         mut self,
         status: TraceStatus,
-        end_reason: &str,
+        end_reason: EndReason,
         error: Option<String>,
     ) -> Result<Finalized, WriteError> {
         self.persist()?;
         self.journal.sync_all().map_err(io_err("cannot sync journal in", &self.dir))?;
-        self.manifest.end_reason = Some(end_reason.to_string());
+        self.manifest.end_reason = Some(end_reason);
         self.manifest.error = error;
         self.manifest.store(&self.dir).map_err(io_err("cannot write manifest in", &self.dir))?;
         // The journal stays locked through finalising, so `recover` cannot start in between.
@@ -440,7 +440,7 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
     manifest.intervals = manifest.timing.intervals;
     manifest.status = status;
     if status == TraceStatus::Recovered {
-        manifest.end_reason.get_or_insert_with(|| "recovered_from_journal".into());
+        manifest.end_reason.get_or_insert(EndReason::RecoveredFromJournal);
     }
     // Whatever was lost is said, whoever finalised: never silently.
     if let Some(losses) = done.losses() {

@@ -5,6 +5,7 @@
 use dirtytrace::record::{self, RecordOptions, RecordSummary};
 use dirtytrace::trace::Trace;
 use std::io::Read;
+use dirtytrace::units::HumanDuration;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::atomic::AtomicBool;
@@ -87,8 +88,8 @@ pub fn record_spec(name: &str, spec: &str, interval: Duration, duration: Option<
     let out = dir.join("trace");
     let mut opts = RecordOptions::new(out.clone());
     opts.workload = Some(spec_path);
-    opts.interval = interval;
-    opts.duration = duration;
+    opts.settings.interval = HumanDuration(interval);
+    opts.settings.duration = duration.map(HumanDuration);
     let summary = record::record(&opts, Arc::new(AtomicBool::new(false)), None)
         .unwrap_or_else(|e| panic!("recording {name} failed: {e:#}"));
     (summary, Trace::open(&out).unwrap())

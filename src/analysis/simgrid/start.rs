@@ -59,10 +59,10 @@ impl StartOptions {
     pub fn replay_options(&self, speed: f64) -> ReplayOptions {
         let mut o = ReplayOptions::new(speed);
         o.start_s = self.start_s;
-        o.looped = self.looped;
-        o.max_rounds = self.max_rounds;
-        o.max_downtime_s = MAX_DOWNTIME_S;
-        o.zero_pages = ZeroPages::Skip;
+        o.precopy.looped = self.looped;
+        o.precopy.max_rounds = self.max_rounds;
+        o.precopy.max_downtime = crate::units::HumanDuration(std::time::Duration::from_secs_f64(MAX_DOWNTIME_S));
+        o.precopy.zero_pages = ZeroPages::Skip;
         o
     }
 }
@@ -190,7 +190,7 @@ pub struct ReplayFigures {
     /// `replay`'s `converged`.
     pub converged: bool,
     /// `replay`'s `stop_reason`.
-    pub stop_reason: String,
+    pub stop_reason: replay::StopReason,
     /// `replay`'s `max_rounds`.
     pub max_rounds: u32,
 }
@@ -483,7 +483,7 @@ pub fn fit_to_replay(trace: &Trace, opts: &StartOptions, r: &ReplayResult) -> Re
             rounds: r.rounds,
             downtime_s: r.downtime_s,
             converged: r.converged,
-            stop_reason: r.stop_reason.clone(),
+            stop_reason: r.stop_reason,
             max_rounds: r.max_rounds,
         },
         difference: Difference {

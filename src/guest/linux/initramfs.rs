@@ -7,6 +7,7 @@
 
 use super::rootfs;
 use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -313,6 +314,42 @@ impl<W: Write> ArchiveWriter<W> {
     }
 }
 
+/// What the user packs into an initramfs besides busybox and the workload script: flags of
+/// `initramfs` and `record`, and keys of a grid's `[record]` (schemas/linux-guest.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct Contents {
+    /// Copy a host file into the initramfs (repeatable).
+    #[arg(long = "file", value_name = "HOST_PATH:GUEST_PATH")]
+    pub files: Vec<String>,
+    /// A root filesystem (directory, .tar, .tar.gz or .tar.zst) under dirtytrace's files.
+    #[arg(long, value_name = "PATH")]
+    pub rootfs: Option<PathBuf>,
+    /// A Debian package and its runtime dependencies, from the host's apt (repeatable).
+    #[arg(long = "package", value_name = "NAME")]
+    pub packages: Vec<String>,
+}
+
+impl Contents {
+    /// The `--file`s, parsed.
+    pub fn extras(&self) -> anyhow::Result<Vec<Extra>> {
+        self.files.iter().map(|f| parse_extra(f)).collect()
+    }
+
+    /// The same contents with relative host paths taken from `dir` (a grid's directory).
+    pub fn relative_to(&self, dir: &Path) -> Contents {
+        let files = self
+            .files
+            .iter()
+            .map(|f| match f.split_once(':') {
+                Some((host, guest)) => format!("{}:{guest}", dir.join(host).display()),
+                None => f.clone(),
+            })
+            .collect();
+        Contents { files, rootfs: self.rootfs.as_ref().map(|r| dir.join(r)), packages: self.packages.clone() }
+    }
+}
+
 /// Everything an archive is built from.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
@@ -320,12 +357,8 @@ pub struct Inputs {
     pub busybox: PathBuf,
     /// The workload script.
     pub script: PathBuf,
-    /// `--file` extras.
-    pub extras: Vec<Extra>,
-    /// A directory or a `.tar`, `.tar.gz`, `.tar.zst` packed first.
-    pub rootfs: Option<PathBuf>,
-    /// Debian packages (with their runtime dependencies) packed after the rootfs.
-    pub packages: Vec<String>,
+    /// Packed around them: a rootfs and packages first, `--file` extras on top.
+    pub contents: Contents,
 }
 
 /// A built archive.
@@ -385,10 +418,10 @@ impl Initramfs {
 /// What an archive is built from, for messages: `--rootfs P`, `--package N`, or the script.
 pub fn describe_inputs(inputs: &Inputs) -> String {
     let mut parts = Vec::new();
-    if let Some(r) = &inputs.rootfs {
+    if let Some(r) = &inputs.contents.rootfs {
         parts.push(format!("--rootfs {}", r.display()));
     }
-    for p in &inputs.packages {
+    for p in &inputs.contents.packages {
         parts.push(format!("--package {p}"));
     }
     if parts.is_empty() {
@@ -405,13 +438,13 @@ struct CacheMeta {
     packages: Vec<String>,
 }
 
-/// Builds (or takes from the cache) the archive for busybox, a script and `--file` extras.
-pub fn build(busybox: &Path, script: &Path, extras: &[Extra], cache: Option<&Path>) -> anyhow::Result<Initramfs> {
+/// Builds (or takes from the cache) the archive for busybox, a script and `--file` extras
+/// (`HOST_PATH:GUEST_PATH`).
+pub fn build(busybox: &Path, script: &Path, files: &[String], cache: Option<&Path>) -> anyhow::Result<Initramfs> {
     let inputs = Inputs {
         busybox: busybox.to_path_buf(),
         script: script.to_path_buf(),
-        extras: extras.to_vec(),
-        ..Default::default()
+        contents: Contents { files: files.to_vec(), ..Default::default() },
     };
     build_with(&inputs, cache, &mut |_| {})
 }
@@ -450,9 +483,12 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
     }
     let script = crate::files::read_regular(&inputs.script, MAX_SCRIPT_BYTES, "workload script")
         .with_context(|| format!("cannot read workload {}", inputs.script.display()))?;
-    let rootfs = inputs.rootfs.as_deref().map(rootfs::Rootfs::open).transpose()?;
-    let packages =
-        if inputs.packages.is_empty() { None } else { Some(super::packages::prepare(&inputs.packages, progress)?) };
+    let to_copy = inputs.contents.extras()?;
+    let rootfs = inputs.contents.rootfs.as_deref().map(rootfs::Rootfs::open).transpose()?;
+    let packages = match &inputs.contents.packages {
+        p if p.is_empty() => None,
+        p => Some(super::packages::prepare(p, progress)?),
+    };
 
     let mut key = sha2::Sha256::default();
     key.update(LAYOUT_VERSION);
@@ -461,7 +497,7 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
         key.update(part);
     }
     let mut extras = Vec::new();
-    for x in &inputs.extras {
+    for x in &to_copy {
         let what = || format!("--file {}:{}: cannot read {}", x.host.display(), x.guest, x.host.display());
         let meta = std::fs::metadata(&x.host).with_context(what)?;
         if !meta.is_file() {

@@ -14,8 +14,9 @@ use crate::events::GuestLog;
 use crate::guest::Guest;
 use crate::vmm::{kvm_err, Bus, ExitAction, Vm, VmSpec};
 use anyhow::Context;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
@@ -29,32 +30,61 @@ pub const I8042_COMMAND: u16 = 0x64;
 /// The i8042 command that resets the machine (`reboot=k`).
 pub const I8042_RESET: u8 = 0xFE;
 
+/// The kernel a Linux guest boots, and how: flags of `record` and keys of a grid's `[record]`
+/// (schemas/linux-guest.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootInputs {
+    /// The kernel, a bzImage or an ELF vmlinux (default: $DIRTYTRACE_KERNEL, then the kit).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Extra kernel command-line arguments.
+    #[arg(long, value_name = "EXTRA")]
+    pub cmdline: Option<String>,
+    /// Boot the kit's bzImage even when its vmlinux (PVH entry) is available.
+    #[arg(long)]
+    pub bzimage: bool,
+    /// Boot the kit's kernel even where `doctor` finds guest kernel code emulated.
+    #[arg(long)]
+    pub allow_emulated_kernel: bool,
+}
+
+/// What a Linux guest is built from besides its script: `record` takes both parts as flags, a
+/// grid's `[record]` as keys, and `initramfs` the initramfs part.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, clap::Args)]
+pub struct LinuxInputs {
+    /// The kernel and how it boots.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub boot: BootInputs,
+    /// What the initramfs holds.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub initramfs: initramfs::Contents,
+}
+
+impl LinuxInputs {
+    /// The same inputs with relative host paths taken from `dir` (a grid's directory).
+    pub fn relative_to(&self, dir: &Path) -> LinuxInputs {
+        let boot = BootInputs { kernel: self.boot.kernel.as_ref().map(|k| dir.join(k)), ..self.boot.clone() };
+        LinuxInputs { boot, initramfs: self.initramfs.relative_to(dir) }
+    }
+}
+
 /// How to build a Linux guest.
 pub struct LinuxOptions {
     /// The workload script.
     pub script: PathBuf,
-    /// `--kernel`; default: `$DIRTYTRACE_KERNEL`, then the kit.
-    pub kernel: Option<PathBuf>,
-    /// `--file` extras for the initramfs.
-    pub files: Vec<initramfs::Extra>,
+    /// The kernel, its command line and what the initramfs holds.
+    pub inputs: LinuxInputs,
     /// Guest RAM.
     pub mem: u64,
     /// vCPUs.
     pub vcpus: u32,
-    /// Extra kernel command-line arguments.
-    pub cmdline_extra: Option<String>,
     /// Also stream the console to stderr.
     pub console: bool,
-    /// Boot the kit's bzImage even when its vmlinux (PVH) is there.
-    pub force_bzimage: bool,
-    /// A root filesystem (directory or tarball) packed under dirtytrace's files.
-    pub rootfs: Option<PathBuf>,
-    /// Debian packages, with their runtime dependencies, packed too.
-    pub packages: Vec<String>,
     /// The KVM device, for the kernel-mode probe.
     pub kvm_device: PathBuf,
-    /// Boot the kit's kernel even when the probe says this host's KVM emulates kernel code.
-    pub allow_emulated_kernel: bool,
     /// Whether the guest will run under KVM, so that the host's KVM must run kernel code
     /// natively (false under the QEMU engine, which emulates the guest itself).
     pub under_kvm: bool,
@@ -76,7 +106,7 @@ fn check_host(opts: &LinuxOptions, kit_kernel: bool) -> anyhow::Result<()> {
          kernel runs for minutes and then stops at an instruction the emulator lacks",
         probe.kernel_mode.instructions_per_s / 1e6
     );
-    if kit_kernel && !opts.allow_emulated_kernel {
+    if kit_kernel && !opts.inputs.boot.allow_emulated_kernel {
         anyhow::bail!(
             "{why}: no Linux workload can run under --engine kvm here. Record it with --engine qemu (or auto, the \
              default), see `dirtytrace doctor`, or pass {ALLOW_EMULATED_FLAG} to boot the kit's kernel anyway"
@@ -92,6 +122,8 @@ fn check_host(opts: &LinuxOptions, kit_kernel: bool) -> anyhow::Result<()> {
 /// A Linux guest, kernel read and initramfs built, ready to load.
 pub struct LinuxGuest {
     opts: LinuxOptions,
+    /// The `--file`s, parsed.
+    extras: Vec<initramfs::Extra>,
     kit: kit::Kit,
     kernel: Vec<u8>,
     initramfs: initramfs::Initramfs,
@@ -103,22 +135,23 @@ pub struct LinuxGuest {
 impl LinuxGuest {
     /// Finds the kernel and builds the initramfs: everything that can fail before a VM exists.
     pub fn new(opts: LinuxOptions) -> anyhow::Result<Self> {
+        let extras = opts.inputs.initramfs.extras()?;
         if opts.vcpus == 0 || opts.vcpus > 254 {
             anyhow::bail!("--vcpus must be between 1 and 254, got {}", opts.vcpus);
         }
         if !opts.mem.is_multiple_of(4096) {
             anyhow::bail!("--mem must be a whole number of 4 KiB pages");
         }
-        let kit = kit::locate(opts.kernel.as_deref(), opts.force_bzimage)?;
+        let kit = kit::locate(opts.inputs.boot.kernel.as_deref(), opts.inputs.boot.bzimage)?;
         let kernel = read_kernel(&kit.kernel, opts.mem).with_context(|| {
-            if opts.kernel.is_some() {
+            if opts.inputs.boot.kernel.is_some() {
                 "--kernel"
             } else {
                 "the guest kernel"
             }
         })?;
         boot::check_kernel(&kernel, &kit.kernel.display().to_string())?;
-        for x in &opts.files {
+        for x in &extras {
             // A regular file that fits the guest: never a FIFO or a device, never read without end.
             crate::files::check_regular(&x.host, opts.mem, "file for the guest")
                 .with_context(|| format!("--file {}:{}", x.host.display(), x.guest))?;
@@ -131,9 +164,7 @@ impl LinuxGuest {
         let inputs = initramfs::Inputs {
             busybox: kit.busybox.clone(),
             script: opts.script.clone(),
-            extras: opts.files.clone(),
-            rootfs: opts.rootfs.clone(),
-            packages: opts.packages.clone(),
+            contents: opts.inputs.initramfs.clone(),
         };
         let initramfs = initramfs::build_with(&inputs, Some(&cache), &mut |m| eprintln!("initramfs: {m}"))?;
         let initramfs_build_s = (crate::clock::now_ns() - t) as f64 / 1e9;
@@ -141,15 +172,12 @@ impl LinuxGuest {
             eprintln!("initramfs: {note}");
         }
         initramfs.check_fits(opts.mem, &initramfs::describe_inputs(&inputs))?;
-        if inputs.rootfs.is_some() || !inputs.packages.is_empty() {
+        if inputs.contents.rootfs.is_some() || !inputs.contents.packages.is_empty() {
             eprintln!("initramfs: {}", initramfs.summary());
         }
-        let cmdline = if opts.under_kvm {
-            boot::cmdline(opts.cmdline_extra.as_deref())
-        } else {
-            boot::qemu_cmdline(opts.cmdline_extra.as_deref())
-        };
-        Ok(LinuxGuest { opts, kit, kernel, initramfs, initramfs_build_s, cmdline, boot: None })
+        let extra = opts.inputs.boot.cmdline.as_deref();
+        let cmdline = if opts.under_kvm { boot::cmdline(extra) } else { boot::qemu_cmdline(extra) };
+        Ok(LinuxGuest { opts, extras, kit, kernel, initramfs, initramfs_build_s, cmdline, boot: None })
     }
 }
 
@@ -236,8 +264,8 @@ impl Guest for LinuxGuest {
             "cmdline": self.cmdline,
             "workload_script": std::fs::read_to_string(&self.opts.script).unwrap_or_default(),
             "workload_path": self.opts.script,
-            "files": self.opts.files.iter().map(|f| format!("{}:{}", f.host.display(), f.guest)).collect::<Vec<_>>(),
-            "rootfs": self.opts.rootfs,
+            "files": self.extras.iter().map(|f| format!("{}:{}", f.host.display(), f.guest)).collect::<Vec<_>>(),
+            "rootfs": self.opts.inputs.initramfs.rootfs,
             "packages": self.initramfs.packages,
             "initramfs_bytes": self.initramfs.bytes.len(),
             "initramfs_unpacked_bytes": self.initramfs.unpacked_bytes,

@@ -5,9 +5,10 @@
 
 use super::plan::{GuestPlan, CONTROL_PAGE};
 use super::spec::{WorkloadSpec, WriteRate};
+use super::{DoneDetail, PhaseDetail};
 use crate::accounting::IntervalAccounting;
 use crate::sampler::Harvest;
-use crate::trace::{self, GuestEvent, Manifest, MemorySlot, PageRange, TraceStatus, TraceWriter};
+use crate::trace::{self, EndReason, GuestEvent, Manifest, MemorySlot, PageRange, TraceStatus, TraceWriter};
 use crate::units::PAGE_SIZE;
 use anyhow::{bail, Context};
 use std::path::Path;
@@ -124,7 +125,8 @@ pub fn generate(dir: &Path, spec_text: &str, opts: &GenerateOptions) -> anyhow::
                         vcpu: Some(v as u32),
                         kind: "phase".into(),
                         name: spec.phases[p + 1].name.clone(),
-                        detail: serde_json::json!({ "phase_index": p + 1, "previous_phase_writes": writes }),
+                        detail: PhaseDetail { phase_index: p as u64 + 1, previous_phase_writes: Some(writes) }
+                            .to_json(),
                     }
                 } else {
                     GuestEvent {
@@ -132,7 +134,7 @@ pub fn generate(dir: &Path, spec_text: &str, opts: &GenerateOptions) -> anyhow::
                         vcpu: Some(v as u32),
                         kind: "done".into(),
                         name: "done".into(),
-                        detail: serde_json::json!({ "last_phase_writes": writes }),
+                        detail: DoneDetail { last_phase_writes: Some(writes) }.to_json(),
                     }
                 });
             }
@@ -154,6 +156,8 @@ pub fn generate(dir: &Path, spec_text: &str, opts: &GenerateOptions) -> anyhow::
             p(k);
         }
     }
-    let done = writer.finish(TraceStatus::Complete, "workload_done", None).context("finalising the generated trace")?;
+    let done = writer
+        .finish(TraceStatus::Complete, EndReason::WorkloadDone, None)
+        .context("finalising the generated trace")?;
     Ok(done.manifest)
 }

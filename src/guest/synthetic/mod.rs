@@ -19,6 +19,51 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+/// The `detail` of the synthetic guest's `phase` events in `guest_log.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PhaseDetail {
+    /// The phase that begins, by its position in the spec.
+    pub phase_index: u64,
+    /// The writes this vCPU made in the phase before (none before the first).
+    pub previous_phase_writes: Option<u64>,
+}
+
+/// The `detail` of the synthetic guest's `done` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DoneDetail {
+    /// The writes this vCPU made in the last phase.
+    pub last_phase_writes: Option<u64>,
+}
+
+/// The detail as the guest log holds it (a struct of numbers always serialises).
+fn detail_json(detail: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(detail).unwrap_or_default()
+}
+
+impl PhaseDetail {
+    /// As the guest log holds it.
+    pub fn to_json(self) -> serde_json::Value {
+        detail_json(self)
+    }
+
+    /// The detail of `event`, if it has one of this kind.
+    pub fn of(event: &crate::trace::GuestEvent) -> Option<PhaseDetail> {
+        serde::Deserialize::deserialize(&event.detail).ok()
+    }
+}
+
+impl DoneDetail {
+    /// As the guest log holds it.
+    pub fn to_json(self) -> serde_json::Value {
+        detail_json(self)
+    }
+
+    /// The detail of `event`, if it has one of this kind.
+    pub fn of(event: &crate::trace::GuestEvent) -> Option<DoneDetail> {
+        serde::Deserialize::deserialize(&event.detail).ok()
+    }
+}
+
 /// The synthetic guest, ready to load.
 pub struct SyntheticGuest {
     /// Its workload, parsed.
@@ -191,11 +236,8 @@ impl Bus for SyntheticBus {
             PORT_PHASE => {
                 let previous = if value > 0 { self.close_phase(vcpu) } else { None };
                 let name = self.phase_names.get(value as usize).cloned().unwrap_or_else(|| format!("phase{value}"));
-                let detail = serde_json::json!({
-                    "phase_index": value,
-                    "previous_phase_writes": previous.map(|p| p.1),
-                });
-                self.log.mark_phase(Some(vcpu), &name, detail);
+                let detail = PhaseDetail { phase_index: value, previous_phase_writes: previous.map(|p| p.1) };
+                self.log.mark_phase(Some(vcpu), &name, detail.to_json());
                 ExitAction::Continue
             }
             PORT_DONE => {
@@ -204,7 +246,7 @@ impl Bus for SyntheticBus {
                     Some(vcpu),
                     "done",
                     "done",
-                    serde_json::json!({ "last_phase_writes": last.map(|p| p.1) }),
+                    DoneDetail { last_phase_writes: last.map(|p| p.1) }.to_json(),
                 );
                 ExitAction::Done
             }
@@ -232,13 +274,14 @@ pub fn final_counts_from_log(
         let Some(v) = e.vcpu.map(|v| v as usize).filter(|&v| v < vcpus) else { continue };
         match e.kind.as_str() {
             "phase" => {
-                let idx = e.detail["phase_index"].as_u64().unwrap_or(0) as usize;
-                if let (Some(w), true) = (e.detail["previous_phase_writes"].as_u64(), idx > 0 && idx <= phases) {
+                let Some(d) = PhaseDetail::of(e) else { continue };
+                let idx = d.phase_index as usize;
+                if let (Some(w), true) = (d.previous_phase_writes, idx > 0 && idx <= phases) {
                     counts[v][idx - 1] = Some(w);
                 }
             }
             "done" => {
-                if let Some(w) = e.detail["last_phase_writes"].as_u64() {
+                if let Some(w) = DoneDetail::of(e).and_then(|d| d.last_phase_writes) {
                     counts[v][phases - 1] = Some(w);
                 }
             }
