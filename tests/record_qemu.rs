@@ -319,3 +319,29 @@ fn two_vcpus_with_an_exact_cut() {
     let fill = pages_of_phase(&trace, "fill").union(&pages_of_phase(&trace, "idle")).count() as u64;
     assert!(fill * 4096 >= 64 << 20, "hello.sh's dd writes 64 MiB: {fill} pages");
 }
+
+/// A grid takes `engine` like any record option: its runs are recorded under QEMU and the
+/// index says which engine made each trace.
+#[test]
+fn a_grid_records_under_qemu_and_the_index_says_so() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-grid");
+    write(&dir, "w.sh", "#!/bin/sh\ndt-phase work\ndd if=/dev/zero of=/tmp/x bs=1M count=8 2>/dev/null\n");
+    let grid = write(
+        &dir,
+        "grid.toml",
+        "workload = \"w.sh\"\n[record]\nmem = \"256MiB\"\nengine = \"qemu\"\n[axes]\ninterval = [\"50ms\", \"100ms\"]\n",
+    );
+    let out = dir.join("ds");
+    let o = Command::new(bin())
+        .args(["sweep", grid.to_str().unwrap(), "--output", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("python3")
+        .args(["-c", "import pyarrow.parquet as pq,sys; t=pq.read_table(sys.argv[1]); print(sorted(set(t.column('engine').to_pylist())), t.num_rows)"])
+        .arg(out.join("index.parquet"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "['qemu'] 2", "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -4,8 +4,8 @@
 
 use dirtytrace::record::{self, RecordOptions, RecordSummary};
 use dirtytrace::trace::Trace;
-use std::io::Read;
 use dirtytrace::units::HumanDuration;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::atomic::AtomicBool;
