@@ -416,4 +416,56 @@ fn auto_without_kvm_records_the_built_in_spec_under_qemu() {
         trace.guest_log().unwrap().into_iter().filter(|e| e.kind == "phase").map(|e| e.name).collect();
     assert_eq!(phases, ["sequential", "hotcold", "idle"]);
     assert_exact("qemu-auto", &trace, 85);
+    // The idle phase sleeps (its idle `syscall` halts the vCPU until QEMU's PIT wakes it), so
+    // its vCPU is mostly off the CPU, as under the own VMM.
+    let rows = trace.rates().unwrap();
+    let idle: Vec<f64> = rows.iter().filter(|r| r.phase == "idle" && !r.partial).map(|r| r.cpu_util).collect();
+    let mean = idle.iter().sum::<f64>() / idle.len() as f64;
+    assert!(idle.len() >= 25 && mean < 0.25, "the idle phase kept its vCPU busy: {mean} over {} intervals", idle.len());
+    eprintln!("qemu-auto: idle phase cpu_util {mean:.3}");
+}
+
+/// Phases, a `cpu` below 1 (the vCPU idles between its writes: an idle `syscall` whose stack is
+/// the control page) and an idle phase, at 10 ms: still exact.
+#[test]
+fn synthetic_phases_with_idle_time_are_exact_under_qemu() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-exact-phases");
+    let spec = write(
+        &dir,
+        "spec.toml",
+        "mem = \"512MiB\"\nseed = 3\n\
+         [[phase]]\nname = \"a\"\nduration = \"0.5s\"\nworking_set = \"32MiB\"\nrate = \"40MiB/s\"\npattern = \"random\"\ncpu = 0.5\n\
+         [[phase]]\nname = \"rest\"\nduration = \"0.3s\"\nworking_set = \"0\"\nrate = \"0\"\ncpu = 0\n\
+         [[phase]]\nname = \"c\"\nduration = \"0.4s\"\nworking_set = \"8MiB\"\nrate = \"80MiB/s\"\npattern = \"sequential\"\ncpu = 0.3\n",
+    );
+    let mut opts = RecordOptions::new(dir.join("trace"));
+    opts.workload = Some(spec);
+    opts.interval = Duration::from_millis(10);
+    opts.engine = EngineChoice::Qemu;
+    let summary = dirtytrace::record::record(&opts, Arc::new(AtomicBool::new(false)), None).unwrap();
+    assert_eq!(summary.end_reason, "workload_done");
+    let trace = Trace::open(dir.join("trace")).unwrap();
+    assert_exact("qemu-exact-phases", &trace, 115);
+    let counts = dirtytrace::guest::synthetic::final_counts_from_log(&trace.guest_log().unwrap(), 1, 3);
+    assert!(counts[0].iter().all(Option::is_some), "every phase's final count is logged: {counts:?}");
+}
+
+/// What the QEMU engine cannot run of a synthetic spec is refused before QEMU starts, with
+/// what to do instead, and nothing is left behind.
+#[test]
+fn synthetic_specs_qemu_cannot_run_are_refused_first() {
+    let dir = Scratch::new("qemu-synthetic-refused");
+    for (args, want) in [
+        (["--vcpus", "2"], "runs on one vCPU (its PVH boot starts only the first), not 2"),
+        (["--mem", "4GiB"], "at most 3 GiB of RAM"),
+    ] {
+        let out = dir.join("trace");
+        let o = record(&[args[0], args[1], "--output", out.to_str().unwrap()], &[]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(want) && stderr.contains("--engine kvm"), "{stderr}");
+        assert!(!out.exists());
+    }
+    assert!(qemu_children(std::process::id()).is_empty());
 }

@@ -480,14 +480,16 @@ impl QemuVm {
         self.qmp.execute("cont").map_err(QemuError::Qmp)?;
         let t0 = std::time::Instant::now();
         loop {
-            let (ready, closed) = {
+            let (ready, closed, failure) = {
                 let c = self.console.lock().unwrap_or_else(|e| e.into_inner());
-                (c.parser.ready, c.closed)
+                (c.parser.ready, c.closed, c.parser.failure.clone())
             };
             if ready {
                 break;
             }
-            let why = if let Some(st) = self.process.exited() {
+            let why = if let Some(f) = failure {
+                Some(format!("the guest's boot code failed: {f}"))
+            } else if let Some(st) = self.process.exited() {
                 Some(format!("QEMU exited ({st}) before the guest's boot code was ready"))
             } else if closed || self.qmp.events.shutdown.load(Ordering::Acquire) {
                 Some("the guest reset or shut down before its boot code was ready".to_string())

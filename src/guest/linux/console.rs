@@ -66,6 +66,8 @@ pub enum MarkerEffect {
     Ready,
     /// The guest's workload is done ([`ConsoleParser::done`]).
     Done,
+    /// The guest cannot go on; the marker's value says why ([`ConsoleParser::failure`]).
+    Failed,
 }
 
 /// The marker kinds of a guest's own console protocol (the synthetic guest under QEMU), tried
@@ -89,6 +91,8 @@ pub struct ConsoleParser {
     pub ready: bool,
     /// The guest said its workload is done.
     pub done: bool,
+    /// The guest said it cannot go on, and why.
+    pub failure: Option<String>,
 }
 
 impl ConsoleParser {
@@ -132,6 +136,10 @@ impl ConsoleParser {
                     MarkerEffect::Logged => {}
                     MarkerEffect::Ready => self.ready = true,
                     MarkerEffect::Done => self.done = true,
+                    MarkerEffect::Failed => {
+                        log.record(None, "note", &kind, json!({ "value": value }));
+                        self.failure.get_or_insert(value);
+                    }
                 }
             }
             Marker::Panic(line) => {

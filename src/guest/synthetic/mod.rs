@@ -178,7 +178,7 @@ impl Guest for SyntheticGuest {
         let system = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), spec::SYSTEM_AREA_BYTES as usize)])
             .context("cannot allocate memory to build the guest's boot image")?;
         load_system_area(&system, &self.spec, &self.plan, self.tsc_hz, &code)?;
-        let image = pvh::BootImage::build(&system, &self.spec, &self.plan, code.len() as u64)?;
+        let image = pvh::BootImage::build(&system, &self.spec, &self.plan, code.len() as u64, self.tsc_hz)?;
         Ok(Some(crate::qemu::QemuBoot {
             kernel: Some(crate::qemu::QemuKernel::Image(image.elf)),
             initramfs: Vec::new(),

@@ -5,9 +5,10 @@
 //!
 //! It comes in two variants from the same source ([`Target`]): under the own VMM it reports
 //! phases, idle time and its end with `out` to ports the VMM answers; under QEMU, where those
-//! ports reach no device, it writes marker lines to the serial port instead, spins through its
-//! idle time, and ends with a reset that QEMU turns into a pause. Writes, pacing and progress
-//! words are the same instructions in both.
+//! ports reach no device, it writes marker lines to the serial port instead, idles through its
+//! boot code's `syscall` handler (which sleeps the vCPU until a timer interrupt:
+//! [`super::pvh`]), and ends with a reset that QEMU turns into a pause. Writes, pacing and
+//! progress words are the same instructions in both.
 
 use super::plan::*;
 use super::spec::Pattern;
@@ -50,7 +51,8 @@ pub const MARK_DONE: &str = "synthetic_done";
 pub enum Target {
     /// dirtytrace's own VMM: port writes to [`PORT_PHASE`], [`PORT_IDLE`] and [`PORT_DONE`].
     OwnVmm,
-    /// QEMU: marker lines on the serial port, idle time spun, a reset at the end.
+    /// QEMU: marker lines on the serial port, `syscall` to idle (`rax`: TSC ticks), a reset
+    /// at the end.
     Qemu,
 }
 
@@ -268,16 +270,21 @@ pub fn assemble_for(target: Target) -> Result<Vec<u8>, IcedError> {
             a.mov(dx, PORT_IDLE as u32)?;
             a.out(dx, eax)?;
         }
-        // TCG cannot put a CPL3 vCPU to sleep: spin to the period's start.
+        // Sleep for `rax` TSC ticks in the boot code's `syscall` handler (which clobbers rcx,
+        // r11, rdx, rsi and rax); woken early, sleep again until the period's start.
         Target::Qemu => {
             let mut idle = a.create_label();
             a.set_label(&mut idle)?;
-            a.pause()?;
+            a.mov(rdi, r11)?;
+            a.syscall()?;
+            a.mov(r11, rdi)?;
             a.rdtsc()?;
             a.shl(rdx, 32)?;
             a.or(rax, rdx)?;
-            a.cmp(rax, r10)?;
-            a.jb(idle)?;
+            a.mov(rdx, r10)?;
+            a.sub(rdx, rax)?;
+            a.mov(rax, rdx)?;
+            a.ja(idle)?;
         }
     }
     a.jmp(period_loop)?;

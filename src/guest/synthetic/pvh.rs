@@ -5,8 +5,8 @@
 //! ROM jumps to the entry its Xen note names (type 18, `XEN_ELFNOTE_PHYS32_ENTRY`) in 32-bit
 //! protected mode with paging off. The firmware may use memory below 1 MiB, where the guest's
 //! GDT and page tables live, so the image stages them at +1 MiB and a small trampoline copies
-//! them into place, enters long mode, writes `DIRTYTRACE:synthetic_ready:` to the serial port
-//! and spins on the go word ([`GO_ADDR`]). dirtytrace then pauses QEMU, harvests and discards
+//! them into place, enters long mode, sets up the idle path (below), writes
+//! `DIRTYTRACE:synthetic_ready:` to the serial port and spins on the go word ([`GO_ADDR`]). dirtytrace then pauses QEMU, harvests and discards
 //! every page written so far (firmware, loader and trampoline), checks that guest RAM holds
 //! the system area exactly as the own VMM would load it, and, once the recording's clock has
 //! started, writes [`GO_VALUE`] to the go word and lets QEMU run: the trampoline `iretq`s to
@@ -14,6 +14,14 @@
 //! `KVM_SET_SREGS`/`KVM_SET_REGS`. So the first bitmap begins at the program's first
 //! instruction, as under the own VMM; the go word is in the control page, a page of the
 //! guest's own (`guest_own_pages`).
+//!
+//! Idle: TCG cannot sleep a vCPU at CPL3 (`hlt` faults there), so the program idles with
+//! `syscall` (`rax`: TSC ticks). The handler, in the trampoline's page at CPL0, programs the
+//! PIT's channel 0 for that long (one shot), `sti; hlt`s until its interrupt (IRQ 0, remapped
+//! to vector 0x20 by the trampoline, the only one unmasked), and returns with `iretq` and the
+//! program's own selectors. Its stack, and the interrupt's, is the top of the control page, so
+//! idling writes no page but the guest's own. The trampoline checks once, before it says it is
+//! ready, that the timer's interrupt arrives, and fails with a marker rather than hang.
 
 use super::plan::*;
 use super::program::{MARK_DONE, MARK_PHASE, SERIAL_PORT};
@@ -33,8 +41,25 @@ pub const STAGE_OFFSET: u64 = 0x10_0000;
 pub const ENTRY_ADDR: u64 = 0x10_0000;
 /// The trampoline's 64-bit code.
 const LONG_MODE_ADDR: u64 = ENTRY_ADDR + 0x400;
+/// The `syscall` handler that idles (`LSTAR`).
+const IDLE_ADDR: u64 = ENTRY_ADDR + 0xA00;
+/// The timer interrupt's handler.
+const TIMER_ISR_ADDR: u64 = ENTRY_ADDR + 0xC00;
 /// The pseudo-descriptor `lgdt` loads.
 const GDTR_ADDR: u64 = ENTRY_ADDR + 0xF00;
+/// The pseudo-descriptor `lidt` loads.
+const IDTR_ADDR: u64 = ENTRY_ADDR + 0xF10;
+/// The IDT, in a page of the system area the own VMM leaves empty: vectors 0 to
+/// [`TIMER_VECTOR`], only the timer's present (any other would end in a triple fault, a reset).
+pub const IDT_ADDR: u64 = 0x5000;
+/// The PIT's interrupt (IRQ 0), where the trampoline remaps the PIC to.
+const TIMER_VECTOR: u64 = 0x20;
+/// The top of the CPL0 stack: the end of the control page (vCPU 63's slot, unused).
+const STACK_TOP: u64 = CONTROL_PAGE + 0x1000;
+/// Timer interrupts taken, counted by the handler (in the control page).
+pub const TICKS_ADDR: u64 = CONTROL_PAGE + 0x810;
+/// The PIT's input clock, Hz.
+const PIT_HZ: f64 = 1_193_182.0;
 /// The `iretq` frame that enters the program: rip, cs, rflags, rsp, ss.
 const FRAME_ADDR: u64 = ENTRY_ADDR + 0xF40;
 /// The word the trampoline spins on before entering the program: in the control page, in the
@@ -47,8 +72,10 @@ pub const MARK_READY: &str = "synthetic_ready";
 /// The most RAM the synthetic guest has under QEMU: QEMU's `pc` machine puts RAM beyond this
 /// above 4 GiB, and the guest's arena is contiguous.
 pub const MAX_MEM_BYTES: u64 = crate::qemu::LOW_RAM_END;
-/// The low system area the trampoline copies: GDT, PML4, PDPT and the system page table.
-const LOW_TABLES: (u64, u64) = (GDT_ADDR, SYSTEM_PT_ADDR + 0x1000);
+/// The marker kind the trampoline writes when it cannot go on.
+pub const MARK_FAILED: &str = "synthetic_failed";
+/// The low system area the trampoline copies: GDT, PML4, PDPT, the system page table and the IDT.
+const LOW_TABLES: (u64, u64) = (GDT_ADDR, IDT_ADDR + 0x1000);
 
 /// Refuses what the QEMU engine cannot run of this spec: more than one vCPU, or more than
 /// 3 GiB.
@@ -120,13 +147,17 @@ pub struct BootImage {
 
 impl BootImage {
     /// The image of the system area in `system` (loaded as for the own VMM, with the QEMU
-    /// variant's code of `code_len` bytes).
+    /// variant's code of `code_len` bytes), to which it adds the IDT.
     pub fn build(
         system: &GuestMemoryMmap,
         spec: &WorkloadSpec,
         plan: &GuestPlan,
         code_len: u64,
+        tsc_hz: f64,
     ) -> anyhow::Result<BootImage> {
+        let mut idt = vec![0u8; (TIMER_VECTOR as usize + 1) * 16];
+        idt[TIMER_VECTOR as usize * 16..].copy_from_slice(&interrupt_gate(TIMER_ISR_ADDR));
+        system.write_slice(&idt, GuestAddress(IDT_ADDR))?;
         let gib = spec.mem_bytes.div_ceil(1 << 30);
         let pds = (PD_ADDR, PD_ADDR + gib * 4096);
         ensure!(pds.1 + STAGE_OFFSET <= CODE_ADDR, "the page tables of {gib} GiB do not fit the boot image");
@@ -143,7 +174,8 @@ impl BootImage {
             (code.0, read(code)?),
             (params.0, read(params)?),
         ];
-        let trampoline = trampoline(plan.params_addr(0), gib).map_err(|e| anyhow::anyhow!("assembling: {e}"))?;
+        let trampoline =
+            trampoline(plan.params_addr(0), gib, tsc_hz).map_err(|e| anyhow::anyhow!("assembling: {e}"))?;
         let segments = vec![
             (ENTRY_ADDR, trampoline),
             (LOW_TABLES.0 + STAGE_OFFSET, expect[0].1.clone()),
@@ -158,12 +190,50 @@ impl BootImage {
     }
 }
 
-/// The trampoline's page: 32-bit code at the PVH entry, 64-bit code, the GDT pointer and the
-/// `iretq` frame. It writes only the system area it copies, until the go word is set; after
-/// that, nothing.
-fn trampoline(params: u64, gib: u64) -> Result<Vec<u8>, IcedError> {
+/// A 64-bit interrupt gate to `handler` in the kernel code segment (0x08), DPL 0.
+fn interrupt_gate(handler: u64) -> [u8; 16] {
+    let mut g = [0u8; 16];
+    g[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    g[2..4].copy_from_slice(&0x08u16.to_le_bytes());
+    g[5] = 0x8E; // present, DPL 0, 64-bit interrupt gate
+    g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    g[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
+    g
+}
+
+/// Writes `text` to the serial port (uses dx and al).
+fn serial_text(a: &mut CodeAssembler, text: &str) -> Result<(), IcedError> {
+    a.mov(dx, SERIAL_PORT as u32)?;
+    for b in text.bytes() {
+        a.mov(al, b as u32)?;
+        a.out(dx, al)?;
+    }
+    Ok(())
+}
+
+/// Loads the PIT's channel 0 with `count` in mode 0 (one interrupt when it runs out); `count`
+/// is in eax (uses al).
+fn pit_one_shot(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    a.mov(esi, eax)?;
+    a.mov(al, 0x30u32)?; // channel 0, low then high byte, mode 0, binary
+    a.out(0x43u32, al)?;
+    a.mov(eax, esi)?;
+    a.out(0x40u32, al)?;
+    a.shr(eax, 8)?;
+    a.out(0x40u32, al)
+}
+
+/// The trampoline's page: 32-bit code at the PVH entry, 64-bit code, the idle handler, the
+/// timer's interrupt handler, the GDT and IDT pointers and the `iretq` frame. Until the go word
+/// is set it writes only the system area it copies and the control page; after that, only the
+/// control page (idle stacks).
+fn trampoline(params: u64, gib: u64, tsc_hz: f64) -> Result<Vec<u8>, IcedError> {
     let mut page = vec![0u8; (FRAME_ADDR + 40 - ENTRY_ADDR) as usize];
     let at = |addr: u64| (addr - ENTRY_ADDR) as usize;
+    let place = |page: &mut Vec<u8>, addr: u64, end: u64, code: Vec<u8>| {
+        assert!(addr + code.len() as u64 <= end, "trampoline code at {addr:#x} overlaps what follows it");
+        page[at(addr)..at(addr) + code.len()].copy_from_slice(&code);
+    };
 
     // 32-bit protected mode, paging off, flat segments (the PVH boot ABI).
     let mut a = CodeAssembler::new(32)?;
@@ -185,47 +255,130 @@ fn trampoline(params: u64, gib: u64) -> Result<Vec<u8>, IcedError> {
     a.mov(cr3, eax)?;
     a.mov(ecx, 0xC000_0080u32)?; // EFER
     a.xor(edx, edx)?;
-    a.mov(eax, 0x100u32)?; // LME
+    a.mov(eax, 0x101u32)?; // LME, and SCE for the idle `syscall`
     a.wrmsr()?;
     a.mov(eax, 0x8005_0033u32)?; // PG, AM, WP, NE, ET, MP, PE: the own VMM's CR0
     a.mov(cr0, eax)?;
     a.jmp_far(0x08, LONG_MODE_ADDR as u32)?;
-    let code32 = a.assemble(ENTRY_ADDR)?;
-    assert!(code32.len() <= at(LONG_MODE_ADDR), "the trampoline's 32-bit code overlaps its 64-bit code");
-    page[..code32.len()].copy_from_slice(&code32);
+    place(&mut page, ENTRY_ADDR, LONG_MODE_ADDR, a.assemble(ENTRY_ADDR)?);
 
-    // 64-bit, CPL0: say it is ready, wait for the go word, enter the program.
+    // 64-bit, CPL0: the idle path, then say it is ready, wait for the go word, enter the program.
     let mut a = CodeAssembler::new(64)?;
     a.mov(ax, 0x23u32)?;
     for seg in [ds, es, fs, gs] {
         a.mov(seg, ax)?;
     }
-    a.mov(dx, SERIAL_PORT as u32)?;
-    for b in format!("{MARKER_PREFIX}{MARK_READY}:\n").bytes() {
-        a.mov(al, b as u32)?;
-        a.out(dx, al)?;
+    a.mov(rsp, STACK_TOP)?;
+    a.lidt(ptr(IDTR_ADDR))?;
+    for (msr, value) in [
+        (0xC000_0081u32, 0x08u64 << 32), // STAR: syscall enters with cs 0x08, ss 0x10
+        (0xC000_0082, IDLE_ADDR),        // LSTAR
+        (0xC000_0084, 0x4700),           // FMASK: IF, TF, DF and NT clear in the handler
+    ] {
+        a.mov(ecx, msr)?;
+        a.mov(eax, value as u32)?;
+        a.mov(edx, (value >> 32) as u32)?;
+        a.wrmsr()?;
     }
-    a.mov(rax, GO_VALUE)?;
+    // The PIC: IRQ 0 to TIMER_VECTOR, every other IRQ masked.
+    for (port, value) in
+        [(0x20u32, 0x11u32), (0x21, TIMER_VECTOR as u32), (0x21, 0x04), (0x21, 0x01), (0x21, 0xFE), (0xA1, 0xFF)]
+    {
+        a.mov(al, value)?;
+        a.out(port, al)?;
+    }
+    // Does the timer's interrupt arrive? One shot of about 1 ms, waited for up to 50 ms.
+    let mut ticked = a.create_label();
     let mut wait = a.create_label();
+    a.mov(eax, (PIT_HZ / 1000.0) as u32)?;
+    pit_one_shot(&mut a)?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.mov(rdi, (tsc_hz * 0.05) as u64)?;
+    a.add(rdi, rax)?;
+    a.sti()?;
     a.set_label(&mut wait)?;
+    a.cmp(qword_ptr(TICKS_ADDR), 0)?;
+    a.jne(ticked)?;
+    a.rdtsc()?;
+    a.shl(rdx, 32)?;
+    a.or(rax, rdx)?;
+    a.cmp(rax, rdi)?;
+    a.jb(wait)?;
+    a.cli()?;
+    serial_text(&mut a, &format!("{MARKER_PREFIX}{MARK_FAILED}:the PIT's interrupt did not reach the vCPU\n"))?;
+    a.mov(al, 0xFEu32)?;
+    a.out(super::program::RESET_PORT as u32, al)?;
+    let mut halt = a.create_label();
+    a.set_label(&mut halt)?;
+    a.hlt()?;
+    a.jmp(halt)?;
+    a.set_label(&mut ticked)?;
+    a.cli()?;
+    serial_text(&mut a, &format!("{MARKER_PREFIX}{MARK_READY}:\n"))?;
+    a.mov(rax, GO_VALUE)?;
+    let mut go = a.create_label();
+    a.set_label(&mut go)?;
     a.pause()?;
     a.cmp(qword_ptr(GO_ADDR), rax)?;
-    a.jne(wait)?;
+    a.jne(go)?;
     a.mov(rsp, FRAME_ADDR)?;
-    // Every register but rip, rflags and rdi zero, as the own VMM leaves them.
-    // (A 32-bit xor clears the whole register.)
+    // Every register but rip, rflags and rdi zero, as the own VMM leaves them. (A 32-bit xor
+    // clears the whole register.)
     for r in [eax, ebx, ecx, edx, esi, ebp, r8d, r9d, r10d, r11d, r12d, r13d, r14d, r15d] {
         a.xor(r, r)?;
     }
     a.mov(rdi, params)?;
     a.iretq()?;
-    let code64 = a.assemble(LONG_MODE_ADDR)?;
-    assert!(at(LONG_MODE_ADDR) + code64.len() <= at(GDTR_ADDR), "the trampoline's 64-bit code is too long");
-    page[at(LONG_MODE_ADDR)..at(LONG_MODE_ADDR) + code64.len()].copy_from_slice(&code64);
+    place(&mut page, LONG_MODE_ADDR, IDLE_ADDR, a.assemble(LONG_MODE_ADDR)?);
+
+    // The idle `syscall`: CPL0, interrupts off, rcx the program's rip, r11 its rflags, rax
+    // the TSC ticks to sleep. Clobbers rax, rdx and rsi.
+    let mut a = CodeAssembler::new(64)?;
+    let mut back = a.create_label();
+    let mut fits = a.create_label();
+    a.mov(rsp, STACK_TOP)?;
+    a.xor(edx, edx)?;
+    a.mov(esi, (tsc_hz / PIT_HZ).round().max(1.0) as u32)?;
+    a.div(rsi)?;
+    a.cmp(rax, 0xFFFF)?;
+    a.jbe(fits)?;
+    a.mov(eax, 0xFFFFu32)?;
+    a.set_label(&mut fits)?;
+    a.test(eax, eax)?;
+    a.jz(back)?;
+    pit_one_shot(&mut a)?;
+    // No interrupt between sti and hlt; one already pending wakes the hlt at once.
+    a.sti()?;
+    a.hlt()?;
+    a.cli()?;
+    a.set_label(&mut back)?;
+    // Back to the program with its own selectors (sysret would load others).
+    a.push(0x23)?;
+    a.push(0)?;
+    a.push(r11)?;
+    a.push(0x1B)?;
+    a.push(rcx)?;
+    a.iretq()?;
+    place(&mut page, IDLE_ADDR, TIMER_ISR_ADDR, a.assemble(IDLE_ADDR)?);
+
+    // The timer's interrupt: acknowledge it at the PIC and count it.
+    let mut a = CodeAssembler::new(64)?;
+    a.push(rax)?;
+    a.mov(al, 0x20u32)?;
+    a.out(0x20u32, al)?;
+    a.inc(qword_ptr(TICKS_ADDR))?;
+    a.pop(rax)?;
+    a.iretq()?;
+    place(&mut page, TIMER_ISR_ADDR, GDTR_ADDR, a.assemble(TIMER_ISR_ADDR)?);
 
     let limit = (super::GDT.len() * 8 - 1) as u16;
     page[at(GDTR_ADDR)..at(GDTR_ADDR) + 2].copy_from_slice(&limit.to_le_bytes());
     page[at(GDTR_ADDR) + 2..at(GDTR_ADDR) + 10].copy_from_slice(&GDT_ADDR.to_le_bytes());
+    let limit = ((TIMER_VECTOR + 1) * 16 - 1) as u16;
+    page[at(IDTR_ADDR)..at(IDTR_ADDR) + 2].copy_from_slice(&limit.to_le_bytes());
+    page[at(IDTR_ADDR) + 2..at(IDTR_ADDR) + 10].copy_from_slice(&IDT_ADDR.to_le_bytes());
     // The own VMM's entry state: rip, cs 0x1b (CPL3), rflags 0x3002 (IOPL 3, IF 0), rsp 0, ss 0x23.
     let frame: [u64; 5] = [CODE_ADDR, 0x1B, 0x3002, 0, 0x23];
     for (i, v) in frame.iter().enumerate() {
@@ -305,6 +458,7 @@ impl GuestMarkers for SerialMarkers {
     fn apply(&self, kind: &str, value: &str, log: &GuestLog) -> MarkerEffect {
         match (kind, two_hex(value)) {
             (MARK_READY, _) => MarkerEffect::Ready,
+            (MARK_FAILED, _) => MarkerEffect::Failed,
             (MARK_PHASE, Some((index, writes))) => {
                 let name = self.phase_names.get(index as usize).cloned().unwrap_or_else(|| format!("phase{index}"));
                 let detail = serde_json::json!({
