@@ -262,7 +262,12 @@ pub fn run(device: &Path) -> Report {
     };
     let qemu = qemu_verdict();
     let auto_engine = AutoEngine {
-        synthetic: if synthetic_guest.ok { "kvm" } else { "none" },
+        // As `record` decides: the own VMM wherever KVM opens, else QEMU.
+        synthetic: match (kvm.error.is_none(), qemu.ok) {
+            (true, _) => "kvm",
+            (false, true) => "qemu",
+            (false, false) => "none",
+        },
         linux: match (linux_guests.ok, qemu.ok) {
             (true, _) => "kvm",
             (false, true) => "qemu",

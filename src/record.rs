@@ -407,11 +407,15 @@ fn choose_engine(opts: &RecordOptions) -> anyhow::Result<(Engine, String)> {
     let linux = is_linux_workload(opts);
     Ok(match opts.settings.engine {
         EngineChoice::Kvm => (Engine::Kvm, "--engine kvm".into()),
-        EngineChoice::Qemu if !linux => {
-            bail!("--engine qemu runs Linux workloads (.sh) only for now; record the synthetic guest with --engine kvm")
-        }
         EngineChoice::Qemu => (Engine::Qemu, "--engine qemu".into()),
-        EngineChoice::Auto if !linux => (Engine::Kvm, "auto: the synthetic guest runs under the own VMM".into()),
+        // The synthetic guest runs at CPL3, natively on any usable KVM.
+        EngineChoice::Auto if !linux => match vmm::open_kvm(&opts.kvm_device) {
+            Ok(_) => (Engine::Kvm, "auto: the synthetic guest runs under the own VMM on this host's KVM".into()),
+            Err(e) => (
+                Engine::Qemu,
+                format!("auto: KVM is not usable here ({e}), so the synthetic guest runs under QEMU's TCG"),
+            ),
+        },
         EngineChoice::Auto if opts.linux.boot.allow_emulated_kernel => {
             (Engine::Kvm, format!("auto: {} asks for the own VMM", linux::ALLOW_EMULATED_FLAG))
         }
@@ -515,7 +519,7 @@ enum PreparedEngine {
     /// dirtytrace's own VMM: the VM with its memory loaded and vCPUs set, and its devices.
     Kvm { vm: Vm, bus: Arc<dyn Bus> },
     /// QEMU, started stopped with guest RAM write-protected.
-    Qemu(crate::qemu::QemuVm),
+    Qemu(Box<crate::qemu::QemuVm>),
 }
 
 /// A recording ready to start: guest loaded, VM created and prepared, trace directory and
@@ -580,7 +584,7 @@ impl TryFrom<RecordOptions> for Recorder {
                 (PreparedEngine::Kvm { vm, bus }, slots, vcpus, info)
             }
             Engine::Qemu => {
-                let Some(boot) = guest.qemu_boot() else {
+                let Some(boot) = guest.qemu_boot()? else {
                     bail!("this guest does not run under the QEMU engine; record it with --engine kvm")
                 };
                 if opts.dirty_tracking == DirtyTracking::Off {
@@ -596,7 +600,7 @@ impl TryFrom<RecordOptions> for Recorder {
                     uffd_mode: Some(vm.uffd_mode.clone()),
                 };
                 let slots = vm.slots.clone();
-                (PreparedEngine::Qemu(vm), slots, boot.vcpus, info)
+                (PreparedEngine::Qemu(Box::new(vm)), slots, boot.vcpus, info)
             }
         };
         let slots = slots
@@ -719,9 +723,11 @@ impl Recorder {
                 log.start_clock();
                 Box::new(vm.start(bus, cpu_plan.as_ref().map(|p| p.guest.as_slice()))?)
             }
-            // The pages written since the plugin write-protected RAM (none, or QEMU's own
-            // reset-time writes) stay in the first interval: they are writes, and nothing
-            // before them is lost.
+            // A Linux guest: the pages written since the plugin write-protected RAM (QEMU's
+            // own reset-time writes) stay in the first interval: they are writes, and nothing
+            // before them is lost. The synthetic guest waits at its gate, its boot's writes
+            // discarded: starting it writes its go word, and its program's first instruction
+            // follows.
             PreparedEngine::Qemu(vm) => {
                 log.start_clock();
                 Box::new(vm.start_guest()?)
@@ -813,9 +819,10 @@ mod tests {
         let s = RecordSettings::default();
         assert_eq!((s.interval.0, s.migration_speed.0), (DEFAULT_INTERVAL, DEFAULT_MIGRATION_SPEED_BYTES_PER_S));
         assert_eq!((s.duration, s.mem, s.vcpus, s.exact_cut), (None, None, None, false));
+        assert_eq!(s.engine, EngineChoice::Auto);
         assert_eq!(
             crate::options::keys_of::<RecordSettings>(),
-            ["interval", "duration", "migration_speed", "mem", "vcpus", "exact_cut"]
+            ["interval", "duration", "migration_speed", "mem", "vcpus", "exact_cut", "engine"]
         );
         assert_eq!(s.check(), Ok(()));
         let slow = RecordSettings { migration_speed: HumanRate(0.0), ..s.clone() };

@@ -72,5 +72,5 @@ fn doctor_without_kvm_exits_non_zero_and_says_why() {
     assert!(text.contains("missing"), "{text}");
     assert!(text.contains("Synthetic guest: no (") && text.contains("this host has no KVM"), "{text}");
     assert!(text.contains("Linux guests: no"), "{text}");
-    assert!(text.contains("--engine auto picks: none for the synthetic guest, qemu for Linux guests"), "{text}");
+    assert!(text.contains("--engine auto picks: qemu for the synthetic guest, qemu for Linux guests"), "{text}");
 }

@@ -89,15 +89,16 @@ fn missing_or_unusable_kvm() {
     let o = out.to_str().unwrap();
     let missing = dir.join("no-such-kvm");
     assert_fails(
-        &["record", "--output", o],
+        &["record", "--engine", "kvm", "--output", o],
         &[("DIRTYTRACE_KVM_DEVICE", missing.to_str().unwrap())],
         &out,
         &["does not exist", "no KVM"],
     );
-    assert_fails(&["record", "--output", o, "--kvm-device", missing.to_str().unwrap()], &[], &out, &["does not exist"]);
+    let args = ["record", "--engine", "kvm", "--output", o, "--kvm-device", missing.to_str().unwrap()];
+    assert_fails(&args, &[], &out, &["does not exist"]);
     let not_kvm = write(&dir, "not-kvm", "");
     assert_fails(
-        &["record", "--output", o, "--kvm-device", not_kvm.to_str().unwrap()],
+        &["record", "--engine", "kvm", "--output", o, "--kvm-device", not_kvm.to_str().unwrap()],
         &[],
         &out,
         &["cannot use", "not a KVM device"],
@@ -107,7 +108,7 @@ fn missing_or_unusable_kvm() {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(bin())
-            .args(["record", "--output", "/tmp/dirtytrace-nobody-out", "--kvm-device", "/dev/kvm"])
+            .args(["record", "--engine", "kvm", "--output", "/tmp/dirtytrace-nobody-out", "--kvm-device", "/dev/kvm"])
             .output()
             .expect("setpriv (util-linux) runs the recorder as nobody");
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())

@@ -1,15 +1,22 @@
-//! `record --engine qemu`: real Linux programs under QEMU's TCG, their writes tracked by
-//! dirtytrace's plugin (userfaultfd, async write-protect) and harvested with `PAGEMAP_SCAN`.
+//! `record --engine qemu`: real Linux programs, and the synthetic guest checked page for page,
+//! under QEMU's TCG, their writes tracked by dirtytrace's plugin (userfaultfd, async
+//! write-protect) and harvested with `PAGEMAP_SCAN`.
 //! These need Debian's `qemu-system-x86` and the kit (`.ci/run` installs both), and a host
 //! kernel with `PAGEMAP_SCAN` (Linux 6.7+); they fail, rather than skip, without them.
 
 mod common;
 
 use common::*;
-use dirtytrace::trace::{Trace, TraceStatus};
+use dirtytrace::engine::EngineChoice;
+use dirtytrace::guest::synthetic::verify::verify;
+use dirtytrace::record::RecordOptions;
+use dirtytrace::trace::{EndReason, Trace, TraceStatus};
+use dirtytrace::units::HumanDuration;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn example(name: &str) -> String {
@@ -344,4 +351,148 @@ fn a_grid_records_under_qemu_and_the_index_says_so() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "['qemu'] 2", "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A one-phase synthetic spec (as `tests/record_synthetic.rs` records under the own VMM).
+fn synthetic_spec(pattern: &str, ws: &str, rate: &str, secs: f64) -> String {
+    format!(
+        "mem = \"1GiB\"\nseed = 7\n[[phase]]\nname = \"{pattern}\"\nduration = \"{secs}s\"\nworking_set = \"{ws}\"\nrate = \"{rate}\"\npattern = \"{pattern}\"\nhot_fraction = 0.1\nhot_share = 0.9\n"
+    )
+}
+
+/// Every interval of a synthetic trace against the guest's ground truth: nothing missing,
+/// nothing unexpected, and no page of the guest's own but the control page (which the first
+/// interval holds: dirtytrace's go word starts the guest there).
+fn assert_exact(name: &str, trace: &Trace, min_intervals: usize) {
+    let checks = verify(trace).unwrap();
+    assert!(checks.len() >= min_intervals, "{name}: {} intervals, expected at least {min_intervals}", checks.len());
+    let mut certain = 0;
+    for c in &checks {
+        assert_eq!(c.missing, 0, "{name}: interval {} lacks pages it certainly wrote: {c:?}", c.interval);
+        assert_eq!(
+            c.missing_cumulative, 0,
+            "{name}: interval {}: written pages in no bitmap so far: {c:?}",
+            c.interval
+        );
+        assert_eq!(c.unexpected, 0, "{name}: interval {} has pages the guest did not write: {c:?}", c.interval);
+        assert!(c.own_pages <= 1, "{name}: more own pages than the control page: {c:?}");
+        certain += c.certain_pages;
+    }
+    assert_eq!(checks[0].own_pages, 1, "{name}: the first interval holds the go word's page");
+    assert!(certain > 0, "{name}: the guest wrote nothing checkable");
+    let recorded: u64 = checks.iter().map(|c| c.recorded_pages).sum();
+    eprintln!("{name}: {} intervals, {recorded} pages recorded, {certain} certain: exact", checks.len());
+}
+
+/// The synthetic guest under `--engine qemu` at 10 ms and 100 ms, each pattern: every bitmap
+/// checked page for page against the ground truth, as under the own VMM; the guest ends by
+/// itself (`workload_done`) and leaves no QEMU behind.
+#[test]
+fn synthetic_guest_is_exact_under_qemu_at_10ms_and_100ms() {
+    let _g = kvm_lock();
+    for pattern in ["sequential", "random", "hotcold"] {
+        for (interval_ms, secs) in [(10u64, 0.6), (100, 1.5)] {
+            let name = format!("qemu-exact-{pattern}-{interval_ms}ms");
+            let dir = Scratch::new(&name);
+            let spec = write(&dir, "spec.toml", &synthetic_spec(pattern, "64MiB", "40MiB/s", secs));
+            let mut opts = RecordOptions::new(dir.join("trace"));
+            opts.workload = Some(spec);
+            opts.settings.interval = HumanDuration(Duration::from_millis(interval_ms));
+            opts.settings.engine = EngineChoice::Qemu;
+            let t = Instant::now();
+            let summary = dirtytrace::record::record(&opts, Arc::new(AtomicBool::new(false)), None)
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            eprintln!("{name}: recorded in {:?}", t.elapsed());
+            assert_eq!(summary.status, TraceStatus::Complete, "{name}: {summary:?}");
+            assert_eq!(summary.end_reason, Some(EndReason::WorkloadDone), "{name}");
+            assert_eq!(summary.engine, "qemu");
+            let trace = Trace::open(dir.join("trace")).unwrap();
+            assert_eq!(trace.manifest.guest["tsc_source"], "host_measured");
+            assert!(!trace.manifest.initial_nonzero_pages.is_empty(), "the boot image and the firmware's data");
+            assert_exact(&name, &trace, (secs * 1000.0 / interval_ms as f64) as usize);
+        }
+    }
+    assert!(qemu_children(std::process::id()).is_empty(), "a QEMU was left running");
+}
+
+/// With no usable /dev/kvm, `record` with no workload (README's first command) runs the
+/// built-in spec under QEMU, says why, and records it exactly: three phases, the last idle.
+#[test]
+fn auto_without_kvm_records_the_built_in_spec_under_qemu() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-auto");
+    let out = dir.join("trace");
+    let o = output_within(
+        Command::new(bin())
+            .args(["record", "--json", "--output", out.to_str().unwrap()])
+            .env("DIRTYTRACE_KVM_DEVICE", "/nonexistent")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["engine"], "qemu");
+    let reason = summary["engine_reason"].as_str().unwrap();
+    assert!(reason.starts_with("auto: KVM is not usable here") && reason.contains("/nonexistent"), "{reason}");
+    assert_eq!(summary["end_reason"], "workload_done");
+    let trace = Trace::open(&out).unwrap();
+    let phases: Vec<String> =
+        trace.guest_log().unwrap().into_iter().filter(|e| e.kind == "phase").map(|e| e.name).collect();
+    assert_eq!(phases, ["sequential", "hotcold", "idle"]);
+    assert_exact("qemu-auto", &trace, 85);
+    // The idle phase sleeps (its idle `syscall` halts the vCPU until QEMU's PIT wakes it), so
+    // its vCPU is mostly off the CPU, as under the own VMM.
+    let rows = trace.rates().unwrap();
+    let idle: Vec<f64> = rows.iter().filter(|r| r.phase == "idle" && !r.partial).map(|r| r.cpu_util).collect();
+    let mean = idle.iter().sum::<f64>() / idle.len() as f64;
+    assert!(idle.len() >= 25 && mean < 0.25, "the idle phase kept its vCPU busy: {mean} over {} intervals", idle.len());
+    eprintln!("qemu-auto: idle phase cpu_util {mean:.3}");
+}
+
+/// Phases, a `cpu` below 1 (the vCPU idles between its writes: an idle `syscall` whose stack is
+/// the control page) and an idle phase, at 10 ms: still exact.
+#[test]
+fn synthetic_phases_with_idle_time_are_exact_under_qemu() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-exact-phases");
+    let spec = write(
+        &dir,
+        "spec.toml",
+        "mem = \"512MiB\"\nseed = 3\n\
+         [[phase]]\nname = \"a\"\nduration = \"0.5s\"\nworking_set = \"32MiB\"\nrate = \"40MiB/s\"\npattern = \"random\"\ncpu = 0.5\n\
+         [[phase]]\nname = \"rest\"\nduration = \"0.3s\"\nworking_set = \"0\"\nrate = \"0\"\ncpu = 0\n\
+         [[phase]]\nname = \"c\"\nduration = \"0.4s\"\nworking_set = \"8MiB\"\nrate = \"80MiB/s\"\npattern = \"sequential\"\ncpu = 0.3\n",
+    );
+    let mut opts = RecordOptions::new(dir.join("trace"));
+    opts.workload = Some(spec);
+    opts.settings.interval = HumanDuration(Duration::from_millis(10));
+    opts.settings.engine = EngineChoice::Qemu;
+    let summary = dirtytrace::record::record(&opts, Arc::new(AtomicBool::new(false)), None).unwrap();
+    assert_eq!(summary.end_reason, Some(EndReason::WorkloadDone));
+    let trace = Trace::open(dir.join("trace")).unwrap();
+    assert_exact("qemu-exact-phases", &trace, 115);
+    let counts = dirtytrace::guest::synthetic::final_counts_from_log(&trace.guest_log().unwrap(), 1, 3);
+    assert!(counts[0].iter().all(Option::is_some), "every phase's final count is logged: {counts:?}");
+}
+
+/// What the QEMU engine cannot run of a synthetic spec is refused before QEMU starts, with
+/// what to do instead, and nothing is left behind.
+#[test]
+fn synthetic_specs_qemu_cannot_run_are_refused_first() {
+    let dir = Scratch::new("qemu-synthetic-refused");
+    for (args, want) in [
+        (["--vcpus", "2"], "runs on one vCPU (its PVH boot starts only the first), not 2"),
+        (["--mem", "4GiB"], "at most 3 GiB of RAM"),
+    ] {
+        let out = dir.join("trace");
+        let o = record(&[args[0], args[1], "--output", out.to_str().unwrap()], &[]);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(want) && stderr.contains("--engine kvm"), "{stderr}");
+        assert!(!out.exists());
+    }
+    assert!(qemu_children(std::process::id()).is_empty());
 }

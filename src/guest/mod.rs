@@ -34,9 +34,10 @@ pub trait Guest {
     }
     /// Guest-physical byte ranges the VMM filled before the start; scanned for non-zero pages.
     fn loaded_ranges(&self) -> Vec<(u64, u64)>;
-    /// What the QEMU engine boots for this guest; `None`: the guest runs only under the own VMM.
-    fn qemu_boot(&self) -> Option<crate::qemu::QemuBoot> {
-        None
+    /// What the QEMU engine boots for this guest; `None`: the guest runs only under the own
+    /// VMM; an error: this guest, as configured, cannot run under QEMU.
+    fn qemu_boot(&mut self) -> anyhow::Result<Option<crate::qemu::QemuBoot>> {
+        Ok(None)
     }
 }
 

@@ -13,6 +13,9 @@
 //!   power-off or reboot pauses QEMU (`-action shutdown=pause`), so the last interval is
 //!   harvested before QEMU quits.
 //! - QEMU dies with the thread that started it (`PR_SET_PDEATHSIG`), and with the recorder.
+//! - A guest with a [`StartGate`] (the synthetic guest) boots through the firmware first and
+//!   waits for dirtytrace: the pages written until then are harvested and discarded, so that
+//!   the first bitmap begins at its workload's first instruction.
 
 pub mod pagemap;
 pub mod plugin;
@@ -150,14 +153,38 @@ pub fn probe_pagemap_scan() -> Result<(), QemuError> {
     probe.map_err(|source| QemuError::NoPagemapScan { kernel: crate::record::host_kernel(), source })
 }
 
+/// What QEMU's `-kernel` loads.
+#[derive(Debug, Clone)]
+pub enum QemuKernel {
+    /// A bzImage or an ELF vmlinux with a PVH note, on disk.
+    File(PathBuf),
+    /// An ELF image with a PVH note, made in memory and handed to QEMU as a memfd.
+    Image(Vec<u8>),
+}
+
+/// A guest that boots through the firmware, then says `ready` on the console (its
+/// [`GuestMarkers`](crate::guest::linux::console::GuestMarkers)) and spins until dirtytrace
+/// writes `go_value` at `go_addr`. QEMU pauses it once ready; the pages written until then are
+/// harvested and discarded, and guest RAM is checked against `expect`; the write of the go word
+/// (a page of the guest's own) is the first thing the first bitmap holds.
+#[derive(Debug, Clone)]
+pub struct StartGate {
+    /// Guest-physical address of the u64 the guest spins on.
+    pub go_addr: u64,
+    /// What starts it.
+    pub go_value: u64,
+    /// `(guest-physical address, bytes)` guest RAM must hold once the guest is ready.
+    pub expect: Vec<(u64, Vec<u8>)>,
+}
+
 /// What a guest gives the QEMU engine to boot.
 #[derive(Debug, Clone)]
 pub struct QemuBoot {
-    /// A bzImage or an ELF vmlinux with a PVH note; `None` boots nothing (the engine's probe).
-    pub kernel: Option<PathBuf>,
-    /// The initramfs, as bytes.
+    /// What `-kernel` loads; `None` boots nothing (the engine's probe).
+    pub kernel: Option<QemuKernel>,
+    /// The initramfs, as bytes; empty: none.
     pub initramfs: Vec<u8>,
-    /// The kernel command line.
+    /// The kernel command line; empty: none.
     pub cmdline: String,
     /// Guest RAM in bytes.
     pub mem: u64,
@@ -165,6 +192,10 @@ pub struct QemuBoot {
     pub vcpus: u32,
     /// Also copy the console to stderr.
     pub echo_console: bool,
+    /// Start the guest's workload only when dirtytrace says so.
+    pub gate: Option<StartGate>,
+    /// The guest's own console markers.
+    pub markers: Option<Arc<dyn crate::guest::linux::console::GuestMarkers>>,
 }
 
 /// Whether the QEMU engine works here, tried for real: QEMU starts stopped with 16 MiB of RAM
@@ -178,6 +209,8 @@ pub fn probe() -> Result<(String, String), QemuError> {
         mem: 16 * crate::units::MIB,
         vcpus: 1,
         echo_console: false,
+        gate: None,
+        markers: None,
     };
     let vm = QemuVm::start(&boot, Arc::new(GuestLog::new("probe")))?;
     Ok((vm.version.clone(), vm.uffd_mode.clone()))
@@ -268,7 +301,7 @@ pub struct QemuVm {
     pub version: String,
     /// Which faults the userfaultfd sees: `user` (`UFFD_USER_MODE_ONLY`) or `all`.
     pub uffd_mode: String,
-    _dir: PrivateDir,
+    gate: Option<StartGate>,
 }
 
 impl QemuVm {
@@ -287,10 +320,18 @@ impl QemuVm {
         let dir = PrivateDir::create().map_err(io("cannot make a private directory for QEMU's monitor socket"))?;
         let socket = dir.0.join("qmp.sock");
         let plugin = plugin::memfd().map_err(io("cannot prepare the QEMU plugin"))?;
-        let initrd = initramfs_memfd(&boot.initramfs).map_err(io("cannot prepare the initramfs for QEMU"))?;
+        let initrd =
+            memfd(c"dirtytrace-initramfs", &boot.initramfs).map_err(io("cannot prepare the initramfs for QEMU"))?;
+        let image = match &boot.kernel {
+            Some(QemuKernel::Image(bytes)) => {
+                Some(memfd(c"dirtytrace-kernel", bytes).map_err(io("cannot prepare the boot image for QEMU"))?)
+            }
+            _ => None,
+        };
         let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| QemuError::Io { what: "pipe".into(), source: e.into() })?;
-        let inherit = [plugin.as_raw_fd(), initrd.as_raw_fd(), report_write.as_raw_fd()];
+        let mut inherit = vec![plugin.as_raw_fd(), initrd.as_raw_fd(), report_write.as_raw_fd()];
+        inherit.extend(image.as_ref().map(|i| i.as_raw_fd()));
 
         let mut cmd = Command::new(&binary);
         cmd.args(["-name", "dirtytrace,debug-threads=on", "-accel", "tcg", "-nodefaults", "-no-user-config"])
@@ -307,12 +348,18 @@ impl QemuVm {
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", socket.display()));
         if let Some(kernel) = &boot.kernel {
-            cmd.arg("-kernel")
-                .arg(kernel)
-                .arg("-initrd")
-                .arg(format!("/proc/self/fd/{}", initrd.as_raw_fd()))
-                .arg("-append")
-                .arg(&boot.cmdline);
+            cmd.arg("-kernel");
+            match (kernel, &image) {
+                (QemuKernel::File(path), _) => cmd.arg(path),
+                (QemuKernel::Image(_), Some(fd)) => cmd.arg(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+                (QemuKernel::Image(_), None) => unreachable!("an image has its memfd"),
+            };
+            if !boot.initramfs.is_empty() {
+                cmd.arg("-initrd").arg(format!("/proc/self/fd/{}", initrd.as_raw_fd()));
+            }
+            if !boot.cmdline.is_empty() {
+                cmd.arg("-append").arg(&boot.cmdline);
+            }
         }
         cmd.arg("-plugin")
             .arg(format!(
@@ -329,7 +376,7 @@ impl QemuVm {
         // async-signal-safe functions (fcntl, prctl, getppid, kill) on fds this process owns.
         unsafe {
             cmd.pre_exec(move || {
-                for fd in inherit {
+                for &fd in &inherit {
                     nix::fcntl::fcntl(
                         std::os::fd::BorrowedFd::borrow_raw(fd),
                         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
@@ -362,6 +409,7 @@ impl QemuVm {
             });
         }
         let console = Arc::new(Mutex::new(Console::default()));
+        console.lock().unwrap_or_else(|e| e.into_inner()).parser.markers = boot.markers.clone();
         if let Some(pipe) = child.stdout.take() {
             let (console, echo) = (console.clone(), boot.echo_console);
             let _ = std::thread::Builder::new()
@@ -384,12 +432,19 @@ impl QemuVm {
         };
         let qmp = qmp::Qmp::connect(&socket, STARTUP_TIMEOUT, || process.exited().is_none())
             .map_err(|msg| QemuError::Startup { msg, stderr: tail(&stderr) })?;
+        // Connected: the socket's name is needed no more, so nothing is left on disk even if
+        // the recorder is killed later.
+        drop(dir);
         let pagemap = pagemap::Pagemap::open(pid).map_err(|source| QemuError::Scan { pid, source })?;
-        let mem_file = std::fs::File::open(format!("/proc/{pid}/mem"))
+        // Written only to start a gated guest.
+        let mem_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(boot.gate.is_some())
+            .open(format!("/proc/{pid}/mem"))
             .map_err(|source| QemuError::Io { what: format!("cannot open /proc/{pid}/mem"), source })?;
         let vcpu_threads = vcpu_threads(pid);
         let (slots, slot_offsets) = slots(boot.mem).into_iter().unzip();
-        Ok(QemuVm {
+        let vm = QemuVm {
             process,
             qmp,
             pagemap,
@@ -403,8 +458,107 @@ impl QemuVm {
             stderr,
             version,
             uffd_mode,
-            _dir: dir,
+            gate: boot.gate.clone(),
+        };
+        if let Some(gate) = &boot.gate {
+            vm.run_to_gate(gate)?;
+        }
+        Ok(vm)
+    }
+
+    fn startup_error(&self, msg: String) -> QemuError {
+        // Give the stderr reader a moment to catch QEMU's last words.
+        std::thread::sleep(Duration::from_millis(100));
+        QemuError::Startup {
+            msg,
+            stderr: self.stderr.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect(),
+        }
+    }
+
+    /// Runs a gated guest's firmware and boot code until it says it is ready, pauses it,
+    /// discards the pages written so far, and checks guest RAM against what the guest expects.
+    fn run_to_gate(&self, gate: &StartGate) -> Result<(), QemuError> {
+        self.qmp.execute("cont").map_err(QemuError::Qmp)?;
+        let t0 = std::time::Instant::now();
+        loop {
+            let (ready, closed, failure) = {
+                let c = self.console.lock().unwrap_or_else(|e| e.into_inner());
+                (c.parser.ready, c.closed, c.parser.failure.clone())
+            };
+            if ready {
+                break;
+            }
+            let why = if let Some(f) = failure {
+                Some(format!("the guest's boot code failed: {f}"))
+            } else if let Some(st) = self.process.exited() {
+                Some(format!("QEMU exited ({st}) before the guest's boot code was ready"))
+            } else if closed || self.qmp.events.shutdown.load(Ordering::Acquire) {
+                Some("the guest reset or shut down before its boot code was ready".to_string())
+            } else if t0.elapsed() > STARTUP_TIMEOUT {
+                Some(format!("the guest's boot code did not say it was ready within {STARTUP_TIMEOUT:?}"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(self.startup_error(why));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        self.qmp.execute("stop").map_err(QemuError::Qmp)?;
+        // The firmware's, the loader's and the boot code's writes: not the guest's workload.
+        self.harvest()?;
+        let mut got = Vec::new();
+        for (gpa, want) in &gate.expect {
+            got.resize(want.len(), 0);
+            self.read_guest(*gpa, &mut got)
+                .map_err(|source| QemuError::Io { what: format!("reading guest RAM at {gpa:#x}"), source })?;
+            if let Some(i) = got.iter().zip(want).position(|(g, w)| g != w) {
+                return Err(self.startup_error(format!(
+                    "guest RAM at {:#x} does not hold the boot image's data when the guest is ready (something \
+                     before it, the firmware perhaps, overwrote it)",
+                    gpa + i as u64
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where guest-physical `[gpa, gpa + len)` is in QEMU's memory, if it is RAM of one slot.
+    fn host_addr(&self, gpa: u64, len: u64) -> Option<u64> {
+        self.slots.iter().zip(&self.slot_offsets).find_map(|(s, off)| {
+            (gpa >= s.guest_phys_addr && gpa + len <= s.guest_phys_addr + s.size_bytes)
+                .then(|| self.ram_host_start + off + (gpa - s.guest_phys_addr))
         })
+    }
+
+    fn read_guest(&self, gpa: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let host = self.host_addr(gpa, buf.len() as u64).ok_or_else(|| std::io::Error::other("not guest RAM"))?;
+        self.mem_file.read_exact_at(buf, host)
+    }
+
+    /// The pages every slot had written since the last harvest, one bitmap per slot in KVM's
+    /// layout; they are write-protected again.
+    fn harvest(&self) -> Result<Vec<Vec<u64>>, QemuError> {
+        let mut out = Vec::with_capacity(self.slots.len());
+        for (slot, offset) in self.slots.iter().zip(&self.slot_offsets) {
+            let mut words = vec![0u64; slot.num_pages().div_ceil(64) as usize];
+            let host = self.ram_host_start + offset;
+            let scanned = self.pagemap.take_written(host, slot.size_bytes, |s, e| {
+                for page in (s - host) / PAGE_SIZE..(e - host).div_ceil(PAGE_SIZE) {
+                    if let Some(w) = words.get_mut((page / 64) as usize) {
+                        *w |= 1 << (page % 64);
+                    }
+                }
+            });
+            match scanned {
+                Ok(()) => out.push(words),
+                // QEMU is gone, and with it the pages written since the last harvest: the
+                // interval is kept empty and the crash is reported by `stop`.
+                Err(_) if self.process.exited().is_some() => out.push(words),
+                Err(source) => return Err(QemuError::Scan { pid: self.process.pid, source }),
+            }
+        }
+        Ok(out)
     }
 
     /// Pages of guest RAM holding anything but zeroes now (before the guest's first
@@ -433,18 +587,27 @@ impl QemuVm {
         out
     }
 
-    /// Lets the guest run.
+    /// Lets the guest run: a gated guest gets its go word first.
     pub fn start_guest(self) -> Result<RunningQemu, QemuError> {
+        if let Some(gate) = &self.gate {
+            let host = self.host_addr(gate.go_addr, 8).ok_or_else(|| {
+                QemuError::Unsupported(format!("the guest's go word at {:#x} is not in guest RAM", gate.go_addr))
+            })?;
+            self.mem_file.write_all_at(&gate.go_value.to_le_bytes(), host).map_err(|source| QemuError::Io {
+                what: format!("starting the guest: writing its go word through /proc/{}/mem", self.process.pid),
+                source,
+            })?;
+        }
         self.qmp.execute("cont").map_err(QemuError::Qmp)?;
         let last_cpu = Mutex::new(vec![0; self.vcpus as usize]);
         Ok(RunningQemu { vm: self, stopped_by_us: false, last_cpu })
     }
 }
 
-fn initramfs_memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+fn memfd(name: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<OwnedFd> {
     use std::io::Write;
-    let fd = nix::sys::memfd::memfd_create(c"dirtytrace-initramfs", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-        .map_err(std::io::Error::from)?;
+    let fd =
+        nix::sys::memfd::memfd_create(name, nix::sys::memfd::MFdFlags::MFD_CLOEXEC).map_err(std::io::Error::from)?;
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
     Ok(OwnedFd::from(file))
@@ -551,39 +714,14 @@ impl RunningQemu {
 
 impl crate::engine::RunningGuest for RunningQemu {
     fn harvest_all(&self) -> Result<Vec<Vec<u64>>, crate::engine::EngineError> {
-        let vm = &self.vm;
-        let mut out = Vec::with_capacity(vm.slots.len());
-        for (slot, offset) in vm.slots.iter().zip(&vm.slot_offsets) {
-            let mut words = vec![0u64; slot.num_pages().div_ceil(64) as usize];
-            let host = vm.ram_host_start + offset;
-            let scanned = vm.pagemap.take_written(host, slot.size_bytes, |s, e| {
-                for page in (s - host) / PAGE_SIZE..(e - host).div_ceil(PAGE_SIZE) {
-                    if let Some(w) = words.get_mut((page / 64) as usize) {
-                        *w |= 1 << (page % 64);
-                    }
-                }
-            });
-            match scanned {
-                Ok(()) => out.push(words),
-                // QEMU is gone, and with it the pages written since the last harvest: the
-                // interval is kept empty and the crash is reported by `stop`.
-                Err(_) if vm.process.exited().is_some() => out.push(words),
-                Err(source) => return Err(QemuError::Scan { pid: vm.process.pid, source }.into()),
-            }
-        }
-        Ok(out)
+        Ok(self.vm.harvest()?)
     }
 
     fn read_u64(&self, gpa: u64) -> u64 {
-        let vm = &self.vm;
-        let host = vm.slots.iter().zip(&vm.slot_offsets).find_map(|(s, off)| {
-            (gpa >= s.guest_phys_addr && gpa + 8 <= s.guest_phys_addr + s.size_bytes)
-                .then(|| vm.ram_host_start + off + (gpa - s.guest_phys_addr))
-        });
         let mut b = [0u8; 8];
-        match host {
-            Some(h) if vm.mem_file.read_exact_at(&mut b, h).is_ok() => u64::from_le_bytes(b),
-            _ => 0,
+        match self.vm.read_guest(gpa, &mut b) {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => 0,
         }
     }
 
@@ -623,19 +761,21 @@ impl crate::engine::RunningGuest for RunningQemu {
         // The console's last lines (the workload's status) are in before QEMU paused.
         for _ in 0..50 {
             let c = self.vm.console.lock().unwrap_or_else(|e| e.into_inner());
-            if c.closed || c.parser.status.is_some() || !shutdown {
+            if c.closed || c.parser.status.is_some() || c.parser.done || !shutdown {
                 break;
             }
             drop(c);
             std::thread::sleep(Duration::from_millis(10));
         }
-        let (status, panic) = {
+        let (status, panic, done) = {
             let c = self.vm.console.lock().unwrap_or_else(|e| e.into_inner());
-            (c.parser.status, c.parser.panic.clone())
+            (c.parser.status, c.parser.panic.clone(), c.parser.done)
         };
         let first = match (exited, shutdown, status, panic) {
             (_, _, _, Some(panic)) => self.fault(format!("the guest kernel panicked: {panic}")),
             (_, true, Some(s), None) => VcpuOutcome::PowerOff(s),
+            // The synthetic guest resets the machine once it is done.
+            (_, true, None, None) if done => VcpuOutcome::Done,
             (_, true, None, None) => self.fault("the guest rebooted before its workload finished".into()),
             (Some(st), false, _, None) => {
                 self.fault(format!("QEMU exited ({st}) while the guest ran{}", stderr_tail(&self.stderr_lines())))

@@ -55,6 +55,28 @@ impl Marker {
     }
 }
 
+/// What a guest's own marker did ([`GuestMarkers::apply`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerEffect {
+    /// Not one of the guest's own kinds: the parser applies it as usual.
+    NotMine,
+    /// Logged.
+    Logged,
+    /// The guest waits to be started ([`ConsoleParser::ready`]).
+    Ready,
+    /// The guest's workload is done ([`ConsoleParser::done`]).
+    Done,
+    /// The guest cannot go on; the marker's value says why ([`ConsoleParser::failure`]).
+    Failed,
+}
+
+/// The marker kinds of a guest's own console protocol (the synthetic guest under QEMU), tried
+/// before the Linux guest's on every `DIRTYTRACE:KIND:VALUE` line of another kind.
+pub trait GuestMarkers: Send + Sync + std::fmt::Debug {
+    /// Applies one marker to `log`, or says it is not the guest's.
+    fn apply(&self, kind: &str, value: &str, log: &GuestLog) -> MarkerEffect;
+}
+
 /// Splits console bytes into lines and turns their markers into [`GuestLog`] events.
 #[derive(Debug, Default)]
 pub struct ConsoleParser {
@@ -63,6 +85,14 @@ pub struct ConsoleParser {
     pub status: Option<i32>,
     /// The first kernel panic line.
     pub panic: Option<String>,
+    /// The guest's own markers, if it has any.
+    pub markers: Option<std::sync::Arc<dyn GuestMarkers>>,
+    /// The guest said it waits to be started.
+    pub ready: bool,
+    /// The guest said its workload is done.
+    pub done: bool,
+    /// The guest said it cannot go on, and why.
+    pub failure: Option<String>,
 }
 
 impl ConsoleParser {
@@ -100,7 +130,18 @@ impl ConsoleParser {
                 log.record(None, "workload_end", "workload_end", json!({ "status": status }));
                 log.mark_phase(None, "shutdown", Value::Null);
             }
-            Marker::Other { kind, value } => log.record(None, "note", &kind, json!({ "value": value })),
+            Marker::Other { kind, value } => {
+                match self.markers.as_ref().map_or(MarkerEffect::NotMine, |m| m.apply(&kind, &value, log)) {
+                    MarkerEffect::NotMine => log.record(None, "note", &kind, json!({ "value": value })),
+                    MarkerEffect::Logged => {}
+                    MarkerEffect::Ready => self.ready = true,
+                    MarkerEffect::Done => self.done = true,
+                    MarkerEffect::Failed => {
+                        log.record(None, "note", &kind, json!({ "value": value }));
+                        self.failure.get_or_insert(value);
+                    }
+                }
+            }
             Marker::Panic(line) => {
                 log.record(None, "panic", "kernel panic", json!({ "line": line }));
                 self.panic.get_or_insert(line);

@@ -280,15 +280,17 @@ impl Guest for LinuxGuest {
         "boot".into()
     }
 
-    fn qemu_boot(&self) -> Option<crate::qemu::QemuBoot> {
-        Some(crate::qemu::QemuBoot {
-            kernel: Some(self.kit.kernel.clone()),
+    fn qemu_boot(&mut self) -> anyhow::Result<Option<crate::qemu::QemuBoot>> {
+        Ok(Some(crate::qemu::QemuBoot {
+            kernel: Some(crate::qemu::QemuKernel::File(self.kit.kernel.clone())),
             initramfs: self.initramfs.bytes.clone(),
             cmdline: self.cmdline.clone(),
             mem: self.opts.mem,
             vcpus: self.opts.vcpus,
             echo_console: self.opts.console,
-        })
+            gate: None,
+            markers: None,
+        }))
     }
 
     fn loaded_ranges(&self) -> Vec<(u64, u64)> {

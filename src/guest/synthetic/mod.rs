@@ -4,6 +4,7 @@
 pub mod generate;
 pub mod plan;
 pub mod program;
+pub mod pvh;
 pub mod spec;
 pub mod verify;
 
@@ -73,13 +74,15 @@ pub struct SyntheticGuest {
     /// Where each vCPU writes, phase by phase.
     pub plan: GuestPlan,
     tsc_hz: f64,
+    /// Where `tsc_hz` came from: `kvm` (`KVM_GET_TSC_KHZ`) or `host_measured` (QEMU).
+    tsc_source: &'static str,
 }
 
 impl SyntheticGuest {
     /// The guest of `spec`; `spec_text` is kept for the manifest.
     pub fn new(spec: WorkloadSpec, spec_text: String) -> anyhow::Result<Self> {
         let plan = GuestPlan::new(&spec)?;
-        Ok(SyntheticGuest { spec, spec_text, plan, tsc_hz: 0.0 })
+        Ok(SyntheticGuest { spec, spec_text, plan, tsc_hz: 0.0, tsc_source: "kvm" })
     }
 }
 
@@ -114,6 +117,29 @@ fn write_page_tables(mem: &GuestMemoryMmap, mem_bytes: u64) -> anyhow::Result<()
     Ok(())
 }
 
+/// The GDT: null, kernel code/data (for the QEMU variant's boot code), user code 0x1b, user
+/// data 0x23; accessed bits preset so the CPU never writes it.
+const GDT: [u64; 5] = [0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF, 0x00AF_FB00_0000_FFFF, 0x00CF_F300_0000_FFFF];
+
+/// Loads the system area into `mem`: page tables, GDT, `code` and every vCPU's parameters.
+fn load_system_area(
+    mem: &GuestMemoryMmap,
+    spec: &WorkloadSpec,
+    plan: &GuestPlan,
+    tsc_hz: f64,
+    code: &[u8],
+) -> anyhow::Result<()> {
+    write_page_tables(mem, spec.mem_bytes)?;
+    let gdt_bytes: Vec<u8> = GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
+    mem.write_slice(&gdt_bytes, GuestAddress(GDT_ADDR))?;
+    mem.write_slice(code, GuestAddress(CODE_ADDR))?;
+    for v in 0..spec.vcpus {
+        let params = program::write_params(plan, v, tsc_hz);
+        mem.write_slice(&params, GuestAddress(plan.params_addr(v)))?;
+    }
+    Ok(())
+}
+
 impl Guest for SyntheticGuest {
     fn vm_spec(&self) -> VmSpec {
         VmSpec {
@@ -126,20 +152,9 @@ impl Guest for SyntheticGuest {
 
     fn prepare(&mut self, vm: &mut Vm, log: Arc<GuestLog>) -> anyhow::Result<Arc<dyn Bus>> {
         self.tsc_hz = tsc_hz(vm)?;
-        let mem = &vm.memory;
-        write_page_tables(mem, self.spec.mem_bytes)?;
-        // GDT: null, kernel code/data (unused), user code 0x1b, user data 0x23; accessed bits
-        // preset so the CPU never writes it.
-        let gdt: [u64; 5] =
-            [0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF, 0x00AF_FB00_0000_FFFF, 0x00CF_F300_0000_FFFF];
-        let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-        mem.write_slice(&gdt_bytes, GuestAddress(GDT_ADDR))?;
+        self.tsc_source = "kvm";
         let code = program::assemble().map_err(|e| anyhow::anyhow!("assembling the guest: {e}"))?;
-        mem.write_slice(&code, GuestAddress(CODE_ADDR))?;
-        for v in 0..self.spec.vcpus {
-            let params = program::write_params(&self.plan, v, self.tsc_hz);
-            mem.write_slice(&params, GuestAddress(self.plan.params_addr(v)))?;
-        }
+        load_system_area(&vm.memory, &self.spec, &self.plan, self.tsc_hz, &code)?;
         for (i, fd) in vm.vcpus.iter().enumerate() {
             let mut s = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
             s.cs = flat_segment(0x1B, 11, 3, true);
@@ -147,7 +162,7 @@ impl Guest for SyntheticGuest {
             (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
             // TR keeps KVM's default: a TR loaded here made this host's KVM fail the first `out`.
             s.gdt.base = GDT_ADDR;
-            s.gdt.limit = (gdt.len() * 8 - 1) as u16;
+            s.gdt.limit = (GDT.len() * 8 - 1) as u16;
             s.cr0 = 0x8005_0033;
             s.cr3 = PML4_ADDR;
             s.cr4 = 0x20;
@@ -173,6 +188,7 @@ impl Guest for SyntheticGuest {
             "spec_toml": self.spec_text,
             "spec": self.spec,
             "tsc_hz": self.tsc_hz,
+            "tsc_source": self.tsc_source,
             "control_page": CONTROL_PAGE,
             "system_area_bytes": spec::SYSTEM_AREA_BYTES,
         })
@@ -196,6 +212,30 @@ impl Guest for SyntheticGuest {
 
     fn loaded_ranges(&self) -> Vec<(u64, u64)> {
         vec![(0, spec::SYSTEM_AREA_BYTES)]
+    }
+
+    fn qemu_boot(&mut self) -> anyhow::Result<Option<crate::qemu::QemuBoot>> {
+        pvh::check_fits(&self.spec)?;
+        self.tsc_hz = pvh::host_tsc_hz()?;
+        self.tsc_source = "host_measured";
+        let code =
+            program::assemble_for(program::Target::Qemu).map_err(|e| anyhow::anyhow!("assembling the guest: {e}"))?;
+        let system = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), spec::SYSTEM_AREA_BYTES as usize)])
+            .context("cannot allocate memory to build the guest's boot image")?;
+        load_system_area(&system, &self.spec, &self.plan, self.tsc_hz, &code)?;
+        let image = pvh::BootImage::build(&system, &self.spec, &self.plan, code.len() as u64, self.tsc_hz)?;
+        Ok(Some(crate::qemu::QemuBoot {
+            kernel: Some(crate::qemu::QemuKernel::Image(image.elf)),
+            initramfs: Vec::new(),
+            cmdline: String::new(),
+            mem: self.spec.mem_bytes,
+            vcpus: 1,
+            echo_console: false,
+            gate: Some(image.gate),
+            markers: Some(Arc::new(pvh::SerialMarkers {
+                phase_names: self.spec.phases.iter().map(|p| p.name.clone()).collect(),
+            })),
+        }))
     }
 }
 

@@ -2,6 +2,13 @@
 //!
 //! It runs at CPL3 with identity-mapped memory, no stack and no interrupts. On entry
 //! `rdi` points at its vCPU's parameter block (see [`write_params`]).
+//!
+//! It comes in two variants from the same source ([`Target`]): under the own VMM it reports
+//! phases, idle time and its end with `out` to ports the VMM answers; under QEMU, where those
+//! ports reach no device, it writes marker lines to the serial port instead, idles through its
+//! boot code's `syscall` handler (which sleeps the vCPU until a timer interrupt:
+//! [`super::pvh`]), and ends with a reset that QEMU turns into a pause. Writes, pacing and
+//! progress words are the same instructions in both.
 
 use super::plan::*;
 use super::spec::Pattern;
@@ -29,8 +36,74 @@ const P_THRESH: i32 = 88;
 /// Writes between two reads of the TSC.
 const BATCH: u32 = 16;
 
-/// The guest's machine code, assembled.
+/// The serial port (COM1's data register) the QEMU variant writes its markers to.
+pub const SERIAL_PORT: u16 = 0x3F8;
+/// The keyboard controller's command port: 0xFE there resets the machine, which QEMU, run
+/// with `-action reboot=shutdown,shutdown=pause`, turns into a pause and a `SHUTDOWN` event.
+pub const RESET_PORT: u16 = 0x64;
+/// Marker kinds of the QEMU variant (`DIRTYTRACE:KIND:PHASE:WRITES`, both 16 hex digits).
+pub const MARK_PHASE: &str = "synthetic_phase";
+/// The vCPU is done: `DIRTYTRACE:synthetic_done:PHASES:LAST_PHASE_WRITES`.
+pub const MARK_DONE: &str = "synthetic_done";
+
+/// Which VMM the program talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// dirtytrace's own VMM: port writes to [`PORT_PHASE`], [`PORT_IDLE`] and [`PORT_DONE`].
+    OwnVmm,
+    /// QEMU: marker lines on the serial port, `syscall` to idle (`rax`: TSC ticks), a reset
+    /// at the end.
+    Qemu,
+}
+
+/// The guest's machine code for the own VMM, assembled.
 pub fn assemble() -> Result<Vec<u8>, IcedError> {
+    assemble_for(Target::OwnVmm)
+}
+
+/// Writes `DIRTYTRACE:{kind}:` then `first` and `second` as 16 hex digits each, and a newline,
+/// to the serial port. Uses rax, rcx, rdx and rsi.
+fn serial_marker(
+    a: &mut CodeAssembler,
+    kind: &str,
+    first: AsmRegister64,
+    second: AsmRegister64,
+) -> Result<(), IcedError> {
+    a.mov(dx, SERIAL_PORT as u32)?;
+    let text = format!("{}{kind}:", crate::guest::linux::console::MARKER_PREFIX);
+    let put = |a: &mut CodeAssembler, b: u8| -> Result<(), IcedError> {
+        a.mov(al, b as u32)?;
+        a.out(dx, al)
+    };
+    for b in text.bytes() {
+        put(a, b)?;
+    }
+    for (i, reg) in [first, second].into_iter().enumerate() {
+        if i > 0 {
+            put(a, b':')?;
+        }
+        let mut digit = a.create_label();
+        let mut decimal = a.create_label();
+        a.mov(rsi, reg)?;
+        a.mov(ecx, 16u32)?;
+        a.set_label(&mut digit)?;
+        a.rol(rsi, 4)?;
+        a.mov(eax, esi)?;
+        a.and(eax, 0xF)?;
+        a.cmp(eax, 10)?;
+        a.jb(decimal)?;
+        a.add(eax, (b'a' - b'0' - 10) as i32)?;
+        a.set_label(&mut decimal)?;
+        a.add(eax, b'0' as i32)?;
+        a.out(dx, al)?;
+        a.dec(ecx)?;
+        a.jnz(digit)?;
+    }
+    put(a, b'\n')
+}
+
+/// The guest's machine code for `target`, assembled.
+pub fn assemble_for(target: Target) -> Result<Vec<u8>, IcedError> {
     let mut a = CodeAssembler::new(64)?;
     let mut phase_loop = a.create_label();
     let mut period_loop = a.create_label();
@@ -60,10 +133,16 @@ pub fn assemble() -> Result<Vec<u8>, IcedError> {
     a.set_label(&mut phase_loop)?;
     a.cmp(r14, qword_ptr(r15 + H_NPHASES))?;
     a.jae(done)?;
-    // The VMM reads the previous phase's final count at this exit.
-    a.mov(eax, r14d)?;
-    a.mov(dx, PORT_PHASE as u32)?;
-    a.out(dx, eax)?;
+    match target {
+        // The VMM reads the previous phase's final count at this exit.
+        Target::OwnVmm => {
+            a.mov(eax, r14d)?;
+            a.mov(dx, PORT_PHASE as u32)?;
+            a.out(dx, eax)?;
+        }
+        // r12 still holds the previous phase's final count (meaningless before phase 0).
+        Target::Qemu => serial_marker(&mut a, MARK_PHASE, r14, r12)?,
+    }
     a.mov(rbx, r14)?;
     a.shl(rbx, 7)?;
     a.add(rbx, qword_ptr(r15 + H_PHASES))?;
@@ -181,13 +260,33 @@ pub fn assemble() -> Result<Vec<u8>, IcedError> {
     a.mov(r10, rax)?;
     a.sub(rax, r13)?;
     a.jbe(period_loop)?;
-    a.mov(edx, 0xFFFF_FFFFu32)?;
-    a.cmp(rax, rdx)?;
-    a.jbe(no_clamp)?;
-    a.mov(rax, rdx)?;
-    a.set_label(&mut no_clamp)?;
-    a.mov(dx, PORT_IDLE as u32)?;
-    a.out(dx, eax)?;
+    match target {
+        Target::OwnVmm => {
+            a.mov(edx, 0xFFFF_FFFFu32)?;
+            a.cmp(rax, rdx)?;
+            a.jbe(no_clamp)?;
+            a.mov(rax, rdx)?;
+            a.set_label(&mut no_clamp)?;
+            a.mov(dx, PORT_IDLE as u32)?;
+            a.out(dx, eax)?;
+        }
+        // Sleep for `rax` TSC ticks in the boot code's `syscall` handler (which clobbers rcx,
+        // r11, rdx, rsi and rax); woken early, sleep again until the period's start.
+        Target::Qemu => {
+            let mut idle = a.create_label();
+            a.set_label(&mut idle)?;
+            a.mov(rdi, r11)?;
+            a.syscall()?;
+            a.mov(r11, rdi)?;
+            a.rdtsc()?;
+            a.shl(rdx, 32)?;
+            a.or(rax, rdx)?;
+            a.mov(rdx, r10)?;
+            a.sub(rdx, rax)?;
+            a.mov(rax, rdx)?;
+            a.ja(idle)?;
+        }
+    }
     a.jmp(period_loop)?;
 
     a.set_label(&mut next_phase)?;
@@ -195,10 +294,24 @@ pub fn assemble() -> Result<Vec<u8>, IcedError> {
     a.jmp(phase_loop)?;
 
     a.set_label(&mut done)?;
-    a.mov(eax, r14d)?;
-    a.mov(dx, PORT_DONE as u32)?;
-    a.out(dx, eax)?;
-    a.jmp(done)?;
+    match target {
+        Target::OwnVmm => {
+            a.mov(eax, r14d)?;
+            a.mov(dx, PORT_DONE as u32)?;
+            a.out(dx, eax)?;
+            a.jmp(done)?;
+        }
+        Target::Qemu => {
+            serial_marker(&mut a, MARK_DONE, r14, r12)?;
+            a.mov(dx, RESET_PORT as u32)?;
+            a.mov(al, 0xFEu32)?;
+            a.out(dx, al)?;
+            let mut halt = a.create_label();
+            a.set_label(&mut halt)?;
+            a.pause()?;
+            a.jmp(halt)?;
+        }
+    }
 
     a.assemble(CODE_ADDR)
 }
@@ -251,9 +364,26 @@ pub fn write_params(plan: &GuestPlan, vcpu: u32, tsc_hz: f64) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn assembles_into_one_page() {
-        let code = super::assemble().unwrap();
-        assert!(!code.is_empty() && code.len() < 4096, "{}", code.len());
+        for target in [Target::OwnVmm, Target::Qemu] {
+            let code = assemble_for(target).unwrap();
+            assert!(!code.is_empty() && code.len() < 4096, "{target:?}: {}", code.len());
+        }
+    }
+
+    /// The own VMM's program is the one its exactness tests have always checked: the QEMU
+    /// variant changes none of its bytes. (A deliberate change to the program updates this.)
+    #[test]
+    fn the_own_vmm_s_program_is_unchanged() {
+        use sha2::Digest;
+        let code = assemble().unwrap();
+        let hash: String = sha2::Sha256::digest(&code).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            (code.len(), hash.as_str()),
+            (454, "bb8c338dca240f5444eda0b6c4acdc31e21ff3d0272eacbf7f1ae369f499a231")
+        );
     }
 }
