@@ -496,3 +496,34 @@ fn synthetic_specs_qemu_cannot_run_are_refused_first() {
     }
     assert!(qemu_children(std::process::id()).is_empty());
 }
+
+/// An unprivileged user records under QEMU: user `nobody`, with no capabilities and
+/// `vm.unprivileged_userfaultfd` as the host has it (0 here), gets a page-exact trace, because
+/// the plugin's userfaultfd is made with `UFFD_USER_MODE_ONLY`.
+#[test]
+fn an_unprivileged_user_records_under_qemu() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-nobody");
+    std::fs::set_permissions(&*dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let spec = write(&dir, "spec.toml", &synthetic_spec("random", "64MiB", "50MiB/s", 1.0));
+    std::fs::set_permissions(&spec, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = dir.join("trace");
+    let o = output_within(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .arg(bin())
+            .args(["record", "--engine", "qemu", "--workload", spec.to_str().unwrap(), "--output"])
+            .arg(&out)
+            .env("HOME", &*dir)
+            .env("DIRTYTRACE_CACHE", dir.join("cache"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        Duration::from_secs(120),
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    let trace = Trace::open(&out).unwrap();
+    assert_eq!(trace.manifest.engine.as_ref().unwrap().uffd_mode.as_deref(), Some("user"));
+    assert_exact("qemu-nobody", &trace, 10);
+}
