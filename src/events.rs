@@ -5,6 +5,7 @@
 
 use crate::trace::GuestEvent;
 use std::sync::Mutex;
+use std::sync::PoisonError;
 
 #[derive(Default)]
 struct Inner {
@@ -51,30 +52,30 @@ impl GuestLog {
     /// ([`crate::trace::sanitize_name`]), so that no interval is refused when it is finalised.
     pub fn mark_phase(&self, vcpu: Option<u32>, name: &str, detail: serde_json::Value) {
         let name = crate::trace::sanitize_name(name);
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.phase = name.clone();
         self.push(&mut inner, vcpu, "phase", &name, detail);
     }
 
     /// Logs an event of `kind`.
     pub fn record(&self, vcpu: Option<u32>, kind: &str, name: &str, detail: serde_json::Value) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         self.push(&mut inner, vcpu, kind, name, detail);
     }
 
     /// The current phase.
     pub fn phase(&self) -> String {
-        self.inner.lock().unwrap().phase.clone()
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).phase.clone()
     }
 
     /// Bytes the guest wrote to its console.
     pub fn append_console(&self, bytes: &[u8]) {
-        self.inner.lock().unwrap().console.extend_from_slice(bytes);
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner).console.extend_from_slice(bytes);
     }
 
     /// The events and console bytes since the last call.
     pub fn take(&self) -> (Vec<GuestEvent>, Vec<u8>) {
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         (std::mem::take(&mut inner.pending), std::mem::take(&mut inner.console))
     }
 }

@@ -11,6 +11,7 @@ use crate::vmm::{kvm_err, open_kvm, Bus, DirtyTracking, ExitAction, VcpuOutcome,
 use anyhow::Context;
 use kvm_bindings::kvm_regs;
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress};
@@ -117,7 +118,7 @@ impl Bus for ProbeBus {
         let mut v = [0u8; 4];
         v[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
         let value = u32::from_le_bytes(v);
-        let mut d = self.delta.lock().unwrap();
+        let mut d = self.delta.lock().unwrap_or_else(PoisonError::into_inner);
         match (port, d.get_mut(vcpu as usize)) {
             (PORT_LO, Some(slot)) => slot.0 = value,
             (PORT_HI, Some(slot)) => {
@@ -172,7 +173,7 @@ pub fn run(kvm_path: &Path) -> anyhow::Result<ProbeResult> {
     if let Some(VcpuOutcome::Fault(f)) = outcomes.iter().find(|o| matches!(o, VcpuOutcome::Fault(_))) {
         anyhow::bail!("the probe guest failed: {f}");
     }
-    let delta = *bus.delta.lock().unwrap();
+    let delta = *bus.delta.lock().unwrap_or_else(PoisonError::into_inner);
     let timing = |i: usize, iterations: u64| {
         let instructions = 2.0 * iterations as f64;
         let seconds = delta[i].1.filter(|_| tsc_khz > 0).map(|d| d as f64 / (tsc_khz as f64 * 1e3));
@@ -191,7 +192,7 @@ pub fn run(kvm_path: &Path) -> anyhow::Result<ProbeResult> {
 pub fn cached(kvm_path: &Path) -> Result<ProbeResult, std::sync::Arc<anyhow::Error>> {
     type Outcome = Result<ProbeResult, std::sync::Arc<anyhow::Error>>;
     static DONE: Mutex<Vec<(PathBuf, Outcome)>> = Mutex::new(Vec::new());
-    let mut done = DONE.lock().unwrap();
+    let mut done = DONE.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some((_, r)) = done.iter().find(|(p, _)| p == kvm_path) {
         return r.clone();
     }

@@ -5,6 +5,7 @@ use crate::clock;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::PoisonError;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -74,11 +75,11 @@ impl Control {
         if !self.pause.load(Ordering::Acquire) {
             return;
         }
-        let mut n = self.parked.lock().unwrap();
+        let mut n = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         *n += 1;
         self.cv.notify_all();
         while self.pause.load(Ordering::Acquire) && !self.stop.load(Ordering::Acquire) {
-            n = self.cv.wait(n).unwrap();
+            n = self.cv.wait(n).unwrap_or_else(PoisonError::into_inner);
         }
         *n -= 1;
     }
@@ -87,22 +88,22 @@ impl Control {
     /// thread out of KVM_RUN (a signal can land just before it enters, so it is repeated).
     pub fn pause(&self, running: impl Fn() -> usize, kick: impl Fn()) {
         self.pause.store(true, Ordering::Release);
-        let mut n = self.parked.lock().unwrap();
+        let mut n = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         while *n < running() {
             kick();
-            n = self.cv.wait_timeout(n, Duration::from_micros(50)).unwrap().0;
+            n = self.cv.wait_timeout(n, Duration::from_micros(50)).unwrap_or_else(PoisonError::into_inner).0;
         }
     }
 
     pub fn resume(&self) {
         self.pause.store(false, Ordering::Release);
-        let _n = self.parked.lock().unwrap();
+        let _n = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         self.cv.notify_all();
     }
 
     pub fn request_stop(&self) {
         self.stop.store(true, Ordering::Release);
-        let _n = self.parked.lock().unwrap();
+        let _n = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
         self.cv.notify_all();
     }
 }
@@ -143,13 +144,13 @@ pub(super) fn spawn(
                 // Best effort: a vCPU that cannot be pinned still runs.
                 let _ = crate::cpus::pin_current_thread(cpus);
             }
-            *c.lock().unwrap() = Some(clock::current_thread_cpu_clock());
+            *c.lock().unwrap_or_else(PoisonError::into_inner) = Some(clock::current_thread_cpu_clock());
             let outcome = run_loop(index, &mut fd, &*bus, &memory, &control);
             // A stopping guest stops the whole VM: the sampler notices `stop`.
             if !matches!(outcome, VcpuOutcome::Done | VcpuOutcome::Stopped) {
                 control.request_stop();
             }
-            let clock_id = c.lock().unwrap().take();
+            let clock_id = c.lock().unwrap_or_else(PoisonError::into_inner).take();
             f.set(clock_id.and_then(clock::thread_cpu_ns).unwrap_or(0));
             d.store(true, Ordering::Release);
             outcome
@@ -160,7 +161,7 @@ pub(super) fn spawn(
 
 impl VcpuThread {
     pub fn cpu_ns(&self) -> u64 {
-        let live = self.cpu_clock.lock().unwrap().and_then(clock::thread_cpu_ns);
+        let live = self.cpu_clock.lock().unwrap_or_else(PoisonError::into_inner).and_then(clock::thread_cpu_ns);
         live.unwrap_or_else(|| self.final_cpu_ns.get())
     }
 

@@ -17,6 +17,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
@@ -342,14 +343,14 @@ impl Bus for LinuxBus {
         match port {
             SERIAL_PORT..=0x3FF => {
                 // A string `outs` may hand over several bytes in one exit: each goes to the UART.
-                let mut serial = self.serial.lock().unwrap();
+                let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
                 for &byte in data {
                     let _ = serial.write((port - SERIAL_PORT) as u8, byte);
                 }
                 ExitAction::Continue
             }
             I8042_COMMAND if data.first() == Some(&I8042_RESET) => {
-                let serial = self.serial.lock().unwrap();
+                let serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
                 let parser = &serial.writer().parser;
                 match (parser.status, &parser.panic) {
                     (_, Some(panic)) => ExitAction::Fail(format!("the guest kernel panicked: {panic}")),
@@ -364,7 +365,7 @@ impl Bus for LinuxBus {
     fn io_in(&self, _vcpu: u32, port: u16, data: &mut [u8]) -> ExitAction {
         match port {
             SERIAL_PORT..=0x3FF => {
-                let mut serial = self.serial.lock().unwrap();
+                let mut serial = self.serial.lock().unwrap_or_else(PoisonError::into_inner);
                 data.iter_mut().for_each(|b| *b = serial.read((port - SERIAL_PORT) as u8));
             }
             // An i8042 with nothing to say, so probes and reboots do not spin.

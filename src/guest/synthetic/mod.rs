@@ -16,6 +16,7 @@ use anyhow::Context;
 use kvm_bindings::kvm_regs;
 use plan::*;
 use spec::WorkloadSpec;
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -259,7 +260,7 @@ impl SyntheticBus {
     fn close_phase(&self, vcpu: u32) -> Option<(u64, u64)> {
         let word: u64 = self.memory.read_obj(GuestAddress(GuestPlan::control_addr(vcpu))).ok()?;
         let (phase, writes) = decode_progress(word);
-        let mut counts = self.final_counts.lock().unwrap();
+        let mut counts = self.final_counts.lock().unwrap_or_else(PoisonError::into_inner);
         let slot = counts.get_mut(vcpu as usize)?.get_mut(phase as usize)?;
         slot.get_or_insert(writes);
         Some((phase, writes))
