@@ -418,7 +418,7 @@ pub fn harvest_cost(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Re
 /// The guest writes random pages at 100 MiB/s throughout, so that its write rate shows whether
 /// the sampler starves it.
 pub fn deadlines(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Result<()> {
-    use crate::sampler::RealtimeMode;
+    use crate::record::RealtimeMode;
     let shortest = |ms: u64| Duration::from_millis(ms) <= record::SPIN_INTERVALS_UP_TO;
     for ms in DEADLINE_INTERVALS_MS.into_iter().filter(|&ms| shortest(ms)) {
         let interval = Duration::from_millis(ms);

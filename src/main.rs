@@ -428,8 +428,8 @@ struct RecordArgs {
     /// Real-time priority (SCHED_FIFO) for the sampler thread alone, so that short intervals
     /// keep their deadlines: auto uses it where permitted (root or CAP_SYS_NICE) and says when
     /// it cannot; on makes the lack of permission an error.
-    #[arg(long, value_enum, default_value_t = dirtytrace::sampler::RealtimeMode::Auto)]
-    realtime: dirtytrace::sampler::RealtimeMode,
+    #[arg(long, value_enum, default_value_t = dirtytrace::record::RealtimeMode::Auto)]
+    realtime: dirtytrace::record::RealtimeMode,
     /// The most the sampler wakes before each deadline and spins on the clock, learning how
     /// late the host's timers fire; capped at a twentieth of the interval (under 5 % of a
     /// core). Default: 50us for intervals of 2 ms or less, else 0 (never).

@@ -6,7 +6,7 @@ use crate::accounting::IntervalAccounting;
 use crate::engine::{EngineChoice, RunningGuest};
 use crate::events::GuestLog;
 use crate::guest::{self, linux, synthetic, Guest};
-use crate::sampler::{self, Harvest, RealtimeMode, SamplerConfig};
+use crate::sampler::{self, Harvest, SamplerConfig};
 use crate::trace::{
     self, EndReason, EngineInfo, IntervalRow, Manifest, MemorySlot, SamplerScheduling, SchedPolicy, TraceStatus,
     TraceWriter,
@@ -188,6 +188,29 @@ pub struct RecordOptions {
     /// Lock the recorder's own memory (not the guest's) with `mlockall(MCL_CURRENT)` before
     /// the guest's memory exists.
     pub lock_memory: bool,
+}
+
+/// Whether the sampler thread runs at real-time priority (`--realtime`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum RealtimeMode {
+    /// SCHED_FIFO where permitted (root, CAP_SYS_NICE or RLIMIT_RTPRIO), else normal priority.
+    #[default]
+    Auto,
+    /// SCHED_FIFO, or an error naming the missing permission.
+    On,
+    /// Normal scheduling.
+    Off,
+}
+
+impl RealtimeMode {
+    /// The flag's value as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RealtimeMode::Auto => "auto",
+            RealtimeMode::On => "on",
+            RealtimeMode::Off => "off",
+        }
+    }
 }
 
 /// The default most the sampler spins before a deadline, at intervals up to

@@ -18,29 +18,6 @@ const POLL_NS: u64 = 20_000_000;
 /// real-time threads (which run at 50 and 99).
 pub const REALTIME_PRIORITY: u8 = 10;
 
-/// Whether the sampler thread runs at real-time priority (`--realtime`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum RealtimeMode {
-    /// SCHED_FIFO where permitted (root, CAP_SYS_NICE or RLIMIT_RTPRIO), else normal priority.
-    #[default]
-    Auto,
-    /// SCHED_FIFO, or an error naming the missing permission.
-    On,
-    /// Normal scheduling.
-    Off,
-}
-
-impl RealtimeMode {
-    /// The flag's value as written.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RealtimeMode::Auto => "auto",
-            RealtimeMode::On => "on",
-            RealtimeMode::Off => "off",
-        }
-    }
-}
-
 /// Why the sampler could not have real-time priority.
 #[derive(Debug, thiserror::Error)]
 pub enum RealtimeError {
