@@ -154,34 +154,25 @@ fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
     String::from_utf8_lossy(&out.stdout).lines().next().map(|l| l.trim().to_string())
 }
 
+/// The kit as `record` finds it ([`kit::locate`]: `DIRTYTRACE_KERNEL`, `DIRTYTRACE_BUSYBOX`,
+/// the kit's vmlinux, then its bzImage), so that `doctor` and `record` cannot disagree.
 fn kit_verdict() -> Verdict {
-    let dir = kit::kit_dir();
-    let info: Option<kit::KitInfo> =
-        std::fs::read_to_string(dir.join(kit::KIT_JSON)).ok().and_then(|t| serde_json::from_str(&t).ok());
-    match info {
-        Some(i) if dir.join("bzImage").exists() && dir.join("busybox").exists() => verdict(
-            true,
-            format!(
-                "{} {}, {} {} in {}",
-                i.kernel_package,
-                i.kernel_version,
-                i.busybox_package,
-                i.busybox_version,
-                dir.display()
-            ),
-        ),
-        _ => verdict(false, format!("no kit in {}: run `dirtytrace kit fetch` (Debian/Ubuntu)", dir.display())),
+    match kit::locate(None, false) {
+        Ok(k) => {
+            let versions = k.info.as_ref().map_or(String::new(), |i| {
+                format!(" ({} {}, {} {})", i.kernel_package, i.kernel_version, i.busybox_package, i.busybox_version)
+            });
+            verdict(true, format!("kernel {}, busybox {}{versions}", k.kernel.display(), k.busybox.display()))
+        }
+        Err(e) => verdict(false, format!("{e:#}")),
     }
 }
 
+/// The font `plot` would load ([`crate::analysis::plot::load_font`]).
 fn font_verdict() -> Verdict {
-    let candidates: Vec<PathBuf> = match std::env::var_os("DIRTYTRACE_FONT") {
-        Some(p) => vec![PathBuf::from(p)],
-        None => crate::analysis::plot::FONT_PATHS.iter().map(PathBuf::from).collect(),
-    };
-    match candidates.iter().find(|p| p.is_file()) {
-        Some(p) => verdict(true, p.display().to_string()),
-        None => verdict(false, "none: `apt-get install fonts-dejavu-core`, or set DIRTYTRACE_FONT (needed by `plot`)"),
+    match crate::analysis::plot::load_font() {
+        Ok(p) => verdict(true, p.display().to_string()),
+        Err(e) => verdict(false, format!("{e} (needed by `plot`)")),
     }
 }
 

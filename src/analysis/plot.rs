@@ -190,12 +190,15 @@ pub enum FontError {
 /// The largest font file read.
 const MAX_FONT_BYTES: u64 = 64 << 20;
 
-fn load_font() -> std::result::Result<(), FontError> {
-    static FONT: OnceLock<std::result::Result<(), FontError>> = OnceLock::new();
+/// Loads the font `plot` labels with (`DIRTYTRACE_FONT`, else the first of [`FONT_PATHS`]
+/// that reads) once per process, and says which file it is; `doctor` asks this too.
+pub fn load_font() -> std::result::Result<PathBuf, FontError> {
+    static FONT: OnceLock<std::result::Result<PathBuf, FontError>> = OnceLock::new();
     FONT.get_or_init(|| {
         let register = |path: &Path, bytes: Vec<u8>| {
             let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
             plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+                .map(|()| path.to_path_buf())
                 .map_err(|_| FontError::NotAFont(path.to_path_buf()))
         };
         if let Some(p) = std::env::var_os("DIRTYTRACE_FONT").map(PathBuf::from) {
