@@ -23,7 +23,7 @@ use std::time::Duration;
 /// The shortest harvest interval.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// The longest harvest interval: longer ones would say little about a dirty rate.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+pub const MAX_INTERVAL: Duration = Duration::from_secs(trace::limits::MAX_INTERVAL_S as u64);
 /// The longest recording `--duration` allows.
 pub const MAX_RECORD_DURATION: Duration = Duration::from_secs(366 * 86_400);
 /// `--interval`'s default.
@@ -514,7 +514,7 @@ fn new_trace_id() -> String {
     if std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)).is_err() {
         b[..8].copy_from_slice(&crate::clock::now_ns().to_le_bytes());
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::units::hex(&b)
 }
 
 /// A default output directory name: `trace-YYYYMMDD-HHMMSS` (UTC).

@@ -278,6 +278,15 @@ human_serde!(
     HumanSize: "a size such as \"64MiB\""
 );
 
+/// Bytes as lowercase hex digits, two per byte (ids and hashes).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -348,7 +348,7 @@ fn index_key(info: Option<&DatasetInfo>, replay: &ReplaySettings) -> String {
         "axes": info.map(|i| &i.axes),
         "replay": replay,
     });
-    sha2::Sha256::digest(v.to_string().as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    crate::units::hex(&sha2::Sha256::digest(v.to_string().as_bytes()))
 }
 
 /// The rows of an old table usable now: by name, the row, and the row's trace_id, status and

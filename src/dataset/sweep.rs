@@ -682,7 +682,7 @@ fn make_trace(
             let opts = GenerateOptions {
                 interval: rec.interval.0,
                 migration_speed: rec.migration_speed.0,
-                trace_id: Some(id[..16].iter().map(|b| format!("{b:02x}")).collect()),
+                trace_id: Some(crate::units::hex(&id[..16])),
                 progress: None,
             };
             generate(dir, &spec, &opts)?;

@@ -25,7 +25,8 @@ pub const MAX_INTERVAL_S: f64 = 3600.0;
 /// The highest migration speed, in bytes per second (as `units::MAX_RATE_BYTES_PER_S`).
 pub const MAX_SPEED_BYTES_PER_S: f64 = crate::units::MAX_RATE_BYTES_PER_S;
 /// The latest time a trace may hold, in seconds since its start: ten years, the longest
-/// `--duration` and the longest workload.
+/// workload a spec may describe (`record --duration` stops sooner: at most 366 days,
+/// `record::MAX_RECORD_DURATION`).
 pub const MAX_TRACE_S: f64 = crate::units::MAX_DURATION.as_secs_f64();
 /// The shortest interval a trace may hold, in seconds: one tick of the nanosecond clock the
 /// recorder reads.

@@ -111,7 +111,7 @@ pub fn locate_busybox() -> anyhow::Result<PathBuf> {
 
 /// SHA-256, in hex.
 pub fn sha256_hex(data: &[u8]) -> String {
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    crate::units::hex(&sha2::Sha256::digest(data))
 }
 
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {

@@ -112,7 +112,7 @@ pub fn prepare(names: &[String], progress: &mut dyn FnMut(&str)) -> anyhow::Resu
         moved?;
     }
     let debs: Vec<String> = wanted.iter().map(file).collect();
-    let key: String = sha2::Sha256::digest(debs.join("\n")).iter().take(10).map(|b| format!("{b:02x}")).collect();
+    let key: String = crate::units::hex(&sha2::Sha256::digest(debs.join("\n"))[..10]);
     let tree = dir.join("trees").join(&key);
     if !tree.is_dir() {
         progress(&format!("unpacking {} packages", debs.len()));

@@ -380,7 +380,7 @@ mod tests {
     fn the_own_vmm_s_program_is_unchanged() {
         use sha2::Digest;
         let code = assemble().unwrap();
-        let hash: String = sha2::Sha256::digest(&code).iter().map(|b| format!("{b:02x}")).collect();
+        let hash: String = crate::units::hex(&sha2::Sha256::digest(&code));
         assert_eq!(
             (code.len(), hash.as_str()),
             (454, "bb8c338dca240f5444eda0b6c4acdc31e21ff3d0272eacbf7f1ae369f499a231")
