@@ -359,3 +359,74 @@ fn an_archive_too_large_for_mem_is_refused_before_booting() {
     assert!(e.contains("pass --mem 137MiB or more"), "{e}");
     assert!(!trace.exists(), "no output directory");
 }
+
+/// A tarball holding one file `d/d/…/d/f`, `depth` directories deep.
+fn deep_tar(path: &Path, depth: usize) -> String {
+    let name = format!("{}f", "d/".repeat(depth));
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, &name, &b"deep"[..]).unwrap();
+    b.into_inner().unwrap();
+    name
+}
+
+/// Issue 15, defect 2: a deep path took time growing as depth⁴ (0.9 s at 250 levels, more
+/// than 120 s at 1000). Now resolving a name is linear in its length, and a name past the
+/// kernel's PATH_MAX or dirtytrace's depth cap is refused at once, named.
+#[test]
+fn deep_paths_in_a_rootfs_pack_fast_or_are_refused_fast() {
+    let dir = Scratch::new("rootfs-deep");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    for depth in [200, 1000] {
+        let t = dir.join(format!("deep{depth}.tar"));
+        let name = deep_tar(&t, depth);
+        let start = std::time::Instant::now();
+        let built = initramfs::build_with(&inputs(&dir, Some(&t)), None, &mut |_| {}).unwrap();
+        let took = start.elapsed();
+        assert!(took < std::time::Duration::from_secs(5), "depth {depth} took {took:?}");
+        let entries = initramfs::read_entries(&built.bytes).unwrap();
+        assert_eq!(get(&entries, &name).data, b"deep");
+        assert_eq!(entries.iter().filter(|e| e.mode == 0o040755 && e.name.split('/').all(|c| c == "d")).count(), depth);
+    }
+    // 3000 levels (a 6 KB name): refused at once by the command, the entry named.
+    let t = dir.join("deep3000.tar");
+    deep_tar(&t, 3000);
+    let script = write(&dir, "w.sh", "true\n");
+    let out = dir.join("out.cpio.gz");
+    let start = std::time::Instant::now();
+    let o = output_within(
+        Command::new(bin())
+            .args(["initramfs", "--workload", &s(&script), "--rootfs", &s(&t), "-o", &s(&out)])
+            .env("DIRTYTRACE_BUSYBOX", fake_busybox())
+            .env("DIRTYTRACE_CACHE", dir.join("cache"))
+            .stderr(std::process::Stdio::piped()),
+        std::time::Duration::from_secs(60),
+    );
+    let took = start.elapsed();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(took < std::time::Duration::from_secs(5), "refusing took {took:?}");
+    assert!(e.contains(&format!("--rootfs {}: entry d/d/d/", t.display())), "{e}");
+    assert!(e.contains("d/d/f is too long for the initramfs: its name is 6001 bytes"), "{e}");
+    assert!(e.contains("PATH_MAX") && e.contains("refusing the archive"), "{e}");
+    assert!(e.len() < 1000, "the name is shortened: {e}");
+    assert!(!out.exists());
+    // Deeper than the cap within PATH_MAX, in a tarball and in a directory.
+    let t = dir.join("deep1100.tar");
+    deep_tar(&t, initramfs::MAX_DEPTH + 76);
+    let err = initramfs::build_with(&inputs(&dir, Some(&t)), None, &mut |_| {}).err().unwrap();
+    assert!(format!("{err:#}").contains("it has 1101 path components, more than the 1024"), "{err:#}");
+    let root = dir.join("root");
+    let deep = root.join("d/".repeat(initramfs::MAX_DEPTH + 1));
+    std::fs::create_dir_all(&deep).unwrap();
+    let err = initramfs::build_with(&inputs(&dir, Some(&root)), None, &mut |_| {}).err().unwrap();
+    let err = format!("{err:#}");
+    assert!(err.contains(&format!("--rootfs {}: d/d/", root.display())), "{err}");
+    assert!(err.contains("has 1025 path components, more than the 1024 dirtytrace packs"), "{err}");
+}

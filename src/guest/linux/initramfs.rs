@@ -9,7 +9,7 @@ use super::rootfs;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -72,6 +72,7 @@ pub fn parse_extra(s: &str) -> anyhow::Result<Extra> {
     if !guest.starts_with('/') || guest.len() < 2 || guest.split('/').any(|c| c == "..") {
         bail!("--file {s}: the guest path must be absolute, like /usr/bin/bench");
     }
+    check_name(guest.trim_start_matches('/')).map_err(|e| anyhow::anyhow!("--file {host}:{e}; choose a shorter one"))?;
     Ok(Extra { host: PathBuf::from(host), guest: guest.to_string() })
 }
 
@@ -110,6 +111,9 @@ pub struct ArchiveWriter<W: Write> {
     names: HashMap<String, u32>,
     /// Symlink name → target, to resolve paths through them.
     symlinks: HashMap<String, String>,
+    /// [`fnv`] hashes of the symlinks' names, so that resolving a path looks up a prefix as a
+    /// string only when it may be one.
+    symlink_hashes: HashSet<u64>,
     /// What the tree takes in guest RAM once unpacked, so far.
     pub unpacked_bytes: u64,
     /// Entries written so far.
@@ -119,7 +123,57 @@ pub struct ArchiveWriter<W: Write> {
 }
 
 /// Each entry costs the guest about this much besides its data (inode, dentry).
-const ENTRY_OVERHEAD: u64 = 1024;
+pub const ENTRY_OVERHEAD: u64 = 1024;
+
+/// The longest entry name: the kernel refuses a cpio name of PATH_MAX (4096) bytes or more,
+/// counting its NUL, when it unpacks the archive.
+pub const MAX_NAME_BYTES: usize = 4095;
+/// The longest name of one component (NAME_MAX): no Linux file system creates a longer one.
+pub const MAX_COMPONENT_BYTES: usize = 255;
+/// The most path components an entry name may have. A real root filesystem goes a few dozen levels
+/// deep; this only stops names built to exhaust whatever reads them.
+pub const MAX_DEPTH: usize = 1024;
+
+/// `name` cut to a readable length for messages: its start and its end.
+pub fn shorten(name: &str) -> String {
+    if name.len() <= 120 {
+        return name.to_string();
+    }
+    let head = name.char_indices().take_while(|(i, _)| *i < 80).last().map_or(0, |(i, c)| i + c.len_utf8());
+    let tail = name.char_indices().find(|(i, _)| *i >= name.len() - 30).map_or(name.len(), |(i, _)| i);
+    format!("{}…{}", &name[..head], &name[tail..])
+}
+
+/// Refuses an entry name beyond [`MAX_NAME_BYTES`], [`MAX_DEPTH`] or [`MAX_COMPONENT_BYTES`],
+/// naming it (shortened) and saying which limit it passes.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let depth = name.split('/').filter(|c| !c.is_empty()).count();
+    let why = if name.len() > MAX_NAME_BYTES {
+        format!("its name is {} bytes, more than the {MAX_NAME_BYTES} the kernel unpacks (PATH_MAX)", name.len())
+    } else if depth > MAX_DEPTH {
+        format!("it has {depth} path components, more than the {MAX_DEPTH} dirtytrace packs")
+    } else if let Some(c) = name.split('/').find(|c| c.len() > MAX_COMPONENT_BYTES) {
+        format!(
+            "its component {} is {} bytes, more than the {MAX_COMPONENT_BYTES} a Linux file name can be (NAME_MAX)",
+            shorten(c),
+            c.len()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(format!("{} is too long for the initramfs: {why}", shorten(name)))
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a, extended by `bytes` from `hash`: a path's hash is extended one component at a time.
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= b as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
 
 fn io_err(msg: String) -> std::io::Error {
     std::io::Error::other(msg)
@@ -133,6 +187,7 @@ impl<W: Write> ArchiveWriter<W> {
             next_ino: 1,
             names: HashMap::new(),
             symlinks: HashMap::new(),
+            symlink_hashes: HashSet::new(),
             unpacked_bytes: 0,
             entries: 0,
             notes: Vec::new(),
@@ -146,34 +201,56 @@ impl<W: Write> ArchiveWriter<W> {
     }
 
     /// Where `name` leads once the symlinks written so far are followed (within the archive).
+    /// Linear in the length of the name and the targets followed: each prefix is looked up by
+    /// a hash extended one component at a time, and as a string only when that hash is a
+    /// symlink's.
     pub fn resolve(&self, name: &str) -> String {
-        let mut parts: Vec<String> = Vec::new();
-        let mut todo: Vec<String> = name.split('/').rev().map(String::from).collect();
+        let mut here = String::with_capacity(name.len());
+        let mut hash = FNV_OFFSET;
+        // (length of `here`, its hash) before each component, to go back on `..`.
+        let mut stack: Vec<(usize, u64)> = Vec::new();
+        let mut todo: Vec<&str> = name.split('/').rev().collect();
         let mut hops = 0;
         while let Some(part) = todo.pop() {
-            match part.as_str() {
+            match part {
                 "" | "." => continue,
                 ".." => {
-                    parts.pop();
+                    if let Some((len, h)) = stack.pop() {
+                        here.truncate(len);
+                        hash = h;
+                    }
                     continue;
                 }
                 _ => {}
             }
-            parts.push(part);
-            let here = parts.join("/");
+            stack.push((here.len(), hash));
+            if !here.is_empty() {
+                here.push('/');
+                hash = fnv(hash, b"/");
+            }
+            here.push_str(part);
+            hash = fnv(hash, part.as_bytes());
+            if !self.symlink_hashes.contains(&hash) {
+                continue;
+            }
             if let Some(target) = self.symlinks.get(&here) {
                 hops += 1;
                 if hops > 40 {
                     break;
                 }
-                parts.pop();
-                if target.starts_with('/') {
-                    parts.clear();
+                if let Some((len, h)) = stack.pop() {
+                    here.truncate(len);
+                    hash = h;
                 }
-                todo.extend(target.split('/').rev().map(String::from));
+                if target.starts_with('/') {
+                    stack.clear();
+                    here.clear();
+                    hash = FNV_OFFSET;
+                }
+                todo.extend(target.split('/').rev());
             }
         }
-        parts.join("/")
+        here
     }
 
     /// `name` with its parent directory resolved through the symlinks written so far: where
@@ -225,15 +302,18 @@ impl<W: Write> ArchiveWriter<W> {
             .write(&mut self.out, size32))
     }
 
-    /// Creates the parents of `name` that are not there yet (as 0755 directories).
+    /// Creates the parents of `name` that are not there yet (as 0755 directories). Parents are
+    /// always written before what they hold, so the search goes up from the nearest parent and
+    /// stops at the first one there: an entry whose parent exists costs one lookup.
     pub fn ensure_parents(&mut self, name: &str) -> std::io::Result<()> {
-        let mut end = 0;
-        while let Some(i) = name[end..].find('/') {
-            let parent = &name[..end + i];
-            if !self.exists(parent) {
-                self.dir(parent, DIR, Owner::default())?;
-            }
-            end += i + 1;
+        check_name(name).map_err(io_err)?;
+        let ends: Vec<usize> = name.match_indices('/').map(|(i, _)| i).collect();
+        let mut present = ends.len();
+        while present > 0 && !self.exists(&name[..ends[present - 1]]) {
+            present -= 1;
+        }
+        for &end in &ends[present..] {
+            self.dir(&name[..end], DIR, Owner::default())?;
         }
         Ok(())
     }
@@ -295,7 +375,9 @@ impl<W: Write> ArchiveWriter<W> {
         let mut w = self.header(name, S_IFLNK | 0o777, owner, ino, 1, (0, 0), target.len() as u64)?;
         w.write_all(target.as_bytes())?;
         w.finish()?;
-        self.symlinks.insert(self.resolve_parent(name), target.to_string());
+        let at = self.resolve_parent(name);
+        self.symlink_hashes.insert(fnv(FNV_OFFSET, at.as_bytes()));
+        self.symlinks.insert(at, target.to_string());
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! and sockets are skipped with a note (the guest's devtmpfs provides `/dev`). A tarball entry
 //! whose name is absolute or climbs out with `..` is refused.
 
-use super::initramfs::{ArchiveWriter, Owner, S_IFIFO};
+use super::initramfs::{check_name, shorten, ArchiveWriter, Owner, S_IFIFO};
 use anyhow::{anyhow, bail, Context};
 use sha2::Digest;
 use std::collections::{HashMap, HashSet};
@@ -158,6 +158,7 @@ impl Rootfs {
                 )
             })?;
             let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+            check_name(&child).map_err(|e| anyhow!("--rootfs {root}: {e}; move it or leave it out of the rootfs"))?;
             let m = std::fs::symlink_metadata(&path)
                 .with_context(|| format!("--rootfs {root}: cannot read {}", path.display()))?;
             visit(&child, &path, &m)?;
@@ -259,20 +260,28 @@ impl Rootfs {
     fn entry_name(&self, raw: &[u8]) -> anyhow::Result<Option<String>> {
         let root = self.path.display();
         let s = std::str::from_utf8(raw).map_err(|_| {
-            anyhow!("--rootfs {root}: entry {} has a name that is not UTF-8", String::from_utf8_lossy(raw))
+            anyhow!("--rootfs {root}: entry {} has a name that is not UTF-8", shorten(&String::from_utf8_lossy(raw)))
         })?;
         if s.starts_with('/') {
-            bail!("--rootfs {root}: entry {s} is an absolute path; refusing an archive whose entries escape its root");
+            bail!(
+                "--rootfs {root}: entry {} is an absolute path; refusing an archive whose entries escape its root",
+                shorten(s)
+            );
         }
         let mut parts = Vec::new();
         for c in s.split('/') {
             match c {
                 "" | "." => {}
-                ".." => bail!("--rootfs {root}: entry {s} climbs out of the root with `..`; refusing the archive"),
+                ".." => bail!(
+                    "--rootfs {root}: entry {} climbs out of the root with `..`; refusing the archive",
+                    shorten(s)
+                ),
                 c => parts.push(c),
             }
         }
-        Ok((!parts.is_empty()).then(|| parts.join("/")))
+        let name = parts.join("/");
+        check_name(&name).map_err(|e| anyhow!("--rootfs {root}: entry {e}; refusing the archive"))?;
+        Ok((!parts.is_empty()).then_some(name))
     }
 
     fn pack_tar<W: Write>(&self, a: &mut ArchiveWriter<W>, c: Compression) -> anyhow::Result<Vec<String>> {
