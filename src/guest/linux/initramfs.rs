@@ -19,6 +19,8 @@ pub use super::console::MARKER_PREFIX;
 pub const MAX_SCRIPT_BYTES: u64 = 16 << 20;
 /// The largest busybox accepted (a static busybox is about 2 MB).
 pub const MAX_BUSYBOX_BYTES: u64 = 256 << 20;
+/// The largest file the archive holds: newc cpio stores sizes in 32 bits.
+pub const MAX_FILE_BYTES: u64 = u32::MAX as u64;
 
 /// Bumped whenever what goes into the archive changes, so cached archives are rebuilt.
 const LAYOUT_VERSION: &str = "2";
@@ -72,7 +74,8 @@ pub fn parse_extra(s: &str) -> anyhow::Result<Extra> {
     if !guest.starts_with('/') || guest.len() < 2 || guest.split('/').any(|c| c == "..") {
         bail!("--file {s}: the guest path must be absolute, like /usr/bin/bench");
     }
-    check_name(guest.trim_start_matches('/')).map_err(|e| anyhow::anyhow!("--file {host}:{e}; choose a shorter one"))?;
+    check_name(guest.trim_start_matches('/'))
+        .map_err(|e| anyhow::anyhow!("--file {host}:/{e}; choose a shorter one"))?;
     Ok(Extra { host: PathBuf::from(host), guest: guest.to_string() })
 }
 
@@ -418,6 +421,56 @@ impl Contents {
         self.files.iter().map(|f| parse_extra(f)).collect()
     }
 
+    /// The checks `record` and `initramfs` both make before anything is read, hashed or
+    /// packed, for a guest of `mem` bytes: every `--file` is a regular file no larger than
+    /// `mem` or the newc limit; the rootfs's names are within the limits; and the files of the
+    /// rootfs and the `--file`s, summed from the directory walk or the tar headers, leave
+    /// [`ROOM_TO_RUN`] in `mem` (the archive itself needs room too, so this is a floor; the
+    /// built archive is checked again with [`Initramfs::check_fits`]). Returns the `--file`s.
+    pub fn check(&self, mem: u64) -> anyhow::Result<Vec<Extra>> {
+        let extras = self.extras()?;
+        let mut floor = 0u64;
+        for x in &extras {
+            // A regular file that fits the guest: never a FIFO or a device, never read without end.
+            let flag = || format!("--file {}:{}", x.host.display(), x.guest);
+            let size = match crate::files::check_regular(&x.host, mem.min(MAX_FILE_BYTES), "file for the guest") {
+                Ok(size) => size,
+                Err(crate::files::FileError::TooLarge { size, .. }) => bail!(
+                    "{}: {} is {size} bytes, more than {}; give a smaller file{}",
+                    flag(),
+                    x.host.display(),
+                    if mem <= MAX_FILE_BYTES {
+                        format!("the guest's --mem of {} MiB", mem >> 20)
+                    } else {
+                        "the 4 GiB the initramfs format (newc cpio) holds per file".to_string()
+                    },
+                    if mem <= MAX_FILE_BYTES { " or a larger --mem" } else { "" }
+                ),
+                Err(e) => return Err(anyhow::Error::new(e).context(flag())),
+            };
+            floor = floor.saturating_add(size.div_ceil(4096) * 4096 + ENTRY_OVERHEAD);
+        }
+        if let Some(r) = &self.rootfs {
+            floor = floor.saturating_add(rootfs::Rootfs::open(r)?.unpacked_floor()?);
+        }
+        let need = floor.saturating_add(ROOM_TO_RUN);
+        if need > mem {
+            let mut what: Vec<String> = self.rootfs.iter().map(|r| format!("--rootfs {}", r.display())).collect();
+            what.extend(self.files.iter().map(|f| format!("--file {f}")));
+            bail!(
+                "the initramfs from {} is too large for --mem {} MiB: its files alone take {:.1} MiB unpacked, which \
+                 sit in guest RAM with the archive while the kernel unpacks it, plus {} MiB to run; pass --mem {}MiB \
+                 or more, or pack less",
+                what.join(" "),
+                mem >> 20,
+                floor as f64 / (1 << 20) as f64,
+                ROOM_TO_RUN >> 20,
+                need.div_ceil(1 << 20)
+            );
+        }
+        Ok(extras)
+    }
+
     /// The same contents with relative host paths taken from `dir` (a grid's directory).
     pub fn relative_to(&self, dir: &Path) -> Contents {
         let files = self
@@ -441,6 +494,32 @@ pub struct Inputs {
     pub script: PathBuf,
     /// Packed around them: a rootfs and packages first, `--file` extras on top.
     pub contents: Contents,
+}
+
+/// Checks a workload script the way `record` does before it builds anything: a regular file
+/// of at most [`MAX_SCRIPT_BYTES`], named `.sh` (a `.toml` is a synthetic spec, which needs no
+/// initramfs).
+pub fn check_script(script: &Path) -> anyhow::Result<()> {
+    crate::files::check_regular(script, MAX_SCRIPT_BYTES, "workload script").context("--workload")?;
+    match script.extension().and_then(|e| e.to_str()) {
+        Some("sh") => Ok(()),
+        Some("toml") => bail!(
+            "--workload {}: a .toml workload is a synthetic spec, which runs without a kernel or an initramfs; \
+             record it with `dirtytrace record --workload {}`, or give a Linux workload script (.sh)",
+            script.display(),
+            script.display()
+        ),
+        _ => bail!("--workload {}: an initramfs runs a Linux workload script, named .sh", script.display()),
+    }
+}
+
+impl Inputs {
+    /// What `initramfs` checks before building for a guest of `mem` bytes, as `record` does:
+    /// the script ([`check_script`]) and the contents ([`Contents::check`]).
+    pub fn check(&self, mem: u64) -> anyhow::Result<Vec<Extra>> {
+        check_script(&self.script)?;
+        self.contents.check(mem)
+    }
 }
 
 /// A built archive.
@@ -677,15 +756,22 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
 
 /// `dirtytrace initramfs`: builds exactly the archive `record` would boot (same inputs, same
 /// cache) and writes it to `output`, which must not exist yet.
-pub fn write_archive(inputs: &Inputs, output: &Path, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Initramfs> {
+///
+/// The archive is for a guest of `mem` bytes: the inputs are checked first as `record` checks
+/// them ([`Inputs::check`]), and the archive must fit ([`Initramfs::check_fits`]).
+pub fn write_archive(
+    inputs: &Inputs,
+    mem: u64,
+    output: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Initramfs> {
     if output.symlink_metadata().is_ok() {
         bail!("{} already exists; choose another -o FILE or remove it", output.display());
     }
-    if !inputs.script.is_file() {
-        bail!("workload script {} does not exist", inputs.script.display());
-    }
+    inputs.check(mem)?;
     let cache = super::kit::cache_dir().join("initramfs");
     let archive = build_with(inputs, Some(&cache), progress)?;
+    archive.check_fits(mem, &describe_inputs(inputs))?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
