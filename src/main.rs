@@ -455,6 +455,10 @@ struct InitramfsArgs {
     workload: PathBuf,
     #[command(flatten)]
     contents: initramfs::Contents,
+    /// The guest RAM the archive is for: it must fit there with its unpacked files, as
+    /// `record --mem` checks [default: 2GiB, record's]
+    #[arg(long, value_name = "SIZE")]
+    mem: Option<dirtytrace::units::HumanSize>,
     /// The archive to write (.cpio.gz); must not exist.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
@@ -462,7 +466,8 @@ struct InitramfsArgs {
 
 fn run_initramfs(a: InitramfsArgs) -> anyhow::Result<ExitCode> {
     let inputs = initramfs::Inputs { busybox: kit::locate_busybox()?, script: a.workload, contents: a.contents };
-    let archive = initramfs::write_archive(&inputs, &a.output, &mut |m| eprintln!("initramfs: {m}"))?;
+    let mem = a.mem.map_or(dirtytrace::record::LINUX_DEFAULT_MEM, |m| m.0);
+    let archive = initramfs::write_archive(&inputs, mem, &a.output, &mut |m| eprintln!("initramfs: {m}"))?;
     for note in &archive.notes {
         eprintln!("initramfs: {note}");
     }

@@ -465,8 +465,7 @@ fn load_guest(opts: &RecordOptions, engine: Engine) -> anyhow::Result<Box<dyn Gu
         None => synthetic::spec::DEFAULT_SPEC.to_string(),
         Some(p) => match p.extension().and_then(|e| e.to_str()).unwrap_or("") {
             "sh" => {
-                crate::files::check_regular(p, linux::initramfs::MAX_SCRIPT_BYTES, "workload script")
-                    .context("--workload")?;
+                linux::initramfs::check_script(p)?;
                 let guest = linux::LinuxGuest::new(linux::LinuxOptions {
                     script: p.clone(),
                     inputs: opts.linux.clone(),

@@ -359,3 +359,176 @@ fn an_archive_too_large_for_mem_is_refused_before_booting() {
     assert!(e.contains("pass --mem 137MiB or more"), "{e}");
     assert!(!trace.exists(), "no output directory");
 }
+
+/// A tarball holding one file `d/d/…/d/f`, `depth` directories deep.
+fn deep_tar(path: &Path, depth: usize) -> String {
+    let name = format!("{}f", "d/".repeat(depth));
+    let mut b = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(4);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    b.append_data(&mut h, &name, &b"deep"[..]).unwrap();
+    b.into_inner().unwrap();
+    name
+}
+
+/// Issue 15, defect 2: a deep path took time growing as depth⁴ (0.9 s at 250 levels, more
+/// than 120 s at 1000). Now resolving a name is linear in its length, and a name past the
+/// kernel's PATH_MAX or dirtytrace's depth cap is refused at once, named.
+#[test]
+fn deep_paths_in_a_rootfs_pack_fast_or_are_refused_fast() {
+    let dir = Scratch::new("rootfs-deep");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    for depth in [200, 1000] {
+        let t = dir.join(format!("deep{depth}.tar"));
+        let name = deep_tar(&t, depth);
+        let start = std::time::Instant::now();
+        let built = initramfs::build_with(&inputs(&dir, Some(&t)), None, &mut |_| {}).unwrap();
+        let took = start.elapsed();
+        assert!(took < std::time::Duration::from_secs(5), "depth {depth} took {took:?}");
+        let entries = initramfs::read_entries(&built.bytes).unwrap();
+        assert_eq!(get(&entries, &name).data, b"deep");
+        assert_eq!(entries.iter().filter(|e| e.mode == 0o040755 && e.name.split('/').all(|c| c == "d")).count(), depth);
+    }
+    // 3000 levels (a 6 KB name): refused at once by the command, the entry named.
+    let t = dir.join("deep3000.tar");
+    deep_tar(&t, 3000);
+    let script = write(&dir, "w.sh", "true\n");
+    let out = dir.join("out.cpio.gz");
+    let start = std::time::Instant::now();
+    let o = output_within(
+        Command::new(bin())
+            .args(["initramfs", "--workload", &s(&script), "--rootfs", &s(&t), "-o", &s(&out)])
+            .env("DIRTYTRACE_BUSYBOX", fake_busybox())
+            .env("DIRTYTRACE_CACHE", dir.join("cache"))
+            .stderr(std::process::Stdio::piped()),
+        std::time::Duration::from_secs(60),
+    );
+    let took = start.elapsed();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(took < std::time::Duration::from_secs(5), "refusing took {took:?}");
+    assert!(e.contains(&format!("--rootfs {}: entry d/d/d/", t.display())), "{e}");
+    assert!(e.contains("d/d/f is too long for the initramfs: its name is 6001 bytes"), "{e}");
+    assert!(e.contains("PATH_MAX") && e.contains("refusing the archive"), "{e}");
+    assert!(e.len() < 1000, "the name is shortened: {e}");
+    assert!(!out.exists());
+    // Deeper than the cap within PATH_MAX, in a tarball and in a directory.
+    let t = dir.join("deep1100.tar");
+    deep_tar(&t, initramfs::MAX_DEPTH + 76);
+    let err = initramfs::build_with(&inputs(&dir, Some(&t)), None, &mut |_| {}).err().unwrap();
+    assert!(format!("{err:#}").contains("it has 1101 path components, more than the 1024"), "{err:#}");
+    let root = dir.join("root");
+    let deep = root.join("d/".repeat(initramfs::MAX_DEPTH + 1));
+    std::fs::create_dir_all(&deep).unwrap();
+    let err = initramfs::build_with(&inputs(&dir, Some(&root)), None, &mut |_| {}).err().unwrap();
+    let err = format!("{err:#}");
+    assert!(err.contains(&format!("--rootfs {}: d/d/", root.display())), "{err}");
+    assert!(err.contains("has 1025 path components, more than the 1024 dirtytrace packs"), "{err}");
+}
+
+/// Runs `dirtytrace ARGS` with the fake busybox and a cache in `dir`, failing the test if it
+/// runs a minute; returns the exit code, stderr and how long it took.
+fn run_timed(dir: &Path, args: &[&str]) -> (Option<i32>, String, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let o = output_within(
+        Command::new(bin())
+            .args(args)
+            .env("DIRTYTRACE_BUSYBOX", fake_busybox())
+            .env("DIRTYTRACE_CACHE", dir.join("cache"))
+            .stderr(std::process::Stdio::piped()),
+        std::time::Duration::from_secs(60),
+    );
+    (o.status.code(), String::from_utf8_lossy(&o.stderr).into_owned(), start.elapsed())
+}
+
+/// Issue 15, defect 3: `initramfs --file` hashed a 1 TiB sparse file for about 50 minutes
+/// before its size was looked at. It is refused first, as `record` refuses it, flag named.
+#[test]
+fn a_huge_file_is_refused_before_it_is_read() {
+    let dir = Scratch::new("initramfs-hugefile");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let big = dir.join("big");
+    std::fs::File::create(&big).unwrap().set_len(1 << 40).unwrap();
+    let script = write(&dir, "w.sh", "true\n");
+    let out = dir.join("out.cpio.gz");
+    let file_arg = format!("{}:/big", s(&big));
+    let args = ["initramfs", "--workload", &s(&script), "--file", &file_arg, "-o", &s(&out)];
+    let (code, e, took) = run_timed(&dir, &args);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert!(e.contains(&format!("--file {file_arg}: {} is 1099511627776 bytes", big.display())), "{e}");
+    assert!(e.contains("more than the guest's --mem of 2048 MiB; give a smaller file or a larger --mem"), "{e}");
+    // With a --mem above 4 GiB the newc limit refuses it, still before reading it.
+    let (code, e, took) = run_timed(&dir, &[&args[..], &["--mem", "64GiB"]].concat());
+    assert_eq!(code, Some(1), "{e}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert!(e.contains("more than the 4 GiB the initramfs format (newc cpio) holds per file"), "{e}");
+    assert!(!out.exists());
+}
+
+/// Issue 15, defect 9: ten sparse files of nearly 4 GiB were packed (19.8 s, 254 MB) before
+/// "too large for --mem". Their sizes are summed first, by `initramfs` and `record` alike.
+#[test]
+fn a_rootfs_larger_than_mem_is_refused_before_packing() {
+    let dir = Scratch::new("rootfs-sparse");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    for i in 0..10 {
+        std::fs::File::create(root.join(format!("f{i}"))).unwrap().set_len(4000 << 20).unwrap();
+    }
+    let script = write(&dir, "w.sh", "true\n");
+    let out = dir.join("out.cpio.gz");
+    let (code, e, took) =
+        run_timed(&dir, &["initramfs", "--workload", &s(&script), "--rootfs", &s(&root), "-o", &s(&out)]);
+    assert_eq!(code, Some(1), "{e}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert!(e.contains(&format!("the initramfs from --rootfs {} is too large for --mem 2048 MiB", root.display())));
+    assert!(
+        e.contains("its files alone take 40000.0 MiB unpacked") && e.contains("pass --mem 40097MiB or more"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    // record, through the same check, before any VM.
+    let kernel = never_booted_kernel(&dir);
+    let trace = dir.join("trace");
+    let (code, e, took) = run_timed(
+        &dir,
+        &["record", "--workload", &s(&script), "--kernel", &s(&kernel), "--rootfs", &s(&root), "-o", &s(&trace)],
+    );
+    assert_eq!(code, Some(1), "{e}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    assert!(e.contains("is too large for --mem 2048 MiB: its files alone take 40000.0 MiB"), "{e}");
+    assert!(!trace.exists());
+}
+
+/// Issue 15, defect 10: `initramfs --workload` said "does not exist" for a directory and for
+/// /dev/zero, and packed a .toml as /workload.sh. It checks the script as `record` does.
+#[test]
+fn initramfs_checks_the_workload_as_record_does() {
+    let dir = Scratch::new("initramfs-workload");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let out = dir.join("out.cpio.gz");
+    let as_dir = dir.join("dir.sh");
+    std::fs::create_dir_all(&as_dir).unwrap();
+    let toml = write(&dir, "w.toml", "[phases]\n");
+    let zero = PathBuf::from("/dev/zero");
+    for (workload, says) in [
+        (&as_dir, format!("--workload: {} is not a regular file (a directory)", as_dir.display())),
+        (&zero, "--workload: /dev/zero is not a regular file (a character device)".to_string()),
+        (&toml, format!("--workload {}: a .toml workload is a synthetic spec", toml.display())),
+    ] {
+        let (code, e, _) = run_timed(&dir, &["initramfs", "--workload", &s(workload), "-o", &s(&out)]);
+        assert_eq!(code, Some(1), "{e}");
+        assert!(e.contains(&says), "{e}");
+        assert!(!e.contains("does not exist"), "{e}");
+        assert!(!out.exists(), "{}", workload.display());
+    }
+    let (_, e, _) = run_timed(&dir, &["initramfs", "--workload", &s(&toml), "-o", &s(&out)]);
+    assert!(e.contains(&format!("record it with `dirtytrace record --workload {}`", toml.display())), "{e}");
+}

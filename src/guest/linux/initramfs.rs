@@ -9,7 +9,7 @@ use super::rootfs;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -19,6 +19,8 @@ pub use super::console::MARKER_PREFIX;
 pub const MAX_SCRIPT_BYTES: u64 = 16 << 20;
 /// The largest busybox accepted (a static busybox is about 2 MB).
 pub const MAX_BUSYBOX_BYTES: u64 = 256 << 20;
+/// The largest file the archive holds: newc cpio stores sizes in 32 bits.
+pub const MAX_FILE_BYTES: u64 = u32::MAX as u64;
 
 /// Bumped whenever what goes into the archive changes, so cached archives are rebuilt.
 const LAYOUT_VERSION: &str = "2";
@@ -72,6 +74,8 @@ pub fn parse_extra(s: &str) -> anyhow::Result<Extra> {
     if !guest.starts_with('/') || guest.len() < 2 || guest.split('/').any(|c| c == "..") {
         bail!("--file {s}: the guest path must be absolute, like /usr/bin/bench");
     }
+    check_name(guest.trim_start_matches('/'))
+        .map_err(|e| anyhow::anyhow!("--file {host}:/{e}; choose a shorter one"))?;
     Ok(Extra { host: PathBuf::from(host), guest: guest.to_string() })
 }
 
@@ -110,6 +114,9 @@ pub struct ArchiveWriter<W: Write> {
     names: HashMap<String, u32>,
     /// Symlink name → target, to resolve paths through them.
     symlinks: HashMap<String, String>,
+    /// [`fnv`] hashes of the symlinks' names, so that resolving a path looks up a prefix as a
+    /// string only when it may be one.
+    symlink_hashes: HashSet<u64>,
     /// What the tree takes in guest RAM once unpacked, so far.
     pub unpacked_bytes: u64,
     /// Entries written so far.
@@ -119,7 +126,57 @@ pub struct ArchiveWriter<W: Write> {
 }
 
 /// Each entry costs the guest about this much besides its data (inode, dentry).
-const ENTRY_OVERHEAD: u64 = 1024;
+pub const ENTRY_OVERHEAD: u64 = 1024;
+
+/// The longest entry name: the kernel refuses a cpio name of PATH_MAX (4096) bytes or more,
+/// counting its NUL, when it unpacks the archive.
+pub const MAX_NAME_BYTES: usize = 4095;
+/// The longest name of one component (NAME_MAX): no Linux file system creates a longer one.
+pub const MAX_COMPONENT_BYTES: usize = 255;
+/// The most path components an entry name may have. A real root filesystem goes a few dozen levels
+/// deep; this only stops names built to exhaust whatever reads them.
+pub const MAX_DEPTH: usize = 1024;
+
+/// `name` cut to a readable length for messages: its start and its end.
+pub fn shorten(name: &str) -> String {
+    if name.len() <= 120 {
+        return name.to_string();
+    }
+    let head = name.char_indices().take_while(|(i, _)| *i < 80).last().map_or(0, |(i, c)| i + c.len_utf8());
+    let tail = name.char_indices().find(|(i, _)| *i >= name.len() - 30).map_or(name.len(), |(i, _)| i);
+    format!("{}…{}", &name[..head], &name[tail..])
+}
+
+/// Refuses an entry name beyond [`MAX_NAME_BYTES`], [`MAX_DEPTH`] or [`MAX_COMPONENT_BYTES`],
+/// naming it (shortened) and saying which limit it passes.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let depth = name.split('/').filter(|c| !c.is_empty()).count();
+    let why = if name.len() > MAX_NAME_BYTES {
+        format!("its name is {} bytes, more than the {MAX_NAME_BYTES} the kernel unpacks (PATH_MAX)", name.len())
+    } else if depth > MAX_DEPTH {
+        format!("it has {depth} path components, more than the {MAX_DEPTH} dirtytrace packs")
+    } else if let Some(c) = name.split('/').find(|c| c.len() > MAX_COMPONENT_BYTES) {
+        format!(
+            "its component {} is {} bytes, more than the {MAX_COMPONENT_BYTES} a Linux file name can be (NAME_MAX)",
+            shorten(c),
+            c.len()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(format!("{} is too long for the initramfs: {why}", shorten(name)))
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// FNV-1a, extended by `bytes` from `hash`: a path's hash is extended one component at a time.
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
+        hash ^= b as u64;
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
 
 fn io_err(msg: String) -> std::io::Error {
     std::io::Error::other(msg)
@@ -133,6 +190,7 @@ impl<W: Write> ArchiveWriter<W> {
             next_ino: 1,
             names: HashMap::new(),
             symlinks: HashMap::new(),
+            symlink_hashes: HashSet::new(),
             unpacked_bytes: 0,
             entries: 0,
             notes: Vec::new(),
@@ -146,34 +204,56 @@ impl<W: Write> ArchiveWriter<W> {
     }
 
     /// Where `name` leads once the symlinks written so far are followed (within the archive).
+    /// Linear in the length of the name and the targets followed: each prefix is looked up by
+    /// a hash extended one component at a time, and as a string only when that hash is a
+    /// symlink's.
     pub fn resolve(&self, name: &str) -> String {
-        let mut parts: Vec<String> = Vec::new();
-        let mut todo: Vec<String> = name.split('/').rev().map(String::from).collect();
+        let mut here = String::with_capacity(name.len());
+        let mut hash = FNV_OFFSET;
+        // (length of `here`, its hash) before each component, to go back on `..`.
+        let mut stack: Vec<(usize, u64)> = Vec::new();
+        let mut todo: Vec<&str> = name.split('/').rev().collect();
         let mut hops = 0;
         while let Some(part) = todo.pop() {
-            match part.as_str() {
+            match part {
                 "" | "." => continue,
                 ".." => {
-                    parts.pop();
+                    if let Some((len, h)) = stack.pop() {
+                        here.truncate(len);
+                        hash = h;
+                    }
                     continue;
                 }
                 _ => {}
             }
-            parts.push(part);
-            let here = parts.join("/");
+            stack.push((here.len(), hash));
+            if !here.is_empty() {
+                here.push('/');
+                hash = fnv(hash, b"/");
+            }
+            here.push_str(part);
+            hash = fnv(hash, part.as_bytes());
+            if !self.symlink_hashes.contains(&hash) {
+                continue;
+            }
             if let Some(target) = self.symlinks.get(&here) {
                 hops += 1;
                 if hops > 40 {
                     break;
                 }
-                parts.pop();
-                if target.starts_with('/') {
-                    parts.clear();
+                if let Some((len, h)) = stack.pop() {
+                    here.truncate(len);
+                    hash = h;
                 }
-                todo.extend(target.split('/').rev().map(String::from));
+                if target.starts_with('/') {
+                    stack.clear();
+                    here.clear();
+                    hash = FNV_OFFSET;
+                }
+                todo.extend(target.split('/').rev());
             }
         }
-        parts.join("/")
+        here
     }
 
     /// `name` with its parent directory resolved through the symlinks written so far: where
@@ -225,15 +305,18 @@ impl<W: Write> ArchiveWriter<W> {
             .write(&mut self.out, size32))
     }
 
-    /// Creates the parents of `name` that are not there yet (as 0755 directories).
+    /// Creates the parents of `name` that are not there yet (as 0755 directories). Parents are
+    /// always written before what they hold, so the search goes up from the nearest parent and
+    /// stops at the first one there: an entry whose parent exists costs one lookup.
     pub fn ensure_parents(&mut self, name: &str) -> std::io::Result<()> {
-        let mut end = 0;
-        while let Some(i) = name[end..].find('/') {
-            let parent = &name[..end + i];
-            if !self.exists(parent) {
-                self.dir(parent, DIR, Owner::default())?;
-            }
-            end += i + 1;
+        check_name(name).map_err(io_err)?;
+        let ends: Vec<usize> = name.match_indices('/').map(|(i, _)| i).collect();
+        let mut present = ends.len();
+        while present > 0 && !self.exists(&name[..ends[present - 1]]) {
+            present -= 1;
+        }
+        for &end in &ends[present..] {
+            self.dir(&name[..end], DIR, Owner::default())?;
         }
         Ok(())
     }
@@ -295,7 +378,9 @@ impl<W: Write> ArchiveWriter<W> {
         let mut w = self.header(name, S_IFLNK | 0o777, owner, ino, 1, (0, 0), target.len() as u64)?;
         w.write_all(target.as_bytes())?;
         w.finish()?;
-        self.symlinks.insert(self.resolve_parent(name), target.to_string());
+        let at = self.resolve_parent(name);
+        self.symlink_hashes.insert(fnv(FNV_OFFSET, at.as_bytes()));
+        self.symlinks.insert(at, target.to_string());
         Ok(())
     }
 
@@ -336,6 +421,56 @@ impl Contents {
         self.files.iter().map(|f| parse_extra(f)).collect()
     }
 
+    /// The checks `record` and `initramfs` both make before anything is read, hashed or
+    /// packed, for a guest of `mem` bytes: every `--file` is a regular file no larger than
+    /// `mem` or the newc limit; the rootfs's names are within the limits; and the files of the
+    /// rootfs and the `--file`s, summed from the directory walk or the tar headers, leave
+    /// [`ROOM_TO_RUN`] in `mem` (the archive itself needs room too, so this is a floor; the
+    /// built archive is checked again with [`Initramfs::check_fits`]). Returns the `--file`s.
+    pub fn check(&self, mem: u64) -> anyhow::Result<Vec<Extra>> {
+        let extras = self.extras()?;
+        let mut floor = 0u64;
+        for x in &extras {
+            // A regular file that fits the guest: never a FIFO or a device, never read without end.
+            let flag = || format!("--file {}:{}", x.host.display(), x.guest);
+            let size = match crate::files::check_regular(&x.host, mem.min(MAX_FILE_BYTES), "file for the guest") {
+                Ok(size) => size,
+                Err(crate::files::FileError::TooLarge { size, .. }) => bail!(
+                    "{}: {} is {size} bytes, more than {}; give a smaller file{}",
+                    flag(),
+                    x.host.display(),
+                    if mem <= MAX_FILE_BYTES {
+                        format!("the guest's --mem of {} MiB", mem >> 20)
+                    } else {
+                        "the 4 GiB the initramfs format (newc cpio) holds per file".to_string()
+                    },
+                    if mem <= MAX_FILE_BYTES { " or a larger --mem" } else { "" }
+                ),
+                Err(e) => return Err(anyhow::Error::new(e).context(flag())),
+            };
+            floor = floor.saturating_add(size.div_ceil(4096) * 4096 + ENTRY_OVERHEAD);
+        }
+        if let Some(r) = &self.rootfs {
+            floor = floor.saturating_add(rootfs::Rootfs::open(r)?.unpacked_floor()?);
+        }
+        let need = floor.saturating_add(ROOM_TO_RUN);
+        if need > mem {
+            let mut what: Vec<String> = self.rootfs.iter().map(|r| format!("--rootfs {}", r.display())).collect();
+            what.extend(self.files.iter().map(|f| format!("--file {f}")));
+            bail!(
+                "the initramfs from {} is too large for --mem {} MiB: its files alone take {:.1} MiB unpacked, which \
+                 sit in guest RAM with the archive while the kernel unpacks it, plus {} MiB to run; pass --mem {}MiB \
+                 or more, or pack less",
+                what.join(" "),
+                mem >> 20,
+                floor as f64 / (1 << 20) as f64,
+                ROOM_TO_RUN >> 20,
+                need.div_ceil(1 << 20)
+            );
+        }
+        Ok(extras)
+    }
+
     /// The same contents with relative host paths taken from `dir` (a grid's directory).
     pub fn relative_to(&self, dir: &Path) -> Contents {
         let files = self
@@ -359,6 +494,32 @@ pub struct Inputs {
     pub script: PathBuf,
     /// Packed around them: a rootfs and packages first, `--file` extras on top.
     pub contents: Contents,
+}
+
+/// Checks a workload script the way `record` does before it builds anything: a regular file
+/// of at most [`MAX_SCRIPT_BYTES`], named `.sh` (a `.toml` is a synthetic spec, which needs no
+/// initramfs).
+pub fn check_script(script: &Path) -> anyhow::Result<()> {
+    crate::files::check_regular(script, MAX_SCRIPT_BYTES, "workload script").context("--workload")?;
+    match script.extension().and_then(|e| e.to_str()) {
+        Some("sh") => Ok(()),
+        Some("toml") => bail!(
+            "--workload {}: a .toml workload is a synthetic spec, which runs without a kernel or an initramfs; \
+             record it with `dirtytrace record --workload {}`, or give a Linux workload script (.sh)",
+            script.display(),
+            script.display()
+        ),
+        _ => bail!("--workload {}: an initramfs runs a Linux workload script, named .sh", script.display()),
+    }
+}
+
+impl Inputs {
+    /// What `initramfs` checks before building for a guest of `mem` bytes, as `record` does:
+    /// the script ([`check_script`]) and the contents ([`Contents::check`]).
+    pub fn check(&self, mem: u64) -> anyhow::Result<Vec<Extra>> {
+        check_script(&self.script)?;
+        self.contents.check(mem)
+    }
 }
 
 /// A built archive.
@@ -595,15 +756,22 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
 
 /// `dirtytrace initramfs`: builds exactly the archive `record` would boot (same inputs, same
 /// cache) and writes it to `output`, which must not exist yet.
-pub fn write_archive(inputs: &Inputs, output: &Path, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Initramfs> {
+///
+/// The archive is for a guest of `mem` bytes: the inputs are checked first as `record` checks
+/// them ([`Inputs::check`]), and the archive must fit ([`Initramfs::check_fits`]).
+pub fn write_archive(
+    inputs: &Inputs,
+    mem: u64,
+    output: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> anyhow::Result<Initramfs> {
     if output.symlink_metadata().is_ok() {
         bail!("{} already exists; choose another -o FILE or remove it", output.display());
     }
-    if !inputs.script.is_file() {
-        bail!("workload script {} does not exist", inputs.script.display());
-    }
+    inputs.check(mem)?;
     let cache = super::kit::cache_dir().join("initramfs");
     let archive = build_with(inputs, Some(&cache), progress)?;
+    archive.check_fits(mem, &describe_inputs(inputs))?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

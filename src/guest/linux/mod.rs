@@ -152,11 +152,8 @@ impl LinuxGuest {
             }
         })?;
         boot::check_kernel(&kernel, &kit.kernel.display().to_string())?;
-        for x in &extras {
-            // A regular file that fits the guest: never a FIFO or a device, never read without end.
-            crate::files::check_regular(&x.host, opts.mem, "file for the guest")
-                .with_context(|| format!("--file {}:{}", x.host.display(), x.guest))?;
-        }
+        // The same checks as `initramfs`, before anything is hashed or packed.
+        opts.inputs.initramfs.check(opts.mem)?;
         if opts.under_kvm {
             check_host(&opts, kit.kernel.starts_with(kit::kit_dir()))?;
         }

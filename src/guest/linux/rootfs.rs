@@ -4,7 +4,7 @@
 //! and sockets are skipped with a note (the guest's devtmpfs provides `/dev`). A tarball entry
 //! whose name is absolute or climbs out with `..` is refused.
 
-use super::initramfs::{ArchiveWriter, Owner, S_IFIFO};
+use super::initramfs::{check_name, shorten, ArchiveWriter, Owner, ENTRY_OVERHEAD, MAX_FILE_BYTES, S_IFIFO};
 use anyhow::{anyhow, bail, Context};
 use sha2::Digest;
 use std::collections::{HashMap, HashSet};
@@ -158,6 +158,7 @@ impl Rootfs {
                 )
             })?;
             let child = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
+            check_name(&child).map_err(|e| anyhow!("--rootfs {root}: {e}; move it or leave it out of the rootfs"))?;
             let m = std::fs::symlink_metadata(&path)
                 .with_context(|| format!("--rootfs {root}: cannot read {}", path.display()))?;
             visit(&child, &path, &m)?;
@@ -166,6 +167,62 @@ impl Rootfs {
             }
         }
         Ok(())
+    }
+
+    /// What the rootfs takes in guest RAM once unpacked, at least: file data in whole pages
+    /// (a hard-linked file's once) and [`ENTRY_OVERHEAD`] per entry, from the directory walk or
+    /// the tar headers, without reading any file's data. Names are checked on the way, and a
+    /// file over the newc limit is refused, named.
+    pub fn unpacked_floor(&self) -> anyhow::Result<u64> {
+        let root = self.path.display().to_string();
+        let too_big = |name: &str, size: u64| {
+            anyhow!(
+                "--rootfs {root}: {name} is {size} bytes; the initramfs format (newc cpio) stops at 4 GiB: leave it \
+                 out of the rootfs"
+            )
+        };
+        let mut total = 0u64;
+        let mut add = |name: &str, size: u64| {
+            if size > MAX_FILE_BYTES {
+                return Err(too_big(name, size));
+            }
+            total = total.saturating_add(size.div_ceil(4096) * 4096 + ENTRY_OVERHEAD);
+            Ok(())
+        };
+        match self.kind {
+            Kind::Dir => {
+                let mut seen = HashSet::new();
+                self.walk(&mut |rel, _, m| {
+                    let first = !m.is_file() || m.nlink() < 2 || seen.insert((m.dev(), m.ino()));
+                    add(rel, if m.is_file() && first { m.size() } else { 0 })
+                })?;
+            }
+            Kind::Tar(c) => {
+                let bad = || format!("--rootfs {root}: not a valid tar archive");
+                let mut visit = |raw: &[u8], kind: tar::EntryType, size: u64| -> anyhow::Result<()> {
+                    let Some(name) = self.entry_name(raw)? else { return Ok(()) };
+                    let data = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
+                    add(&name, if data { size } else { 0 })
+                };
+                if c == Compression::None {
+                    // Seeks over the data: a tarball of huge files is sized from its headers alone.
+                    let f =
+                        std::fs::File::open(&self.path).with_context(|| format!("--rootfs {root}: cannot read it"))?;
+                    let mut ar = tar::Archive::new(f);
+                    for e in ar.entries_with_seek().with_context(bad)? {
+                        let e = e.with_context(bad)?;
+                        visit(&e.path_bytes(), e.header().entry_type(), e.size())?;
+                    }
+                } else {
+                    let mut ar = tar::Archive::new(self.reader(c)?);
+                    for e in ar.entries().with_context(bad)? {
+                        let e = e.with_context(bad)?;
+                        visit(&e.path_bytes(), e.header().entry_type(), e.size())?;
+                    }
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// Streams every entry into the archive.
@@ -259,20 +316,28 @@ impl Rootfs {
     fn entry_name(&self, raw: &[u8]) -> anyhow::Result<Option<String>> {
         let root = self.path.display();
         let s = std::str::from_utf8(raw).map_err(|_| {
-            anyhow!("--rootfs {root}: entry {} has a name that is not UTF-8", String::from_utf8_lossy(raw))
+            anyhow!("--rootfs {root}: entry {} has a name that is not UTF-8", shorten(&String::from_utf8_lossy(raw)))
         })?;
         if s.starts_with('/') {
-            bail!("--rootfs {root}: entry {s} is an absolute path; refusing an archive whose entries escape its root");
+            bail!(
+                "--rootfs {root}: entry {} is an absolute path; refusing an archive whose entries escape its root",
+                shorten(s)
+            );
         }
         let mut parts = Vec::new();
         for c in s.split('/') {
             match c {
                 "" | "." => {}
-                ".." => bail!("--rootfs {root}: entry {s} climbs out of the root with `..`; refusing the archive"),
+                ".." => bail!(
+                    "--rootfs {root}: entry {} climbs out of the root with `..`; refusing the archive",
+                    shorten(s)
+                ),
                 c => parts.push(c),
             }
         }
-        Ok((!parts.is_empty()).then(|| parts.join("/")))
+        let name = parts.join("/");
+        check_name(&name).map_err(|e| anyhow!("--rootfs {root}: entry {e}; refusing the archive"))?;
+        Ok((!parts.is_empty()).then_some(name))
     }
 
     fn pack_tar<W: Write>(&self, a: &mut ArchiveWriter<W>, c: Compression) -> anyhow::Result<Vec<String>> {
