@@ -455,5 +455,6 @@ fn bad_input_gets_a_clear_error_naming_the_file_or_flag() {
     assert_fails(&["replay", t, "--bandwidth", "4MiB/s"], &["--loop", t]);
     assert_fails(&["simgrid", t, "--start", "1s", "--migration-speed", "4MiB/s"], &["--loop", t]);
     // A figure format we do not write.
-    assert_fails(&["plot", t, "-o", "/tmp/figure.jpg"], &["-o", "figure.jpg"]);
+    let figure = base.with_file_name("figure.jpg");
+    assert_fails(&["plot", t, "-o", figure.to_str().unwrap()], &["-o", "figure.jpg"]);
 }

@@ -103,19 +103,24 @@ fn missing_or_unusable_kvm() {
         &out,
         &["cannot use", "not a KVM device"],
     );
-    // Permission denied: a device node only root may open, opened as `nobody`.
+    // Permission denied: a device node only root may open, opened as `nobody`, with an output
+    // directory `nobody` could create.
+    use std::os::unix::fs::PermissionsExt;
+    let open = Scratch::new("nokvm-nobody");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let nobody_out = open.join("out");
     let (code, stderr) = {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(bin())
-            .args(["record", "--engine", "kvm", "--output", "/tmp/dirtytrace-nobody-out", "--kvm-device", "/dev/kvm"])
+            .args(["record", "--engine", "kvm", "--output", nobody_out.to_str().unwrap(), "--kvm-device", "/dev/kvm"])
             .output()
             .expect("setpriv (util-linux) runs the recorder as nobody");
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     assert_ne!(code, 0);
     assert!(stderr.contains("permission denied") && stderr.contains("kvm"), "{stderr}");
-    assert!(!Path::new("/tmp/dirtytrace-nobody-out").exists());
+    assert!(!nobody_out.exists());
 }
 
 /// A full disk stops the recording with a clear error; every interval already in the journal
