@@ -205,7 +205,8 @@ fn defect3_lying_manifest_sizes_are_refused() {
 /// The base trace's journal: one frame per interval, re-encoded from its bitmaps, and where
 /// each frame starts.
 fn base_journal() -> (Vec<u8>, Vec<(usize, usize)>) {
-    journal_of(&Trace::open(&base("hostile-base")).unwrap())
+    let dir = base("hostile-base");
+    journal_of(&Trace::open(&*dir).unwrap())
 }
 
 /// A trace whose recorder was killed: the base manifest, still `recording`, and `journal`.
@@ -611,7 +612,8 @@ fn defect10_a_decompression_bomb_is_refused_at_the_bitmap_size() {
     let bomb = bomb();
     assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
     // In the library: the decoder refuses it, at the slot's raw size (a 16 MiB slot: 512 bytes).
-    let t = Trace::open(&base("hostile-base")).unwrap();
+    let dir = base("hostile-base");
+    let t = Trace::open(&*dir).unwrap();
     let slot = t.manifest.slots[0];
     let blob = SlotBlob {
         slot: slot.slot,
