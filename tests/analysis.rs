@@ -1,5 +1,5 @@
 //! summarize, replay and plot on a synthetic trace, checked against what the spec implies;
-//! and every kind of bad input. The recorder is not under test here, so the shared trace is
+//! and every kind of bad input. The recorder is not under test here, so the trace is
 //! generated without KVM (`guest::synthetic::generate`): these run on any machine, with
 //! `DIRTYTRACE_KVM_DEVICE=/nonexistent` too.
 
@@ -13,9 +13,8 @@ use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
 use dirtytrace::trace::Trace;
 use serde_json::Value;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
@@ -39,18 +38,18 @@ cpu = 0.0
 const WS_PAGES: u64 = 16 * MIB / PAGE;
 const RAM: u64 = 64 * MIB;
 
-fn trace_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempdir("analysis-seq-idle").join("trace");
-        let opts = GenerateOptions { interval: Duration::from_millis(100), ..Default::default() };
-        generate(&dir, SPEC, &opts).unwrap();
-        dir
-    })
+/// [`SPEC`] generated into a fresh directory: each test generates its own (a fraction of a
+/// second), so that it is removed with the test.
+fn seq_idle() -> InScratch {
+    let dir = Scratch::new("analysis-seq-idle");
+    let trace = dir.join("trace");
+    let opts = GenerateOptions { interval: Duration::from_millis(100), ..Default::default() };
+    generate(&trace, SPEC, &opts).unwrap();
+    InScratch::new(dir, trace)
 }
 
-fn trace() -> Trace {
-    Trace::open(trace_dir()).unwrap()
+fn trace(dir: &Path) -> Trace {
+    Trace::open(dir).unwrap()
 }
 
 /// Runs the CLI; returns (success, stdout, stderr).
@@ -65,13 +64,14 @@ fn cli_json(args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("dirtytrace {args:?}: not JSON ({e}): {out}"))
 }
 
-fn td() -> &'static str {
-    trace_dir().to_str().unwrap()
+fn td(dir: &Path) -> &str {
+    dir.to_str().unwrap()
 }
 
 #[test]
 fn summarize_sequential_phase_matches_the_spec() {
-    let t = trace();
+    let base = seq_idle();
+    let t = trace(&base);
     let own = t.manifest.guest_own_pages.clone();
     assert_eq!(own.len(), 1, "the synthetic guest has one own page, its control page");
     let s = summary::summarize(&t, &SummaryOptions { phase: Some("seq".into()), ..Default::default() }).unwrap();
@@ -143,7 +143,8 @@ fn summarize_sequential_phase_matches_the_spec() {
 
 #[test]
 fn summarize_whole_trace_and_phase_breakdown() {
-    let t = trace();
+    let base = seq_idle();
+    let t = trace(&base);
     let s = summary::summarize(&t, &SummaryOptions::default()).unwrap();
     let rows = t.rates().unwrap();
     assert_eq!(s.intervals, rows.len() as u64);
@@ -165,17 +166,18 @@ fn summarize_whole_trace_and_phase_breakdown() {
     assert_eq!(s.working_set_curve.last().unwrap().window_s, 5.0);
 
     // The CLI prints the same, as JSON and for people (with units).
-    let j = cli_json(&["summarize", td(), "--json"]);
+    let j = cli_json(&["summarize", td(&base), "--json"]);
     assert_eq!(j["distinct_pages"], WS_PAGES + 1);
     assert_eq!(j["intervals"], s.intervals);
-    let (ok, text, _) = cli(&["summarize", td()]);
+    let (ok, text, _) = cli(&["summarize", td(&base)]);
     assert!(ok);
     assert!(text.contains("MiB/s") && text.contains("cores") && text.contains("guest's own page"), "{text}");
 }
 
 #[test]
 fn replay_of_an_idle_stretch_takes_ramsize_over_bandwidth() {
-    let t = trace();
+    let base = seq_idle();
+    let t = trace(&base);
     // From 6.5 s the guest is idle; round 0 (64 MiB at 64 MiB/s) ends at 7.5 s, inside it.
     let mut o = ReplayOptions::new(64.0 * MIB as f64);
     o.start_s = 6.5;
@@ -212,9 +214,10 @@ fn replay_of_an_idle_stretch_takes_ramsize_over_bandwidth() {
 
 #[test]
 fn replay_faster_dirtying_than_bandwidth_stops_at_max_rounds() {
+    let base = seq_idle();
     // 32 MiB/s of writes against 24 MiB/s: every round after the first lasts 0.67 s, longer
     // than a 0.5 s sweep, so it dirties the whole working set again: it never converges.
-    let j = cli_json(&["replay", td(), "--bandwidth", "24MiB/s", "--max-rounds", "5", "--json"]);
+    let j = cli_json(&["replay", td(&base), "--bandwidth", "24MiB/s", "--max-rounds", "5", "--json"]);
     assert_eq!(j["rounds"], 5);
     assert_eq!(j["stop_reason"], "max_rounds");
     assert_eq!(j["converged"], false);
@@ -240,7 +243,8 @@ fn replay_faster_dirtying_than_bandwidth_stops_at_max_rounds() {
 
 #[test]
 fn replay_loop_repeats_a_short_trace() {
-    let t = trace();
+    let base = seq_idle();
+    let t = trace(&base);
     // 64 MiB at 4 MiB/s: round 0 lasts 16 s, twice the trace.
     let mut o = ReplayOptions::new(4.0 * MIB as f64);
     let err = replay::replay(&t, &o).unwrap_err();
@@ -256,7 +260,8 @@ fn replay_loop_repeats_a_short_trace() {
 
 #[test]
 fn simgrid_parameters_of_the_sequential_phase() {
-    let t = trace();
+    let base = seq_idle();
+    let t = trace(&base);
     let speed = 64.0 * MIB as f64;
     let p =
         simgrid::fit(&t, &simgrid::SimgridOptions { migration_speed: Some(speed), phase: Some("seq".into()) }).unwrap();
@@ -276,14 +281,14 @@ fn simgrid_parameters_of_the_sequential_phase() {
     assert_eq!(p.create_migratable.mig_netspeed_mib_per_s, 64);
     assert_eq!(p.create_migratable.dp_intensity_percent, (p.dp_intensity * 100.0).round() as u64);
 
-    let j = cli_json(&["simgrid", td(), "--migration-speed", "64MiB/s", "--phase", "seq", "--json"]);
+    let j = cli_json(&["simgrid", td(&base), "--migration-speed", "64MiB/s", "--phase", "seq", "--json"]);
     for key in ["ramsize_bytes", "dp_intensity", "working_set_memory_bytes", "migration_speed_bytes_per_s"] {
         assert!(j[key].is_number(), "{key}: {j}");
     }
     assert_eq!(j["working_set_memory_bytes"], p.working_set_memory_bytes);
     for (format, needle) in [("c", "sg_vm_set_dirty_page_intensity(vm, "), ("cpp", "simgrid::s4u::VirtualMachine* vm")]
     {
-        let (ok, out, _) = cli(&["simgrid", td(), "--format", format]);
+        let (ok, out, _) = cli(&["simgrid", td(&base), "--format", format]);
         assert!(ok);
         for f in [
             "sg_vm_set_ramsize",
@@ -299,10 +304,11 @@ fn simgrid_parameters_of_the_sequential_phase() {
 
 #[test]
 fn plot_draws_png_and_svg() {
-    let t = trace();
-    let dir = tempdir("plot");
+    let base = seq_idle();
+    let t = trace(&base);
+    let dir = Scratch::new("plot");
     let png = dir.join("figure.png");
-    let (ok, _, err) = cli(&["plot", td(), "-o", png.to_str().unwrap()]);
+    let (ok, _, err) = cli(&["plot", td(&base), "-o", png.to_str().unwrap()]);
     assert!(ok, "{err}");
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
@@ -336,15 +342,16 @@ fn plot_draws_png_and_svg() {
     assert_eq!(d.phase_runs.iter().map(|r| r.0.as_str()).collect::<Vec<_>>(), ["seq", "idle"]);
 }
 
-/// A copy of the shared trace to damage.
-fn copy_trace(name: &str) -> PathBuf {
-    let dst = tempdir(name).join("trace");
+/// A copy of the trace at `src` to damage.
+fn copy_trace(src: &Path, name: &str) -> InScratch {
+    let dir = Scratch::new(name);
+    let dst = dir.join("trace");
     std::fs::create_dir_all(&dst).unwrap();
-    for e in std::fs::read_dir(trace_dir()).unwrap() {
+    for e in std::fs::read_dir(src).unwrap() {
         let e = e.unwrap();
         std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
     }
-    dst
+    InScratch::new(dir, dst)
 }
 
 fn assert_fails(args: &[&str], needles: &[&str]) {
@@ -361,7 +368,8 @@ fn assert_fails(args: &[&str], needles: &[&str]) {
 /// SimGrid's model reproduces it exactly.
 #[test]
 fn simgrid_start_in_an_idle_stretch_is_round_0_alone() {
-    let j = cli_json(&["simgrid", td(), "--start", "6.5s", "--migration-speed", "64MiB/s", "--json"]);
+    let base = seq_idle();
+    let j = cli_json(&["simgrid", td(&base), "--start", "6.5s", "--migration-speed", "64MiB/s", "--json"]);
     // The working set, and the 2 MiB system area the guest starts with (its control page in it).
     let nonzero = WS_PAGES + 512;
     assert_eq!(j["round0_nonzero_pages"], nonzero);
@@ -380,7 +388,7 @@ fn simgrid_start_in_an_idle_stretch_is_round_0_alone() {
     assert_eq!(j["difference"]["total_time_pct"], 0.0);
     let r = cli_json(&[
         "replay",
-        td(),
+        td(&base),
         "--start",
         "6.5s",
         "--bandwidth",
@@ -393,7 +401,7 @@ fn simgrid_start_in_an_idle_stretch_is_round_0_alone() {
     ]);
     assert_eq!(r["total_time_s"], j["replay"]["total_time_s"]);
     // The snippets set round 0's bytes as SimGrid's ramsize, and say so.
-    let (ok, out, _) = cli(&["simgrid", td(), "--start", "6.5s", "--migration-speed", "64MiB/s", "--format", "c"]);
+    let (ok, out, _) = cli(&["simgrid", td(&base), "--start", "6.5s", "--migration-speed", "64MiB/s", "--format", "c"]);
     assert!(ok);
     assert!(out.contains(&format!("sg_vm_set_ramsize(vm, {});", j["round0_bytes"])), "{out}");
     assert!(out.contains("not the guest's RAM"), "{out}");
@@ -401,13 +409,14 @@ fn simgrid_start_in_an_idle_stretch_is_round_0_alone() {
 
 #[test]
 fn bad_input_gets_a_clear_error_naming_the_file_or_flag() {
-    let t = td();
+    let base = seq_idle();
+    let t = td(&base);
     // Missing trace, missing file, truncated and corrupt files.
     assert_fails(&["summarize", "/nonexistent/trace"], &["/nonexistent/trace", "manifest.json"]);
-    let no_bitmaps = copy_trace("bad-missing");
+    let no_bitmaps = copy_trace(&base, "bad-missing");
     std::fs::remove_file(no_bitmaps.join("bitmaps.parquet")).unwrap();
     assert_fails(&["summarize", no_bitmaps.to_str().unwrap()], &["bitmaps.parquet", "missing"]);
-    let truncated = copy_trace("bad-truncated");
+    let truncated = copy_trace(&base, "bad-truncated");
     let b = truncated.join("bitmaps.parquet");
     let len = std::fs::metadata(&b).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&b).unwrap().set_len(len / 2).unwrap();
@@ -416,10 +425,10 @@ fn bad_input_gets_a_clear_error_naming_the_file_or_flag() {
         args.insert(1, truncated.to_str().unwrap());
         assert_fails(&args, &["bitmaps.parquet"]);
     }
-    let corrupt = copy_trace("bad-corrupt");
+    let corrupt = copy_trace(&base, "bad-corrupt");
     std::fs::write(corrupt.join("rates.parquet"), b"PAR1 this is not parquet PAR1").unwrap();
     assert_fails(&["summarize", corrupt.to_str().unwrap()], &["rates.parquet"]);
-    let manifest = copy_trace("bad-manifest");
+    let manifest = copy_trace(&base, "bad-manifest");
     std::fs::write(manifest.join("manifest.json"), b"{\"format_version\": 1, \"trace_id\": ").unwrap();
     assert_fails(&["replay", manifest.to_str().unwrap(), "--bandwidth", "1Gbit/s"], &["manifest.json"]);
 
@@ -446,5 +455,6 @@ fn bad_input_gets_a_clear_error_naming_the_file_or_flag() {
     assert_fails(&["replay", t, "--bandwidth", "4MiB/s"], &["--loop", t]);
     assert_fails(&["simgrid", t, "--start", "1s", "--migration-speed", "4MiB/s"], &["--loop", t]);
     // A figure format we do not write.
-    assert_fails(&["plot", t, "-o", "/tmp/figure.jpg"], &["-o", "figure.jpg"]);
+    let figure = base.with_file_name("figure.jpg");
+    assert_fails(&["plot", t, "-o", figure.to_str().unwrap()], &["-o", "figure.jpg"]);
 }

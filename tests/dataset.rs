@@ -118,7 +118,7 @@ fn names(rows: &[Row]) -> Vec<String> {
 
 #[test]
 fn index_values_equal_what_the_tools_print() {
-    let dir = tempdir("ds-values");
+    let dir = Scratch::new("ds-values");
     let grid = write(&dir, "grid.toml", GRID);
     let out = dir.join("ds");
     let report = generated(&grid, &out, "1/1");
@@ -302,7 +302,7 @@ fn comparable(rows: Vec<Row>) -> Vec<Row> {
 
 #[test]
 fn shards_merged_by_index_equal_a_one_shard_run() {
-    let dir = tempdir("ds-shards");
+    let dir = Scratch::new("ds-shards");
     let grid = write(&dir, "grid.toml", GRID);
     let whole = dir.join("whole");
     let (a, b, shared) = (dir.join("a"), dir.join("b"), dir.join("shared"));
@@ -374,7 +374,7 @@ fn start_trace(dir: &Path) -> TraceWriter {
 
 #[test]
 fn resume_acts_on_what_each_run_directory_holds() {
-    let dir = tempdir("ds-resume-logic");
+    let dir = Scratch::new("ds-resume-logic");
     let grid = write(
         &dir,
         "grid.toml",
@@ -455,7 +455,7 @@ fn resume_acts_on_what_each_run_directory_holds() {
 
 #[test]
 fn bad_input_is_refused_naming_the_key_or_flag_and_leaves_nothing() {
-    let dir = tempdir("ds-bad");
+    let dir = Scratch::new("ds-bad");
     let spec = "[spec]\nmem = \"64MiB\"\n[[spec.phase]]\nname = \"w\"\nduration = \"1s\"\nworking_set = \"8MiB\"\nrate = \"8MiB/s\"\n";
     let good = write(&dir, "good.toml", &format!("{spec}[axes]\nrate = [\"1MiB/s\", \"2MiB/s\"]\n"));
     write(&dir, "job.sh", "#!/bin/sh\ntrue\n");
@@ -535,7 +535,7 @@ fn bad_input_is_refused_naming_the_key_or_flag_and_leaves_nothing() {
 /// that is not a regular file is refused with the file named; a symlink is not followed.
 #[test]
 fn a_lock_file_that_is_not_a_regular_file_is_refused_naming_it() {
-    let dir = tempdir("ds-lock-files");
+    let dir = Scratch::new("ds-lock-files");
     let grid = write(&dir, "grid.toml", GRID);
     let out = dir.join("ds");
     generated(&grid, &out, "1/1");
@@ -589,7 +589,7 @@ fn a_lock_file_that_is_not_a_regular_file_is_refused_naming_it() {
 /// dataset lock, where only a half-made dataset's empty directories pass.
 #[test]
 fn a_directory_a_sweep_began_is_accepted_and_checked_again_under_the_lock() {
-    let dir = tempdir("ds-half-made");
+    let dir = Scratch::new("ds-half-made");
     let grid = write(&dir, "grid.toml", GRID);
     // What a sweep killed while creating the dataset leaves: its lock, empty directories and a
     // temporary dataset.json.
@@ -659,7 +659,7 @@ fn documented_columns_match_the_writer() {
     ];
     let keys: Vec<&str> = axes_doc.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(keys, values.map(|v| v.0), "the axes documented, in order");
-    let dir = tempdir("ds-doc");
+    let dir = Scratch::new("ds-doc");
     // Written in reverse: the order of the columns is the canonical one, not the file's.
     let axes: String = values.iter().rev().map(|(k, v)| format!("{k} = {v}\n")).collect();
     let g = write(
@@ -701,7 +701,7 @@ fn documented_columns_match_the_writer() {
 
 #[test]
 fn the_python_example_plots_the_index_and_the_slurm_script_shards() {
-    let dir = tempdir("ds-python");
+    let dir = Scratch::new("ds-python");
     let grid = write(&dir, "grid.toml", GRID);
     let out = dir.join("ds");
     generated(&grid, &out, "1/1");
@@ -814,7 +814,7 @@ fn unique(rows: &[Row], col: &str) -> usize {
 #[test]
 fn a_killed_sweep_resumes_and_records_every_run_once() {
     let _g = kvm_lock();
-    let dir = tempdir("ds-kill");
+    let dir = Scratch::new("ds-kill");
     let grid = kvm_grid(&dir, &["8MiB/s", "16MiB/s", "24MiB/s"]);
     let out = dir.join("ds");
     let log = dir.join("first.log");
@@ -857,7 +857,7 @@ fn a_killed_sweep_resumes_and_records_every_run_once() {
 #[test]
 fn ctrl_c_finalises_the_current_trace_and_the_next_sweep_records_it_again() {
     let _g = kvm_lock();
-    let dir = tempdir("ds-sigint");
+    let dir = Scratch::new("ds-sigint");
     let grid = kvm_grid(&dir, &["8MiB/s", "16MiB/s"]);
     let out = dir.join("ds");
     let log = dir.join("first.log");
@@ -902,7 +902,7 @@ fn ctrl_c_finalises_the_current_trace_and_the_next_sweep_records_it_again() {
 #[test]
 fn four_sweeps_of_one_grid_at_once_record_every_run_exactly_once() {
     let _g = kvm_lock();
-    let dir = tempdir("ds-four-sweeps");
+    let dir = Scratch::new("ds-four-sweeps");
     let rates = ["8MiB/s", "16MiB/s", "24MiB/s", "32MiB/s", "40MiB/s", "48MiB/s"];
     let grid = kvm_grid(&dir, &rates);
     let mut want: Vec<String> = rates.iter().map(|r| format!("rate={}ps_r0", r.trim_end_matches("/s"))).collect();
@@ -985,7 +985,7 @@ fn four_sweeps_of_one_grid_at_once_record_every_run_exactly_once() {
 #[test]
 fn a_claimed_run_is_left_to_its_holder_and_the_claim_dies_with_it() {
     let _g = kvm_lock();
-    let dir = tempdir("ds-claim-holder");
+    let dir = Scratch::new("ds-claim-holder");
     let grid = kvm_grid(&dir, &["8MiB/s", "16MiB/s"]);
     let out = dir.join("ds");
     let claim = out.join(".claims/rate=8MiBps_r0.lock");

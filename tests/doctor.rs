@@ -14,7 +14,7 @@ fn hardware_virtualisation() -> bool {
 #[test]
 fn doctor_says_what_works_here_quickly_and_touches_nothing() {
     let _g = kvm_lock();
-    let dir = tempdir("doctor");
+    let dir = Scratch::new("doctor");
     let cache = dir.join("cache");
     let t = Instant::now();
     let out = Command::new(bin())
@@ -65,7 +65,7 @@ fn doctor_says_what_works_here_quickly_and_touches_nothing() {
 
 #[test]
 fn doctor_without_kvm_exits_non_zero_and_says_why() {
-    let dir = tempdir("doctor-nokvm");
+    let dir = Scratch::new("doctor-nokvm");
     let out = Command::new(bin()).env("DIRTYTRACE_KVM_DEVICE", dir.join("no-kvm")).arg("doctor").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");

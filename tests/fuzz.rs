@@ -1037,7 +1037,7 @@ fn fuzz_traces_journals_specs_and_flags() {
         env_u64("DIRTYTRACE_FUZZ_SEED").unwrap_or_else(|| dirtytrace::clock::now_ns() ^ std::process::id() as u64);
     let mut next = env_u64("DIRTYTRACE_FUZZ_FROM").unwrap_or(0);
     let until = env_u64("DIRTYTRACE_FUZZ_CASES").map_or(u64::MAX, |c| next + c);
-    let work = tempdir("fuzz");
+    let work = Scratch::new("fuzz");
     let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let deadline = unix_now() + secs;
     eprintln!("fuzz: seed {seed}, {secs} s, from case {next} (DIRTYTRACE_FUZZ_SEED={seed} DIRTYTRACE_FUZZ_FROM=N DIRTYTRACE_FUZZ_CASES=1 replays case N)");

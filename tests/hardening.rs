@@ -30,7 +30,7 @@ fn assert_refused(args: &[&str], needles: &[&str], out_dir: &Path) {
 #[test]
 fn bench_removes_only_what_it_created() {
     let _g = kvm_lock();
-    let dir = tempdir("bench-workdir");
+    let dir = Scratch::new("bench-workdir");
     let precious = write(&dir, "precious.txt", "keep me");
     std::fs::create_dir(dir.join("sub")).unwrap();
     write(&dir.join("sub"), "also.txt", "keep me too");
@@ -124,7 +124,7 @@ fn sighup_finalises_the_trace_like_sigterm() {
 /// the flag or key named; none becomes infinity or wraps.
 #[test]
 fn overflowing_durations_and_rates_are_refused() {
-    let dir = tempdir("overflow");
+    let dir = Scratch::new("overflow");
     let out = dir.join("out");
     let o = out.to_str().unwrap();
     assert_refused(&["record", "--interval", "36028797018963968s", "--output", o], &["--interval", "longest"], &out);

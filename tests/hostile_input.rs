@@ -1,7 +1,7 @@
 //! Issue 7, one test per defect, each on the original input: a generated trace (no KVM) is
-//! copied and then corrupted, and the CLI is run over it under a timeout. Every input must end
-//! in a result or in a one-line error naming the file or flag, the row and the field: no panic,
-//! abort, allocation failure or hang.
+//! corrupted, and the CLI is run over it under a timeout. Every input must end in a result or
+//! in a one-line error naming the file or flag, the row and the field: no panic, abort,
+//! allocation failure or hang.
 
 mod common;
 
@@ -12,9 +12,9 @@ use common::*;
 use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
 use dirtytrace::trace::{self, bitmap, journal, SlotBlob, Trace, TraceStatus};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// 118 intervals of 50 ms (5.9 s), the length of the trace in the issue's defect 9.
@@ -41,26 +41,16 @@ cpu = 0.0
 "#;
 const INTERVALS: u64 = 118;
 
-/// The generated trace every test copies.
-fn base() -> &'static Path {
-    static BASE: OnceLock<PathBuf> = OnceLock::new();
-    BASE.get_or_init(|| {
-        let dir = tempdir("hostile-base").join("trace");
-        let opts = GenerateOptions { interval: Duration::from_millis(50), ..Default::default() };
-        let m = generate(&dir, SPEC, &opts).unwrap();
-        assert_eq!(m.intervals, INTERVALS);
-        dir
-    })
-}
-
-fn copy_base(name: &str) -> PathBuf {
-    let dir = tempdir(name).join("trace");
-    std::fs::create_dir_all(&dir).unwrap();
-    for e in std::fs::read_dir(base()).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-    }
-    dir
+/// The trace every test damages, generated into a fresh directory, removed with the test.
+/// Generating it takes a few milliseconds and gives the same files every time (the trace id is
+/// the spec's digest), so each test makes its own rather than copying a shared one.
+fn base(name: &str) -> InScratch {
+    let dir = Scratch::new(name);
+    let trace = dir.join("trace");
+    let opts = GenerateOptions { interval: Duration::from_millis(50), ..Default::default() };
+    let m = generate(&trace, SPEC, &opts).unwrap();
+    assert_eq!(m.intervals, INTERVALS);
+    InScratch::new(dir, trace)
 }
 
 /// What a run of the CLI left: exit code (None: killed by a signal) and stderr.
@@ -182,7 +172,7 @@ fn set_binary(dir: &Path, file: &str, name: &str, row: usize, v: &[u8]) {
 fn defect3_lying_bitmap_sizes_are_refused_before_any_allocation() {
     for field in ["raw_bytes", "num_pages"] {
         for v in [1u64 << 36, 1 << 62, u64::MAX] {
-            let dir = copy_base("d3-bitmap");
+            let dir = base("d3-bitmap");
             set_u64(&dir, trace::BITMAPS, field, 5, v);
             assert_all_tools_refuse(&dir, &["bitmaps.parquet", "row 5", &format!("`{field}`")]);
         }
@@ -194,7 +184,7 @@ fn defect3_lying_bitmap_sizes_are_refused_before_any_allocation() {
 fn defect3_lying_manifest_sizes_are_refused() {
     for size in [1u64 << 45, 1 << 62, u64::MAX - 4095, u64::MAX] {
         for with_ramsize in [false, true] {
-            let dir = copy_base("d3-slot");
+            let dir = base("d3-slot");
             edit_manifest(&dir, |m| {
                 m["slots"][0]["size_bytes"] = size.into();
                 if with_ramsize {
@@ -204,7 +194,7 @@ fn defect3_lying_manifest_sizes_are_refused() {
             assert_all_tools_refuse(&dir, &["manifest.json", "`slots[0]`"]);
         }
     }
-    let dir = copy_base("d3-vcpus");
+    let dir = base("d3-vcpus");
     edit_manifest(&dir, |m| m["vcpus"] = 4294967295u64.into());
     assert_all_tools_refuse(&dir, &["manifest.json", "`vcpus`", "4294967295"]);
 }
@@ -215,12 +205,13 @@ fn defect3_lying_manifest_sizes_are_refused() {
 /// The base trace's journal: one frame per interval, re-encoded from its bitmaps, and where
 /// each frame starts.
 fn base_journal() -> (Vec<u8>, Vec<(usize, usize)>) {
-    journal_of(&Trace::open(base()).unwrap())
+    let dir = base("hostile-base");
+    journal_of(&Trace::open(&*dir).unwrap())
 }
 
 /// A trace whose recorder was killed: the base manifest, still `recording`, and `journal`.
-fn killed_trace(name: &str, journal: &[u8]) -> PathBuf {
-    let dir = copy_base(name);
+fn killed_trace(name: &str, journal: &[u8]) -> InScratch {
+    let dir = base(name);
     edit_manifest(&dir, |m| {
         m["status"] = "recording".into();
         m["intervals"] = 0.into();
@@ -369,7 +360,7 @@ fn mkfifo(path: &Path) {
 #[test]
 fn defect5_a_device_or_fifo_as_manifest_is_refused() {
     for target in ["/dev/zero", "/dev/urandom", "fifo"] {
-        let dir = copy_base("d5-manifest");
+        let dir = base("d5-manifest");
         std::fs::remove_file(dir.join(trace::MANIFEST)).unwrap();
         if target == "fifo" {
             mkfifo(&dir.join(trace::MANIFEST));
@@ -383,7 +374,7 @@ fn defect5_a_device_or_fifo_as_manifest_is_refused() {
 /// Defect 5: a FIFO as `rates.parquet` blocked every reader forever.
 #[test]
 fn defect5_a_fifo_as_rates_is_refused() {
-    let dir = copy_base("d5-rates");
+    let dir = base("d5-rates");
     std::fs::remove_file(dir.join(trace::RATES)).unwrap();
     mkfifo(&dir.join(trace::RATES));
     assert_all_tools_refuse(&dir, &["rates.parquet", "is not a regular file (a FIFO)"]);
@@ -403,7 +394,7 @@ fn defect5_a_device_or_fifo_as_journal_or_guest_log_is_refused() {
         }
         let args = ["recover", dir.to_str().unwrap()];
         assert_refused(&run(&args), &args, &["journal.dtj", "is not a regular file"]);
-        let dir = copy_base("d5-guestlog");
+        let dir = base("d5-guestlog");
         let g = dir.join(trace::GUEST_LOG);
         std::fs::remove_file(&g).unwrap();
         if target == "fifo" {
@@ -419,7 +410,7 @@ fn defect5_a_device_or_fifo_as_journal_or_guest_log_is_refused() {
 /// Defect 5: a `.toml` workload that is `/dev/zero`, `/dev/urandom` or a FIFO.
 #[test]
 fn defect5_a_device_or_fifo_as_workload_is_refused() {
-    let dir = tempdir("d5-toml");
+    let dir = Scratch::new("d5-toml");
     let out = dir.join("out");
     for (name, target) in [("zero.toml", "/dev/zero"), ("random.toml", "/dev/urandom"), ("fifo.toml", "fifo")] {
         let p = dir.join(name);
@@ -437,7 +428,7 @@ fn defect5_a_device_or_fifo_as_workload_is_refused() {
 /// Defect 5: `DIRTYTRACE_FONT` naming `/dev/zero`, `/dev/urandom` or a FIFO.
 #[test]
 fn defect5_a_device_or_fifo_as_font_is_refused() {
-    let dir = copy_base("d5-font");
+    let dir = base("d5-font");
     let fifo = dir.join("font.ttf");
     mkfifo(&fifo);
     let svg = dir.join("p.svg");
@@ -454,7 +445,7 @@ fn defect5_a_device_or_fifo_as_font_is_refused() {
 /// the machine's memory (`--kernel /dev/zero` once read until the process was killed).
 #[test]
 fn defect5_a_device_or_fifo_as_kernel_or_file_is_refused() {
-    let dir = tempdir("d5-kernel");
+    let dir = Scratch::new("d5-kernel");
     let script = write(&dir, "w.sh", "echo hi\n");
     let fifo = dir.join("fifo");
     mkfifo(&fifo);
@@ -476,7 +467,7 @@ fn defect5_a_device_or_fifo_as_kernel_or_file_is_refused() {
 /// by its size. Both without reading the file, so under a 1 GiB address-space cap.
 #[test]
 fn defect12_a_large_sparse_kernel_is_refused_without_reading_it() {
-    let dir = tempdir("d12-kernel");
+    let dir = Scratch::new("d12-kernel");
     let script = write(&dir, "w.sh", "echo hi\n");
     let out = dir.join("out");
     let sparse = dir.join("sparse.img");
@@ -500,7 +491,7 @@ fn defect12_a_large_sparse_kernel_is_refused_without_reading_it() {
 /// Defect 12: a `.sh` workload that is a directory or a device said "does not exist".
 #[test]
 fn defect12_a_directory_or_device_as_script_is_not_called_missing() {
-    let dir = tempdir("d12-sh");
+    let dir = Scratch::new("d12-sh");
     let out = dir.join("out");
     let sub = dir.join("dir.sh");
     std::fs::create_dir(&sub).unwrap();
@@ -522,7 +513,7 @@ fn defect12_a_directory_or_device_as_script_is_not_called_missing() {
 /// day of migration time) bounds it, and its error names the flag.
 #[test]
 fn defect7_replay_loop_at_a_tiny_bandwidth_ends_naming_max_time() {
-    let dir = copy_base("d7-bw");
+    let dir = base("d7-bw");
     let t = dir.to_str().unwrap();
     for bw in ["1e-12B/s", "1B/s", "100B/s"] {
         let args = ["replay", t, "--bandwidth", bw, "--loop"];
@@ -541,7 +532,7 @@ fn defect7_replay_loop_at_a_tiny_bandwidth_ends_naming_max_time() {
 /// an error about a spec file the bench wrote, naming no flag. Nothing is made.
 #[test]
 fn defect6_bench_seconds_is_range_checked() {
-    let dir = tempdir("d6-seconds");
+    let dir = Scratch::new("d6-seconds");
     let work = dir.join("work");
     for v in ["NaN", "inf", "0", "1e300", "86401"] {
         let args = ["bench", "--only", "compression", "--seconds", v, "--work-dir", work.to_str().unwrap()];
@@ -553,7 +544,7 @@ fn defect6_bench_seconds_is_range_checked() {
 /// Defect 7: a last `t_end_s` of NaN made `replay --loop` spin forever.
 #[test]
 fn defect7_a_nan_end_time_is_refused() {
-    let dir = copy_base("d7-nan");
+    let dir = base("d7-nan");
     set_f64(&dir, trace::RATES, "t_end_s", INTERVALS as usize - 1, f64::NAN);
     let row = format!("row {}", INTERVALS - 1);
     assert_all_tools_refuse(&dir, &["rates.parquet", &row, "`t_end_s`", "NaN"]);
@@ -562,7 +553,7 @@ fn defect7_a_nan_end_time_is_refused() {
 /// Defect 7: `--zero-pages skip` with an `initial_nonzero_pages` count of 2^40 spun forever.
 #[test]
 fn defect7_a_huge_initial_nonzero_count_is_refused() {
-    let dir = copy_base("d7-nonzero");
+    let dir = base("d7-nonzero");
     edit_manifest(&dir, |m| m["initial_nonzero_pages"] = serde_json::json!([{"first": 0, "count": 1u64 << 40}]));
     let t = dir.to_str().unwrap();
     let args = ["replay", t, "--bandwidth", "1Gbit/s", "--loop", "--zero-pages", "skip"];
@@ -578,7 +569,7 @@ fn defect7_a_huge_initial_nonzero_count_is_refused() {
 fn defect8_an_infinite_rate_is_refused() {
     for (col, v) in [("dirty_rate_bytes_per_s", f64::INFINITY), ("cpu_util", f64::INFINITY), ("t_end_s", f64::INFINITY)]
     {
-        let dir = copy_base("d8-inf");
+        let dir = base("d8-inf");
         set_f64(&dir, trace::RATES, col, 7, v);
         assert_all_tools_refuse(&dir, &["rates.parquet", "row 7", &format!("`{col}`")]);
     }
@@ -587,7 +578,7 @@ fn defect8_an_infinite_rate_is_refused() {
 /// Defect 8: `plot` panicked on a `trace_id` with multibyte characters.
 #[test]
 fn defect8_plot_draws_a_multibyte_trace_id() {
-    let dir = copy_base("d8-utf8");
+    let dir = base("d8-utf8");
     let id = "é€😀ü€é😀ü€é😀".to_string();
     edit_manifest(&dir, |m| m["trace_id"] = id.clone().into());
     edit_column(&dir, trace::RATES, "trace_id", |c| {
@@ -621,7 +612,8 @@ fn defect10_a_decompression_bomb_is_refused_at_the_bitmap_size() {
     let bomb = bomb();
     assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
     // In the library: the decoder refuses it, at the slot's raw size (a 16 MiB slot: 512 bytes).
-    let t = Trace::open(base()).unwrap();
+    let dir = base("hostile-base");
+    let t = Trace::open(&*dir).unwrap();
     let slot = t.manifest.slots[0];
     let blob = SlotBlob {
         slot: slot.slot,
@@ -636,7 +628,7 @@ fn defect10_a_decompression_bomb_is_refused_at_the_bitmap_size() {
     let err = bitmap::decode(&mut dec, &blob).unwrap_err();
     assert!(matches!(err, bitmap::DecodeError::Data { expected: 512, .. }), "{err}");
     // Through the CLI, in bitmaps.parquet: every tool refuses it, naming row and interval.
-    let dir = copy_base("d10-bomb");
+    let dir = base("d10-bomb");
     set_binary(&dir, trace::BITMAPS, "data", 12, &bomb);
     assert_all_tools_refuse(&dir, &["bitmaps.parquet", "row 12", "`data`", "interval 12", "at most 512 bytes"]);
     // And in a journal with a valid CRC: `recover` drops that frame, keeping every other.
@@ -677,7 +669,7 @@ fn defect11_nonsense_times_are_refused_with_row_and_field() {
         ("cpu_util", 3, f64::NAN, "`cpu_util`"),
     ];
     for (col, row, v, field) in cases {
-        let dir = copy_base("d11-times");
+        let dir = base("d11-times");
         set_f64(&dir, trace::RATES, col, row, v);
         assert_all_tools_refuse(&dir, &["rates.parquet", &format!("row {row}"), field]);
     }
@@ -705,7 +697,7 @@ fn defect11_nonsense_manifest_values_are_refused_with_the_field() {
         (|m| m["migration_speed_bytes_per_s"] = 0.into(), "`migration_speed_bytes_per_s`"),
     ];
     for (edit, field) in cases {
-        let dir = copy_base("d11-manifest");
+        let dir = base("d11-manifest");
         edit_manifest(&dir, edit);
         assert_all_tools_refuse(&dir, &["manifest.json", field]);
     }
@@ -725,7 +717,7 @@ fn defect11_a_trace_of_no_intervals_is_refused_by_every_tool() {
 /// Defect 12: bitmap errors named no interval.
 #[test]
 fn defect12_a_damaged_bitmap_names_its_interval() {
-    let dir = copy_base("d12-bitmap");
+    let dir = base("d12-bitmap");
     let b = read_table(&dir.join(trace::BITMAPS));
     let data = b.column_by_name("data").unwrap().as_any().downcast_ref::<BinaryArray>().unwrap();
     let mut cell = data.value(1).to_vec();
@@ -774,7 +766,7 @@ fn documented_limits_are_the_constants() {
 #[test]
 fn defect11_times_scaled_to_nonsense_are_refused() {
     for (k, needle) in [(1e300f64, "later than a trace may last"), (1e-300, "an interval lasts at least 1e-9 s")] {
-        let dir = copy_base("d11-scale");
+        let dir = base("d11-scale");
         for col in ["t_start_s", "t_end_s", "duration_s"] {
             edit_column(&dir, trace::RATES, col, |c| {
                 let a = c.as_any().downcast_ref::<Float64Array>().unwrap();
@@ -795,7 +787,7 @@ fn defect11_times_scaled_to_nonsense_are_refused() {
 /// guest's phase name is cleaned instead, so no harvested interval is lost.
 #[test]
 fn fuzz_found_unholdable_phase_names_are_refused_before_recording() {
-    let dir = tempdir("fz-name");
+    let dir = Scratch::new("fz-name");
     let out = dir.join("out");
     // As TOML strings: 4097 bytes, a newline, an escape sequence.
     for name in [format!("\"{}\"", "n".repeat(4097)), r#""two\nlines""#.into(), r#""esc\u001b[31m""#.into()] {
@@ -817,7 +809,7 @@ fn fuzz_found_unholdable_phase_names_are_refused_before_recording() {
 /// Found by fuzzing: TOML errors in a spec spanned four lines (the toml crate's excerpt).
 #[test]
 fn fuzz_found_spec_errors_are_one_line_naming_the_key() {
-    let dir = tempdir("fz-toml");
+    let dir = Scratch::new("fz-toml");
     let out = dir.join("out");
     let p = write(&dir, "bad.toml", "[[phase]]\nduration = \"1s\"\nrate = \"0\"\nhot_fraction = \"é\"\n");
     let args = ["record", "--workload", p.to_str().unwrap(), "--output", out.to_str().unwrap()];
@@ -828,7 +820,7 @@ fn fuzz_found_spec_errors_are_one_line_naming_the_key() {
 /// is nonsense the statistics would quietly leave out.
 #[test]
 fn defect11_a_partial_interval_before_the_last_is_refused() {
-    let dir = copy_base("d11-partial");
+    let dir = base("d11-partial");
     edit_column(&dir, trace::RATES, "partial", |c| {
         Arc::new(BooleanArray::from_iter((0..c.len()).map(|i| Some(i == 9 || i + 1 == c.len()))))
     });

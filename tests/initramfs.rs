@@ -112,7 +112,7 @@ fn check_tree(entries: &[ArchiveEntry], notes: &[String]) {
 
 #[test]
 fn directory_and_tarballs_give_the_same_tree() {
-    let dir = tempdir("rootfs-same");
+    let dir = Scratch::new("rootfs-same");
     let root = dir.join("root");
     make_tree(&root);
     let built = initramfs::build_with(&inputs(&dir, Some(&root)), None, &mut |_| {}).unwrap();
@@ -147,7 +147,7 @@ fn directory_and_tarballs_give_the_same_tree() {
 
 #[test]
 fn the_cache_key_follows_content_and_never_goes_stale() {
-    let dir = tempdir("rootfs-cache");
+    let dir = Scratch::new("rootfs-cache");
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("data")).unwrap();
     let file = root.join("data/file");
@@ -192,7 +192,7 @@ fn run(args: &[&str], env: &[(&str, &Path)]) -> (Option<i32>, String) {
 
 #[test]
 fn initramfs_command_writes_what_record_would_boot() {
-    let dir = tempdir("initramfs-cmd");
+    let dir = Scratch::new("initramfs-cmd");
     let root = dir.join("root");
     std::fs::create_dir_all(root.join("opt")).unwrap();
     std::fs::write(root.join("opt/data"), "payload").unwrap();
@@ -241,7 +241,7 @@ fn evil_tar(path: &Path, name: &str) {
 
 #[test]
 fn bad_rootfs_input_is_named_and_leaves_nothing() {
-    let dir = tempdir("rootfs-bad");
+    let dir = Scratch::new("rootfs-bad");
     let script = write(&dir, "w.sh", "true\n");
     let out = dir.join("out.cpio.gz");
     let s = |p: &Path| p.to_str().unwrap().to_string();
@@ -274,8 +274,8 @@ fn bad_rootfs_input_is_named_and_leaves_nothing() {
     let free = dir.join("free");
     std::fs::create_dir_all(&free).unwrap();
     chmod(&free, 0o777);
-    for p in [&dir, &root.join("etc")] {
-        chmod(p, 0o755);
+    for p in [dir.to_path_buf(), root.join("etc")] {
+        chmod(&p, 0o755);
     }
     let out2 = free.join("out.cpio.gz");
     let args = ["initramfs", "--workload", &s(&script), "--rootfs", &s(&root), "-o", &s(&out2)];
@@ -304,7 +304,7 @@ fn bad_rootfs_input_is_named_and_leaves_nothing() {
 
 #[test]
 fn bad_package_input_is_named() {
-    let dir = tempdir("packages-bad");
+    let dir = Scratch::new("packages-bad");
     let script = write(&dir, "w.sh", "true\n");
     let out = dir.join("out.cpio.gz");
     let s = |p: &Path| p.to_str().unwrap().to_string();
@@ -341,7 +341,7 @@ fn never_booted_kernel(dir: &Path) -> PathBuf {
 
 #[test]
 fn an_archive_too_large_for_mem_is_refused_before_booting() {
-    let dir = tempdir("rootfs-big");
+    let dir = Scratch::new("rootfs-big");
     let root = dir.join("root");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("big"), vec![0u8; 40 << 20]).unwrap();

@@ -11,9 +11,8 @@ use dirtytrace::analysis::summary::{self, SummaryOptions};
 use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
 use dirtytrace::trace::{IntervalRow, Trace};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 fn spec(seed: u32) -> String {
@@ -24,21 +23,20 @@ fn spec(seed: u32) -> String {
     )
 }
 
-/// Two short traces of the same workload with different seeds, in one dataset directory.
-fn dataset() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let data = tempdir("interop").join("dataset");
-        for (name, seed) in [("a", 11), ("b", 12)] {
-            let opts = GenerateOptions { interval: Duration::from_millis(50), ..Default::default() };
-            generate(&data.join(name), &spec(seed), &opts).unwrap_or_else(|e| panic!("generating {name}: {e:#}"));
-        }
-        data
-    })
+/// Two short traces of the same workload with different seeds, in one dataset directory: each
+/// test generates its own (milliseconds), removed with it.
+fn dataset() -> InScratch {
+    let dir = Scratch::new("interop");
+    let data = dir.join("dataset");
+    for (name, seed) in [("a", 11), ("b", 12)] {
+        let opts = GenerateOptions { interval: Duration::from_millis(50), ..Default::default() };
+        generate(&data.join(name), &spec(seed), &opts).unwrap_or_else(|e| panic!("generating {name}: {e:#}"));
+    }
+    InScratch::new(dir, data)
 }
 
-fn trace_a() -> Trace {
-    Trace::open(dataset().join("a")).unwrap()
+fn trace_a(data: &Path) -> Trace {
+    Trace::open(data.join("a")).unwrap()
 }
 
 /// Runs a Python program with arguments; its stdout must be JSON.
@@ -76,7 +74,8 @@ def fbits(values):
 
 #[test]
 fn pyarrow_reads_the_same_rates_and_bitmaps() {
-    let t = trace_a();
+    let data = dataset();
+    let t = trace_a(&data);
     let dir = t.dir.to_str().unwrap();
     let code = format!(
         r#"{PY_BITS}
@@ -172,7 +171,8 @@ print(json.dumps(out))
 
 #[test]
 fn polars_reads_the_same_rates_and_bitmap_counts() {
-    let t = trace_a();
+    let data = dataset();
+    let t = trace_a(&data);
     let code = format!(
         r#"{PY_BITS}
 import json, sys
@@ -215,7 +215,8 @@ print(json.dumps({{
 
 #[test]
 fn duckdb_queries_match_the_rust_reader() {
-    let t = trace_a();
+    let data = dataset();
+    let t = trace_a(&data);
     let code = format!(
         r#"{PY_BITS}
 import json, sys
@@ -304,8 +305,10 @@ print(json.dumps({"duckdb": [[t, int(n), int(b), int(p)] for t, n, b, p in rows]
 
 #[test]
 fn the_pandas_example_runs_and_agrees_with_summarize() {
-    let t = trace_a();
-    let fig = tempdir("pandas-example").join("figure.png");
+    let data = dataset();
+    let t = trace_a(&data);
+    let figures = Scratch::new("pandas-example");
+    let fig = figures.join("figure.png");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/analysis.py");
     let out = Command::new("python3")
         .arg(&script)

@@ -41,7 +41,7 @@ fn fake_busybox() -> PathBuf {
 
 #[test]
 fn initramfs_reads_back_entry_by_entry() {
-    let dir = tempdir("initramfs");
+    let dir = Scratch::new("initramfs");
     let script = write(&dir, "work.sh", "#!/bin/sh\necho hi\n");
     let extra = write(&dir, "bench.bin", "BENCH");
     use std::os::unix::fs::PermissionsExt;
@@ -258,8 +258,8 @@ fn print_with_rep_outsb_then_reset(text: &str) -> Vec<u8> {
     a.assemble(0x10_0000).unwrap()
 }
 
-fn record_tiny(name: &str, code: &[u8]) -> (anyhow::Result<record::RecordSummary>, PathBuf) {
-    let dir = tempdir(name);
+fn record_tiny(name: &str, code: &[u8]) -> (anyhow::Result<record::RecordSummary>, InScratch) {
+    let dir = Scratch::new(name);
     let kernel = dir.join("tiny.elf");
     std::fs::write(&kernel, tiny_kernel(code)).unwrap();
     let script = write(&dir, "w.sh", "#!/bin/sh\ntrue\n");
@@ -272,7 +272,7 @@ fn record_tiny(name: &str, code: &[u8]) -> (anyhow::Result<record::RecordSummary
     opts.settings.duration = Some(HumanDuration(Duration::from_secs(20)));
     opts.linux.boot.kernel = Some(kernel);
     opts.settings.engine = EngineChoice::Kvm;
-    (record::record(&opts, Arc::new(AtomicBool::new(false)), None), out)
+    (record::record(&opts, Arc::new(AtomicBool::new(false)), None), InScratch::new(dir, out))
 }
 
 #[test]
@@ -305,7 +305,7 @@ fn markers_phases_and_exit_status_through_the_console() {
     assert!(!rows.is_empty());
     assert_eq!(rows.last().unwrap().phase, "shutdown");
     // The process exit status is the workload's.
-    let dir = tempdir("markers-cli");
+    let dir = Scratch::new("markers-cli");
     let kernel = dir.join("tiny.elf");
     std::fs::write(&kernel, tiny_kernel(&print_then_reset(text))).unwrap();
     let script = write(&dir, "w.sh", "true\n");
@@ -393,7 +393,7 @@ fn emulation_failure_is_reported_with_registers_and_bytes() {
 
 #[test]
 fn no_kit_says_which_command_to_run() {
-    let dir = tempdir("nokit");
+    let dir = Scratch::new("nokit");
     let script = write(&dir, "w.sh", "true\n");
     let out = std::process::Command::new(bin())
         .env("DIRTYTRACE_CACHE", dir.join("empty-cache"))
@@ -448,7 +448,7 @@ fn record_until(opts: &RecordOptions, lines: &'static [&'static str]) -> record:
 fn debian_kernel_boots_and_its_dirty_pages_are_recorded() {
     let _g = kvm_lock();
     kit_file("vmlinux");
-    let dir = tempdir("debian");
+    let dir = Scratch::new("debian");
     let out = dir.join("trace");
     let hw = hardware_virtualisation();
     let mut opts = RecordOptions::new(out.clone());
@@ -504,7 +504,7 @@ fn debian_kernel_boots_and_its_dirty_pages_are_recorded() {
 fn debian_bzimage_reads_our_boot_params() {
     let _g = kvm_lock();
     kit_file("bzImage");
-    let dir = tempdir("debian-bz");
+    let dir = Scratch::new("debian-bz");
     let out = dir.join("trace");
     let hw = hardware_virtualisation();
     let mut opts = RecordOptions::new(out.clone());
@@ -542,7 +542,7 @@ fn record_refuses_the_kit_kernel_where_kernel_code_is_emulated() {
     assert!(!probe.kernel_native(), "{probe:?}");
     assert!(probe.kernel_mode.instructions_per_s < 50e6, "{probe:?}");
     assert!(probe.user_mode.native, "{probe:?}");
-    let dir = tempdir("refuse");
+    let dir = Scratch::new("refuse");
     let out = dir.join("trace");
     let t = std::time::Instant::now();
     let o = std::process::Command::new(bin())

@@ -120,7 +120,7 @@ fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
 
 #[test]
 fn hello_marks_its_phases_prints_and_exits_0() {
-    let dir = tempdir("qemu-hello");
+    let dir = Scratch::new("qemu-hello");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/linux/hello.sh");
     let run = boot(&archive(&dir, &script, &[]), 1024, Duration::from_secs(120));
     assert_eq!(run.status, Some(0), "{}", run.console);
@@ -148,7 +148,7 @@ fn hello_marks_its_phases_prints_and_exits_0() {
 
 #[test]
 fn a_script_that_exits_3_gives_status_3() {
-    let dir = tempdir("qemu-exit3");
+    let dir = Scratch::new("qemu-exit3");
     let script = write(&dir, "exit3.sh", "#!/bin/sh\ndt-phase only\necho about to fail\nexit 3\n");
     let run = boot(&archive(&dir, &script, &[]), 512, Duration::from_secs(120));
     assert_eq!(run.status, Some(3), "{}", run.console);
@@ -161,7 +161,7 @@ fn a_script_that_exits_3_gives_status_3() {
 /// 64 MiB for 3 s between two phases.
 #[test]
 fn stress_ng_from_a_package_runs_between_two_phases() {
-    let dir = tempdir("qemu-stress");
+    let dir = Scratch::new("qemu-stress");
     let script = write(
         &dir,
         "stress.sh",
@@ -184,7 +184,7 @@ fn stress_ng_from_a_package_runs_between_two_phases() {
 /// libraries `ldd` lists, at the same paths.
 #[test]
 fn a_host_program_with_its_ldd_libraries_runs_from_a_rootfs_directory() {
-    let dir = tempdir("qemu-rootfs");
+    let dir = Scratch::new("qemu-rootfs");
     let root = dir.join("root");
     let program = Path::new("/usr/bin/ls");
     let ldd = Command::new("ldd").arg(program).output().expect("ldd");

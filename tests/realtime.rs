@@ -43,7 +43,8 @@ fn sched(requested: &str, policy: SchedPolicy, priority: u32) -> SamplerScheduli
 #[test]
 fn auto_gives_the_sampler_fifo_where_permitted() {
     let _g = kvm_lock();
-    let out = tempdir("rt-auto").join("t");
+    let dir = Scratch::new("rt-auto");
+    let out = dir.join("t");
     let (code, stderr) = record(&out, &[], false);
     assert_eq!(code, 0, "{stderr}");
     assert!(!stderr.contains("normal priority"), "{stderr}");
@@ -54,7 +55,8 @@ fn auto_gives_the_sampler_fifo_where_permitted() {
 #[test]
 fn off_keeps_normal_scheduling() {
     let _g = kvm_lock();
-    let out = tempdir("rt-off").join("t");
+    let dir = Scratch::new("rt-off");
+    let out = dir.join("t");
     let (code, stderr) = record(&out, &["--realtime", "off"], false);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(scheduling(&out), sched("off", SchedPolicy::Other, 0));
@@ -63,7 +65,8 @@ fn off_keeps_normal_scheduling() {
 #[test]
 fn auto_without_permission_says_so_and_goes_on() {
     let _g = kvm_lock();
-    let out = tempdir("rt-auto-noperm").join("t");
+    let dir = Scratch::new("rt-auto-noperm");
+    let out = dir.join("t");
     let (code, stderr) = record(&out, &[], true);
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(stderr.matches("note: the sampler runs at normal priority").count(), 1, "{stderr}");
@@ -74,7 +77,8 @@ fn auto_without_permission_says_so_and_goes_on() {
 #[test]
 fn on_without_permission_is_an_error_that_leaves_nothing() {
     let _g = kvm_lock();
-    let out = tempdir("rt-on-noperm").join("t");
+    let dir = Scratch::new("rt-on-noperm");
+    let out = dir.join("t");
     let (code, stderr) = record(&out, &["--realtime", "on"], true);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("--realtime on") && stderr.contains("CAP_SYS_NICE"), "{stderr}");
@@ -88,7 +92,7 @@ fn on_without_permission_is_an_error_that_leaves_nothing() {
 #[test]
 fn the_spin_before_each_deadline_is_recorded_and_bounded() {
     let _g = kvm_lock();
-    let dir = tempdir("rt-spin");
+    let dir = Scratch::new("rt-spin");
     let spin_us = |name: &str, args: &[&str]| {
         let out = dir.join(name);
         let (code, stderr) = record(&out, args, false);

@@ -29,7 +29,7 @@ const PHASE: &str = "[[phase]]\nduration = \"1s\"\nworking_set = \"1MiB\"\n";
 
 #[test]
 fn bad_specs_name_the_key() {
-    let dir = tempdir("bad-spec");
+    let dir = Scratch::new("bad-spec");
     let out = dir.join("out");
     let o = out.to_str().unwrap();
     let cases: &[(&str, String, &[&str])] = &[
@@ -57,7 +57,7 @@ fn bad_specs_name_the_key() {
 
 #[test]
 fn bad_flags() {
-    let dir = tempdir("bad-flags");
+    let dir = Scratch::new("bad-flags");
     let out = dir.join("out");
     let o = out.to_str().unwrap();
     assert_fails(&["record", "--interval", "0", "--output", o], &[], &out, &["--interval", "at least 1ms"]);
@@ -73,7 +73,7 @@ fn unwritable_output_directory() {
     let target = "/proc/dirtytrace-cannot-create-this";
     assert_fails(&["record", "--output", target], &[], Path::new(target), &["cannot create output directory", target]);
     // A non-empty directory is never overwritten.
-    let dir = tempdir("nonempty");
+    let dir = Scratch::new("nonempty");
     write(&dir, "precious.txt", "keep me");
     let (code, stderr) = run(&["record", "--output", dir.to_str().unwrap()], &[]);
     assert_ne!(code, 0);
@@ -84,7 +84,7 @@ fn unwritable_output_directory() {
 
 #[test]
 fn missing_or_unusable_kvm() {
-    let dir = tempdir("nokvm");
+    let dir = Scratch::new("nokvm");
     let out = dir.join("out");
     let o = out.to_str().unwrap();
     let missing = dir.join("no-such-kvm");
@@ -103,19 +103,24 @@ fn missing_or_unusable_kvm() {
         &out,
         &["cannot use", "not a KVM device"],
     );
-    // Permission denied: a device node only root may open, opened as `nobody`.
+    // Permission denied: a device node only root may open, opened as `nobody`, with an output
+    // directory `nobody` could create.
+    use std::os::unix::fs::PermissionsExt;
+    let open = Scratch::new("nokvm-nobody");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let nobody_out = open.join("out");
     let (code, stderr) = {
         let out = Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(bin())
-            .args(["record", "--engine", "kvm", "--output", "/tmp/dirtytrace-nobody-out", "--kvm-device", "/dev/kvm"])
+            .args(["record", "--engine", "kvm", "--output", nobody_out.to_str().unwrap(), "--kvm-device", "/dev/kvm"])
             .output()
             .expect("setpriv (util-linux) runs the recorder as nobody");
         (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
     };
     assert_ne!(code, 0);
     assert!(stderr.contains("permission denied") && stderr.contains("kvm"), "{stderr}");
-    assert!(!Path::new("/tmp/dirtytrace-nobody-out").exists());
+    assert!(!nobody_out.exists());
 }
 
 /// A full disk stops the recording with a clear error; every interval already in the journal
@@ -123,7 +128,7 @@ fn missing_or_unusable_kvm() {
 #[test]
 fn full_disk_keeps_what_was_harvested() {
     let _g = kvm_lock();
-    let dir = tempdir("fulldisk");
+    let dir = Scratch::new("fulldisk");
     let mnt = dir.join("small");
     std::fs::create_dir_all(&mnt).unwrap();
     let mount = |args: &[&str]| {

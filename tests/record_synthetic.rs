@@ -14,7 +14,7 @@ fn spec(pattern: &str, ws: &str, rate: &str, secs: f64) -> String {
 }
 
 fn assert_exact(name: &str, spec_text: &str, interval_ms: u64, secs: f64) {
-    let (summary, trace) = record_spec(name, spec_text, Duration::from_millis(interval_ms), None);
+    let (summary, trace, _dir) = record_spec(name, spec_text, Duration::from_millis(interval_ms), None);
     let checks = verify(&trace).unwrap();
     let expected = (secs * 1000.0 / interval_ms as f64) as usize;
     assert!(checks.len() >= expected, "{name}: {} intervals, expected at least {expected}", checks.len());
@@ -58,7 +58,7 @@ fn exact_with_two_vcpus_and_phases() {
 #[test]
 fn steady_rate_matches_spec_within_2_percent() {
     let _g = kvm_lock();
-    let (_, trace) =
+    let (_, trace, _dir) =
         record_spec("rate", &spec("sequential", "512MiB", "100MiB/s", 3.0), Duration::from_millis(100), None);
     let rows = trace.rates().unwrap();
     let steady: Vec<_> = rows.iter().filter(|r| !r.partial && r.t_start_s > 0.15 && r.t_end_s < 2.9).collect();
@@ -79,7 +79,7 @@ fn working_set_saturates_as_predicted() {
     let _g = kvm_lock();
     // 4 MiB = 1024 pages; at 100 MiB/s a 100 ms interval writes 2560 pages, a 10 ms one 256.
     for (interval_ms, expect) in [(100u64, 1024.0), (10, 256.0)] {
-        let (_, trace) = record_spec(
+        let (_, trace, _dir) = record_spec(
             "saturation",
             &spec("sequential", "4MiB", "100MiB/s", 1.0),
             Duration::from_millis(interval_ms),
@@ -107,7 +107,7 @@ fn working_set_saturates_as_predicted() {
 #[test]
 fn intervals_do_not_drift_over_30s() {
     let _g = kvm_lock();
-    let (summary, trace) = record_spec(
+    let (summary, trace, _dir) = record_spec(
         "drift",
         &spec("random", "64MiB", "20MiB/s", 31.0),
         Duration::from_millis(100),
@@ -134,7 +134,7 @@ fn intervals_do_not_drift_over_30s() {
 #[test]
 fn exact_cut_pauses_the_guest_around_each_harvest() {
     let _g = kvm_lock();
-    let dir = tempdir("exact-cut");
+    let dir = Scratch::new("exact-cut");
     let spec_path = write(&dir, "s.toml", &spec("random", "64MiB", "40MiB/s", 1.0));
     let mut opts = dirtytrace::record::RecordOptions::new(dir.join("t"));
     opts.workload = Some(spec_path);

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{bin, write};
+use common::{bin, write, Scratch};
 use dirtytrace::analysis::replay::{self, ReplayOptions};
 use dirtytrace::analysis::simgrid::model::{VmModel, MAX_STAGE2_ROUNDS};
 use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
@@ -25,27 +25,6 @@ const BW: f64 = 64.0 * MIB;
 const RATE: f64 = 32.0 * MIB;
 const INTERVAL_S: f64 = 0.05;
 
-/// A directory under `CARGO_TARGET_TMPDIR`, removed when dropped, a failed test's included.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            dirtytrace::clock::now_ns()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn spec(pattern: &str) -> String {
     format!(
         "mem = \"256MiB\"\nseed = 5\n[[phase]]\nname = \"{pattern}\"\nduration = \"8.5s\"\nworking_set = \"224MiB\"\n\
@@ -54,8 +33,8 @@ fn spec(pattern: &str) -> String {
 }
 
 /// `spec` generated at `interval_s` into `tmp`.
-fn generated(tmp: &TempDir, spec: &str, interval_s: f64) -> PathBuf {
-    let dir = tmp.0.join("trace");
+fn generated(tmp: &Scratch, spec: &str, interval_s: f64) -> PathBuf {
+    let dir = tmp.join("trace");
     let opts = GenerateOptions { interval: Duration::from_secs_f64(interval_s), ..Default::default() };
     generate(&dir, spec, &opts).unwrap();
     dir
@@ -63,12 +42,12 @@ fn generated(tmp: &TempDir, spec: &str, interval_s: f64) -> PathBuf {
 
 /// A large working set written sequentially at half the bandwidth: every precopy round
 /// dirties exactly `rate × round length` bytes, well under the working set.
-fn sequential(tmp: &TempDir) -> PathBuf {
+fn sequential(tmp: &Scratch) -> PathBuf {
     generated(tmp, &spec("sequential"), INTERVAL_S)
 }
 
 /// The same volume of writes, 90 % of them into 10 % of the working set.
-fn hotcold(tmp: &TempDir) -> PathBuf {
+fn hotcold(tmp: &Scratch) -> PathBuf {
     generated(tmp, &spec("hotcold"), INTERVAL_S)
 }
 
@@ -95,8 +74,8 @@ fn migrate_bin() -> &'static Path {
 }
 
 /// What examples/simgrid/migrate printed (`--json`) for `params`, with `extra` arguments.
-fn simgrid_run(tmp: &TempDir, params: &Value, extra: &[&str]) -> Value {
-    let path = write(&tmp.0, "params.json", &params.to_string());
+fn simgrid_run(tmp: &Scratch, params: &Value, extra: &[&str]) -> Value {
+    let path = write(tmp, "params.json", &params.to_string());
     let o = Command::new(migrate_bin()).arg(&path).arg("--json").args(extra).output().unwrap();
     let v: Value = serde_json::from_slice(&o.stdout)
         .unwrap_or_else(|e| panic!("migrate printed no JSON ({e}):\n{}", String::from_utf8_lossy(&o.stderr)));
@@ -106,7 +85,7 @@ fn simgrid_run(tmp: &TempDir, params: &Value, extra: &[&str]) -> Value {
     v
 }
 
-fn simgrid_time(tmp: &TempDir, params: &Value) -> f64 {
+fn simgrid_time(tmp: &Scratch, params: &Value) -> f64 {
     simgrid_run(tmp, params, &[])["migration_time_s"].as_f64().unwrap()
 }
 
@@ -117,7 +96,7 @@ fn dirtytrace_json(args: &[&str]) -> Value {
 }
 
 /// SimGrid's migration time and the replay's total time for a trace at [`BANDWIDTH`].
-fn compare(tmp: &TempDir, trace: &Path) -> (f64, Value, f64, Value) {
+fn compare(tmp: &Scratch, trace: &Path) -> (f64, Value, f64, Value) {
     let t = trace.to_str().unwrap();
     let params = dirtytrace_json(&["simgrid", t, "--migration-speed", BANDWIDTH, "--json"]);
     let sg = simgrid_time(tmp, &params);
@@ -128,7 +107,7 @@ fn compare(tmp: &TempDir, trace: &Path) -> (f64, Value, f64, Value) {
 #[test]
 fn simgrid_network_delivers_the_stated_bandwidth() {
     // The two cases of shared/notes/simgrid-model.md, computed by hand there.
-    let tmp = TempDir::new("simgrid-network");
+    let tmp = Scratch::new("simgrid-network");
     let p = |intensity: f64, ws: f64| {
         serde_json::json!({"ramsize_bytes": 1u64 << 30, "dp_intensity": intensity,
             "working_set_memory_bytes": ws, "migration_speed_bytes_per_s": 100.0 * MIB, "cpu_util": 1.0})
@@ -145,7 +124,7 @@ fn simgrid_network_delivers_the_stated_bandwidth() {
 /// round limit in both, and `round0_bytes`, when present, is what stage 1 sends.
 #[test]
 fn the_rust_model_of_simgrid_agrees_with_simgrid() {
-    let tmp = TempDir::new("simgrid-model");
+    let tmp = Scratch::new("simgrid-model");
     let cases = [
         // (stage-1 bytes, intensity, working set, speed, load, max stage-2 rounds)
         (1u64 << 30, 0.3, 500u64 << 20, 100.0 * MIB, 1.0, MAX_STAGE2_ROUNDS),
@@ -222,7 +201,7 @@ fn pct(a: f64, b: f64) -> f64 {
 /// `simgrid --start` parameters run in SimGrid against `replay` of the same migration, at both
 /// bandwidths: time and bytes within 10 %, and the Rust model within 0.5 % of SimGrid.
 fn start_parameters_reproduce_replay(pattern: &str) {
-    let tmp = TempDir::new(&format!("simgrid-start-{pattern}"));
+    let tmp = Scratch::new(&format!("simgrid-start-{pattern}"));
     let trace = generated(&tmp, &long_spec(pattern), START_INTERVAL_S);
     let t = trace.to_str().unwrap();
     for bw in START_BANDWIDTHS {
@@ -286,7 +265,7 @@ fn start_parameters_reproduce_replay_hotcold() {
 /// with its parameters does not converge either (the program stops at its round limit).
 #[test]
 fn a_migration_that_never_converges_does_not_converge_in_simgrid_either() {
-    let tmp = TempDir::new("simgrid-start-nonconverging");
+    let tmp = Scratch::new("simgrid-start-nonconverging");
     let spec = "mem = \"64MiB\"\nseed = 5\n[[phase]]\nname = \"fast\"\nduration = \"12s\"\nworking_set = \"16MiB\"\n\
                 rate = \"96MiB/s\"\npattern = \"sequential\"\n";
     let trace = generated(&tmp, spec, START_INTERVAL_S);
@@ -340,7 +319,7 @@ fn closed_form() -> (f64, Vec<f64>) {
 
 #[test]
 fn replay_of_a_sequential_workload_matches_the_closed_form() {
-    let tmp = TempDir::new("simgrid-closed-form");
+    let tmp = Scratch::new("simgrid-closed-form");
     let t = Trace::open(sequential(&tmp)).unwrap();
     let r = replay::replay(&t, &ReplayOptions::new(BW)).unwrap();
     let (total, rounds) = closed_form();
@@ -371,7 +350,7 @@ fn replay_of_a_sequential_workload_matches_the_closed_form() {
 
 #[test]
 fn simgrid_agrees_with_replay_on_a_large_sequential_working_set() {
-    let tmp = TempDir::new("simgrid-seq");
+    let tmp = Scratch::new("simgrid-seq");
     let (sg, params, rp, r) = compare(&tmp, &sequential(&tmp));
     let diff = sg / rp - 1.0;
     eprintln!(
@@ -387,7 +366,7 @@ fn simgrid_agrees_with_replay_on_a_large_sequential_working_set() {
 
 #[test]
 fn simgrid_and_replay_on_a_hot_cold_workload() {
-    let tmp = TempDir::new("simgrid-hotcold");
+    let tmp = Scratch::new("simgrid-hotcold");
     let (sg, params, rp, r) = compare(&tmp, &hotcold(&tmp));
     let diff = sg / rp - 1.0;
     eprintln!(
@@ -407,7 +386,7 @@ fn simgrid_and_replay_on_a_hot_cold_workload() {
 
 #[test]
 fn c_and_cpp_snippets_compile_against_simgrid() {
-    let tmp = TempDir::new("simgrid-snippets");
+    let tmp = Scratch::new("simgrid-snippets");
     let trace = sequential(&tmp);
     let t = trace.to_str().unwrap();
     for (format, compiler, file, start) in [
@@ -420,7 +399,7 @@ fn c_and_cpp_snippets_compile_against_simgrid() {
         args.extend(start.iter().flat_map(|s| ["--start", *s]));
         let o = Command::new(bin()).args(&args).output().unwrap();
         assert!(o.status.success(), "{args:?}: {}", String::from_utf8_lossy(&o.stderr));
-        let path = write(&tmp.0, file, &String::from_utf8(o.stdout).unwrap());
+        let path = write(&tmp, file, &String::from_utf8(o.stdout).unwrap());
         let c =
             Command::new(compiler).args(["-fsyntax-only", "-Wall", "-Wextra", "-Werror"]).arg(&path).output().unwrap();
         assert!(c.status.success(), "{file} does not compile:\n{}", String::from_utf8_lossy(&c.stderr));

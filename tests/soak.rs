@@ -47,7 +47,7 @@ fn load_average() -> String {
 fn soak_record_at_10ms() {
     let _g = kvm_lock();
     let secs: u64 = std::env::var("DIRTYTRACE_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1800);
-    let dir = tempdir("soak");
+    let dir = Scratch::new("soak");
     // Sequential writes touch the whole working set within its first 2 s sweep, so that the
     // guest's own pages (part of the recorder's RSS) are all resident before the slope is taken.
     let spec = format!(

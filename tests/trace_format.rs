@@ -38,7 +38,7 @@ fn python_snippet() -> String {
 fn documented_python_snippet_reads_bitmaps() {
     let _g = kvm_lock();
     let spec = "mem = \"256MiB\"\nseed = 9\n[[phase]]\nname = \"x\"\nduration = \"0.5s\"\nworking_set = \"32MiB\"\nrate = \"50MiB/s\"\npattern = \"hotcold\"\n";
-    let (_, trace) = record_spec("snippet", spec, Duration::from_millis(100), None);
+    let (_, trace, _dir) = record_spec("snippet", spec, Duration::from_millis(100), None);
     let parquet_fields: Vec<String> = {
         let f = std::fs::File::open(trace.dir.join("rates.parquet")).unwrap();
         let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 static KVM: Mutex<()> = Mutex::new(());
 
 /// Held while a test runs guests: a process-wide mutex plus an flock, so that test binaries
-/// and concurrent `cargo test` runs never record at the same time on a two-CPU machine.
+/// and concurrent `cargo test` runs of this target directory never record at the same time on
+/// a two-CPU machine. The lock file stays in cargo's temporary directory, shared by every run.
 pub struct KvmLock {
     _guard: MutexGuard<'static, ()>,
     _file: std::fs::File,
@@ -27,22 +28,17 @@ pub fn kvm_lock() -> KvmLock {
         .create(true)
         .truncate(false)
         .write(true)
-        .open(std::env::temp_dir().join("dirtytrace-kvm-tests.lock"))
+        .open(Path::new(env!("CARGO_TARGET_TMPDIR")).join("dirtytrace-kvm-tests.lock"))
         .unwrap();
     file.lock().expect("lock the KVM test lock file");
     KvmLock { _guard: guard, _file: file }
 }
 
-pub fn tempdir(name: &str) -> PathBuf {
-    let base = std::env::var_os("CARGO_TARGET_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("{name}-{}-{}", std::process::id(), dirtytrace::clock::now_ns()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A fresh directory under cargo's temporary directory for this test, removed when dropped
-/// unless the test is failing (then it is kept, and named, to look at) or
-/// `DIRTYTRACE_KEEP_TEST_DIRS` is set.
+/// A fresh directory under cargo's temporary directory (`target/tmp`, a compile-time
+/// variable: `env!`, never `std::env::var`) for this test, removed when dropped unless the test
+/// is failing (then it is kept, and named, to look at) or `DIRTYTRACE_KEEP_TEST_DIRS` is set.
+/// A passing test that leaves something it cannot remove fails. Every file a test writes goes
+/// into one of these, so that a test run leaves nothing behind.
 pub struct Scratch(PathBuf);
 
 impl Scratch {
@@ -74,15 +70,49 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if std::thread::panicking() || std::env::var_os("DIRTYTRACE_KEEP_TEST_DIRS").is_some() {
             eprintln!("kept {}", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
+        } else if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            if self.0.exists() {
+                panic!("the test left {} behind: {e}", self.0.display());
+            }
         }
     }
 }
 
-/// Records `spec` (TOML text) into a fresh directory.
-pub fn record_spec(name: &str, spec: &str, interval: Duration, duration: Option<Duration>) -> (RecordSummary, Trace) {
-    let dir = tempdir(name);
+/// A path inside a [`Scratch`] that it holds: what a helper returns for a test to use, the
+/// directory removed when the test drops it.
+pub struct InScratch {
+    path: PathBuf,
+    _dir: Scratch,
+}
+
+impl InScratch {
+    pub fn new(dir: Scratch, path: PathBuf) -> InScratch {
+        InScratch { path, _dir: dir }
+    }
+}
+
+impl std::ops::Deref for InScratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for InScratch {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Records `spec` (TOML text) into a fresh directory, returned with the trace: the trace is
+/// there while the directory is held.
+pub fn record_spec(
+    name: &str,
+    spec: &str,
+    interval: Duration,
+    duration: Option<Duration>,
+) -> (RecordSummary, Trace, Scratch) {
+    let dir = Scratch::new(name);
     let spec_path = dir.join("spec.toml");
     std::fs::write(&spec_path, spec).unwrap();
     let out = dir.join("trace");
@@ -92,7 +122,7 @@ pub fn record_spec(name: &str, spec: &str, interval: Duration, duration: Option<
     opts.settings.duration = duration.map(HumanDuration);
     let summary = record::record(&opts, Arc::new(AtomicBool::new(false)), None)
         .unwrap_or_else(|e| panic!("recording {name} failed: {e:#}"));
-    (summary, Trace::open(&out).unwrap())
+    (summary, Trace::open(&out).unwrap(), dir)
 }
 
 pub fn bin() -> PathBuf {
@@ -146,8 +176,8 @@ pub const LONG_SPEC: &str = "mem = \"512MiB\"\nseed = 5\n[[phase]]\nname = \"a\"
 
 /// Starts `dirtytrace record` of [`LONG_SPEC`] at 50 ms in the background; returns the child
 /// and its trace directory.
-pub fn start_long_recording(name: &str) -> (std::process::Child, PathBuf) {
-    let dir = tempdir(name);
+pub fn start_long_recording(name: &str) -> (std::process::Child, InScratch) {
+    let dir = Scratch::new(name);
     let spec = write(&dir, "long.toml", LONG_SPEC);
     let out = dir.join("trace");
     let child = std::process::Command::new(bin())
@@ -156,7 +186,7 @@ pub fn start_long_recording(name: &str) -> (std::process::Child, PathBuf) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    (child, out)
+    (child, InScratch::new(dir, out))
 }
 
 /// `trace`'s journal as the recorder would have written it: the file magic, then one frame per
