@@ -1272,6 +1272,43 @@ mod tests {
         );
     }
 
+    /// sha256 of the seeds, little-endian, first 16 hex digits.
+    fn seeds_digest(seeds: &[u64]) -> String {
+        let mut h = sha2::Sha256::new();
+        for s in seeds {
+            h.update(s.to_le_bytes());
+        }
+        hex(&h.finalize())[..16].to_string()
+    }
+
+    /// A resumed dataset keeps its seeds: these were computed by the quadratic code that
+    /// first wrote datasets, before it was made linear.
+    #[test]
+    fn repetition_seeds_stay_as_first_computed() {
+        let pins: [(u64, u32, u64, &str); 5] = [
+            (0, 1, 0x0, "af5570f5a1810b7a"),
+            (7, 3, 0x5ea6_1814_7816_9d72, "2c3defd23958bd2d"),
+            (42, 1000, 0x51b7_22fa_4b57_229d, "3446514b41dde25b"),
+            (u64::MAX >> 1, 50, 0x5dd1_7ec2_8b36_3e6d, "559625a0c18bb4cd"),
+            (123_456_789, 100_000, 0x3dff_3271_2183_436c, "97e04ec89a672ed6"),
+        ];
+        for (base, repeat, last, digest) in pins {
+            let s = repetition_seeds(base, repeat);
+            assert_eq!(s.len(), repeat as usize);
+            assert_eq!(s[0], base);
+            assert_eq!((s[s.len() - 1], seeds_digest(&s).as_str()), (last, digest), "base {base}, repeat {repeat}");
+        }
+        // A grid's runs carry them, in every combination (the digest is of the seeds the
+        // first code's `sweep --dry-run --json` listed for this spec with repeat = 1000).
+        let g = grid("workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\", \"2MiB/s\"]\nrepeat = 1000\n").unwrap();
+        let runs = g.expand(2000).unwrap();
+        let seeds = repetition_seeds(7, 1000);
+        assert_eq!(seeds_digest(&seeds), "7d1991b46984fd75");
+        for r in &runs {
+            assert_eq!(r.seed, Some(seeds[r.repeat as usize]), "{}", r.name);
+        }
+    }
+
     #[test]
     fn long_names_are_cut_and_hashed() {
         let parts = vec![("k".to_string(), "x".repeat(300))];
