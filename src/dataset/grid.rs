@@ -476,17 +476,25 @@ fn column_part(s: &str) -> String {
 /// `sha256("dirtytrace-sweep-seed:{base}:{k}")`, less the top bit (a spec's seed is a
 /// non-negative TOML integer). A seed equal to an earlier repetition's is incremented.
 pub fn repetition_seeds(base: u64, repeat: u32) -> Vec<u64> {
-    let mut seeds: Vec<u64> = Vec::with_capacity(repeat as usize);
-    for k in 0..repeat {
-        let mut s = if k == 0 {
+    make_distinct((0..repeat).map(|k| {
+        if k == 0 {
             base
         } else {
             let d = sha2::Sha256::digest(format!("dirtytrace-sweep-seed:{base}:{k}").as_bytes());
             let mut b = [0u8; 8];
             b.copy_from_slice(&d[..8]);
             u64::from_le_bytes(b) & (u64::MAX >> 1)
-        };
-        while seeds.contains(&s) {
+        }
+    }))
+}
+
+/// Each candidate, incremented (modulo 2⁶³) past the seeds already taken. A set of the seeds
+/// taken keeps this linear; the result is the one the first, quadratic, scan gave.
+fn make_distinct(candidates: impl ExactSizeIterator<Item = u64>) -> Vec<u64> {
+    let mut seeds: Vec<u64> = Vec::with_capacity(candidates.len());
+    let mut taken: std::collections::HashSet<u64> = std::collections::HashSet::with_capacity(candidates.len());
+    for mut s in candidates {
+        while !taken.insert(s) {
             s = (s + 1) & (u64::MAX >> 1);
         }
         seeds.push(s);
@@ -1306,6 +1314,28 @@ mod tests {
         assert_eq!(seeds_digest(&seeds), "7d1991b46984fd75");
         for r in &runs {
             assert_eq!(r.seed, Some(seeds[r.repeat as usize]), "{}", r.name);
+        }
+    }
+
+    /// The quadratic rule as first written, for the collision case no real seed reaches.
+    fn distinct_as_first_written(candidates: &[u64]) -> Vec<u64> {
+        let mut seeds: Vec<u64> = Vec::new();
+        for &c in candidates {
+            let mut s = c;
+            while seeds.contains(&s) {
+                s = (s + 1) & (u64::MAX >> 1);
+            }
+            seeds.push(s);
+        }
+        seeds
+    }
+
+    #[test]
+    fn colliding_seeds_are_incremented_as_first_written() {
+        let top = u64::MAX >> 1;
+        let cases: [&[u64]; 4] = [&[5, 5, 6, 5, 7, 9, 8], &[top, top, 0, top, 1], &[3, 2, 2, 2, 3, 1], &[0; 20]];
+        for c in cases {
+            assert_eq!(make_distinct(c.iter().copied()), distinct_as_first_written(c), "{c:?}");
         }
     }
 
