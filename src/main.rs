@@ -128,11 +128,11 @@ fn run_sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     opts.jobs = a.jobs;
     opts.max_runs = a.max_runs;
     opts.kvm_device = a.kvm_device;
-    let plan = sweep::plan(opts)?;
     if a.dry_run {
-        print!("{}", if a.json { json(&sweep::plan_json(&plan))? } else { sweep::render_plan(&plan) });
+        sweep::dry_run(&opts, a.json, &mut std::io::BufWriter::new(std::io::stdout().lock()))?;
         return Ok(ExitCode::SUCCESS);
     }
+    let plan = sweep::plan(opts)?;
     let observer = dataset::progress::ConsoleObserver::new(std::io::stderr().is_terminal());
     let report = sweep::run(&plan, interrupt_flag(), &observer);
     observer.finish();

@@ -73,12 +73,28 @@ pub enum GridError {
     TooManyRuns {
         /// The grid file.
         path: PathBuf,
-        /// Runs in the product of the axes (saturating).
+        /// Runs in the product of the axes.
         runs: u128,
         /// The limit (`--max-runs`).
         limit: usize,
     },
+    /// The grid expands to more runs than any sweep takes, whatever `--max-runs` says.
+    #[error(
+        "{}: the axes expand to {runs} runs, more than the {MAX_GRID_RUNS} a grid may have (schemas/dataset.md), \
+         whatever --max-runs says: split the grid, or shorten its axes or repeat",
+        path.display()
+    )]
+    TooLarge {
+        /// The grid file.
+        path: PathBuf,
+        /// Runs in the product of the axes, or "more than 2^128 - 1" on overflow.
+        runs: String,
+    },
 }
+
+/// The most runs a grid may expand to, whatever `--max-runs` says: a sweep holds every run
+/// (its spec, its settings, its row in `dataset.json`) in memory, about 1 KB each.
+pub const MAX_GRID_RUNS: u64 = 1_000_000;
 
 /// What an axis sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -731,17 +747,25 @@ impl Grid {
         })
     }
 
-    /// How many runs the axes expand to (saturating).
-    pub fn run_count(&self) -> u128 {
-        self.axes.iter().fold(self.repeat as u128, |n, a| n.saturating_mul(a.values.len() as u128))
+    /// How many runs the axes expand to; `None` if the product overflows.
+    pub fn run_count(&self) -> Option<u128> {
+        self.axes.iter().try_fold(self.repeat as u128, |n, a| n.checked_mul(a.values.len() as u128))
     }
 
-    /// The runs, in order. Refuses more than `max_runs` before expanding anything, and checks
-    /// every run's spec as `record` would.
-    pub fn expand(&self, max_runs: usize) -> Result<Vec<Run>, GridError> {
-        let total = self.run_count();
-        if total > max_runs as u128 {
-            return Err(GridError::TooManyRuns { path: self.path.clone(), runs: total, limit: max_runs });
+    /// The runs, in order, generated one at a time as the iterator is read. Refuses a grid of
+    /// more than [`MAX_GRID_RUNS`] or `max_runs` runs before generating any (the product is
+    /// counted, not expanded); each run's spec is checked as `record` would as it is generated.
+    /// Names are not checked to be distinct: [`NameCheck`] does that.
+    pub fn runs(&self, max_runs: usize) -> Result<impl Iterator<Item = Result<Run, GridError>> + '_, GridError> {
+        let total = match self.run_count() {
+            Some(n) if n <= MAX_GRID_RUNS as u128 => n as usize,
+            n => {
+                let runs = n.map_or_else(|| format!("more than {}", u128::MAX), |n| n.to_string());
+                return Err(GridError::TooLarge { path: self.path.clone(), runs });
+            }
+        };
+        if total > max_runs {
+            return Err(GridError::TooManyRuns { path: self.path.clone(), runs: total as u128, limit: max_runs });
         }
         let (base_table, base_seed) = match &self.workload {
             BaseWorkload::Synthetic { text, .. } => {
@@ -755,54 +779,65 @@ impl Grid {
             BaseWorkload::Linux { .. } => (None, 0),
         };
         let seeds = repetition_seeds(base_seed, self.repeat);
-        let mut runs = Vec::with_capacity(total as usize);
-        let mut digits = vec![0usize; self.axes.len()];
-        for run in 0..total as usize {
-            // Odometer: the last axis fastest; the repetition inside it.
-            let repeat = (run % self.repeat as usize) as u32;
-            let mut rest = run / self.repeat as usize;
-            for (d, axis) in digits.iter_mut().zip(&self.axes).rev() {
-                *d = rest % axis.values.len();
-                rest /= axis.values.len();
-            }
-            let values: Vec<AxisValue> = digits.iter().zip(&self.axes).map(|(&d, a)| a.values[d]).collect();
-            let parts: Vec<(String, String)> =
-                self.axes.iter().zip(&values).map(|(a, v)| (a.name_prefix(), v.text())).collect();
-            let name = run_name(&parts, repeat);
-            let mut record = self.record.clone();
-            for (a, v) in self.axes.iter().zip(&values) {
-                match (a.key, *v) {
-                    (Key::Interval, AxisValue::Time(d)) => record.interval = HumanDuration(d),
-                    (Key::Duration, AxisValue::Time(d)) => record.duration = Some(HumanDuration(d)),
-                    (Key::MigrationSpeed, AxisValue::Rate(Some(r))) => record.migration_speed = HumanRate(r),
-                    (Key::Mem, AxisValue::Bytes(b)) => record.mem = Some(HumanSize(b)),
-                    (Key::Vcpus, AxisValue::Count(c)) => record.vcpus = Some(c),
-                    _ => {}
-                }
-            }
-            let (workload, seed) = match (&self.workload, &base_table) {
-                (BaseWorkload::Linux { script, .. }, _) => (RunWorkload::Linux { script: script.clone() }, None),
-                (BaseWorkload::Synthetic { .. }, Some(base)) => {
-                    let seed = seeds[repeat as usize];
-                    let spec = self.run_spec(base, &record, &values, seed, &name)?;
-                    // A synthetic run carries mem and vcpus in its spec.
-                    (record.mem, record.vcpus) = (None, None);
-                    (RunWorkload::Synthetic { spec }, Some(seed))
-                }
-                (BaseWorkload::Synthetic { .. }, None) => unreachable!("a synthetic grid has a base table"),
-            };
-            runs.push(Run { run, name, repeat, seed, values, workload, record });
-        }
+        Ok((0..total).map(move |run| self.run_at(run, base_table.as_ref(), &seeds)))
+    }
+
+    /// The runs, in order: [`Grid::runs`] collected, their names checked to be distinct.
+    pub fn expand(&self, max_runs: usize) -> Result<Vec<Run>, GridError> {
+        let runs = self.runs(max_runs)?.collect::<Result<Vec<Run>, GridError>>()?;
         let mut names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(GridError::Key {
-                path: self.path.clone(),
-                key: "axes".into(),
-                msg: format!("two runs would both be named `{}`: make the axis values or phase names distinct", w[0]),
-            });
+            return Err(self.same_name(w[0]));
         }
         Ok(runs)
+    }
+
+    fn same_name(&self, name: &str) -> GridError {
+        GridError::Key {
+            path: self.path.clone(),
+            key: "axes".into(),
+            msg: format!("two runs would both be named `{name}`: make the axis values or phase names distinct"),
+        }
+    }
+
+    /// Run `run` of the expansion.
+    fn run_at(&self, run: usize, base_table: Option<&toml::Table>, seeds: &[u64]) -> Result<Run, GridError> {
+        // Odometer: the last axis fastest; the repetition inside it.
+        let repeat = (run % self.repeat as usize) as u32;
+        let mut rest = run / self.repeat as usize;
+        let mut digits = vec![0usize; self.axes.len()];
+        for (d, axis) in digits.iter_mut().zip(&self.axes).rev() {
+            *d = rest % axis.values.len();
+            rest /= axis.values.len();
+        }
+        let values: Vec<AxisValue> = digits.iter().zip(&self.axes).map(|(&d, a)| a.values[d]).collect();
+        let parts: Vec<(String, String)> =
+            self.axes.iter().zip(&values).map(|(a, v)| (a.name_prefix(), v.text())).collect();
+        let name = run_name(&parts, repeat);
+        let mut record = self.record.clone();
+        for (a, v) in self.axes.iter().zip(&values) {
+            match (a.key, *v) {
+                (Key::Interval, AxisValue::Time(d)) => record.interval = HumanDuration(d),
+                (Key::Duration, AxisValue::Time(d)) => record.duration = Some(HumanDuration(d)),
+                (Key::MigrationSpeed, AxisValue::Rate(Some(r))) => record.migration_speed = HumanRate(r),
+                (Key::Mem, AxisValue::Bytes(b)) => record.mem = Some(HumanSize(b)),
+                (Key::Vcpus, AxisValue::Count(c)) => record.vcpus = Some(c),
+                _ => {}
+            }
+        }
+        let (workload, seed) = match (&self.workload, base_table) {
+            (BaseWorkload::Linux { script, .. }, _) => (RunWorkload::Linux { script: script.clone() }, None),
+            (BaseWorkload::Synthetic { .. }, Some(base)) => {
+                let seed = seeds[repeat as usize];
+                let spec = self.run_spec(base, &record, &values, seed, &name)?;
+                // A synthetic run carries mem and vcpus in its spec.
+                (record.mem, record.vcpus) = (None, None);
+                (RunWorkload::Synthetic { spec }, Some(seed))
+            }
+            (BaseWorkload::Synthetic { .. }, None) => unreachable!("a synthetic grid has a base table"),
+        };
+        Ok(Run { run, name, repeat, seed, values, workload, record })
     }
 
     /// The spec of one run: the base spec with mem, vcpus, the seed and the axes' phase keys
@@ -853,25 +888,61 @@ impl Grid {
     /// A digest of everything that decides what each run records: two grids with the same
     /// fingerprint make the same dataset.
     pub fn fingerprint(&self, runs: &[Run]) -> String {
-        let mut h = sha2::Sha256::new();
-        let feed = |h: &mut sha2::Sha256, s: &str| {
-            h.update((s.len() as u64).to_le_bytes());
-            h.update(s.as_bytes());
-        };
+        let mut f = self.fingerprinter();
+        runs.iter().for_each(|r| f.feed(r));
+        f.finish()
+    }
+
+    /// [`Grid::fingerprint`], fed one run at a time.
+    pub fn fingerprinter(&self) -> Fingerprinter {
+        let mut f = Fingerprinter(sha2::Sha256::new());
         if let BaseWorkload::Linux { sha256, .. } = &self.workload {
-            feed(&mut h, sha256);
+            f.put(sha256);
         }
         // The Linux options as written, not as resolved: hosts may mount the grid elsewhere.
-        feed(&mut h, &linux_fingerprint(&self.linux_as_written));
-        for r in runs {
-            feed(&mut h, &r.name);
-            feed(&mut h, &serde_json::to_string(&r.record).unwrap_or_default());
-            match &r.workload {
-                RunWorkload::Synthetic { spec } => feed(&mut h, spec),
-                RunWorkload::Linux { .. } => {}
-            }
+        f.put(&linux_fingerprint(&self.linux_as_written));
+        f
+    }
+}
+
+/// A grid's fingerprint being computed, run by run ([`Grid::fingerprinter`]).
+pub struct Fingerprinter(sha2::Sha256);
+
+impl Fingerprinter {
+    fn put(&mut self, s: &str) {
+        self.0.update((s.len() as u64).to_le_bytes());
+        self.0.update(s.as_bytes());
+    }
+
+    /// Adds the next run, in order.
+    pub fn feed(&mut self, r: &Run) {
+        self.put(&r.name);
+        self.put(&serde_json::to_string(&r.record).unwrap_or_default());
+        match &r.workload {
+            RunWorkload::Synthetic { spec } => self.put(spec),
+            RunWorkload::Linux { .. } => {}
         }
-        hex(&h.finalize())[..32].to_string()
+    }
+
+    /// The fingerprint.
+    pub fn finish(self) -> String {
+        hex(&self.0.finalize())[..32].to_string()
+    }
+}
+
+/// Checks, run by run, that no two of a grid's runs have one name (what [`Grid::expand`]
+/// checks at once).
+#[derive(Default)]
+pub struct NameCheck(std::collections::HashSet<String>);
+
+impl NameCheck {
+    /// Adds a run of `grid`; refuses a name already added.
+    pub fn add(&mut self, grid: &Grid, name: &str) -> Result<(), GridError> {
+        if self.0.insert(name.to_string()) {
+            Ok(())
+        } else {
+            Err(grid.same_name(name))
+        }
     }
 }
 
