@@ -307,7 +307,7 @@ fn for_traces<T: serde::Serialize>(
         for (d, r) in &results {
             match r {
                 Ok(v) => print!("== {} ==\n{}\n", d.display(), text(v)),
-                Err(e) => print!("== {} ==\nerror: {e:#}\n\n", d.display()),
+                Err(e) => print!("== {} ==\nerror: {}\n\n", d.display(), causes(e)),
             }
         }
     }
@@ -609,7 +609,23 @@ fn main() -> ExitCode {
         Command::Index(a) => run_index(a),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", causes(&e));
         ExitCode::FAILURE
     })
+}
+
+/// An error and its causes, joined by ": " as `{e:#}` joins them, but each cause once: many
+/// errors name their cause in their own message and also return it as their `source()` (so
+/// that the chain stays inspectable), and a cause already in the text is not repeated.
+fn causes(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.is_empty() {
+            text = c;
+        } else if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
 }

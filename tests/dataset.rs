@@ -1166,3 +1166,21 @@ fn a_large_dry_run_streams() {
         assert_eq!(String::from_utf8(buf).unwrap(), want);
     }
 }
+
+/// Issue 15, defect 11a: each cause is printed once (an oversized dataset.json, a missing journal).
+#[test]
+fn each_cause_is_printed_once() {
+    let dir = Scratch::new("ds-causes");
+    let ds = dir.join("DS");
+    std::fs::create_dir_all(ds.join("traces")).unwrap();
+    std::fs::File::create(ds.join("dataset.json")).unwrap().set_len(100 << 20).unwrap();
+    let (code, _, err) = cli(&["index", s(&ds)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("dataset.json").count(), 1, "{err}");
+    assert!(err.contains("104857600 bytes"), "{err}");
+    let t = dir.join("T");
+    std::fs::create_dir_all(&t).unwrap();
+    let (code, _, err) = cli(&["recover", s(&t)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+}
