@@ -93,10 +93,10 @@ struct SweepArgs {
     #[arg(long, value_name = "I/N", default_value = "1/1")]
     shard: dataset::grid::Shard,
     /// Recordings at once, at most one per CPU (see below).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     jobs: usize,
     /// Refuse a grid that expands to more runs than this.
-    #[arg(long, default_value_t = dataset::grid::DEFAULT_MAX_RUNS)]
+    #[arg(long, default_value_t = dataset::grid::DEFAULT_MAX_RUNS, allow_hyphen_values = true)]
     max_runs: usize,
     /// List the shard's runs and what their directories hold; record nothing.
     #[arg(long)]
