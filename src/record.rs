@@ -106,7 +106,7 @@ pub enum SettingError {
     #[error("must be at most 366 days, got {0:?}")]
     DurationTooLong(Duration),
     /// The migration speed is not positive, or above [`crate::units::MAX_RATE_BYTES_PER_S`].
-    #[error("must be greater than 0 and at most 1 PB/s, got {0} B/s")]
+    #[error("must be greater than 0 and at most 1 PB/s, got {} B/s", crate::units::Number(*.0))]
     MigrationSpeed(f64),
 }
 

@@ -234,13 +234,29 @@ pub enum AxisValue {
     Count(u32),
 }
 
+/// A rate as run names first wrote it ([`HumanRate`]'s display before it wrote extreme numbers
+/// in scientific notation). Never edited: run names go into every dataset's fingerprint.
+fn rate_text_as_first_written(bytes: f64) -> String {
+    let bits = bytes * 8.0;
+    let whole = |v: f64, unit: f64| v >= unit && (v / unit).fract() == 0.0;
+    if whole(bits, 1e9) {
+        format!("{}Gbit/s", bits / 1e9)
+    } else if whole(bits, 1e6) {
+        format!("{}Mbit/s", bits / 1e6)
+    } else if whole(bytes, crate::units::MIB as f64) {
+        format!("{}MiB/s", bytes / crate::units::MIB as f64)
+    } else {
+        format!("{bytes}B/s")
+    }
+}
+
 impl AxisValue {
     /// The value in a spec or a name: as people write it, and as the parsers read it back.
     pub fn text(&self) -> String {
         match *self {
             AxisValue::Bytes(b) => HumanSize(b).to_string(),
             AxisValue::Rate(None) => "max".into(),
-            AxisValue::Rate(Some(r)) => HumanRate(r).to_string(),
+            AxisValue::Rate(Some(r)) => rate_text_as_first_written(r),
             AxisValue::Time(d) => HumanDuration(d).to_string(),
             AxisValue::Pattern(p) => pattern_name(p).into(),
             AxisValue::Fraction(f) => f.to_string(),
