@@ -1184,3 +1184,17 @@ fn each_cause_is_printed_once() {
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
+
+/// Issue 15, defect 11d: a grid's packages are checked when the grid is read, so `--dry-run`
+/// refuses one that apt would take for an option.
+#[test]
+fn a_grid_s_packages_are_checked_when_read() {
+    let dir = Scratch::new("ds-packages");
+    write(&dir, "job.sh", "#!/bin/sh\necho hi\n");
+    let g = write(&dir, "g.toml", "workload = \"job.sh\"\n[record]\npackages = [\"-oAPT::X=1\"]\n");
+    let out = dir.join("ds");
+    let (code, stdout, err) = cli(&["sweep", s(&g), "--output", s(&out), "--dry-run"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`record.packages`: `-oAPT::X=1` is not a Debian package name"), "{err}");
+    assert!(stdout.is_empty() && !out.exists());
+}

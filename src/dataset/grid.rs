@@ -10,7 +10,7 @@
 
 use crate::analysis::replay::{Precopy, ReplayOptions};
 use crate::analysis::AnalysisError;
-use crate::guest::linux::{initramfs, BootInputs, LinuxInputs};
+use crate::guest::linux::{initramfs, packages, BootInputs, LinuxInputs};
 use crate::guest::synthetic::spec::{Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
 use crate::options::keys_of;
 use crate::record::{self, RecordSettings, SettingError};
@@ -730,6 +730,9 @@ impl Grid {
         if let (Some(k), BaseWorkload::Synthetic { .. }) = (linux_given.first(), &workload) {
             return Err(cx.key(format!("record.{k}"), "is a Linux-guest option, but the workload is a synthetic spec"));
         }
+        if let Some(bad) = linux_as_written.initramfs.packages.iter().find(|n| !packages::is_package_name(n)) {
+            return Err(cx.key("record.packages", format!("`{bad}` is not a Debian package name")));
+        }
         let linux = linux_as_written.relative_to(&base_dir);
 
         let phases = match &workload {
@@ -1325,6 +1328,10 @@ mod tests {
             ("workload = \"missing.toml\"\n", "`workload`"),
             ("workload = \"w.toml\"\n[replay]\nbandwidths = []\n", "`replay.bandwidths`"),
             ("workload = \"w.toml\"\n[replay]\nmax_rounds = 0\n", "`replay.max_rounds`"),
+            (
+                "workload = \"x.sh\"\n[record]\npackages = [\"stress-ng\", \"-oAPT::X=1\"]\n",
+                "`record.packages`: `-oAPT::X=1` is not a Debian package name",
+            ),
         ];
         for (text, want) in cases {
             let e = err(text);
