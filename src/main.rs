@@ -93,10 +93,10 @@ struct SweepArgs {
     #[arg(long, value_name = "I/N", default_value = "1/1")]
     shard: dataset::grid::Shard,
     /// Recordings at once, at most one per CPU (see below).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_hyphen_values = true)]
     jobs: usize,
     /// Refuse a grid that expands to more runs than this.
-    #[arg(long, default_value_t = dataset::grid::DEFAULT_MAX_RUNS)]
+    #[arg(long, default_value_t = dataset::grid::DEFAULT_MAX_RUNS, allow_hyphen_values = true)]
     max_runs: usize,
     /// List the shard's runs and what their directories hold; record nothing.
     #[arg(long)]
@@ -128,11 +128,11 @@ fn run_sweep(a: SweepArgs) -> anyhow::Result<ExitCode> {
     opts.jobs = a.jobs;
     opts.max_runs = a.max_runs;
     opts.kvm_device = a.kvm_device;
-    let plan = sweep::plan(opts)?;
     if a.dry_run {
-        print!("{}", if a.json { json(&sweep::plan_json(&plan))? } else { sweep::render_plan(&plan) });
+        sweep::dry_run(&opts, a.json, &mut std::io::BufWriter::new(std::io::stdout().lock()))?;
         return Ok(ExitCode::SUCCESS);
     }
+    let plan = sweep::plan(opts)?;
     let observer = dataset::progress::ConsoleObserver::new(std::io::stderr().is_terminal());
     let report = sweep::run(&plan, interrupt_flag(), &observer);
     observer.finish();
@@ -307,7 +307,7 @@ fn for_traces<T: serde::Serialize>(
         for (d, r) in &results {
             match r {
                 Ok(v) => print!("== {} ==\n{}\n", d.display(), text(v)),
-                Err(e) => print!("== {} ==\nerror: {e:#}\n\n", d.display()),
+                Err(e) => print!("== {} ==\nerror: {}\n\n", d.display(), causes(e)),
             }
         }
     }
@@ -614,7 +614,23 @@ fn main() -> ExitCode {
         Command::Index(a) => run_index(a),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", causes(&e));
         ExitCode::FAILURE
     })
+}
+
+/// An error and its causes, joined by ": " as `{e:#}` joins them, but each cause once: many
+/// errors name their cause in their own message and also return it as their `source()` (so
+/// that the chain stays inspectable), and a cause already in the text is not repeated.
+fn causes(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if text.is_empty() {
+            text = c;
+        } else if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
 }

@@ -56,7 +56,7 @@ pub struct RecordSettings {
     #[arg(long)]
     pub mem: Option<HumanSize>,
     /// Number of vCPUs, overriding the workload's `vcpus`.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_vcpus)]
     pub vcpus: Option<u32>,
     /// Hold every vCPU outside the guest around each harvest: an exact cut between intervals,
     /// at the cost of a short pause of the guest per harvest (see `bench --only cut`).
@@ -68,6 +68,15 @@ pub struct RecordSettings {
     #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
     #[serde(skip_serializing_if = "is_auto")]
     pub engine: EngineChoice,
+}
+
+/// `--vcpus`: a whole number of at least 1 (the workload's own limit is checked with it); a
+/// negative count is refused as a value (clap names the flag), not taken for another flag.
+fn parse_vcpus(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i128>() {
+        Ok(n) if (1..=u32::MAX as i128).contains(&n) => Ok(n as u32),
+        _ => Err("must be a whole number of vCPUs, at least 1".into()),
+    }
 }
 
 fn is_auto(e: &EngineChoice) -> bool {
@@ -97,7 +106,7 @@ pub enum SettingError {
     #[error("must be at most 366 days, got {0:?}")]
     DurationTooLong(Duration),
     /// The migration speed is not positive, or above [`crate::units::MAX_RATE_BYTES_PER_S`].
-    #[error("must be greater than 0 and at most 1 PB/s, got {0} B/s")]
+    #[error("must be greater than 0 and at most 1 PB/s, got {} B/s", crate::units::Number(*.0))]
     MigrationSpeed(f64),
 }
 

@@ -170,13 +170,29 @@ impl fmt::Display for HumanRate {
         let (bytes, bits) = (self.0, self.0 * 8.0);
         let whole = |v: f64, unit: f64| v >= unit && (v / unit).fract() == 0.0;
         if whole(bits, 1e9) {
-            write!(f, "{}Gbit/s", bits / 1e9)
+            write!(f, "{}Gbit/s", Number(bits / 1e9))
         } else if whole(bits, 1e6) {
-            write!(f, "{}Mbit/s", bits / 1e6)
+            write!(f, "{}Mbit/s", Number(bits / 1e6))
         } else if whole(bytes, MIB as f64) {
-            write!(f, "{}MiB/s", bytes / MIB as f64)
+            write!(f, "{}MiB/s", Number(bytes / MIB as f64))
         } else {
-            write!(f, "{bytes}B/s")
+            write!(f, "{}B/s", Number(bytes))
+        }
+    }
+}
+
+/// A number shown to people: as Rust writes it (`0.5`, `125000000`) between 10⁻⁴ and 10¹⁵,
+/// in scientific notation (`1e-300`, `2.5e20`) outside, rather than as hundreds of digits.
+/// Either form reads back as the same number.
+pub struct Number(pub f64);
+
+impl fmt::Display for Number {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        if v == 0.0 || !v.is_finite() || (1e-4..1e15).contains(&v.abs()) {
+            write!(f, "{v}")
+        } else {
+            write!(f, "{v:e}")
         }
     }
 }
@@ -370,5 +386,17 @@ mod tests {
             r#"{"secs":0,"nanos":20000000}"#
         );
         assert_eq!(serde_json::to_string(&HumanRate(125e6)).unwrap(), "125000000.0");
+    }
+
+    #[test]
+    fn extreme_numbers_are_shown_in_scientific_notation() {
+        assert_eq!(Number(1e-300).to_string(), "1e-300");
+        assert_eq!(Number(-2.5e20).to_string(), "-2.5e20");
+        assert_eq!(Number(0.5).to_string(), "0.5");
+        assert_eq!(Number(125e6).to_string(), "125000000");
+        assert_eq!(Number(0.0).to_string(), "0");
+        assert_eq!(HumanRate(1e-300).to_string(), "1e-300B/s");
+        assert_eq!(parse_rate(&HumanRate(1e-300).to_string()).unwrap(), 1e-300);
+        assert_eq!(HumanRate(125e6).to_string(), "1Gbit/s");
     }
 }

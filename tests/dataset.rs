@@ -1075,3 +1075,126 @@ fn a_huge_dataset_description_is_refused_before_it_is_read() {
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("dataset.json") && stderr.contains("1073741824"), "{stderr}");
 }
+
+/// Issue 15, defect 4: grids of 10⁹ and 10¹² runs are refused at once, with their count,
+/// whatever --max-runs says, rather than expanded until memory runs out.
+#[test]
+fn huge_grids_are_refused_before_expanding() {
+    let dir = Scratch::new("ds-huge-grid");
+    let spec = "mem = \"64MiB\"\nseed = 7\n[[phase]]\nname = \"w\"\nduration = \"1s\"\nworking_set = \"8MiB\"\nrate = \"16MiB/s\"\n";
+    write(&dir, "w.toml", spec);
+    let list = |unit: &str| (1..=1000).map(|i| format!("\"{i}{unit}\"")).collect::<Vec<_>>().join(", ");
+    let out = dir.join("ds");
+    for (repeat, count) in [("1000", "1000000000 runs"), ("1000000", "1000000000000 runs")] {
+        let text = format!(
+            "workload = \"w.toml\"\n[axes]\nrate = [{}]\nworking_set = [{}]\nrepeat = {repeat}\n",
+            list("KiB/s"),
+            list("KiB")
+        );
+        let g = write(&dir, "g.toml", &text);
+        for dry in [true, false] {
+            let mut args = vec!["sweep", s(&g), "--output", s(&out), "--max-runs", "18446744073709551615"];
+            if dry {
+                args.push("--dry-run");
+            }
+            let t = Instant::now();
+            let (code, stdout, err) = cli(&args);
+            assert_eq!(code, Some(1), "{args:?}: {err}");
+            assert!(t.elapsed() < Duration::from_secs(10), "{args:?}: {:?}", t.elapsed());
+            assert!(err.contains(count) && err.contains("1000000 a grid may have"), "{err}");
+            assert!(err.contains("g.toml"), "{err}");
+            assert!(stdout.is_empty() && !out.exists());
+        }
+    }
+}
+
+/// A large dry run that is allowed lists its runs as they are generated: its memory stays
+/// far below what holding 10⁵ runs takes (about 80 MB), and its listing is the one a plan gives.
+#[test]
+fn a_large_dry_run_streams() {
+    use std::io::BufRead;
+    let dir = Scratch::new("ds-stream");
+    let spec = "mem = \"64MiB\"\nseed = 7\n[[phase]]\nname = \"w\"\nduration = \"1s\"\nworking_set = \"8MiB\"\nrate = \"16MiB/s\"\n";
+    write(&dir, "w.toml", spec);
+    let g = write(&dir, "g.toml", "workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\", \"2MiB/s\"]\nrepeat = 50000\n");
+    let out = dir.join("ds");
+    let mut child = Command::new(bin())
+        .args(["sweep", s(&g), "--output", s(&out), "--max-runs", "100000", "--dry-run"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut n = 0;
+    let mut peak_kb = None;
+    for line in &mut lines {
+        let line = line.unwrap();
+        if n == 2 {
+            assert!(line.contains(" r0 ") || line.contains("_r0 "), "{line}");
+        }
+        n += 1;
+        if n == 50_000 {
+            // Halfway through the listing, every run has been generated once (the names'
+            // check), and the process is still writing.
+            let text = std::fs::read_to_string(&status).unwrap();
+            let hwm = text.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+            peak_kb = Some(hwm.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap());
+        }
+    }
+    assert!(wait_within(&mut child, Duration::from_secs(120), "dry run").success());
+    assert_eq!(n, 2 + 100_000);
+    let peak_kb = peak_kb.unwrap();
+    assert!(peak_kb < 40_000, "peak RSS {peak_kb} kB");
+    assert!(!out.exists());
+
+    // The streamed listing, text and JSON, is the one the plan renders.
+    let small =
+        write(&dir, "small.toml", "workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\", \"2MiB/s\"]\nrepeat = 3\n");
+    let mut o = SweepOptions::new(small.clone(), out.clone());
+    o.shard = "2/3".parse().unwrap();
+    let plan = sweep::plan(o.clone()).unwrap();
+    for json in [false, true] {
+        let mut buf = Vec::new();
+        sweep::dry_run(&o, json, &mut buf).unwrap();
+        let want = if json {
+            serde_json::to_string_pretty(&sweep::plan_json(&plan)).unwrap() + "\n"
+        } else {
+            sweep::render_plan(&plan)
+        };
+        assert_eq!(String::from_utf8(buf).unwrap(), want);
+    }
+}
+
+/// Issue 15, defect 11a: each cause is printed once (an oversized dataset.json, a missing journal).
+#[test]
+fn each_cause_is_printed_once() {
+    let dir = Scratch::new("ds-causes");
+    let ds = dir.join("DS");
+    std::fs::create_dir_all(ds.join("traces")).unwrap();
+    std::fs::File::create(ds.join("dataset.json")).unwrap().set_len(100 << 20).unwrap();
+    let (code, _, err) = cli(&["index", s(&ds)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("dataset.json").count(), 1, "{err}");
+    assert!(err.contains("104857600 bytes"), "{err}");
+    let t = dir.join("T");
+    std::fs::create_dir_all(&t).unwrap();
+    let (code, _, err) = cli(&["recover", s(&t)]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+}
+
+/// Issue 15, defect 11d: a grid's packages are checked when the grid is read, so `--dry-run`
+/// refuses one that apt would take for an option.
+#[test]
+fn a_grid_s_packages_are_checked_when_read() {
+    let dir = Scratch::new("ds-packages");
+    write(&dir, "job.sh", "#!/bin/sh\necho hi\n");
+    let g = write(&dir, "g.toml", "workload = \"job.sh\"\n[record]\npackages = [\"-oAPT::X=1\"]\n");
+    let out = dir.join("ds");
+    let (code, stdout, err) = cli(&["sweep", s(&g), "--output", s(&out), "--dry-run"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`record.packages`: `-oAPT::X=1` is not a Debian package name"), "{err}");
+    assert!(stdout.is_empty() && !out.exists());
+}

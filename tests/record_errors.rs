@@ -169,3 +169,15 @@ fn full_disk_keeps_what_was_harvested() {
         assert_eq!((c.missing, c.unexpected), (0, 0), "{c:?}");
     }
 }
+
+/// Issue 15, defect 11b: `--vcpus -1` is refused as a value of --vcpus, not as an unknown argument.
+#[test]
+fn negative_vcpus_are_refused_as_a_value() {
+    for v in ["-1", "0", "x"] {
+        let out = std::process::Command::new(common::bin()).args(["record", "--vcpus", v]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{v}: {err}");
+        assert!(err.contains(&format!("invalid value '{v}' for '--vcpus")) && err.contains("at least 1"), "{v}: {err}");
+        assert!(!err.contains("unexpected argument"), "{err}");
+    }
+}

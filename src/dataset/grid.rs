@@ -10,7 +10,7 @@
 
 use crate::analysis::replay::{Precopy, ReplayOptions};
 use crate::analysis::AnalysisError;
-use crate::guest::linux::{initramfs, BootInputs, LinuxInputs};
+use crate::guest::linux::{initramfs, packages, BootInputs, LinuxInputs};
 use crate::guest::synthetic::spec::{Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
 use crate::options::keys_of;
 use crate::record::{self, RecordSettings, SettingError};
@@ -73,12 +73,28 @@ pub enum GridError {
     TooManyRuns {
         /// The grid file.
         path: PathBuf,
-        /// Runs in the product of the axes (saturating).
+        /// Runs in the product of the axes.
         runs: u128,
         /// The limit (`--max-runs`).
         limit: usize,
     },
+    /// The grid expands to more runs than any sweep takes, whatever `--max-runs` says.
+    #[error(
+        "{}: the axes expand to {runs} runs, more than the {MAX_GRID_RUNS} a grid may have (schemas/dataset.md), \
+         whatever --max-runs says: split the grid, or shorten its axes or repeat",
+        path.display()
+    )]
+    TooLarge {
+        /// The grid file.
+        path: PathBuf,
+        /// Runs in the product of the axes, or "more than 2^128 - 1" on overflow.
+        runs: String,
+    },
 }
+
+/// The most runs a grid may expand to, whatever `--max-runs` says: a sweep holds every run
+/// (its spec, its settings, its row in `dataset.json`) in memory, about 1 KB each.
+pub const MAX_GRID_RUNS: u64 = 1_000_000;
 
 /// What an axis sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -218,13 +234,29 @@ pub enum AxisValue {
     Count(u32),
 }
 
+/// A rate as run names first wrote it ([`HumanRate`]'s display before it wrote extreme numbers
+/// in scientific notation). Never edited: run names go into every dataset's fingerprint.
+fn rate_text_as_first_written(bytes: f64) -> String {
+    let bits = bytes * 8.0;
+    let whole = |v: f64, unit: f64| v >= unit && (v / unit).fract() == 0.0;
+    if whole(bits, 1e9) {
+        format!("{}Gbit/s", bits / 1e9)
+    } else if whole(bits, 1e6) {
+        format!("{}Mbit/s", bits / 1e6)
+    } else if whole(bytes, crate::units::MIB as f64) {
+        format!("{}MiB/s", bytes / crate::units::MIB as f64)
+    } else {
+        format!("{bytes}B/s")
+    }
+}
+
 impl AxisValue {
     /// The value in a spec or a name: as people write it, and as the parsers read it back.
     pub fn text(&self) -> String {
         match *self {
             AxisValue::Bytes(b) => HumanSize(b).to_string(),
             AxisValue::Rate(None) => "max".into(),
-            AxisValue::Rate(Some(r)) => HumanRate(r).to_string(),
+            AxisValue::Rate(Some(r)) => rate_text_as_first_written(r),
             AxisValue::Time(d) => HumanDuration(d).to_string(),
             AxisValue::Pattern(p) => pattern_name(p).into(),
             AxisValue::Fraction(f) => f.to_string(),
@@ -476,17 +508,25 @@ fn column_part(s: &str) -> String {
 /// `sha256("dirtytrace-sweep-seed:{base}:{k}")`, less the top bit (a spec's seed is a
 /// non-negative TOML integer). A seed equal to an earlier repetition's is incremented.
 pub fn repetition_seeds(base: u64, repeat: u32) -> Vec<u64> {
-    let mut seeds: Vec<u64> = Vec::with_capacity(repeat as usize);
-    for k in 0..repeat {
-        let mut s = if k == 0 {
+    make_distinct((0..repeat).map(|k| {
+        if k == 0 {
             base
         } else {
             let d = sha2::Sha256::digest(format!("dirtytrace-sweep-seed:{base}:{k}").as_bytes());
             let mut b = [0u8; 8];
             b.copy_from_slice(&d[..8]);
             u64::from_le_bytes(b) & (u64::MAX >> 1)
-        };
-        while seeds.contains(&s) {
+        }
+    }))
+}
+
+/// Each candidate, incremented (modulo 2⁶³) past the seeds already taken. A set of the seeds
+/// taken keeps this linear; the result is the one the first, quadratic, scan gave.
+fn make_distinct(candidates: impl ExactSizeIterator<Item = u64>) -> Vec<u64> {
+    let mut seeds: Vec<u64> = Vec::with_capacity(candidates.len());
+    let mut taken: std::collections::HashSet<u64> = std::collections::HashSet::with_capacity(candidates.len());
+    for mut s in candidates {
+        while !taken.insert(s) {
             s = (s + 1) & (u64::MAX >> 1);
         }
         seeds.push(s);
@@ -690,6 +730,9 @@ impl Grid {
         if let (Some(k), BaseWorkload::Synthetic { .. }) = (linux_given.first(), &workload) {
             return Err(cx.key(format!("record.{k}"), "is a Linux-guest option, but the workload is a synthetic spec"));
         }
+        if let Some(bad) = linux_as_written.initramfs.packages.iter().find(|n| !packages::is_package_name(n)) {
+            return Err(cx.key("record.packages", format!("`{bad}` is not a Debian package name")));
+        }
         let linux = linux_as_written.relative_to(&base_dir);
 
         let phases = match &workload {
@@ -723,17 +766,25 @@ impl Grid {
         })
     }
 
-    /// How many runs the axes expand to (saturating).
-    pub fn run_count(&self) -> u128 {
-        self.axes.iter().fold(self.repeat as u128, |n, a| n.saturating_mul(a.values.len() as u128))
+    /// How many runs the axes expand to; `None` if the product overflows.
+    pub fn run_count(&self) -> Option<u128> {
+        self.axes.iter().try_fold(self.repeat as u128, |n, a| n.checked_mul(a.values.len() as u128))
     }
 
-    /// The runs, in order. Refuses more than `max_runs` before expanding anything, and checks
-    /// every run's spec as `record` would.
-    pub fn expand(&self, max_runs: usize) -> Result<Vec<Run>, GridError> {
-        let total = self.run_count();
-        if total > max_runs as u128 {
-            return Err(GridError::TooManyRuns { path: self.path.clone(), runs: total, limit: max_runs });
+    /// The runs, in order, generated one at a time as the iterator is read. Refuses a grid of
+    /// more than [`MAX_GRID_RUNS`] or `max_runs` runs before generating any (the product is
+    /// counted, not expanded); each run's spec is checked as `record` would as it is generated.
+    /// Names are not checked to be distinct: [`NameCheck`] does that.
+    pub fn runs(&self, max_runs: usize) -> Result<impl Iterator<Item = Result<Run, GridError>> + '_, GridError> {
+        let total = match self.run_count() {
+            Some(n) if n <= MAX_GRID_RUNS as u128 => n as usize,
+            n => {
+                let runs = n.map_or_else(|| format!("more than {}", u128::MAX), |n| n.to_string());
+                return Err(GridError::TooLarge { path: self.path.clone(), runs });
+            }
+        };
+        if total > max_runs {
+            return Err(GridError::TooManyRuns { path: self.path.clone(), runs: total as u128, limit: max_runs });
         }
         let (base_table, base_seed) = match &self.workload {
             BaseWorkload::Synthetic { text, .. } => {
@@ -747,54 +798,65 @@ impl Grid {
             BaseWorkload::Linux { .. } => (None, 0),
         };
         let seeds = repetition_seeds(base_seed, self.repeat);
-        let mut runs = Vec::with_capacity(total as usize);
-        let mut digits = vec![0usize; self.axes.len()];
-        for run in 0..total as usize {
-            // Odometer: the last axis fastest; the repetition inside it.
-            let repeat = (run % self.repeat as usize) as u32;
-            let mut rest = run / self.repeat as usize;
-            for (d, axis) in digits.iter_mut().zip(&self.axes).rev() {
-                *d = rest % axis.values.len();
-                rest /= axis.values.len();
-            }
-            let values: Vec<AxisValue> = digits.iter().zip(&self.axes).map(|(&d, a)| a.values[d]).collect();
-            let parts: Vec<(String, String)> =
-                self.axes.iter().zip(&values).map(|(a, v)| (a.name_prefix(), v.text())).collect();
-            let name = run_name(&parts, repeat);
-            let mut record = self.record.clone();
-            for (a, v) in self.axes.iter().zip(&values) {
-                match (a.key, *v) {
-                    (Key::Interval, AxisValue::Time(d)) => record.interval = HumanDuration(d),
-                    (Key::Duration, AxisValue::Time(d)) => record.duration = Some(HumanDuration(d)),
-                    (Key::MigrationSpeed, AxisValue::Rate(Some(r))) => record.migration_speed = HumanRate(r),
-                    (Key::Mem, AxisValue::Bytes(b)) => record.mem = Some(HumanSize(b)),
-                    (Key::Vcpus, AxisValue::Count(c)) => record.vcpus = Some(c),
-                    _ => {}
-                }
-            }
-            let (workload, seed) = match (&self.workload, &base_table) {
-                (BaseWorkload::Linux { script, .. }, _) => (RunWorkload::Linux { script: script.clone() }, None),
-                (BaseWorkload::Synthetic { .. }, Some(base)) => {
-                    let seed = seeds[repeat as usize];
-                    let spec = self.run_spec(base, &record, &values, seed, &name)?;
-                    // A synthetic run carries mem and vcpus in its spec.
-                    (record.mem, record.vcpus) = (None, None);
-                    (RunWorkload::Synthetic { spec }, Some(seed))
-                }
-                (BaseWorkload::Synthetic { .. }, None) => unreachable!("a synthetic grid has a base table"),
-            };
-            runs.push(Run { run, name, repeat, seed, values, workload, record });
-        }
+        Ok((0..total).map(move |run| self.run_at(run, base_table.as_ref(), &seeds)))
+    }
+
+    /// The runs, in order: [`Grid::runs`] collected, their names checked to be distinct.
+    pub fn expand(&self, max_runs: usize) -> Result<Vec<Run>, GridError> {
+        let runs = self.runs(max_runs)?.collect::<Result<Vec<Run>, GridError>>()?;
         let mut names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
         names.sort_unstable();
         if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-            return Err(GridError::Key {
-                path: self.path.clone(),
-                key: "axes".into(),
-                msg: format!("two runs would both be named `{}`: make the axis values or phase names distinct", w[0]),
-            });
+            return Err(self.same_name(w[0]));
         }
         Ok(runs)
+    }
+
+    fn same_name(&self, name: &str) -> GridError {
+        GridError::Key {
+            path: self.path.clone(),
+            key: "axes".into(),
+            msg: format!("two runs would both be named `{name}`: make the axis values or phase names distinct"),
+        }
+    }
+
+    /// Run `run` of the expansion.
+    fn run_at(&self, run: usize, base_table: Option<&toml::Table>, seeds: &[u64]) -> Result<Run, GridError> {
+        // Odometer: the last axis fastest; the repetition inside it.
+        let repeat = (run % self.repeat as usize) as u32;
+        let mut rest = run / self.repeat as usize;
+        let mut digits = vec![0usize; self.axes.len()];
+        for (d, axis) in digits.iter_mut().zip(&self.axes).rev() {
+            *d = rest % axis.values.len();
+            rest /= axis.values.len();
+        }
+        let values: Vec<AxisValue> = digits.iter().zip(&self.axes).map(|(&d, a)| a.values[d]).collect();
+        let parts: Vec<(String, String)> =
+            self.axes.iter().zip(&values).map(|(a, v)| (a.name_prefix(), v.text())).collect();
+        let name = run_name(&parts, repeat);
+        let mut record = self.record.clone();
+        for (a, v) in self.axes.iter().zip(&values) {
+            match (a.key, *v) {
+                (Key::Interval, AxisValue::Time(d)) => record.interval = HumanDuration(d),
+                (Key::Duration, AxisValue::Time(d)) => record.duration = Some(HumanDuration(d)),
+                (Key::MigrationSpeed, AxisValue::Rate(Some(r))) => record.migration_speed = HumanRate(r),
+                (Key::Mem, AxisValue::Bytes(b)) => record.mem = Some(HumanSize(b)),
+                (Key::Vcpus, AxisValue::Count(c)) => record.vcpus = Some(c),
+                _ => {}
+            }
+        }
+        let (workload, seed) = match (&self.workload, base_table) {
+            (BaseWorkload::Linux { script, .. }, _) => (RunWorkload::Linux { script: script.clone() }, None),
+            (BaseWorkload::Synthetic { .. }, Some(base)) => {
+                let seed = seeds[repeat as usize];
+                let spec = self.run_spec(base, &record, &values, seed, &name)?;
+                // A synthetic run carries mem and vcpus in its spec.
+                (record.mem, record.vcpus) = (None, None);
+                (RunWorkload::Synthetic { spec }, Some(seed))
+            }
+            (BaseWorkload::Synthetic { .. }, None) => unreachable!("a synthetic grid has a base table"),
+        };
+        Ok(Run { run, name, repeat, seed, values, workload, record })
     }
 
     /// The spec of one run: the base spec with mem, vcpus, the seed and the axes' phase keys
@@ -845,25 +907,61 @@ impl Grid {
     /// A digest of everything that decides what each run records: two grids with the same
     /// fingerprint make the same dataset.
     pub fn fingerprint(&self, runs: &[Run]) -> String {
-        let mut h = sha2::Sha256::new();
-        let feed = |h: &mut sha2::Sha256, s: &str| {
-            h.update((s.len() as u64).to_le_bytes());
-            h.update(s.as_bytes());
-        };
+        let mut f = self.fingerprinter();
+        runs.iter().for_each(|r| f.feed(r));
+        f.finish()
+    }
+
+    /// [`Grid::fingerprint`], fed one run at a time.
+    pub fn fingerprinter(&self) -> Fingerprinter {
+        let mut f = Fingerprinter(sha2::Sha256::new());
         if let BaseWorkload::Linux { sha256, .. } = &self.workload {
-            feed(&mut h, sha256);
+            f.put(sha256);
         }
         // The Linux options as written, not as resolved: hosts may mount the grid elsewhere.
-        feed(&mut h, &linux_fingerprint(&self.linux_as_written));
-        for r in runs {
-            feed(&mut h, &r.name);
-            feed(&mut h, &serde_json::to_string(&r.record).unwrap_or_default());
-            match &r.workload {
-                RunWorkload::Synthetic { spec } => feed(&mut h, spec),
-                RunWorkload::Linux { .. } => {}
-            }
+        f.put(&linux_fingerprint(&self.linux_as_written));
+        f
+    }
+}
+
+/// A grid's fingerprint being computed, run by run ([`Grid::fingerprinter`]).
+pub struct Fingerprinter(sha2::Sha256);
+
+impl Fingerprinter {
+    fn put(&mut self, s: &str) {
+        self.0.update((s.len() as u64).to_le_bytes());
+        self.0.update(s.as_bytes());
+    }
+
+    /// Adds the next run, in order.
+    pub fn feed(&mut self, r: &Run) {
+        self.put(&r.name);
+        self.put(&serde_json::to_string(&r.record).unwrap_or_default());
+        match &r.workload {
+            RunWorkload::Synthetic { spec } => self.put(spec),
+            RunWorkload::Linux { .. } => {}
         }
-        hex(&h.finalize())[..32].to_string()
+    }
+
+    /// The fingerprint.
+    pub fn finish(self) -> String {
+        hex(&self.0.finalize())[..32].to_string()
+    }
+}
+
+/// Checks, run by run, that no two of a grid's runs have one name (what [`Grid::expand`]
+/// checks at once).
+#[derive(Default)]
+pub struct NameCheck(std::collections::HashSet<String>);
+
+impl NameCheck {
+    /// Adds a run of `grid`; refuses a name already added.
+    pub fn add(&mut self, grid: &Grid, name: &str) -> Result<(), GridError> {
+        if self.0.insert(name.to_string()) {
+            Ok(())
+        } else {
+            Err(grid.same_name(name))
+        }
     }
 }
 
@@ -1230,6 +1328,10 @@ mod tests {
             ("workload = \"missing.toml\"\n", "`workload`"),
             ("workload = \"w.toml\"\n[replay]\nbandwidths = []\n", "`replay.bandwidths`"),
             ("workload = \"w.toml\"\n[replay]\nmax_rounds = 0\n", "`replay.max_rounds`"),
+            (
+                "workload = \"x.sh\"\n[record]\npackages = [\"stress-ng\", \"-oAPT::X=1\"]\n",
+                "`record.packages`: `-oAPT::X=1` is not a Debian package name",
+            ),
         ];
         for (text, want) in cases {
             let e = err(text);
@@ -1270,6 +1372,65 @@ mod tests {
             serde_json::to_string(&synthetic.replay).unwrap(),
             r#"{"bandwidths":[],"max_downtime_s":0.03,"max_rounds":30,"looped":false,"zero_pages":"send"}"#
         );
+    }
+
+    /// sha256 of the seeds, little-endian, first 16 hex digits.
+    fn seeds_digest(seeds: &[u64]) -> String {
+        let mut h = sha2::Sha256::new();
+        for s in seeds {
+            h.update(s.to_le_bytes());
+        }
+        hex(&h.finalize())[..16].to_string()
+    }
+
+    /// A resumed dataset keeps its seeds: these were computed by the quadratic code that
+    /// first wrote datasets, before it was made linear.
+    #[test]
+    fn repetition_seeds_stay_as_first_computed() {
+        let pins: [(u64, u32, u64, &str); 5] = [
+            (0, 1, 0x0, "af5570f5a1810b7a"),
+            (7, 3, 0x5ea6_1814_7816_9d72, "2c3defd23958bd2d"),
+            (42, 1000, 0x51b7_22fa_4b57_229d, "3446514b41dde25b"),
+            (u64::MAX >> 1, 50, 0x5dd1_7ec2_8b36_3e6d, "559625a0c18bb4cd"),
+            (123_456_789, 100_000, 0x3dff_3271_2183_436c, "97e04ec89a672ed6"),
+        ];
+        for (base, repeat, last, digest) in pins {
+            let s = repetition_seeds(base, repeat);
+            assert_eq!(s.len(), repeat as usize);
+            assert_eq!(s[0], base);
+            assert_eq!((s[s.len() - 1], seeds_digest(&s).as_str()), (last, digest), "base {base}, repeat {repeat}");
+        }
+        // A grid's runs carry them, in every combination (the digest is of the seeds the
+        // first code's `sweep --dry-run --json` listed for this spec with repeat = 1000).
+        let g = grid("workload = \"w.toml\"\n[axes]\nrate = [\"1MiB/s\", \"2MiB/s\"]\nrepeat = 1000\n").unwrap();
+        let runs = g.expand(2000).unwrap();
+        let seeds = repetition_seeds(7, 1000);
+        assert_eq!(seeds_digest(&seeds), "7d1991b46984fd75");
+        for r in &runs {
+            assert_eq!(r.seed, Some(seeds[r.repeat as usize]), "{}", r.name);
+        }
+    }
+
+    /// The quadratic rule as first written, for the collision case no real seed reaches.
+    fn distinct_as_first_written(candidates: &[u64]) -> Vec<u64> {
+        let mut seeds: Vec<u64> = Vec::new();
+        for &c in candidates {
+            let mut s = c;
+            while seeds.contains(&s) {
+                s = (s + 1) & (u64::MAX >> 1);
+            }
+            seeds.push(s);
+        }
+        seeds
+    }
+
+    #[test]
+    fn colliding_seeds_are_incremented_as_first_written() {
+        let top = u64::MAX >> 1;
+        let cases: [&[u64]; 4] = [&[5, 5, 6, 5, 7, 9, 8], &[top, top, 0, top, 1], &[3, 2, 2, 2, 3, 1], &[0; 20]];
+        for c in cases {
+            assert_eq!(make_distinct(c.iter().copied()), distinct_as_first_written(c), "{c:?}");
+        }
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub enum DatasetError {
     /// The grid was refused.
     #[error(transparent)]
     Grid(#[from] grid::GridError),
+    /// A metadata file could not be read (its message names it).
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
     /// `--output` is a file.
     #[error("--output {}: is a file, not a directory: give a new or empty directory for the dataset", .0.display())]
     OutputIsFile(PathBuf),
@@ -217,8 +220,7 @@ impl DatasetInfo {
         if !path.exists() {
             return Ok(None);
         }
-        let bytes = crate::files::read_regular(&path, MAX_INFO_BYTES, "dataset description")
-            .map_err(|e| DatasetError::Info { path: path.clone(), msg: e.to_string() })?;
+        let bytes = crate::files::read_regular(&path, MAX_INFO_BYTES, "dataset description")?;
         let info: DatasetInfo = serde_json::from_slice(&bytes)
             .map_err(|e| DatasetError::Info { path: path.clone(), msg: e.to_string() })?;
         if info.format_version != INFO_VERSION {

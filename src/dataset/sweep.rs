@@ -104,6 +104,18 @@ pub struct Plan {
 /// nothing, so a refused sweep leaves nothing behind. [`run`] checks the directory again,
 /// holding the dataset lock.
 pub fn plan(opts: SweepOptions) -> Result<Plan, DatasetError> {
+    check_options(&opts)?;
+    let grid = Grid::load(&opts.grid)?;
+    let runs = grid.expand(opts.max_runs)?;
+    let info = DatasetInfo::new(&grid, &runs);
+    if opts.output.is_dir() {
+        check_output(&opts.output, &info.fingerprint, false)?;
+    }
+    Ok(Plan { grid, runs, info, opts })
+}
+
+/// The checks of the options that need neither the grid nor the dataset.
+fn check_options(opts: &SweepOptions) -> Result<(), DatasetError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if opts.jobs == 0 {
         return Err(DatasetError::Jobs { jobs: 0, msg: "must be at least 1".into() });
@@ -120,13 +132,59 @@ pub fn plan(opts: SweepOptions) -> Result<Plan, DatasetError> {
     if opts.output.exists() && !opts.output.is_dir() {
         return Err(DatasetError::OutputIsFile(opts.output.clone()));
     }
+    Ok(())
+}
+
+/// `--dry-run`: makes the checks [`plan`] makes, then writes the listing of [`render_plan`]
+/// (or, with `json`, of [`plan_json`]) to `out` as the runs are generated, holding none of
+/// them: one pass over the runs checks their names and the dataset's fingerprint, a second
+/// lists them. A grid too large for a sweep is refused before either.
+pub fn dry_run(opts: &SweepOptions, json: bool, out: &mut dyn std::io::Write) -> Result<(), DatasetError> {
+    check_options(opts)?;
     let grid = Grid::load(&opts.grid)?;
-    let runs = grid.expand(opts.max_runs)?;
-    let info = DatasetInfo::new(&grid, &runs);
-    if opts.output.is_dir() {
-        check_output(&opts.output, &info, false)?;
+    let (mut fingerprint, mut names) = (grid.fingerprinter(), super::grid::NameCheck::default());
+    let (mut total, mut mine, mut width) = (0usize, 0usize, 4usize);
+    for r in grid.runs(opts.max_runs)? {
+        let r = r?;
+        names.add(&grid, &r.name)?;
+        fingerprint.feed(&r);
+        total += 1;
+        if opts.shard.contains(r.run) {
+            mine += 1;
+            width = width.max(r.name.len());
+        }
     }
-    Ok(Plan { grid, runs, info, opts })
+    drop(names);
+    if opts.output.is_dir() {
+        check_output(&opts.output, &fingerprint.finish(), false)?;
+    }
+    let write_err =
+        |e: std::io::Error| DatasetError::Io { what: "cannot write the listing to", path: "stdout".into(), source: e };
+    if json {
+        out.write_all(b"[").map_err(write_err)?;
+    } else {
+        out.write_all(plan_header(&grid, opts, total, mine, width).as_bytes()).map_err(write_err)?;
+    }
+    let mut first = true;
+    for r in grid.runs(opts.max_runs)? {
+        let r = r?;
+        if !opts.shard.contains(r.run) {
+            continue;
+        }
+        let state = inspect(&trace_dir(opts, &r));
+        let text = if json {
+            let row = serde_json::to_string_pretty(&plan_row(&grid, opts, &r, &state)).unwrap_or_default();
+            format!("{}\n  {}", if first { "" } else { "," }, row.replace('\n', "\n  "))
+        } else {
+            plan_line(width, &r, &state)
+        };
+        first = false;
+        out.write_all(text.as_bytes()).map_err(write_err)?;
+    }
+    if json {
+        out.write_all(if first { b"]\n" } else { b"\n]\n" }).map_err(write_err)?;
+    }
+    out.flush().map_err(write_err)
 }
 
 /// Whether `name` is a temporary `dataset.json` of [`write_atomic`]'s.
@@ -139,9 +197,9 @@ fn is_info_temporary(name: &str) -> bool {
 /// creating the dataset right now: its entries are accepted by name, and a `dataset.json` that
 /// appeared since the look defers the check to the lock. With the lock there is no such
 /// sweep, and `traces/` and `specs/` must be empty.
-fn check_output(out: &Path, info: &DatasetInfo, locked: bool) -> Result<(), DatasetError> {
+fn check_output(out: &Path, fingerprint: &str, locked: bool) -> Result<(), DatasetError> {
     match DatasetInfo::load(out)? {
-        Some(old) if old.fingerprint != info.fingerprint => {
+        Some(old) if old.fingerprint != fingerprint => {
             return Err(DatasetError::OtherGrid { dir: out.to_path_buf(), grid: old.grid_file });
         }
         Some(_) => return Ok(()),
@@ -180,7 +238,7 @@ fn create_dataset(plan: &Plan) -> Result<(), DatasetError> {
     let lock_path = out.join(DATASET_LOCK);
     let lock = open_lock(&lock_path)?;
     lock.lock().map_err(io_err("cannot lock", &lock_path))?;
-    check_output(out, &plan.info, true)?;
+    check_output(out, &plan.info.fingerprint, true)?;
     // A sweep killed while storing dataset.json left its temporary file: none is written now.
     for e in std::fs::read_dir(out).map_err(io_err("cannot read", out))?.flatten() {
         if is_info_temporary(&e.file_name().to_string_lossy()) && e.file_type().is_ok_and(|t| t.is_file()) {
@@ -222,7 +280,7 @@ impl Plan {
 
     /// A run's trace directory.
     pub fn trace_dir(&self, run: &Run) -> PathBuf {
-        self.opts.output.join(TRACES).join(&run.name)
+        trace_dir(&self.opts, run)
     }
 
     /// What each of this shard's runs' directory holds now, read-only (`--dry-run`).
@@ -717,47 +775,60 @@ fn cap_spec(text: &str, limit: Duration) -> anyhow::Result<String> {
 /// The dry run's listing.
 pub fn render_plan(plan: &Plan) -> String {
     let states = plan.states();
-    let mut out = format!(
-        "{}: {} runs in the grid; shard {}: {} runs; dataset {}\n",
-        plan.grid.path.display(),
-        plan.runs.len(),
-        plan.opts.shard,
-        states.len(),
-        plan.opts.output.display()
-    );
     let width = states.iter().map(|(r, _)| r.name.len()).max().unwrap_or(4).max(4);
-    out.push_str(&format!("  {:>5}  {:<width$}  {:>20}  state\n", "run", "name", "seed"));
+    let mut out = plan_header(&plan.grid, &plan.opts, plan.runs.len(), states.len(), width);
     for (r, s) in &states {
-        let seed = r.seed.map_or("-".to_string(), |s| s.to_string());
-        let why = match s {
-            RunState::Foreign(w) => format!(" ({w})"),
-            _ => String::new(),
-        };
-        out.push_str(&format!("  {:>5}  {:<width$}  {seed:>20}  {}{why}\n", r.run, r.name, s.word()));
+        out.push_str(&plan_line(width, r, s));
     }
     out
 }
 
+/// The listing's first lines: the counts, then the columns' titles.
+fn plan_header(grid: &Grid, opts: &SweepOptions, runs: usize, mine: usize, width: usize) -> String {
+    let mut out = format!(
+        "{}: {runs} runs in the grid; shard {}: {mine} runs; dataset {}\n",
+        grid.path.display(),
+        opts.shard,
+        opts.output.display()
+    );
+    out.push_str(&format!("  {:>5}  {:<width$}  {:>20}  state\n", "run", "name", "seed"));
+    out
+}
+
+/// One run's line in the listing, its name padded to `width`.
+fn plan_line(width: usize, r: &Run, s: &RunState) -> String {
+    let seed = r.seed.map_or("-".to_string(), |s| s.to_string());
+    let why = match s {
+        RunState::Foreign(w) => format!(" ({w})"),
+        _ => String::new(),
+    };
+    format!("  {:>5}  {:<width$}  {seed:>20}  {}{why}\n", r.run, r.name, s.word())
+}
+
+/// A run's trace directory in the dataset `opts` name.
+fn trace_dir(opts: &SweepOptions, run: &Run) -> PathBuf {
+    opts.output.join(TRACES).join(&run.name)
+}
+
 /// The dry run's listing as JSON: one object per run of the shard.
 pub fn plan_json(plan: &Plan) -> serde_json::Value {
-    let rows: Vec<serde_json::Value> = plan
-        .states()
-        .into_iter()
-        .map(|(r, s)| {
-            let axes: serde_json::Map<String, serde_json::Value> =
-                plan.grid.axes.iter().zip(&r.values).map(|(a, v)| (a.label.clone(), v.text().into())).collect();
-            serde_json::json!({
-                "run": r.run,
-                "name": r.name,
-                "repeat": r.repeat,
-                "seed": r.seed,
-                "axes": axes,
-                "trace_dir": plan.trace_dir(r),
-                "state": s.word(),
-            })
-        })
-        .collect();
+    let rows = plan.states().into_iter().map(|(r, s)| plan_row(&plan.grid, &plan.opts, r, &s)).collect();
     serde_json::Value::Array(rows)
+}
+
+/// One run's object in the JSON listing.
+fn plan_row(grid: &Grid, opts: &SweepOptions, r: &Run, s: &RunState) -> serde_json::Value {
+    let axes: serde_json::Map<String, serde_json::Value> =
+        grid.axes.iter().zip(&r.values).map(|(a, v)| (a.label.clone(), v.text().into())).collect();
+    serde_json::json!({
+        "run": r.run,
+        "name": r.name,
+        "repeat": r.repeat,
+        "seed": r.seed,
+        "axes": axes,
+        "trace_dir": trace_dir(opts, r),
+        "state": s.word(),
+    })
 }
 
 /// One line per run, for a log.

@@ -44,6 +44,13 @@ fn apt_message(stderr: &[u8], stdout: &[u8]) -> String {
     }
 }
 
+/// Whether `n` may be given to apt as a package: letters, digits and `+-.:=_~`, not starting
+/// with `-` (which apt would read as an option, such as `-oAPT::X=1`). A grid's `packages` are
+/// checked with it when the grid is read.
+pub fn is_package_name(n: &str) -> bool {
+    !n.is_empty() && !n.starts_with('-') && n.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:=_~".contains(c))
+}
+
 /// Resolves, downloads (when not cached) and unpacks `names` with their dependencies.
 pub fn prepare(names: &[String], progress: &mut dyn FnMut(&str)) -> anyhow::Result<PackageTree> {
     let list = names.join(", ");
@@ -56,8 +63,7 @@ pub fn prepare(names: &[String], progress: &mut dyn FnMut(&str)) -> anyhow::Resu
         }
     }
     for n in names {
-        if n.is_empty() || n.starts_with('-') || !n.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:=_~".contains(c))
-        {
+        if !is_package_name(n) {
             bail!("--package {n}: not a Debian package name");
         }
     }
