@@ -1198,3 +1198,23 @@ fn a_grid_s_packages_are_checked_when_read() {
     assert!(err.contains("`record.packages`: `-oAPT::X=1` is not a Debian package name"), "{err}");
     assert!(stdout.is_empty() && !out.exists());
 }
+
+/// A grid whose `dataset.json` could not be read back (over 64 MiB) is refused before anything
+/// is written, with the size and what to do.
+#[test]
+fn a_grid_too_large_for_its_description_is_refused_before_writing() {
+    let dir = Scratch::new("ds-too-large");
+    let workload = format!("{}/examples/workloads/steady.toml", env!("CARGO_MANIFEST_DIR"));
+    let grid = write(
+        &dir,
+        "g.toml",
+        &format!(
+            "workload = \"{workload}\"\n[record]\nduration = \"1s\"\n[axes]\nrate = [\"32MiB/s\", \"64MiB/s\"]\nrepeat = 200000\n"
+        ),
+    );
+    let out = dir.join("ds");
+    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out), "--max-runs", "1000000"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("400000 runs") && err.contains("split the grid"), "{err}");
+    assert!(!out.exists());
+}

@@ -234,9 +234,40 @@ impl DatasetInfo {
 
     /// Writes `DATASET/dataset.json` atomically.
     pub fn store(&self, dataset: &Path) -> Result<(), DatasetError> {
+        self.check_size(dataset)?;
         let text = serde_json::to_string_pretty(self)
             .map_err(|e| DatasetError::Info { path: dataset.join(INFO), msg: e.to_string() })?;
         write_atomic(&dataset.join(INFO), (text + "\n").as_bytes())
+    }
+
+    /// Refuses a description larger than [`MAX_INFO_BYTES`], which [`DatasetInfo::load`] would
+    /// not read back, before anything is written; measured without building the text.
+    pub fn check_size(&self, dataset: &Path) -> Result<(), DatasetError> {
+        struct Count(u64);
+        impl std::io::Write for Count {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0 += b.len() as u64;
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(1);
+        serde_json::to_writer_pretty(&mut count, self)
+            .map_err(|e| DatasetError::Info { path: dataset.join(INFO), msg: e.to_string() })?;
+        if count.0 > MAX_INFO_BYTES {
+            return Err(DatasetError::Info {
+                path: dataset.join(INFO),
+                msg: format!(
+                    "would be {} bytes for the grid's {} runs, more than the {MAX_INFO_BYTES} bytes a dataset \
+                     description may have: split the grid into several datasets (fewer runs each)",
+                    count.0,
+                    self.runs.len()
+                ),
+            });
+        }
+        Ok(())
     }
 }
 

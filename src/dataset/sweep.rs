@@ -108,6 +108,7 @@ pub fn plan(opts: SweepOptions) -> Result<Plan, DatasetError> {
     let grid = Grid::load(&opts.grid)?;
     let runs = grid.expand(opts.max_runs)?;
     let info = DatasetInfo::new(&grid, &runs);
+    info.check_size(&opts.output)?;
     if opts.output.is_dir() {
         check_output(&opts.output, &info.fingerprint, false)?;
     }
