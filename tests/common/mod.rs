@@ -238,3 +238,29 @@ pub fn write_table(path: &Path, b: &arrow::record_batch::RecordBatch) {
     w.write(b).unwrap();
     w.close().unwrap();
 }
+
+/// Checks every interval of a synthetic trace against the guest's ground truth: nothing
+/// missing, nothing unexpected, at most the control page of the guest's own, at least
+/// `min_intervals` intervals and something checkable. Returns the checks.
+pub fn assert_trace_exact(
+    name: &str,
+    trace: &Trace,
+    min_intervals: usize,
+) -> Vec<dirtytrace::guest::synthetic::verify::IntervalCheck> {
+    let checks = dirtytrace::guest::synthetic::verify::verify(trace).unwrap();
+    assert!(checks.len() >= min_intervals, "{name}: {} intervals, expected at least {min_intervals}", checks.len());
+    let mut certain = 0;
+    for c in &checks {
+        assert_eq!(c.missing, 0, "{name}: interval {} lacks pages it certainly wrote: {c:?}", c.interval);
+        assert_eq!(
+            c.missing_cumulative, 0,
+            "{name}: interval {}: written pages in no bitmap so far: {c:?}",
+            c.interval
+        );
+        assert_eq!(c.unexpected, 0, "{name}: interval {} has pages the guest did not write: {c:?}", c.interval);
+        assert!(c.own_pages <= 1, "{name}: more own pages than the control page: {c:?}");
+        certain += c.certain_pages;
+    }
+    assert!(certain > 0, "{name}: the guest wrote nothing checkable");
+    checks
+}
