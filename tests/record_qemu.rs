@@ -70,8 +70,16 @@ impl Recorder {
             .unwrap();
         Recorder(Some(child))
     }
-    fn id(&self) -> u32 {
-        self.0.as_ref().unwrap().id()
+    /// A recorder that has journalled a few intervals, and the pid of its QEMU.
+    fn running(script: &Path, out: &Path) -> (Recorder, u32) {
+        let r = Recorder::start(script, out);
+        wait_for("a few intervals", Duration::from_secs(60), || {
+            std::fs::metadata(out.join("journal.dtj")).is_ok_and(|m| m.len() > 4096)
+        });
+        // Found now, not at start: `--version` runs a short-lived QEMU first.
+        let qemu = qemu_children(r.0.as_ref().unwrap().id());
+        assert_eq!(qemu.len(), 1, "{qemu:?}");
+        (r, qemu[0])
     }
     fn take(&mut self) -> std::process::Child {
         self.0.take().unwrap()
@@ -196,14 +204,8 @@ fn qemu_killed_mid_run_keeps_the_trace() {
     let dir = Scratch::new("qemu-killed");
     let script = write(&dir, "w.sh", "#!/bin/sh\ndt-phase wait\nsleep 60\n");
     let out = dir.join("trace");
-    let mut child = Recorder::start(&script, &out);
-    wait_for("a few intervals", Duration::from_secs(60), || {
-        std::fs::metadata(out.join("journal.dtj")).is_ok_and(|m| m.len() > 4096)
-    });
-    // Found now, not at start: `--version` runs a short-lived QEMU first.
-    let qemu = qemu_children(child.id());
-    assert_eq!(qemu.len(), 1, "{qemu:?}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let (mut child, qemu) = Recorder::running(&script, &out);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let o = child.take().wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(3), "{stderr}");
@@ -222,17 +224,12 @@ fn a_killed_recorder_takes_qemu_with_it() {
     let dir = Scratch::new("qemu-recorder-killed");
     let script = write(&dir, "w.sh", "#!/bin/sh\nsleep 60\n");
     let out = dir.join("trace");
-    let mut child = Recorder::start(&script, &out);
-    wait_for("a few intervals", Duration::from_secs(60), || {
-        std::fs::metadata(out.join("journal.dtj")).is_ok_and(|m| m.len() > 4096)
-    });
-    let qemu = qemu_children(child.id());
-    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    let (mut child, qemu) = Recorder::running(&script, &out);
     let mut child = child.take();
     child.kill().unwrap();
     child.wait().unwrap();
     let t = Instant::now();
-    wait_for("QEMU to die with its recorder", Duration::from_secs(1), || !running(qemu[0]));
+    wait_for("QEMU to die with its recorder", Duration::from_secs(1), || !running(qemu));
     eprintln!("QEMU gone {:?} after its recorder", t.elapsed());
     let o = Command::new(bin()).arg("recover").arg(&out).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
