@@ -47,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         busybox: kit::locate_busybox()?,
         script: script.clone(),
         contents: initramfs::Contents { rootfs: Some(rootfs.clone()), ..Default::default() },
+        disk: None,
     };
     println!("rootfs {}", rootfs.display());
     let mut key = String::new();

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod clock;
 pub mod cpus;
 pub mod dataset;
+pub mod disk;
 pub mod doctor;
 pub mod engine;
 pub mod events;

@@ -44,12 +44,15 @@ dirtytrace kit fetch && dirtytrace record --workload examples/linux/hello.sh --v
 Sizes read as 64MiB, 2GiB, 125MB; durations as 250ms, 1.5s, 2min; rates as 1Gbit/s, 125MB/s.\n\
 Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130."
     )]
-    Record(RecordArgs),
+    Record(Box<RecordArgs>),
     /// Measure the recorder: harvest cost, deadlines, guest slowdown, compression.
     Bench(BenchArgs),
     /// The guest kernel kit for Linux workloads.
     #[command(subcommand)]
     Kit(KitCommand),
+    /// VM disk images for `record --disk`.
+    #[command(subcommand)]
+    Disk(DiskCommand),
     /// Write the initramfs `record` would boot for a .sh workload, to inspect or boot elsewhere.
     Initramfs(InitramfsArgs),
     /// Say what will work on this host: KVM, whether guest kernel code runs natively, extras.
@@ -380,6 +383,34 @@ enum KitCommand {
     Show,
 }
 
+#[derive(Subcommand)]
+enum DiskCommand {
+    /// Say what `record --disk` finds in an image, and whether it will work: format, backing
+    /// files, partitions and filesystems read on the host, then a short probe boot under QEMU
+    /// that finds the root as `record` does, runs its /bin/sh and reads its /etc/os-release.
+    /// The image is never written. Exit code 0: it will work; 1: it will not.
+    Check {
+        /// The image (raw or qcow2).
+        image: PathBuf,
+        /// The image's format [default: read from its header].
+        #[arg(long, value_name = "FORMAT")]
+        disk_format: Option<dirtytrace::disk::DiskFormat>,
+        /// The root filesystem's device in the guest, like /dev/vda2.
+        #[arg(long, value_name = "DEVICE")]
+        disk_root: Option<String>,
+        /// Only what the host can read; no probe boot.
+        #[arg(long)]
+        no_boot: bool,
+    },
+}
+
+fn run_disk(cmd: DiskCommand) -> anyhow::Result<ExitCode> {
+    let DiskCommand::Check { image, disk_format, disk_root, no_boot } = cmd;
+    let inputs = dirtytrace::disk::DiskInputs { disk: Some(image), disk_format, disk_root };
+    let ok = dirtytrace::guest::linux::disk_check::run(&inputs, !no_boot, &mut std::io::stdout())?;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
 fn run_kit(cmd: KitCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         KitCommand::Fetch => {
@@ -465,7 +496,8 @@ struct InitramfsArgs {
 }
 
 fn run_initramfs(a: InitramfsArgs) -> anyhow::Result<ExitCode> {
-    let inputs = initramfs::Inputs { busybox: kit::locate_busybox()?, script: a.workload, contents: a.contents };
+    let inputs =
+        initramfs::Inputs { busybox: kit::locate_busybox()?, script: a.workload, contents: a.contents, disk: None };
     let mem = a.mem.map_or(dirtytrace::record::LINUX_DEFAULT_MEM, |m| m.0);
     let archive = initramfs::write_archive(&inputs, mem, &a.output, &mut |m| eprintln!("initramfs: {m}"))?;
     for note in &archive.notes {
@@ -603,9 +635,10 @@ fn run_recover(dir: PathBuf) -> anyhow::Result<ExitCode> {
 
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
-        Command::Record(a) => run_record(a),
+        Command::Record(a) => run_record(*a),
         Command::Bench(a) => run_bench(a),
         Command::Kit(c) => run_kit(c),
+        Command::Disk(c) => run_disk(c),
         Command::Recover { trace } => run_recover(trace),
         Command::Initramfs(a) => run_initramfs(a),
         Command::Doctor { json } => run_doctor(json),

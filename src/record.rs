@@ -437,7 +437,15 @@ fn is_linux_workload(opts: &RecordOptions) -> bool {
 /// Resolves `--engine`: `auto` takes the own VMM wherever it can run the guest.
 fn choose_engine(opts: &RecordOptions) -> anyhow::Result<(Engine, String)> {
     let linux = is_linux_workload(opts);
+    if opts.linux.disk.disk.is_some() && !linux {
+        bail!("{} runs a Linux workload script (.sh) in the image; give one with --workload", linux::DISK_FLAG);
+    }
     Ok(match opts.settings.engine {
+        EngineChoice::Kvm if opts.linux.disk.disk.is_some() => bail!(
+            "{} needs the QEMU engine (the own VMM has no block device): record with --engine qemu, or leave \
+             --engine at auto",
+            linux::DISK_FLAG
+        ),
         EngineChoice::Kvm => (Engine::Kvm, "--engine kvm".into()),
         EngineChoice::Qemu => (Engine::Qemu, "--engine qemu".into()),
         // The synthetic guest runs at CPL3, natively on any usable KVM.
@@ -448,6 +456,9 @@ fn choose_engine(opts: &RecordOptions) -> anyhow::Result<(Engine, String)> {
                 format!("auto: KVM is not usable here ({e}), so the synthetic guest runs under QEMU's TCG"),
             ),
         },
+        EngineChoice::Auto if opts.linux.disk.disk.is_some() => {
+            (Engine::Qemu, format!("auto: {} needs the QEMU engine's virtio-blk disk", linux::DISK_FLAG))
+        }
         EngineChoice::Auto if opts.linux.boot.allow_emulated_kernel => {
             (Engine::Kvm, format!("auto: {} asks for the own VMM", linux::ALLOW_EMULATED_FLAG))
         }
@@ -483,6 +494,7 @@ fn load_guest(opts: &RecordOptions, engine: Engine) -> anyhow::Result<Box<dyn Gu
                     console: opts.console,
                     kvm_device: opts.kvm_device.clone(),
                     under_kvm: engine == Engine::Kvm,
+                    scratch_dir: existing_parent(&opts.output),
                 })?;
                 return Ok(Box::new(guest));
             }
@@ -500,6 +512,12 @@ fn load_guest(opts: &RecordOptions, engine: Engine) -> anyhow::Result<Box<dyn Gu
         None => anyhow::anyhow!("built-in spec: {e}"),
     })?;
     Ok(Box::new(synthetic::SyntheticGuest::new(spec, text)?))
+}
+
+/// The nearest existing directory above `path` (where the trace will be made).
+fn existing_parent(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    abs.ancestors().skip(1).find(|p| p.is_dir()).map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// The host's kernel, as `uname -sr` says it.

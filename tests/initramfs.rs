@@ -20,6 +20,7 @@ fn inputs(dir: &Path, rootfs: Option<&Path>) -> Inputs {
         busybox: fake_busybox(),
         script: write(dir, "w.sh", "#!/bin/sh\necho hi\n"),
         contents: Contents { rootfs: rootfs.map(Path::to_path_buf), ..Default::default() },
+        disk: None,
     }
 }
 
@@ -212,6 +213,7 @@ fn initramfs_command_writes_what_record_would_boot() {
         busybox: fake_busybox(),
         script: script.clone(),
         contents: Contents { files: vec![file_arg.clone()], rootfs: Some(root.clone()), packages: vec![] },
+        disk: None,
     };
     let lib = initramfs::build_with(&inp, None, &mut |_| {}).unwrap();
     assert_eq!(lib.bytes, written);

@@ -722,10 +722,14 @@ impl Grid {
             cx.vcpu_count("record.vcpus", Some(n.into()))?;
         }
         // The keys only a Linux workload takes.
-        let linux_keys = [keys_of::<BootInputs>(), keys_of::<initramfs::Contents>()].concat();
+        let linux_keys =
+            [keys_of::<BootInputs>(), keys_of::<initramfs::Contents>(), keys_of::<crate::disk::DiskInputs>()].concat();
         let linux_given: Vec<String> = section.keys().filter(|k| linux_keys.contains(&k.as_str())).cloned().collect();
-        let linux_as_written =
-            LinuxInputs { boot: cx.take("record", &mut section)?, initramfs: cx.take("record", &mut section)? };
+        let linux_as_written = LinuxInputs {
+            boot: cx.take("record", &mut section)?,
+            initramfs: cx.take("record", &mut section)?,
+            disk: cx.take("record", &mut section)?,
+        };
         cx.refuse_rest("record", &section, &[keys_of::<RecordSettings>(), &linux_keys].concat())?;
         if let (Some(k), BaseWorkload::Synthetic { .. }) = (linux_given.first(), &workload) {
             return Err(cx.key(format!("record.{k}"), "is a Linux-guest option, but the workload is a synthetic spec"));

@@ -100,6 +100,19 @@ pub enum QemuError {
         /// QEMU's last stderr lines.
         stderr: Vec<String>,
     },
+    /// Another process holds the disk image (QEMU's image locking).
+    #[error(
+        "--disk {}: another process uses the image (QEMU could not take its lock): stop the VM that runs it, \
+         or record a copy of the image{}",
+        image.display(),
+        stderr_tail(stderr)
+    )]
+    DiskInUse {
+        /// The image.
+        image: PathBuf,
+        /// QEMU's last stderr lines.
+        stderr: Vec<String>,
+    },
     /// QMP refused or did not answer.
     #[error("QEMU's monitor (QMP): {0}")]
     Qmp(String),
@@ -196,6 +209,17 @@ pub struct QemuBoot {
     pub gate: Option<StartGate>,
     /// The guest's own console markers.
     pub markers: Option<Arc<dyn crate::guest::linux::console::GuestMarkers>>,
+    /// A disk image, attached as a virtio-blk disk behind a copy-on-write overlay.
+    pub disk: Option<QemuDisk>,
+}
+
+/// A disk image and the overlay that takes the guest's writes.
+#[derive(Debug, Clone)]
+pub struct QemuDisk {
+    /// The image, opened read-only.
+    pub image: crate::disk::CheckedImage,
+    /// An unlinked file holding an empty qcow2 overlay of the image.
+    pub overlay: Arc<std::fs::File>,
 }
 
 /// Whether the QEMU engine works here, tried for real: QEMU starts stopped with 16 MiB of RAM
@@ -211,6 +235,7 @@ pub fn probe() -> Result<(String, String), QemuError> {
         echo_console: false,
         gate: None,
         markers: None,
+        disk: None,
     };
     let vm = QemuVm::start(&boot, Arc::new(GuestLog::new("probe")))?;
     Ok((vm.version.clone(), vm.uffd_mode.clone()))
@@ -332,6 +357,7 @@ impl QemuVm {
             .map_err(|e| QemuError::Io { what: "pipe".into(), source: e.into() })?;
         let mut inherit = vec![plugin.as_raw_fd(), initrd.as_raw_fd(), report_write.as_raw_fd()];
         inherit.extend(image.as_ref().map(|i| i.as_raw_fd()));
+        inherit.extend(boot.disk.as_ref().map(|d| d.overlay.as_raw_fd()));
 
         let mut cmd = Command::new(&binary);
         cmd.args(["-name", "dirtytrace,debug-threads=on", "-accel", "tcg", "-nodefaults", "-no-user-config"])
@@ -360,6 +386,12 @@ impl QemuVm {
             if !boot.cmdline.is_empty() {
                 cmd.arg("-append").arg(&boot.cmdline);
             }
+        }
+        if let Some(disk) = &boot.disk {
+            for node in crate::disk::blockdev_args(&disk.image, disk.overlay.as_raw_fd()) {
+                cmd.arg("-blockdev").arg(node);
+            }
+            cmd.arg("-device").arg(format!("virtio-blk-pci,drive={}", crate::disk::OVERLAY_NODE));
         }
         cmd.arg("-plugin")
             .arg(format!(
@@ -427,7 +459,13 @@ impl QemuVm {
             Ok(r) => r,
             Err(msg) => {
                 drop(process);
-                return Err(QemuError::Startup { msg, stderr: tail(&stderr) });
+                let stderr = tail(&stderr);
+                if let Some(disk) = &boot.disk {
+                    if stderr.iter().any(|l| l.contains("lock")) {
+                        return Err(QemuError::DiskInUse { image: disk.image.path.clone(), stderr });
+                    }
+                }
+                return Err(QemuError::Startup { msg, stderr });
             }
         };
         let qmp = qmp::Qmp::connect(&socket, STARTUP_TIMEOUT, || process.exited().is_none())
@@ -767,12 +805,15 @@ impl crate::engine::RunningGuest for RunningQemu {
             drop(c);
             std::thread::sleep(Duration::from_millis(10));
         }
-        let (status, panic, done) = {
+        let (status, panic, done, failure) = {
             let c = self.vm.console.lock().unwrap_or_else(|e| e.into_inner());
-            (c.parser.status, c.parser.panic.clone(), c.parser.done)
+            (c.parser.status, c.parser.panic.clone(), c.parser.done, c.parser.failure.clone())
         };
         let first = match (exited, shutdown, status, panic) {
             (_, _, _, Some(panic)) => self.fault(format!("the guest kernel panicked: {panic}")),
+            (_, _, None, None) if failure.is_some() => {
+                self.fault(format!("the guest could not run the workload: {}", failure.unwrap_or_default()))
+            }
             (_, true, Some(s), None) => VcpuOutcome::PowerOff(s),
             // The synthetic guest resets the machine once it is done.
             (_, true, None, None) if done => VcpuOutcome::Done,

@@ -6,6 +6,8 @@ use crate::events::GuestLog;
 
 /// Marker lines the guest writes to its serial port; the VMM timestamps each as it arrives.
 pub const MARKER_PREFIX: &str = "DIRTYTRACE:";
+/// The marker kind `/init` sends when it cannot run the workload; its value says why.
+pub const GUEST_ERROR: &str = "guest_error";
 
 /// Longest line kept for parsing; the rest of a longer line is still logged, not parsed.
 pub const MAX_LINE: usize = 4096;
@@ -19,6 +21,8 @@ pub enum Marker {
     WorkloadStart,
     /// `DIRTYTRACE:workload_end:STATUS` (from `/init`, after the script).
     WorkloadEnd(Option<i32>),
+    /// `DIRTYTRACE:guest_error:WHY` (from `/init`, when it cannot run the workload).
+    GuestError(String),
     /// Any other `DIRTYTRACE:KIND:VALUE` (from `dt-mark KIND VALUE`).
     Other {
         /// `KIND`.
@@ -42,6 +46,7 @@ impl Marker {
                 "phase" => Marker::Phase(value.trim().to_string()),
                 "workload_start" => Marker::WorkloadStart,
                 "workload_end" => Marker::WorkloadEnd(value.trim().parse().ok()),
+                GUEST_ERROR => Marker::GuestError(value.trim().to_string()),
                 other => Marker::Other { kind: other.to_string(), value: value.to_string() },
             });
         }
@@ -142,6 +147,10 @@ impl ConsoleParser {
                     }
                 }
             }
+            Marker::GuestError(why) => {
+                log.record(None, GUEST_ERROR, GUEST_ERROR, json!({ "why": why }));
+                self.failure.get_or_insert(why);
+            }
             Marker::Panic(line) => {
                 log.record(None, "panic", "kernel panic", json!({ "line": line }));
                 self.panic.get_or_insert(line);
@@ -158,6 +167,16 @@ impl ConsoleParser {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_disk_init_reports_failures_with_the_marker_the_parser_knows() {
+        let call = format!("dt-mark {GUEST_ERROR} ");
+        assert!(super::super::initramfs::DISK_INIT.contains(&call));
+        assert_eq!(
+            Marker::parse(&format!("{MARKER_PREFIX}{GUEST_ERROR}:no disk")),
+            Some(Marker::GuestError("no disk".into()))
+        );
+    }
 
     #[test]
     fn lines_parse_to_markers() {

@@ -47,6 +47,61 @@ sync
 reboot -f
 "#;
 
+/// dirtytrace's `/init` for `--disk`: loads the disk's modules, finds the image's root
+/// filesystem, puts the initramfs's tree (`--rootfs`, `--package`, `--file`) and the workload
+/// into it, and runs the workload chrooted there. Why it cannot is a `guest_error` marker.
+pub const DISK_INIT: &str = r#"#!/bin/busybox sh
+# dirtytrace's /init for --disk: run the workload chrooted in the disk image's root filesystem.
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+/bin/busybox mount -t devtmpfs devtmpfs /dev
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+. /dt/config
+fail() { dt-mark guest_error "$*"; sync; reboot -f; }
+for m in $DT_MODULES; do insmod /dt/modules/$m 2>/dev/null; done
+i=0
+while [ ! -b /dev/vda ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done
+[ -b /dev/vda ] || fail "the guest sees no disk (/dev/vda): its kernel has no virtio-blk driver"
+r=/newroot
+mkdir -p $r
+candidates=$DT_ROOT
+[ -n "$candidates" ] || candidates=$(awk '$4 ~ /^vda/ { print "/dev/" $4 }' /proc/partitions | sort -V)
+looked=""
+found=""
+for dev in $candidates; do
+  [ -b "$dev" ] || { looked="$looked $dev:no-such-device"; continue; }
+  fs=""
+  for t in ext4 xfs btrfs; do
+    if mount -t $t "$dev" $r 2>/dev/null; then fs=$t; break; fi
+  done
+  if [ -z "$fs" ]; then looked="$looked $dev:no-ext4-xfs-or-btrfs"; continue; fi
+  if chroot $r /bin/sh -c 'exit 0' 2>/dev/null; then found=$dev; break; fi
+  looked="$looked $dev:$fs-without-/bin/sh"
+  umount $r
+done
+[ -n "$found" ] || fail "no root filesystem with /bin/sh on the disk (looked at:$looked)"
+dt-mark disk_root "$found $fs"
+if [ -n "$DT_PACKAGES_OS" ]; then
+  os=$(chroot $r /bin/sh -c '. /etc/os-release 2>/dev/null; echo "$ID $VERSION_ID"')
+  [ "$os" = "$DT_PACKAGES_OS" ] || fail "--package: the image runs '$os' but the packages were resolved on the host for '$DT_PACKAGES_OS'; they can break in another distribution: install them in the image instead"
+fi
+cp -a /dt/tree/. $r/ || fail "cannot copy --rootfs, --package and --file contents into the image's root (is it full?)"
+mkdir -p $r/.dirtytrace/bin $r/proc $r/sys $r/dev $r/tmp
+cp /workload.sh $r/.dirtytrace/workload.sh && cp /bin/dt-mark /bin/dt-phase $r/.dirtytrace/bin/ || fail "cannot put the workload into the image's root (is it full?)"
+mount -t proc proc $r/proc
+mount -t sysfs sysfs $r/sys
+mount -o bind /dev $r/dev
+mount -t tmpfs tmpfs $r/tmp
+dt-mark workload_start
+PATH=/.dirtytrace/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+  chroot $r /bin/sh -c 'cd /root 2>/dev/null || cd /; exec /bin/sh /.dirtytrace/workload.sh'
+status=$?
+dt-mark workload_end "$status"
+sync
+reboot -f
+"#;
+
 /// `/bin/dt-mark`.
 pub const DT_MARK: &str = r#"#!/bin/sh
 # dt-mark KIND [VALUE]: a marker line the VMM timestamps (see schemas/linux-guest.md).
@@ -123,6 +178,18 @@ pub struct ArchiveWriter<W: Write> {
     pub entries: u64,
     /// What was left out, and why.
     pub notes: Vec<String>,
+    /// Put before every name in the archive: the tree being written lands under it.
+    prefix: String,
+    /// The bookkeeping of the other trees, by prefix ([`ArchiveWriter::set_root`]).
+    other_roots: HashMap<String, TreeNames>,
+}
+
+/// What an [`ArchiveWriter`] knows of the names of one tree.
+#[derive(Default)]
+struct TreeNames {
+    names: HashMap<String, u32>,
+    symlinks: HashMap<String, String>,
+    symlink_hashes: HashSet<u64>,
 }
 
 /// Each entry costs the guest about this much besides its data (inode, dentry).
@@ -194,7 +261,24 @@ impl<W: Write> ArchiveWriter<W> {
             unpacked_bytes: 0,
             entries: 0,
             notes: Vec::new(),
+            prefix: String::new(),
+            other_roots: HashMap::new(),
         }
+    }
+
+    /// Writes what follows as a tree of its own under `prefix` (`""`: the archive's root), whose
+    /// names and symlinks resolve within it, as if it were a root filesystem: `--disk` copies
+    /// such a tree into the image's root. The directories of `prefix` must have been written in
+    /// the archive's root first.
+    pub fn set_root(&mut self, prefix: &str) {
+        let now = TreeNames {
+            names: std::mem::take(&mut self.names),
+            symlinks: std::mem::take(&mut self.symlinks),
+            symlink_hashes: std::mem::take(&mut self.symlink_hashes),
+        };
+        self.other_roots.insert(std::mem::replace(&mut self.prefix, prefix.to_string()), now);
+        let next = self.other_roots.remove(prefix).unwrap_or_default();
+        (self.names, self.symlinks, self.symlink_hashes) = (next.names, next.symlinks, next.symlink_hashes);
     }
 
     /// A fresh inode number, for entries that share one (hard links).
@@ -293,7 +377,8 @@ impl<W: Write> ArchiveWriter<W> {
         self.entries += 1;
         self.unpacked_bytes += size.div_ceil(4096) * 4096 + ENTRY_OVERHEAD;
         self.names.insert(self.resolve_parent(name), mode);
-        Ok(cpio::NewcBuilder::new(name)
+        let full = format!("{}{name}", self.prefix);
+        Ok(cpio::NewcBuilder::new(&full)
             .ino(ino)
             .mode(mode)
             .uid(owner.uid)
@@ -494,6 +579,52 @@ pub struct Inputs {
     pub script: PathBuf,
     /// Packed around them: a rootfs and packages first, `--file` extras on top.
     pub contents: Contents,
+    /// The workload runs in a disk image's root filesystem, not in the archive's.
+    pub disk: Option<DiskGuest>,
+}
+
+/// What the archive of a `--disk` guest holds besides the usual: the kernel modules the disk
+/// needs, and how to find its root. The contents go under `dt/tree/`, which `/init` copies
+/// into the image's root (on its overlay).
+#[derive(Debug, Clone, Default)]
+pub struct DiskGuest {
+    /// Kernel modules as `(file name, path)`, in load order.
+    pub modules: Vec<(String, PathBuf)>,
+    /// `--disk-root`.
+    pub root: Option<String>,
+}
+
+/// Where a `--disk` archive keeps the tree copied into the image's root.
+pub const DISK_TREE: &str = "dt/tree/";
+
+/// The host's `ID VERSION_ID` from /etc/os-release: what `--package`s were resolved for.
+pub fn host_os() -> String {
+    let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .map(|v| v.trim().trim_matches('"').to_string())
+            .unwrap_or_default()
+    };
+    format!("{} {}", field("ID"), field("VERSION_ID"))
+}
+
+/// A shell word in single quotes.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+impl DiskGuest {
+    /// `/dt/config`, which the disk `/init` sources.
+    fn config(&self, packages: bool) -> String {
+        let modules: Vec<&str> = self.modules.iter().map(|(n, _)| n.as_str()).collect();
+        format!(
+            "DT_MODULES={}\nDT_ROOT={}\nDT_PACKAGES_OS={}\n",
+            shell_quote(&modules.join(" ")),
+            shell_quote(self.root.as_deref().unwrap_or("")),
+            shell_quote(if packages { host_os() } else { String::new() }.as_str())
+        )
+    }
 }
 
 /// Checks a workload script the way `record` does before it builds anything: a regular file
@@ -606,6 +737,7 @@ pub fn build(busybox: &Path, script: &Path, files: &[String], cache: Option<&Pat
         busybox: busybox.to_path_buf(),
         script: script.to_path_buf(),
         contents: Contents { files: files.to_vec(), ..Default::default() },
+        disk: None,
     };
     build_with(&inputs, cache, &mut |_| {})
 }
@@ -687,6 +819,21 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
             key.update(b"\n");
         }
     }
+    let disk_config = inputs.disk.as_ref().map(|d| d.config(packages.is_some()));
+    let mut modules = Vec::new();
+    if let (Some(d), Some(config)) = (&inputs.disk, &disk_config) {
+        key.update(b"disk");
+        key.update(DISK_INIT.as_bytes());
+        key.update(config.as_bytes());
+        for (name, path) in &d.modules {
+            let ko = crate::files::read_regular(path, MAX_BUSYBOX_BYTES, "kernel module")
+                .with_context(|| format!("cannot read the kit's module {}", path.display()))?;
+            key.update(name.as_bytes());
+            key.update((ko.len() as u64).to_le_bytes());
+            key.update(&ko);
+            modules.push((name.clone(), ko));
+        }
+    }
     let sha: String = key.finalize().iter().map(|b| format!("{b:02x}")).collect();
     let cached_path = cache.map(|c| c.join(format!("{sha}.cpio.gz")));
     let meta_path = cache.map(|c| c.join(format!("{sha}.json")));
@@ -707,6 +854,10 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
 
     let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let mut a = ArchiveWriter::new(gz);
+    if inputs.disk.is_some() {
+        a.dir(DISK_TREE.trim_end_matches('/'), DIR, Owner::default())?;
+        a.set_root(DISK_TREE);
+    }
     if let Some(r) = &rootfs {
         progress(&format!("packing {}", r.path.display()));
         r.pack(&mut a)?;
@@ -716,6 +867,11 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
     if let Some(p) = &packages {
         progress(&format!("packing {} packages", p.debs.len()));
         rootfs::Rootfs::open(&p.tree)?.pack(&mut a)?;
+    }
+    if inputs.disk.is_some() {
+        // The `--file`s go into the image's tree too.
+        copy_extras(&mut a, &extras)?;
+        a.set_root("");
     }
     for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "run", "mnt"] {
         a.dir(d, DIR, Owner::default())?;
@@ -727,15 +883,17 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
     if !a.exists("bin/sh") {
         a.symlink("bin/sh", "busybox", Owner::default())?;
     }
-    a.bytes("init", EXEC, INIT.as_bytes())?;
+    a.bytes("init", EXEC, if inputs.disk.is_some() { DISK_INIT } else { INIT }.as_bytes())?;
     a.bytes("bin/dt-mark", EXEC, DT_MARK.as_bytes())?;
     a.bytes("bin/dt-phase", EXEC, DT_PHASE.as_bytes())?;
     a.bytes("workload.sh", EXEC, &script)?;
-    for (x, mode) in extras {
-        let what = || format!("--file {}:{}: cannot read {}", x.host.display(), x.guest, x.host.display());
-        let mut f = crate::files::open_regular(&x.host, u64::MAX, "file for the guest").with_context(what)?;
-        let size = f.metadata().with_context(what)?.len();
-        a.file(x.guest.trim_start_matches('/'), mode, Owner::default(), size, &mut f, None).with_context(what)?;
+    if let Some(config) = &disk_config {
+        a.bytes("dt/config", 0o100644, config.as_bytes())?;
+        for (name, ko) in &modules {
+            a.bytes(&format!("dt/modules/{name}"), 0o100644, ko)?;
+        }
+    } else {
+        copy_extras(&mut a, &extras)?;
     }
     let (gz, unpacked_bytes, entries, notes) = a.finish()?;
     let bytes = gz.finish()?;
@@ -752,6 +910,17 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
         }
     }
     Ok(Initramfs { bytes, sha256: sha, cached: false, unpacked_bytes, entries, notes, packages: debs })
+}
+
+/// Writes the `--file`s into the archive's current tree.
+fn copy_extras<W: Write>(a: &mut ArchiveWriter<W>, extras: &[(&Extra, u32)]) -> anyhow::Result<()> {
+    for (x, mode) in extras {
+        let what = || format!("--file {}:{}: cannot read {}", x.host.display(), x.guest, x.host.display());
+        let mut f = crate::files::open_regular(&x.host, u64::MAX, "file for the guest").with_context(what)?;
+        let size = f.metadata().with_context(what)?.len();
+        a.file(x.guest.trim_start_matches('/'), *mode, Owner::default(), size, &mut f, None).with_context(what)?;
+    }
+    Ok(())
 }
 
 /// `dirtytrace initramfs`: builds exactly the archive `record` would boot (same inputs, same

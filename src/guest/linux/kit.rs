@@ -33,7 +33,27 @@ pub struct KitInfo {
     pub busybox_sha256: String,
     /// When it was fetched, seconds since the Unix epoch.
     pub fetched_unix_s: u64,
+    /// The kernel's modules that `record --disk` loads, in load order (file names in
+    /// [`MODULES_DIR`]); empty in kits fetched before disks were supported.
+    #[serde(default)]
+    pub disk_modules: Vec<String>,
 }
+
+/// The kit's subdirectory of kernel modules for `--disk`.
+pub const MODULES_DIR: &str = "modules";
+
+/// The modules a disk needs where the kit's kernel has them as modules: the virtio PCI
+/// transport and block driver, and the XFS and btrfs filesystems (ext4 is built in) with what
+/// they load first. Each one's own `depends=` is followed too.
+pub const DISK_MODULES: &[&str] = &[
+    "virtio_blk",
+    "virtio_pci",
+    "xfs",
+    // btrfs's soft dependencies (its checksums), which `depends=` does not name.
+    "blake2b_generic",
+    "xxhash_generic",
+    "btrfs",
+];
 
 /// Where the kernel and busybox come from for one recording.
 #[derive(Debug, Clone)]
@@ -170,6 +190,8 @@ pub fn fetch(progress: &mut dyn FnMut(&str)) -> anyhow::Result<KitInfo> {
     let busybox = std::fs::read(work.join("root/bin/busybox")).context("busybox-static has no /bin/busybox")?;
     progress("decompressing vmlinux from the bzImage");
     let vmlinux = extract_vmlinux(&bzimage)?;
+    progress("keeping the kernel's disk modules");
+    let disk_modules = keep_disk_modules(&work.join("root/lib/modules"), &dir.join(MODULES_DIR))?;
     for (name, data) in [("bzImage", &bzimage), ("vmlinux", &vmlinux), ("busybox", &busybox)] {
         std::fs::write(dir.join(name), data).with_context(|| format!("cannot write {}", dir.join(name).display()))?;
     }
@@ -184,10 +206,78 @@ pub fn fetch(progress: &mut dyn FnMut(&str)) -> anyhow::Result<KitInfo> {
         vmlinux_sha256: sha256_hex(&vmlinux),
         busybox_sha256: sha256_hex(&busybox),
         fetched_unix_s: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        disk_modules,
     };
     std::fs::write(dir.join(KIT_JSON), serde_json::to_string_pretty(&info)? + "\n")?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(info)
+}
+
+/// A module's `KEY=` field from its `.modinfo` strings (NUL-separated `key=value`).
+fn modinfo<'a>(ko: &'a [u8], key: &str) -> Option<&'a str> {
+    let needle = format!("\0{key}=");
+    let at = ko.windows(needle.len()).position(|w| w == needle.as_bytes())? + needle.len();
+    let end = ko[at..].iter().position(|&b| b == 0)?;
+    std::str::from_utf8(&ko[at..at + end]).ok()
+}
+
+/// Copies [`DISK_MODULES`] and their dependencies from an unpacked `lib/modules` into `to`
+/// (replacing what was there), and returns their file names in an order `insmod` can load.
+fn keep_disk_modules(lib_modules: &Path, to: &Path) -> anyhow::Result<Vec<String>> {
+    let mut found = std::collections::HashMap::new();
+    let mut stack = vec![lib_modules.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).with_context(|| format!("cannot read {}", d.display()))?.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else if let Some(name) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".ko")) {
+                found.insert(name.replace('-', "_"), p);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).with_context(|| format!("cannot create {}", to.display()))?;
+    let mut order = Vec::new();
+    fn visit(
+        name: &str,
+        found: &std::collections::HashMap<String, PathBuf>,
+        order: &mut Vec<String>,
+        to: &Path,
+        depth: usize,
+    ) -> anyhow::Result<()> {
+        let file = format!("{name}.ko");
+        // Built in, or not in this kernel: nothing to load.
+        let Some(path) = found.get(name) else { return Ok(()) };
+        if order.contains(&file) || depth > 32 {
+            return Ok(());
+        }
+        let ko = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        for dep in modinfo(&ko, "depends").unwrap_or("").split(',').filter(|d| !d.is_empty()) {
+            visit(&dep.replace('-', "_"), found, order, to, depth + 1)?;
+        }
+        std::fs::write(to.join(&file), &ko).with_context(|| format!("cannot write {}", to.join(&file).display()))?;
+        order.push(file);
+        Ok(())
+    }
+    for name in DISK_MODULES {
+        visit(name, &found, &mut order, to, 0)?;
+    }
+    Ok(order)
+}
+
+/// The kit's disk modules, in load order, as `(file name, path)`; an error says to fetch the
+/// kit again when it has none.
+pub fn disk_modules(kit: &Kit) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let names = kit.info.as_ref().map(|i| i.disk_modules.clone()).unwrap_or_default();
+    if names.is_empty() {
+        bail!(
+            "the guest kernel kit has no disk modules (virtio-blk, xfs, btrfs): it was fetched before --disk existed, \
+             or the kernel is not the kit's. Run `dirtytrace kit fetch` again"
+        );
+    }
+    let dir = kit_dir().join(MODULES_DIR);
+    Ok(names.into_iter().map(|n| (n.clone(), dir.join(n))).collect())
 }
 
 const LZ4_LEGACY_MAGIC: [u8; 4] = [0x02, 0x21, 0x4C, 0x18];
@@ -264,6 +354,14 @@ mod tests {
         truncated[0x1F1] = 4;
         truncated[0x24C..0x250].copy_from_slice(&100_000u32.to_le_bytes());
         assert!(extract_vmlinux(&truncated).unwrap_err().to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn modinfo_fields_are_read_from_the_strings() {
+        let ko = b"\x7fELF junk\0license=GPL\0depends=virtio,virtio_ring\0name=virtio_blk\0";
+        assert_eq!(modinfo(ko, "depends"), Some("virtio,virtio_ring"));
+        assert_eq!(modinfo(ko, "name"), Some("virtio_blk"));
+        assert_eq!(modinfo(ko, "softdep"), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod console;
+pub mod disk_check;
 pub mod initramfs;
 pub mod kit;
 pub mod packages;
@@ -62,13 +63,18 @@ pub struct LinuxInputs {
     #[command(flatten)]
     #[serde(flatten)]
     pub initramfs: initramfs::Contents,
+    /// A disk image to run the workload in.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub disk: crate::disk::DiskInputs,
 }
 
 impl LinuxInputs {
     /// The same inputs with relative host paths taken from `dir` (a grid's directory).
     pub fn relative_to(&self, dir: &Path) -> LinuxInputs {
         let boot = BootInputs { kernel: self.boot.kernel.as_ref().map(|k| dir.join(k)), ..self.boot.clone() };
-        LinuxInputs { boot, initramfs: self.initramfs.relative_to(dir) }
+        let disk = crate::disk::DiskInputs { disk: self.disk.disk.as_ref().map(|d| dir.join(d)), ..self.disk.clone() };
+        LinuxInputs { boot, initramfs: self.initramfs.relative_to(dir), disk }
     }
 }
 
@@ -89,6 +95,50 @@ pub struct LinuxOptions {
     /// Whether the guest will run under KVM, so that the host's KVM must run kernel code
     /// natively (false under the QEMU engine, which emulates the guest itself).
     pub under_kvm: bool,
+    /// Where the `--disk` overlay's (unlinked) file is made: the trace's parent directory.
+    pub scratch_dir: PathBuf,
+}
+
+/// Guest RAM of `disk check`'s probe boot.
+pub const PROBE_MEM: u64 = 256 << 20;
+
+/// The flag that names a disk image.
+pub const DISK_FLAG: &str = "--disk";
+
+/// A `--disk` image checked on the host, and what was found on it.
+#[derive(Debug)]
+pub struct CheckedDisk {
+    /// The image, and how QEMU opens it.
+    pub image: crate::disk::CheckedImage,
+    /// Its partitions and filesystems.
+    pub layout: crate::disk::layout::Layout,
+}
+
+/// Checks a `--disk` image before boot: a readable raw or qcow2 file whose backing files
+/// exist, with an ext4, xfs or btrfs filesystem somewhere (or the `--disk-root` asked for).
+pub fn check_disk(inputs: &crate::disk::DiskInputs) -> anyhow::Result<Option<CheckedDisk>> {
+    let Some(path) = &inputs.disk else { return Ok(None) };
+    let (reader, image) = crate::disk::open(path, inputs.disk_format)?;
+    if let (None, crate::disk::DiskFormat::Raw) = (inputs.disk_format, image.format) {
+        // Fine: raw is what a file without qcow2's magic is.
+    }
+    let layout = crate::disk::layout::read(&reader)?;
+    match &inputs.disk_root {
+        Some(root) => {
+            let n = root.strip_prefix("/dev/vda").filter(|n| n.is_empty() || n.parse::<u32>().is_ok_and(|n| n > 0));
+            if n.is_none() {
+                anyhow::bail!("--disk-root {root}: the guest's disk is /dev/vda; name it or one of its partitions, like /dev/vda2");
+            }
+            if !layout.volumes.iter().any(|v| &v.device == root) {
+                anyhow::bail!("--disk-root {root}: {} has no such partition ({})", path.display(), layout.describe());
+            }
+        }
+        None if layout.root_candidates().next().is_none() => {
+            return Err(crate::disk::DiskError::NoFilesystem { path: path.clone(), looked: layout.describe() }.into())
+        }
+        None => {}
+    }
+    Ok(Some(CheckedDisk { image, layout }))
 }
 
 /// The flag that boots the kit's kernel on a host that emulates guest kernel code.
@@ -131,6 +181,7 @@ pub struct LinuxGuest {
     initramfs_build_s: f64,
     cmdline: String,
     boot: Option<boot::BootInfo>,
+    disk: Option<CheckedDisk>,
 }
 
 impl LinuxGuest {
@@ -155,14 +206,29 @@ impl LinuxGuest {
         // The same checks as `initramfs`, before anything is hashed or packed.
         opts.inputs.initramfs.check(opts.mem)?;
         if opts.under_kvm {
+            if opts.inputs.disk.disk.is_some() {
+                anyhow::bail!(
+                    "{DISK_FLAG} needs the QEMU engine (the own VMM has no block device): record with --engine qemu"
+                );
+            }
             check_host(&opts, kit.kernel.starts_with(kit::kit_dir()))?;
         }
+        let disk = check_disk(&opts.inputs.disk)?;
+        let disk_guest = match &disk {
+            None => None,
+            Some(_) => Some(initramfs::DiskGuest {
+                // The kit's modules fit the kit's kernel only; another kernel needs its drivers built in.
+                modules: if kit.kernel.starts_with(kit::kit_dir()) { kit::disk_modules(&kit)? } else { Vec::new() },
+                root: opts.inputs.disk.disk_root.clone(),
+            }),
+        };
         let t = crate::clock::now_ns();
         let cache = kit::cache_dir().join("initramfs");
         let inputs = initramfs::Inputs {
             busybox: kit.busybox.clone(),
             script: opts.script.clone(),
             contents: opts.inputs.initramfs.clone(),
+            disk: disk_guest,
         };
         let initramfs = initramfs::build_with(&inputs, Some(&cache), &mut |m| eprintln!("initramfs: {m}"))?;
         let initramfs_build_s = (crate::clock::now_ns() - t) as f64 / 1e9;
@@ -175,7 +241,7 @@ impl LinuxGuest {
         }
         let extra = opts.inputs.boot.cmdline.as_deref();
         let cmdline = if opts.under_kvm { boot::cmdline(extra) } else { boot::qemu_cmdline(extra) };
-        Ok(LinuxGuest { opts, extras, kit, kernel, initramfs, initramfs_build_s, cmdline, boot: None })
+        Ok(LinuxGuest { opts, extras, kit, kernel, initramfs, initramfs_build_s, cmdline, boot: None, disk })
     }
 }
 
@@ -271,6 +337,15 @@ impl Guest for LinuxGuest {
             "initramfs_sha256": self.initramfs.sha256,
             "initramfs_cached": self.initramfs.cached,
             "initramfs_build_s": self.initramfs_build_s,
+            "disk": self.disk.as_ref().map(|d| serde_json::json!({
+                "image": d.image.path,
+                "format": d.image.format,
+                "size_bytes": d.image.size,
+                "backing_chain": d.image.backing_chain,
+                "partition_table": d.layout.table,
+                "volumes": d.layout.volumes,
+                "root": self.opts.inputs.disk.disk_root,
+            })),
         })
     }
 
@@ -279,7 +354,15 @@ impl Guest for LinuxGuest {
     }
 
     fn qemu_boot(&mut self) -> anyhow::Result<Option<crate::qemu::QemuBoot>> {
+        let disk = match &self.disk {
+            None => None,
+            Some(d) => Some(crate::qemu::QemuDisk {
+                overlay: Arc::new(crate::disk::overlay_file(&d.image, &self.opts.scratch_dir)?),
+                image: d.image.clone(),
+            }),
+        };
         Ok(Some(crate::qemu::QemuBoot {
+            disk,
             kernel: Some(crate::qemu::QemuKernel::File(self.kit.kernel.clone())),
             initramfs: self.initramfs.bytes.clone(),
             cmdline: self.cmdline.clone(),

@@ -236,6 +236,7 @@ impl Guest for SyntheticGuest {
             markers: Some(Arc::new(pvh::SerialMarkers {
                 phase_names: self.spec.phases.iter().map(|p| p.name.clone()).collect(),
             })),
+            disk: None,
         }))
     }
 }
