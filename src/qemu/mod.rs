@@ -459,17 +459,16 @@ impl QemuVm {
             Ok(r) => r,
             Err(msg) => {
                 drop(process);
-                let stderr = tail(&stderr);
-                if let Some(disk) = &boot.disk {
-                    if stderr.iter().any(|l| l.contains("lock")) {
-                        return Err(QemuError::DiskInUse { image: disk.image.path.clone(), stderr });
-                    }
-                }
-                return Err(QemuError::Startup { msg, stderr });
+                return Err(startup_failure(msg, tail(&stderr), boot));
             }
         };
-        let qmp = qmp::Qmp::connect(&socket, STARTUP_TIMEOUT, || process.exited().is_none())
-            .map_err(|msg| QemuError::Startup { msg, stderr: tail(&stderr) })?;
+        let qmp = match qmp::Qmp::connect(&socket, STARTUP_TIMEOUT, || process.exited().is_none()) {
+            Ok(q) => q,
+            Err(msg) => {
+                drop(process);
+                return Err(startup_failure(msg, tail(&stderr), boot));
+            }
+        };
         // Connected: the socket's name is needed no more, so nothing is left on disk even if
         // the recorder is killed later.
         drop(dir);
@@ -639,6 +638,16 @@ impl QemuVm {
         self.qmp.execute("cont").map_err(QemuError::Qmp)?;
         let last_cpu = Mutex::new(vec![0; self.vcpus as usize]);
         Ok(RunningQemu { vm: self, stopped_by_us: false, last_cpu })
+    }
+}
+
+/// Why QEMU did not start: its disk image locked by another process, or what it said.
+fn startup_failure(msg: String, stderr: Vec<String>, boot: &QemuBoot) -> QemuError {
+    match &boot.disk {
+        Some(disk) if stderr.iter().any(|l| l.contains("lock") && l.contains("Failed to get")) => {
+            QemuError::DiskInUse { image: disk.image.path.clone(), stderr }
+        }
+        _ => QemuError::Startup { msg, stderr },
     }
 }
 

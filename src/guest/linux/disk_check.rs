@@ -15,7 +15,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The probe's workload, run chrooted in the root filesystem `/init` found.
 const PROBE_SCRIPT: &str = r#"#!/bin/sh
-. /etc/os-release 2>/dev/null
+[ -r /etc/os-release ] && . /etc/os-release
 echo "DIRTYTRACE:probe_os:${PRETTY_NAME:-${ID:-no /etc/os-release} ${VERSION_ID}}"
 "#;
 

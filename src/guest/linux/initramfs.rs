@@ -83,7 +83,7 @@ done
 [ -n "$found" ] || fail "no root filesystem with /bin/sh on the disk (looked at:$looked)"
 dt-mark disk_root "$found $fs"
 if [ -n "$DT_PACKAGES_OS" ]; then
-  os=$(chroot $r /bin/sh -c '. /etc/os-release 2>/dev/null; echo "$ID $VERSION_ID"')
+  os=$(chroot $r /bin/sh -c '[ -r /etc/os-release ] && . /etc/os-release; echo "$ID $VERSION_ID"')
   [ "$os" = "$DT_PACKAGES_OS" ] || fail "--package: the image runs '$os' but the packages were resolved on the host for '$DT_PACKAGES_OS'; they can break in another distribution: install them in the image instead"
 fi
 cp -a /dt/tree/. $r/ || fail "cannot copy --rootfs, --package and --file contents into the image's root (is it full?)"
