@@ -458,3 +458,58 @@ fn packages_for_another_distribution_are_refused() {
         "{e}"
     );
 }
+
+/// A minimal Debian bookworm with python3, made by `mmdebstrap` from the host's apt sources
+/// into an ext4 image, and kept in dirtytrace's cache by what it is made of (the command and
+/// the candidate versions of its packages), as the package cache is: built once per change.
+fn debian_image(dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let args = ["--variant=minbase", "--include=python3-minimal", "bookworm"];
+    let policy = Command::new("apt-cache")
+        .args(["policy", "python3-minimal", "base-files", "libc6"])
+        .output()
+        .expect("apt-cache (a Debian host; .ci/run runs there)");
+    let mut key = sha2::Sha256::new();
+    key.update(args.join(" "));
+    key.update(&policy.stdout);
+    let name = format!("debian-python3-{}.img", &dirtytrace::units::hex(&key.finalize())[..16]);
+    let cache = dirtytrace::guest::linux::kit::cache_dir().join("test-images");
+    let img = cache.join(&name);
+    if img.exists() {
+        return img;
+    }
+    std::fs::create_dir_all(&cache).unwrap();
+    let tar = dir.join("debian.tar");
+    run(Command::new("mmdebstrap").arg("--quiet").args(args).arg(&tar));
+    let root = dir.join("debian");
+    std::fs::create_dir_all(&root).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&root).arg("--numeric-owner"));
+    std::fs::remove_file(&tar).unwrap();
+    let tmp = cache.join(format!("{name}.tmp{}", std::process::id()));
+    ext4(&root, &tmp, 1024);
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::rename(&tmp, &img).unwrap();
+    img
+}
+
+/// One real distribution: Debian's own python3, in a Debian image, runs the workload; the
+/// 32 MiB it fills in phase `fill` are in that phase's written pages.
+#[test]
+fn debian_s_own_python_runs_the_workload() {
+    let dir = Scratch::new("disk-debian");
+    let img = debian_image(&dir);
+    let _g = kvm_lock();
+    let before = sha256(&img);
+    let script = "#!/bin/sh\n. /etc/os-release\necho \"system: $PRETTY_NAME\"\npython3 --version\ndt-phase fill\n\
+                  python3 -c 'b = bytearray(32 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint(\"filled\", \
+                  len(b))'\nsleep 1\ndt-phase done\n";
+    let (o, out) = record(&dir, script, &img, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let console = String::from_utf8_lossy(&std::fs::read(out.join("console.log")).unwrap()).into_owned();
+    assert!(console.contains("system: Debian GNU/Linux 12 (bookworm)"), "{console}");
+    assert!(console.contains("Python 3.11") && console.contains("filled 33554432"), "{console}");
+    let trace = Trace::open(&out).unwrap();
+    let fill = pages_of_phase(&trace, "fill").len() as u64;
+    assert!(fill >= (32 << 20) / 4096, "phase fill wrote {fill} pages, fewer than python's 32 MiB");
+    assert_eq!(sha256(&img), before, "the image was written");
+}
