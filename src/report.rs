@@ -14,6 +14,9 @@ pub fn record_summary(s: &RecordSummary) -> String {
         format!("{} over {:.3} s (mean interval {:.3} ms)", s.intervals, s.duration_s, s.mean_interval_s * 1e3),
     );
     line("engine", s.engine_reason.as_ref().map_or(s.engine.clone(), |why| format!("{} ({why})", s.engine)));
+    if let Some(setup) = s.setup_s {
+        line("setup", format!("{:.3} s from start to the guest's first instruction", setup));
+    }
     line("guest RAM", HumanBytes(s.ramsize_bytes as f64).to_string());
     line("dirty rate, mean", format!("{:.2} MiB/s", s.mean_dirty_rate_bytes_per_s / MIB as f64));
     line("dirty rate, max interval", format!("{:.2} MiB/s", s.max_dirty_rate_bytes_per_s / MIB as f64));
