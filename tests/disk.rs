@@ -514,3 +514,38 @@ fn debian_s_own_python_runs_the_workload() {
     assert!(fill >= (32 << 20) / 4096, "phase fill wrote {fill} pages, fewer than python's 32 MiB");
     assert_eq!(sha256(&img), before, "the image was written");
 }
+
+/// An image the user cannot read is refused before boot, as user `nobody` finds.
+#[test]
+fn an_image_the_user_cannot_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("disk-unreadable");
+    std::fs::set_permissions(&*dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let img = dir.join("private.img");
+    std::fs::File::create(&img).unwrap().set_len(MIB).unwrap();
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let w = write(&dir, "w.sh", "#!/bin/sh\ntrue\n");
+    std::fs::set_permissions(&w, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = output_within(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .arg(bin())
+            .args(["record", "--workload", w.to_str().unwrap(), "--disk"])
+            .arg(&img)
+            .arg("--output")
+            .arg(dir.join("trace"))
+            .env("HOME", &*dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        stderr(&o).trim(),
+        format!(
+            "error: --disk {}: cannot read it (Permission denied (os error 13)); dirtytrace needs read access only",
+            img.display()
+        )
+    );
+}

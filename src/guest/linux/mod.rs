@@ -194,6 +194,8 @@ impl LinuxGuest {
         if !opts.mem.is_multiple_of(4096) {
             anyhow::bail!("--mem must be a whole number of 4 KiB pages");
         }
+        // The image first: what is wrong with it is the user's to fix, whatever the kit.
+        let disk = check_disk(&opts.inputs.disk)?;
         let kit = kit::locate(opts.inputs.boot.kernel.as_deref(), opts.inputs.boot.bzimage)?;
         let kernel = read_kernel(&kit.kernel, opts.mem).with_context(|| {
             if opts.inputs.boot.kernel.is_some() {
@@ -213,7 +215,6 @@ impl LinuxGuest {
             }
             check_host(&opts, kit.kernel.starts_with(kit::kit_dir()))?;
         }
-        let disk = check_disk(&opts.inputs.disk)?;
         let disk_guest = match &disk {
             None => None,
             Some(_) => Some(initramfs::DiskGuest {
