@@ -494,7 +494,8 @@ fn debian_image(dir: &Path) -> PathBuf {
 }
 
 /// One real distribution: Debian's own python3, in a Debian image, runs the workload; the
-/// 32 MiB it fills in phase `fill` are in that phase's written pages.
+/// 32 MiB it fills in phase `fill` are in that phase's written pages; `--package stress-ng`
+/// from the host's apt runs there too.
 #[test]
 fn debian_s_own_python_runs_the_workload() {
     let dir = Scratch::new("disk-debian");
@@ -503,12 +504,14 @@ fn debian_s_own_python_runs_the_workload() {
     let before = sha256(&img);
     let script = "#!/bin/sh\n. /etc/os-release\necho \"system: $PRETTY_NAME\"\npython3 --version\ndt-phase fill\n\
                   python3 -c 'b = bytearray(32 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nprint(\"filled\", \
-                  len(b))'\nsleep 1\ndt-phase done\n";
-    let (o, out) = record(&dir, script, &img, &[]);
+                  len(b))'\nsleep 1\ndt-phase done\nstress-ng --version\n";
+    // A package from the host's apt goes into the image's tree (the same distribution).
+    let (o, out) = record(&dir, script, &img, &["--package", "stress-ng"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let console = String::from_utf8_lossy(&std::fs::read(out.join("console.log")).unwrap()).into_owned();
     assert!(console.contains("system: Debian GNU/Linux 12 (bookworm)"), "{console}");
     assert!(console.contains("Python 3.11") && console.contains("filled 33554432"), "{console}");
+    assert!(console.contains("stress-ng, version 0."), "{console}");
     let trace = Trace::open(&out).unwrap();
     let fill = pages_of_phase(&trace, "fill").len() as u64;
     assert!(fill >= (32 << 20) / 4096, "phase fill wrote {fill} pages, fewer than python's 32 MiB");

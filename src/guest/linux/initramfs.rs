@@ -86,7 +86,9 @@ if [ -n "$DT_PACKAGES_OS" ]; then
   os=$(chroot $r /bin/sh -c '[ -r /etc/os-release ] && . /etc/os-release; echo "$ID $VERSION_ID"')
   [ "$os" = "$DT_PACKAGES_OS" ] || fail "--package: the image runs '$os' but the packages were resolved on the host for '$DT_PACKAGES_OS'; they can break in another distribution: install them in the image instead"
 fi
-cp -a /dt/tree/. $r/ || fail "cannot copy --rootfs, --package and --file contents into the image's root (is it full?)"
+# tar, not cp: it goes through the image's directory symlinks (a merged /usr's lib -> usr/lib)
+# and replaces files, as the initramfs's layers do.
+(cd /dt/tree && tar -cf - .) | (cd $r && tar -xf -) || fail "cannot copy --rootfs, --package and --file contents into the image's root (is it full?)"
 mkdir -p $r/.dirtytrace/bin $r/proc $r/sys $r/dev $r/tmp
 cp /workload.sh $r/.dirtytrace/workload.sh && cp /bin/dt-mark /bin/dt-phase $r/.dirtytrace/bin/ || fail "cannot put the workload into the image's root (is it full?)"
 mount -t proc proc $r/proc
