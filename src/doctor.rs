@@ -85,6 +85,8 @@ pub struct Report {
     /// Whether the QEMU engine (`record --engine qemu`) works here: QEMU, its plugin and the
     /// host kernel's write tracking, tried for real.
     pub qemu: Verdict,
+    /// Whether `record --disk` works here: the QEMU engine, and the kit's disk modules.
+    pub disk_images: Verdict,
     /// What `record --engine auto` picks for each kind of guest: `kvm`, `qemu` or `none`.
     pub auto_engine: AutoEngine,
     /// How long `doctor` took (s).
@@ -196,6 +198,21 @@ fn qemu_verdict() -> Verdict {
     }
 }
 
+/// `record --disk` needs the QEMU engine and the kit's disk modules.
+fn disk_verdict(qemu: &Verdict) -> Verdict {
+    let modules = kit::locate(None, false).map_err(|e| format!("{e:#}")).and_then(|k| {
+        if !k.kernel.starts_with(kit::kit_dir()) {
+            return Ok("the kernel is not the kit's: its disk drivers must be built in".to_string());
+        }
+        kit::disk_modules(&k).map(|m| format!("the kit has its {} disk modules", m.len())).map_err(|e| format!("{e:#}"))
+    });
+    match (qemu.ok, modules) {
+        (true, Ok(m)) => verdict(true, format!("the QEMU engine works and {m}")),
+        (false, _) => verdict(false, "it needs the QEMU engine, which does not work here (above)"),
+        (true, Err(e)) => verdict(false, e),
+    }
+}
+
 /// Looks at the host. Writes nothing.
 pub fn run(device: &Path) -> Report {
     let t0 = std::time::Instant::now();
@@ -252,6 +269,7 @@ pub fn run(device: &Path) -> Report {
         }
     };
     let qemu = qemu_verdict();
+    let disk_images = disk_verdict(&qemu);
     let auto_engine = AutoEngine {
         // As `record` decides: the own VMM wherever KVM opens, else QEMU.
         synthetic: match (kvm.error.is_none(), qemu.ok) {
@@ -278,6 +296,7 @@ pub fn run(device: &Path) -> Report {
         plot_font: font_verdict(),
         simgrid: simgrid_verdict(),
         qemu,
+        disk_images,
         auto_engine,
         elapsed_s: t0.elapsed().as_secs_f64(),
     }
@@ -364,6 +383,7 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(s, "  Synthetic guest: {} ({})", yes(r.synthetic_guest.ok), r.synthetic_guest.why);
     let _ = writeln!(s, "  Linux guests: {} ({})", yes(r.linux_guests.ok), r.linux_guests.why);
     let _ = writeln!(s, "  QEMU engine: {} ({})", yes(r.qemu.ok), r.qemu.why);
+    let _ = writeln!(s, "  Disk images (--disk): {} ({})", yes(r.disk_images.ok), r.disk_images.why);
     let _ = writeln!(
         s,
         "  --engine auto picks: {} for the synthetic guest, {} for Linux guests",

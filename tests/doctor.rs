@@ -47,6 +47,7 @@ fn doctor_says_what_works_here_quickly_and_touches_nothing() {
     }
     // The kit is not in this empty cache, and doctor says so without creating anything.
     assert_eq!(r["kit"]["ok"], false);
+    assert_eq!(r["disk_images"]["ok"], false);
     assert!(r["kit"]["why"].as_str().unwrap().contains("dirtytrace kit fetch"));
     assert!(!cache.exists());
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "doctor wrote into its working directory");
