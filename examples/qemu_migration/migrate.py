@@ -2,7 +2,7 @@
 """A real QEMU precopy migration of dirtytrace's synthetic guest, beside what dirtytrace predicts.
 
     examples/qemu_migration/migrate.py SPEC.toml [--accel kvm|tcg] [--start 5] [--runs 3]
-        [--bandwidth-mib 100] [--downtime-ms 30] [--record-engine qemu|kvm] [--nice N] [--no-predict] [--json]
+        [--bandwidth-mib 100] [--downtime-ms 30] [--record-engine qemu|kvm] [--nice N] [--timeout S] [--no-predict] [--json]
 
 1. Writes the spec's guest as a PVH image (`cargo run --example pvh_image`), which starts its
    workload as soon as it boots, paced by this host's TSC.
@@ -120,7 +120,7 @@ def kill(proc):
         proc.wait()
 
 
-def migrate_once(image, accel, mem, start_s, bandwidth, downtime_ms, niceness, tmp):
+def migrate_once(image, accel, mem, start_s, bandwidth, downtime_ms, niceness, timeout_s, tmp):
     """One real migration; QEMU's query-migrate figures."""
     port = free_port()
     src_qmp, dst_qmp = os.path.join(tmp, "src.sock"), os.path.join(tmp, "dst.sock")
@@ -167,6 +167,9 @@ def migrate_once(image, accel, mem, start_s, bandwidth, downtime_ms, niceness, t
                 break
             if status in ("failed", "cancelled"):
                 raise RuntimeError(f"the migration {status}: {info.get('error-desc', '')}")
+            if time.monotonic() - issued > timeout_s:
+                raise RuntimeError(f"the migration did not complete within {timeout_s} s (status {status}, "
+                                   f"{info.get('ram', {}).get('transferred', 0)} bytes sent); raise --timeout")
             time.sleep(0.02)
         ram = info["ram"]
         time.sleep(0.05)  # the console thread's last lines
@@ -255,6 +258,7 @@ def main():
     ap.add_argument("--nice", type=int, default=0,
                     help="run both QEMUs at this niceness (-10: ahead of the host's builds, so that the "
                          "migration gets the CPU it would on a quiet host; negative needs root)")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds a migration may take")
     ap.add_argument("--no-predict", action="store_true", help="only the real migrations")
     ap.add_argument("--json", action="store_true", help="print everything measured as JSON")
     a = ap.parse_args()
@@ -279,7 +283,7 @@ def main():
             f.write(spec_text)
         image = os.path.join(tmp, "guest.elf")
         run([os.path.join(target, "release", "examples", "pvh_image"), spec, image])
-        real = [migrate_once(image, a.accel, mem, a.start, bandwidth, a.downtime_ms, a.nice, tmp) for _ in range(a.runs)]
+        real = [migrate_once(image, a.accel, mem, a.start, bandwidth, a.downtime_ms, a.nice, a.timeout, tmp) for _ in range(a.runs)]
         pred = None if a.no_predict else predict(spec, a.record_engine, a.start, bandwidth, tmp, dirtytrace,
                                                 [r["achieved_bytes_per_s"] for r in real])
     finally:
