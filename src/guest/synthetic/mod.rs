@@ -141,6 +141,21 @@ fn load_system_area(
     Ok(())
 }
 
+impl SyntheticGuest {
+    /// The PVH boot image QEMU runs this guest from, paced by the host's TSC (measured now).
+    pub fn pvh_image(&mut self) -> anyhow::Result<pvh::BootImage> {
+        pvh::check_fits(&self.spec)?;
+        self.tsc_hz = pvh::host_tsc_hz()?;
+        self.tsc_source = "host_measured";
+        let code =
+            program::assemble_for(program::Target::Qemu).map_err(|e| anyhow::anyhow!("assembling the guest: {e}"))?;
+        let system = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), spec::SYSTEM_AREA_BYTES as usize)])
+            .context("cannot allocate memory to build the guest's boot image")?;
+        load_system_area(&system, &self.spec, &self.plan, self.tsc_hz, &code)?;
+        pvh::BootImage::build(&system, &self.spec, &self.plan, code.len() as u64, self.tsc_hz)
+    }
+}
+
 impl Guest for SyntheticGuest {
     fn vm_spec(&self) -> VmSpec {
         VmSpec {
@@ -216,15 +231,7 @@ impl Guest for SyntheticGuest {
     }
 
     fn qemu_boot(&mut self) -> anyhow::Result<Option<crate::qemu::QemuBoot>> {
-        pvh::check_fits(&self.spec)?;
-        self.tsc_hz = pvh::host_tsc_hz()?;
-        self.tsc_source = "host_measured";
-        let code =
-            program::assemble_for(program::Target::Qemu).map_err(|e| anyhow::anyhow!("assembling the guest: {e}"))?;
-        let system = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), spec::SYSTEM_AREA_BYTES as usize)])
-            .context("cannot allocate memory to build the guest's boot image")?;
-        load_system_area(&system, &self.spec, &self.plan, self.tsc_hz, &code)?;
-        let image = pvh::BootImage::build(&system, &self.spec, &self.plan, code.len() as u64, self.tsc_hz)?;
+        let image = self.pvh_image()?;
         Ok(Some(crate::qemu::QemuBoot {
             kernel: Some(crate::qemu::QemuKernel::Image(image.elf)),
             initramfs: Vec::new(),

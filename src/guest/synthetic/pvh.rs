@@ -143,6 +143,8 @@ pub struct BootImage {
     pub elf: Vec<u8>,
     /// The go word, and what guest RAM must hold when the trampoline waits on it.
     pub gate: StartGate,
+    /// The ELF's segments, kept for [`BootImage::standalone_elf`].
+    segments: Vec<(u64, Vec<u8>)>,
 }
 
 impl BootImage {
@@ -186,7 +188,19 @@ impl BootImage {
         Ok(BootImage {
             elf: pvh_elf(ENTRY_ADDR, &segments),
             gate: StartGate { go_addr: GO_ADDR, go_value: GO_VALUE, expect },
+            segments,
         })
+    }
+
+    /// The same image with its go word already set, for a QEMU that dirtytrace does not drive
+    /// (a real migration, `examples/qemu_migration/`): the trampoline says it is ready and
+    /// enters the program at once. Nothing is harvested or checked, so nothing tells the
+    /// firmware's writes from the workload's; the program's `phase` markers on the serial
+    /// console say when the workload began.
+    pub fn standalone_elf(&self) -> Vec<u8> {
+        let mut segments = self.segments.clone();
+        segments.push((GO_ADDR, GO_VALUE.to_le_bytes().to_vec()));
+        pvh_elf(ENTRY_ADDR, &segments)
     }
 }
 
@@ -496,6 +510,33 @@ mod tests {
         assert_eq!(u64::from_le_bytes(elf[ph + 24..ph + 32].try_into().unwrap()), 0x12_0000, "p_paddr");
         assert_eq!(u64::from_le_bytes(elf[ph + 32..ph + 40].try_into().unwrap()), 5000, "p_filesz");
         assert!(elf[off..off + 5000].iter().all(|&b| b == 4));
+    }
+
+    /// `(p_paddr, contents)` of every `PT_LOAD` of an ELF that `pvh_elf` wrote.
+    fn loads(elf: &[u8]) -> Vec<(u64, Vec<u8>)> {
+        let u64_at = |o: usize| u64::from_le_bytes(elf[o..o + 8].try_into().unwrap());
+        let phnum = u16::from_le_bytes([elf[56], elf[57]]) as usize;
+        (0..phnum)
+            .map(|i| 64 + i * 56)
+            .filter(|&ph| u32::from_le_bytes(elf[ph..ph + 4].try_into().unwrap()) == 1)
+            .map(|ph| {
+                let (off, len) = (u64_at(ph + 8) as usize, u64_at(ph + 32) as usize);
+                (u64_at(ph + 24), elf[off..off + len].to_vec())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_standalone_image_is_the_gated_one_with_its_go_word_set() {
+        let spec = WorkloadSpec::parse(super::super::spec::DEFAULT_SPEC, None, None).unwrap();
+        let mut guest = super::super::SyntheticGuest::new(spec, String::new()).unwrap();
+        let image = guest.pvh_image().unwrap();
+        let gated = loads(&image.elf);
+        let standalone = loads(&image.standalone_elf());
+        assert_eq!(standalone.len(), gated.len() + 1);
+        assert_eq!(standalone[..gated.len()], gated[..], "the gated image's segments, unchanged");
+        assert_eq!(standalone[gated.len()], (GO_ADDR, GO_VALUE.to_le_bytes().to_vec()));
+        assert!(gated.iter().all(|(a, b)| GO_ADDR + 8 <= *a || a + b.len() as u64 <= GO_ADDR), "no go word");
     }
 
     #[test]

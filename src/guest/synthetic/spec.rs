@@ -310,6 +310,31 @@ mod tests {
         assert_eq!(s.total_duration(), Duration::from_secs(9));
     }
 
+    /// examples/qemu_migration/'s guests are issue 18's: 1 GiB, a 256 MiB working set written
+    /// once over, then 25 MiB/s sequential or 50 MiB/s with 80 % of the writes to a hot 10 %.
+    #[test]
+    fn the_migration_examples_are_the_issue_s_guests() {
+        let mib = |n: f64| WriteRate::BytesPerSec(n * 1024.0 * 1024.0);
+        for (text, rate, pattern, hot_share) in [
+            (include_str!("../../../examples/qemu_migration/sequential.toml"), 25.0, Pattern::Sequential, 0.9),
+            (include_str!("../../../examples/qemu_migration/hotcold.toml"), 50.0, Pattern::Hotcold, 0.8),
+        ] {
+            let s = WorkloadSpec::parse(text, None, None).unwrap();
+            assert_eq!((s.mem_bytes, s.vcpus, s.phases.len()), (1 << 30, 1, 2));
+            let (first, steady) = (&s.phases[0], &s.phases[1]);
+            assert!(s.phases.iter().all(|p| p.working_set_bytes == 256 << 20 && p.cpu == 1.0));
+            assert_eq!(
+                (first.rate, first.pattern, first.duration),
+                (mib(128.0), Pattern::Sequential, Duration::from_secs(3))
+            );
+            assert_eq!(
+                (steady.rate, steady.pattern, steady.hot_fraction, steady.hot_share),
+                (mib(rate), pattern, 0.1, hot_share)
+            );
+            assert_eq!(s.total_duration(), Duration::from_secs(15));
+        }
+    }
+
     fn err(text: &str) -> String {
         WorkloadSpec::parse(text, None, None).unwrap_err().to_string()
     }
