@@ -26,10 +26,8 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(trace::limits::MAX_INTERVAL_S as u64);
 /// The longest recording `--duration` allows.
 pub const MAX_RECORD_DURATION: Duration = Duration::from_secs(366 * 86_400);
-/// `--interval`'s default.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
-/// `--migration-speed`'s default: 1 Gbit/s.
-pub const DEFAULT_MIGRATION_SPEED_BYTES_PER_S: f64 = 125_000_000.0;
+/// `--interval`'s and `--migration-speed`'s defaults, which `generate` shares.
+pub use crate::guest::synthetic::spec::{DEFAULT_INTERVAL, DEFAULT_MIGRATION_SPEED_BYTES_PER_S};
 /// The most bitmap data harvested but not yet written that the recorder holds in memory.
 pub const MAX_QUEUED_BITMAP_BYTES: u64 = 256 * crate::units::MIB;
 /// A Linux guest's RAM when neither `--mem` nor the workload says.

@@ -6,6 +6,7 @@
 //! are cached by a key that covers every input (see [`build_with`]).
 
 use super::rootfs;
+use crate::units::PAGE_SIZE;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -291,7 +292,7 @@ impl<W: Write> ArchiveWriter<W> {
         let size32 = u32::try_from(size)
             .map_err(|_| io_err(format!("{name} is {size} bytes; the initramfs format (newc cpio) stops at 4 GiB")))?;
         self.entries += 1;
-        self.unpacked_bytes += size.div_ceil(4096) * 4096 + ENTRY_OVERHEAD;
+        self.unpacked_bytes += size.div_ceil(PAGE_SIZE) * PAGE_SIZE + ENTRY_OVERHEAD;
         self.names.insert(self.resolve_parent(name), mode);
         Ok(cpio::NewcBuilder::new(name)
             .ino(ino)
@@ -448,7 +449,7 @@ impl Contents {
                 ),
                 Err(e) => return Err(anyhow::Error::new(e).context(flag())),
             };
-            floor = floor.saturating_add(size.div_ceil(4096) * 4096 + ENTRY_OVERHEAD);
+            floor = floor.saturating_add(size.div_ceil(PAGE_SIZE) * PAGE_SIZE + ENTRY_OVERHEAD);
         }
         if let Some(r) = &self.rootfs {
             floor = floor.saturating_add(rootfs::Rootfs::open(r)?.unpacked_floor()?);
@@ -687,7 +688,7 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
             key.update(b"\n");
         }
     }
-    let sha: String = key.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha = crate::units::hex(&key.finalize());
     let cached_path = cache.map(|c| c.join(format!("{sha}.cpio.gz")));
     let meta_path = cache.map(|c| c.join(format!("{sha}.json")));
     if let (Some(p), Some(m)) = (&cached_path, &meta_path) {

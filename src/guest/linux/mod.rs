@@ -140,7 +140,7 @@ impl LinuxGuest {
         if opts.vcpus == 0 || opts.vcpus > 254 {
             anyhow::bail!("--vcpus must be between 1 and 254, got {}", opts.vcpus);
         }
-        if !opts.mem.is_multiple_of(4096) {
+        if !opts.mem.is_multiple_of(crate::units::PAGE_SIZE) {
             anyhow::bail!("--mem must be a whole number of 4 KiB pages");
         }
         let kit = kit::locate(opts.inputs.boot.kernel.as_deref(), opts.inputs.boot.bzimage)?;

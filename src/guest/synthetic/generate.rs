@@ -30,8 +30,8 @@ pub struct GenerateOptions {
 impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
-            interval: crate::record::DEFAULT_INTERVAL,
-            migration_speed: crate::record::DEFAULT_MIGRATION_SPEED_BYTES_PER_S,
+            interval: super::spec::DEFAULT_INTERVAL,
+            migration_speed: super::spec::DEFAULT_MIGRATION_SPEED_BYTES_PER_S,
             trace_id: None,
             progress: None,
         }

@@ -25,7 +25,7 @@
 
 use super::plan::*;
 use super::program::{MARK_DONE, MARK_PHASE, SERIAL_PORT};
-use super::spec::WorkloadSpec;
+use super::spec::{WorkloadSpec, PAGE_SIZE};
 use crate::events::GuestLog;
 use crate::guest::linux::console::{GuestMarkers, MarkerEffect, MARKER_PREFIX};
 use crate::qemu::StartGate;
@@ -161,7 +161,7 @@ impl BootImage {
         idt[TIMER_VECTOR as usize * 16..].copy_from_slice(&interrupt_gate(TIMER_ISR_ADDR));
         system.write_slice(&idt, GuestAddress(IDT_ADDR))?;
         let gib = spec.mem_bytes.div_ceil(1 << 30);
-        let pds = (PD_ADDR, PD_ADDR + gib * 4096);
+        let pds = (PD_ADDR, PD_ADDR + gib * PAGE_SIZE);
         ensure!(pds.1 + STAGE_OFFSET <= CODE_ADDR, "the page tables of {gib} GiB do not fit the boot image");
         let params = (PARAMS_ADDR, plan.params_addr(spec.vcpus));
         let code = (CODE_ADDR, CODE_ADDR + code_len);
@@ -243,7 +243,7 @@ fn trampoline(params: u64, gib: u64, tsc_hz: f64) -> Result<Vec<u8>, IcedError> 
     a.cld()?;
     for (from, to, bytes) in [
         (LOW_TABLES.0 + STAGE_OFFSET, LOW_TABLES.0, LOW_TABLES.1 - LOW_TABLES.0),
-        (PD_ADDR + STAGE_OFFSET, PD_ADDR, gib * 4096),
+        (PD_ADDR + STAGE_OFFSET, PD_ADDR, gib * PAGE_SIZE),
     ] {
         a.mov(esi, from as u32)?;
         a.mov(edi, to as u32)?;
@@ -408,7 +408,7 @@ pub fn pvh_elf(entry: u64, segments: &[(u64, Vec<u8>)]) -> Vec<u8> {
     note.extend_from_slice(&entry.to_le_bytes());
     let phnum = 1 + segments.len();
     let note_off = EHDR + PHDR * phnum;
-    let mut data_off = (note_off + note.len()).next_multiple_of(4096);
+    let mut data_off = (note_off + note.len()).next_multiple_of(PAGE_SIZE as usize);
 
     let mut out = Vec::new();
     out.extend_from_slice(&[0x7F, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -432,9 +432,9 @@ pub fn pvh_elf(entry: u64, segments: &[(u64, Vec<u8>)]) -> Vec<u8> {
     phdr(&mut out, PT_NOTE, 4, note_off, 0, note.len(), 4);
     let mut offsets = Vec::new();
     for (addr, bytes) in segments {
-        phdr(&mut out, PT_LOAD, 7, data_off, *addr, bytes.len(), 4096);
+        phdr(&mut out, PT_LOAD, 7, data_off, *addr, bytes.len(), PAGE_SIZE);
         offsets.push(data_off);
-        data_off = (data_off + bytes.len()).next_multiple_of(4096);
+        data_off = (data_off + bytes.len()).next_multiple_of(PAGE_SIZE as usize);
     }
     out.extend_from_slice(&note);
     for ((_, bytes), off) in segments.iter().zip(offsets) {
