@@ -8,7 +8,9 @@ use super::spec::{WorkloadSpec, WriteRate};
 use super::{DoneDetail, PhaseDetail};
 use crate::accounting::IntervalAccounting;
 use crate::sampler::Harvest;
-use crate::trace::{self, EndReason, GuestEvent, Manifest, MemorySlot, PageRange, TraceStatus, TraceWriter};
+use crate::trace::{
+    self, DeadlineCounts, EndReason, GuestEvent, Manifest, MemorySlot, PageRange, TraceStatus, TraceWriter,
+};
 use crate::units::PAGE_SIZE;
 use anyhow::{bail, Context};
 use std::path::Path;
@@ -156,6 +158,8 @@ pub fn generate(dir: &Path, spec_text: &str, opts: &GenerateOptions) -> anyhow::
             p(k);
         }
     }
+    // No sampler: every harvest is on its deadline.
+    writer.manifest_mut().timing.sampler_counts = Some(DeadlineCounts { harvests: k, skipped_deadlines: 0 });
     let done = writer
         .finish(TraceStatus::Complete, EndReason::WorkloadDone, None)
         .context("finalising the generated trace")?;
