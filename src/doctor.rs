@@ -157,7 +157,7 @@ fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
 /// The kit as `record` finds it ([`kit::locate`]: `DIRTYTRACE_KERNEL`, `DIRTYTRACE_BUSYBOX`,
 /// the kit's vmlinux, then its bzImage), so that `doctor` and `record` cannot disagree.
 fn kit_verdict() -> Verdict {
-    match kit::locate(None, false) {
+    match kit::locate(None, None, false) {
         Ok(k) => {
             let versions = k.info.as_ref().map_or(String::new(), |i| {
                 format!(" ({} {}, {} {})", i.kernel_package, i.kernel_version, i.busybox_package, i.busybox_version)

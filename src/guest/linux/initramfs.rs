@@ -400,8 +400,8 @@ impl<W: Write> ArchiveWriter<W> {
     }
 }
 
-/// What the user packs into an initramfs besides busybox and the workload script: flags of
-/// `initramfs` and `record`, and keys of a grid's `[record]` (schemas/linux-guest.md).
+/// What the user packs into an initramfs besides the workload script: flags of `initramfs`
+/// and `record`, and keys of a grid's `[record]` (schemas/linux-guest.md).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct Contents {
@@ -414,6 +414,11 @@ pub struct Contents {
     /// A Debian package and its runtime dependencies, from the host's apt (repeatable).
     #[arg(long = "package", value_name = "NAME")]
     pub packages: Vec<String>,
+    /// A statically linked busybox for the archive's /init (default: $DIRTYTRACE_BUSYBOX, then
+    /// the kit's).
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busybox: Option<PathBuf>,
 }
 
 impl Contents {
@@ -482,7 +487,12 @@ impl Contents {
                 None => f.clone(),
             })
             .collect();
-        Contents { files, rootfs: self.rootfs.as_ref().map(|r| dir.join(r)), packages: self.packages.clone() }
+        Contents {
+            files,
+            rootfs: self.rootfs.as_ref().map(|r| dir.join(r)),
+            packages: self.packages.clone(),
+            busybox: self.busybox.as_ref().map(|b| dir.join(b)),
+        }
     }
 }
 

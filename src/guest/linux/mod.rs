@@ -143,7 +143,11 @@ impl LinuxGuest {
         if !opts.mem.is_multiple_of(crate::units::PAGE_SIZE) {
             anyhow::bail!("--mem must be a whole number of 4 KiB pages");
         }
-        let kit = kit::locate(opts.inputs.boot.kernel.as_deref(), opts.inputs.boot.bzimage)?;
+        let kit = kit::locate(
+            opts.inputs.boot.kernel.as_deref(),
+            opts.inputs.initramfs.busybox.as_deref(),
+            opts.inputs.boot.bzimage,
+        )?;
         let kernel = read_kernel(&kit.kernel, opts.mem).with_context(|| {
             if opts.inputs.boot.kernel.is_some() {
                 "--kernel"
