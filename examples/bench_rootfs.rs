@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     let script = work.join("w.sh");
     std::fs::write(&script, "#!/bin/sh\ndt-phase bench\nsleep 1\n")?;
     let inputs = initramfs::Inputs {
-        busybox: kit::locate_busybox()?,
+        busybox: kit::locate_busybox(None)?,
         script: script.clone(),
         contents: initramfs::Contents { rootfs: Some(rootfs.clone()), ..Default::default() },
         disk: None,

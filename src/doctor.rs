@@ -159,7 +159,7 @@ fn first_line(cmd: &str, args: &[&str]) -> Option<String> {
 /// The kit as `record` finds it ([`kit::locate`]: `DIRTYTRACE_KERNEL`, `DIRTYTRACE_BUSYBOX`,
 /// the kit's vmlinux, then its bzImage), so that `doctor` and `record` cannot disagree.
 fn kit_verdict() -> Verdict {
-    match kit::locate(None, false) {
+    match kit::locate(None, None, false) {
         Ok(k) => {
             let versions = k.info.as_ref().map_or(String::new(), |i| {
                 format!(" ({} {}, {} {})", i.kernel_package, i.kernel_version, i.busybox_package, i.busybox_version)
@@ -200,7 +200,7 @@ fn qemu_verdict() -> Verdict {
 
 /// `record --disk` needs the QEMU engine and the kit's disk modules.
 fn disk_verdict(qemu: &Verdict) -> Verdict {
-    let modules = kit::locate(None, false).map_err(|e| format!("{e:#}")).and_then(|k| {
+    let modules = kit::locate(None, None, false).map_err(|e| format!("{e:#}")).and_then(|k| {
         if !k.kernel.starts_with(kit::kit_dir()) {
             return Ok("the kernel is not the kit's: its disk drivers must be built in".to_string());
         }

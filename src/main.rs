@@ -425,7 +425,7 @@ fn run_kit(cmd: KitCommand) -> anyhow::Result<ExitCode> {
             );
         }
         KitCommand::Show => {
-            let k = kit::locate(None, false)?;
+            let k = kit::locate(None, None, false)?;
             println!("kernel   {}", k.kernel.display());
             if let Some(a) = &k.alternate {
                 println!("also     {}", a.display());
@@ -496,8 +496,12 @@ struct InitramfsArgs {
 }
 
 fn run_initramfs(a: InitramfsArgs) -> anyhow::Result<ExitCode> {
-    let inputs =
-        initramfs::Inputs { busybox: kit::locate_busybox()?, script: a.workload, contents: a.contents, disk: None };
+    let inputs = initramfs::Inputs {
+        busybox: kit::locate_busybox(a.contents.busybox.as_deref())?,
+        script: a.workload,
+        contents: a.contents,
+        disk: None,
+    };
     let mem = a.mem.map_or(dirtytrace::record::LINUX_DEFAULT_MEM, |m| m.0);
     let archive = initramfs::write_archive(&inputs, mem, &a.output, &mut |m| eprintln!("initramfs: {m}"))?;
     for note in &archive.notes {

@@ -395,14 +395,15 @@ mod tests {
 
     #[test]
     fn dense_numbering_across_slots() {
+        use crate::units::PAGE_SIZE;
         let slots = [
-            MemorySlot { slot: 0, guest_phys_addr: 0, size_bytes: 100 * 4096 },
-            MemorySlot { slot: 1, guest_phys_addr: 1 << 32, size_bytes: 70 * 4096 },
+            MemorySlot { slot: 0, guest_phys_addr: 0, size_bytes: 100 * PAGE_SIZE },
+            MemorySlot { slot: 1, guest_phys_addr: 1 << 32, size_bytes: 70 * PAGE_SIZE },
         ];
         let space = PageSpace::new(&slots);
         assert_eq!(space.total_pages, 170);
-        assert_eq!(space.guest_page(100), (1 << 32) / 4096);
-        assert_eq!(space.dense((1 << 32) / 4096 + 5), Some(105));
+        assert_eq!(space.guest_page(100), (1 << 32) / PAGE_SIZE);
+        assert_eq!(space.dense((1 << 32) / PAGE_SIZE + 5), Some(105));
         let mut pages = Vec::new();
         space.push_dirty(0, &[1, 1 << 35 | 1 << 36], &mut pages);
         // Bit 100 of slot 0 and bit 70 of slot 1 lie past their last pages.

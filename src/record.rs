@@ -8,8 +8,8 @@ use crate::events::GuestLog;
 use crate::guest::{self, linux, synthetic, Guest};
 use crate::sampler::{self, Harvest, SamplerConfig};
 use crate::trace::{
-    self, EndReason, EngineInfo, IntervalRow, Manifest, MemorySlot, SamplerScheduling, SchedPolicy, TraceStatus,
-    TraceWriter,
+    self, DeadlineCounts, EndReason, EngineInfo, IntervalRow, Manifest, MemorySlot, SamplerScheduling, SchedPolicy,
+    TraceStatus, TraceWriter,
 };
 use crate::units::{HumanDuration, HumanRate, HumanSize};
 use crate::vmm::{self, Bus, DirtyTracking, VcpuOutcome, Vm};
@@ -26,10 +26,8 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(1);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(trace::limits::MAX_INTERVAL_S as u64);
 /// The longest recording `--duration` allows.
 pub const MAX_RECORD_DURATION: Duration = Duration::from_secs(366 * 86_400);
-/// `--interval`'s default.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(100);
-/// `--migration-speed`'s default: 1 Gbit/s.
-pub const DEFAULT_MIGRATION_SPEED_BYTES_PER_S: f64 = 125_000_000.0;
+/// `--interval`'s and `--migration-speed`'s defaults, which `generate` shares.
+pub use crate::guest::synthetic::spec::{DEFAULT_INTERVAL, DEFAULT_MIGRATION_SPEED_BYTES_PER_S};
 /// The most bitmap data harvested but not yet written that the recorder holds in memory.
 pub const MAX_QUEUED_BITMAP_BYTES: u64 = 256 * crate::units::MIB;
 /// A Linux guest's RAM when neither `--mem` nor the workload says.
@@ -222,22 +220,8 @@ impl RealtimeMode {
     }
 }
 
-/// The default most the sampler spins before a deadline, at intervals up to
-/// [`SPIN_INTERVALS_UP_TO`]: above the tens of µs a nested host's timers fire late.
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
-/// The longest interval that spins by default: beyond it, a timer's lateness is under a
-/// fortieth of the interval and costs no deadline.
-pub const SPIN_INTERVALS_UP_TO: Duration = Duration::from_millis(2);
-
-/// The sampler's default spin before a deadline for `interval` (`bench --only deadline`
-/// measured it: lateness p50 from about 55 µs to under 10 µs at 1 ms).
-pub fn default_spin(interval: Duration) -> Duration {
-    if interval <= SPIN_INTERVALS_UP_TO {
-        DEFAULT_SPIN
-    } else {
-        Duration::ZERO
-    }
-}
+/// `--spin`'s default and bound: the sampler's spin policy, kept with the sampler.
+pub use crate::sampler::{default_spin, DEFAULT_SPIN, SPIN_INTERVALS_UP_TO};
 
 impl RecordOptions {
     /// The defaults, recording into `output`.
@@ -660,7 +644,7 @@ impl TryFrom<RecordOptions> for Recorder {
         (manifest.host_kernel, manifest.host_name) = host_info();
         manifest.duration_limit_s = duration.map(|d| d.as_secs_f64());
         manifest.exact_cut = opts.settings.exact_cut;
-        let spin = sampler::bounded_spin(opts.spin.unwrap_or_else(|| default_spin(interval)), interval);
+        let spin = sampler::spin_for(opts.spin, interval);
         let cpu_plan = if realtime { crate::cpus::plan(vcpus as usize) } else { None };
         manifest.sampler = Some(SamplerScheduling {
             requested: opts.realtime.as_str().into(),
@@ -822,6 +806,8 @@ impl Recorder {
         if let Some(s) = writer.manifest_mut().sampler.as_mut().filter(|_| realtime && !got_realtime) {
             (s.policy, s.priority) = (SchedPolicy::Other, 0);
         }
+        writer.manifest_mut().timing.sampler_counts =
+            Some(DeadlineCounts { harvests: result.intervals, skipped_deadlines: result.skipped_deadlines });
         let dir = writer.dir().to_path_buf();
         let write_error = write_error.map(|e| format!("{e:#}"));
         let error = write_error.clone().or_else(|| fault.clone());

@@ -1,7 +1,7 @@
 //! Human-readable output for the command line. Rates show in MiB/s, sizes in binary units.
 
 use crate::record::RecordSummary;
-use crate::units::{HumanBytes, MIB};
+use crate::units::{HumanBytes, MIB, PAGE_SIZE};
 
 /// `dirtytrace record`'s summary, for people.
 pub fn record_summary(s: &RecordSummary) -> String {
@@ -20,7 +20,10 @@ pub fn record_summary(s: &RecordSummary) -> String {
     line("guest RAM", HumanBytes(s.ramsize_bytes as f64).to_string());
     line("dirty rate, mean", format!("{:.2} MiB/s", s.mean_dirty_rate_bytes_per_s / MIB as f64));
     line("dirty rate, max interval", format!("{:.2} MiB/s", s.max_dirty_rate_bytes_per_s / MIB as f64));
-    line("distinct pages dirtied", format!("{} ({})", s.distinct_pages, HumanBytes(s.distinct_pages as f64 * 4096.0)));
+    line(
+        "distinct pages dirtied",
+        format!("{} ({})", s.distinct_pages, HumanBytes(s.distinct_pages as f64 * PAGE_SIZE as f64)),
+    );
     line("vCPU utilisation, mean", format!("{:.3} cores", s.mean_cpu_util));
     line(
         "harvest lateness",

@@ -191,10 +191,33 @@ fn harvest(
     Ok(h)
 }
 
+/// The default most the sampler spins before a deadline, at intervals up to
+/// [`SPIN_INTERVALS_UP_TO`]: above the tens of µs a nested host's timers fire late.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+/// The longest interval that spins by default: beyond it, a timer's lateness is under a
+/// fortieth of the interval and costs no deadline.
+pub const SPIN_INTERVALS_UP_TO: Duration = Duration::from_millis(2);
+
+/// The sampler's default spin before a deadline for `interval` (`bench --only deadline`
+/// measured it: lateness p50 from about 55 µs to under 10 µs at 1 ms).
+pub fn default_spin(interval: Duration) -> Duration {
+    if interval <= SPIN_INTERVALS_UP_TO {
+        DEFAULT_SPIN
+    } else {
+        Duration::ZERO
+    }
+}
+
 /// The spin the sampler allows itself before each deadline at `interval`: at most a twentieth
 /// of it, so spinning costs under 5 % of a core.
 pub fn bounded_spin(spin: Duration, interval: Duration) -> Duration {
     spin.min(interval / 20)
+}
+
+/// The spin the sampler uses at `interval` when `requested` (`--spin`) or, without one, the
+/// default: the whole spin policy.
+pub fn spin_for(requested: Option<Duration>, interval: Duration) -> Duration {
+    bounded_spin(requested.unwrap_or_else(|| default_spin(interval)), interval)
 }
 
 /// How long before a deadline the sampler wakes, learnt from how late its wake-ups come: a

@@ -11,10 +11,8 @@ use dirtytrace::analysis::summary::{self, SummaryOptions};
 use dirtytrace::analysis::{plot, simgrid, AnalysisError};
 use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
 use dirtytrace::trace::Trace;
-use serde_json::Value;
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
@@ -50,18 +48,6 @@ fn seq_idle() -> InScratch {
 
 fn trace(dir: &Path) -> Trace {
     Trace::open(dir).unwrap()
-}
-
-/// Runs the CLI; returns (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn cli_json(args: &[&str]) -> Value {
-    let (ok, out, err) = cli(args);
-    assert!(ok, "dirtytrace {args:?} failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("dirtytrace {args:?}: not JSON ({e}): {out}"))
 }
 
 fn td(dir: &Path) -> &str {
@@ -169,8 +155,8 @@ fn summarize_whole_trace_and_phase_breakdown() {
     let j = cli_json(&["summarize", td(&base), "--json"]);
     assert_eq!(j["distinct_pages"], WS_PAGES + 1);
     assert_eq!(j["intervals"], s.intervals);
-    let (ok, text, _) = cli(&["summarize", td(&base)]);
-    assert!(ok);
+    let Run { code, stdout: text, .. } = cli(&["summarize", td(&base)]);
+    assert_eq!(code, Some(0));
     assert!(text.contains("MiB/s") && text.contains("cores") && text.contains("guest's own page"), "{text}");
 }
 
@@ -288,8 +274,8 @@ fn simgrid_parameters_of_the_sequential_phase() {
     assert_eq!(j["working_set_memory_bytes"], p.working_set_memory_bytes);
     for (format, needle) in [("c", "sg_vm_set_dirty_page_intensity(vm, "), ("cpp", "simgrid::s4u::VirtualMachine* vm")]
     {
-        let (ok, out, _) = cli(&["simgrid", td(&base), "--format", format]);
-        assert!(ok);
+        let Run { code, stdout: out, .. } = cli(&["simgrid", td(&base), "--format", format]);
+        assert_eq!(code, Some(0));
         for f in [
             "sg_vm_set_ramsize",
             "sg_vm_set_dirty_page_intensity",
@@ -308,8 +294,8 @@ fn plot_draws_png_and_svg() {
     let t = trace(&base);
     let dir = Scratch::new("plot");
     let png = dir.join("figure.png");
-    let (ok, _, err) = cli(&["plot", td(&base), "-o", png.to_str().unwrap()]);
-    assert!(ok, "{err}");
+    let Run { code, stderr: err, .. } = cli(&["plot", td(&base), "-o", png.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
     assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 1200);
@@ -354,15 +340,6 @@ fn copy_trace(src: &Path, name: &str) -> InScratch {
     InScratch::new(dir, dst)
 }
 
-fn assert_fails(args: &[&str], needles: &[&str]) {
-    let (ok, out, err) = cli(args);
-    assert!(!ok, "dirtytrace {args:?} should fail; printed {out}");
-    for n in needles {
-        assert!(err.contains(n), "dirtytrace {args:?}: error should name `{n}`: {err}");
-    }
-    assert!(err.starts_with("error"), "{err}");
-}
-
 /// `simgrid --start` in the idle phase: nothing is dirtied, so the migration is round 0 alone,
 /// the pages written before it in full and every other page as a 9-byte zero page, and
 /// SimGrid's model reproduces it exactly.
@@ -401,8 +378,9 @@ fn simgrid_start_in_an_idle_stretch_is_round_0_alone() {
     ]);
     assert_eq!(r["total_time_s"], j["replay"]["total_time_s"]);
     // The snippets set round 0's bytes as SimGrid's ramsize, and say so.
-    let (ok, out, _) = cli(&["simgrid", td(&base), "--start", "6.5s", "--migration-speed", "64MiB/s", "--format", "c"]);
-    assert!(ok);
+    let Run { code, stdout: out, .. } =
+        cli(&["simgrid", td(&base), "--start", "6.5s", "--migration-speed", "64MiB/s", "--format", "c"]);
+    assert_eq!(code, Some(0));
     assert!(out.contains(&format!("sg_vm_set_ramsize(vm, {});", j["round0_bytes"])), "{out}");
     assert!(out.contains("not the guest's RAM"), "{out}");
 }
@@ -412,10 +390,10 @@ fn bad_input_gets_a_clear_error_naming_the_file_or_flag() {
     let base = seq_idle();
     let t = td(&base);
     // Missing trace, missing file, truncated and corrupt files.
-    assert_fails(&["summarize", "/nonexistent/trace"], &["/nonexistent/trace", "manifest.json"]);
+    assert_fails(&["summarize", "/nonexistent/trace"], &[], &["/nonexistent/trace", "manifest.json"], &[]);
     let no_bitmaps = copy_trace(&base, "bad-missing");
     std::fs::remove_file(no_bitmaps.join("bitmaps.parquet")).unwrap();
-    assert_fails(&["summarize", no_bitmaps.to_str().unwrap()], &["bitmaps.parquet", "missing"]);
+    assert_fails(&["summarize", no_bitmaps.to_str().unwrap()], &[], &["bitmaps.parquet", "missing"], &[]);
     let truncated = copy_trace(&base, "bad-truncated");
     let b = truncated.join("bitmaps.parquet");
     let len = std::fs::metadata(&b).unwrap().len();
@@ -423,38 +401,38 @@ fn bad_input_gets_a_clear_error_naming_the_file_or_flag() {
     for cmd in [&["summarize"][..], &["replay", "--bandwidth", "1Gbit/s"], &["simgrid"], &["plot"]] {
         let mut args = cmd.to_vec();
         args.insert(1, truncated.to_str().unwrap());
-        assert_fails(&args, &["bitmaps.parquet"]);
+        assert_fails(&args, &[], &["bitmaps.parquet"], &[]);
     }
     let corrupt = copy_trace(&base, "bad-corrupt");
     std::fs::write(corrupt.join("rates.parquet"), b"PAR1 this is not parquet PAR1").unwrap();
-    assert_fails(&["summarize", corrupt.to_str().unwrap()], &["rates.parquet"]);
+    assert_fails(&["summarize", corrupt.to_str().unwrap()], &[], &["rates.parquet"], &[]);
     let manifest = copy_trace(&base, "bad-manifest");
     std::fs::write(manifest.join("manifest.json"), b"{\"format_version\": 1, \"trace_id\": ").unwrap();
-    assert_fails(&["replay", manifest.to_str().unwrap(), "--bandwidth", "1Gbit/s"], &["manifest.json"]);
+    assert_fails(&["replay", manifest.to_str().unwrap(), "--bandwidth", "1Gbit/s"], &[], &["manifest.json"], &[]);
 
     // A phase that does not exist.
-    assert_fails(&["summarize", t, "--phase", "nosuch"], &["--phase", "nosuch", "`seq`", "`idle`"]);
-    assert_fails(&["simgrid", t, "--phase", "nosuch"], &["--phase", "nosuch"]);
+    assert_fails(&["summarize", t, "--phase", "nosuch"], &[], &["--phase", "nosuch", "`seq`", "`idle`"], &[]);
+    assert_fails(&["simgrid", t, "--phase", "nosuch"], &[], &["--phase", "nosuch"], &[]);
     // Bandwidths of 0 and below, and other flags out of range.
-    assert_fails(&["replay", t, "--bandwidth", "0"], &["--bandwidth"]);
-    assert_fails(&["replay", t, "--bandwidth", "0MiB/s"], &["--bandwidth"]);
-    assert_fails(&["replay", t, "--bandwidth", "-1Gbit/s"], &["--bandwidth", "negative"]);
-    assert_fails(&["replay", t, "--bandwidth=-5MiB/s"], &["--bandwidth", "negative"]);
-    assert_fails(&["replay", t, "--bandwidth", "fast"], &["--bandwidth"]);
-    assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--max-rounds", "0"], &["--max-rounds"]);
-    assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--start", "100s"], &["--start"]);
-    assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--max-downtime", "-1ms"], &["--max-downtime"]);
-    assert_fails(&["simgrid", t, "--migration-speed", "0"], &["--migration-speed"]);
-    assert_fails(&["simgrid", t, "--migration-speed", "0", "--start", "1s"], &["--migration-speed"]);
-    assert_fails(&["simgrid", t, "--start", "100s"], &["--start", "100"]);
-    assert_fails(&["simgrid", t, "--start", "-1s"], &["--start"]);
-    assert_fails(&["simgrid", t, "--start", "1s", "--max-rounds", "0"], &["--max-rounds"]);
-    assert_fails(&["simgrid", t, "--start", "1s", "--phase", "seq"], &["--start", "--phase"]);
-    assert_fails(&["simgrid", t, "--loop"], &["--loop", "--start"]);
+    assert_fails(&["replay", t, "--bandwidth", "0"], &[], &["--bandwidth"], &[]);
+    assert_fails(&["replay", t, "--bandwidth", "0MiB/s"], &[], &["--bandwidth"], &[]);
+    assert_fails(&["replay", t, "--bandwidth", "-1Gbit/s"], &[], &["--bandwidth", "negative"], &[]);
+    assert_fails(&["replay", t, "--bandwidth=-5MiB/s"], &[], &["--bandwidth", "negative"], &[]);
+    assert_fails(&["replay", t, "--bandwidth", "fast"], &[], &["--bandwidth"], &[]);
+    assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--max-rounds", "0"], &[], &["--max-rounds"], &[]);
+    assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--start", "100s"], &[], &["--start"], &[]);
+    assert_fails(&["replay", t, "--bandwidth", "1Gbit/s", "--max-downtime", "-1ms"], &[], &["--max-downtime"], &[]);
+    assert_fails(&["simgrid", t, "--migration-speed", "0"], &[], &["--migration-speed"], &[]);
+    assert_fails(&["simgrid", t, "--migration-speed", "0", "--start", "1s"], &[], &["--migration-speed"], &[]);
+    assert_fails(&["simgrid", t, "--start", "100s"], &[], &["--start", "100"], &[]);
+    assert_fails(&["simgrid", t, "--start", "-1s"], &[], &["--start"], &[]);
+    assert_fails(&["simgrid", t, "--start", "1s", "--max-rounds", "0"], &[], &["--max-rounds"], &[]);
+    assert_fails(&["simgrid", t, "--start", "1s", "--phase", "seq"], &[], &["--start", "--phase"], &[]);
+    assert_fails(&["simgrid", t, "--loop"], &[], &["--loop", "--start"], &[]);
     // A trace too short for the migration, without --loop.
-    assert_fails(&["replay", t, "--bandwidth", "4MiB/s"], &["--loop", t]);
-    assert_fails(&["simgrid", t, "--start", "1s", "--migration-speed", "4MiB/s"], &["--loop", t]);
+    assert_fails(&["replay", t, "--bandwidth", "4MiB/s"], &[], &["--loop", t], &[]);
+    assert_fails(&["simgrid", t, "--start", "1s", "--migration-speed", "4MiB/s"], &[], &["--loop", t], &[]);
     // A figure format we do not write.
     let figure = base.with_file_name("figure.jpg");
-    assert_fails(&["plot", t, "-o", figure.to_str().unwrap()], &["-o", "figure.jpg"]);
+    assert_fails(&["plot", t, "-o", figure.to_str().unwrap()], &[], &["-o", "figure.jpg"], &[]);
 }

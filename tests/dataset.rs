@@ -49,20 +49,6 @@ fn table(path: &Path) -> Vec<Row> {
     rows
 }
 
-/// Runs the CLI, for two minutes at most; returns (exit code, stdout, stderr).
-fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut cmd = Command::new(bin());
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let out = output_within(&mut cmd, Duration::from_secs(120));
-    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
-fn cli_json(args: &[&str]) -> Value {
-    let (code, out, err) = cli(args);
-    assert_eq!(code, Some(0), "dirtytrace {args:?} failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("dirtytrace {args:?}: not JSON ({e}): {out}"))
-}
-
 /// An index value as the CLI's JSON would show it after parsing. serde_json prints an f64 in
 /// its shortest exact form but, without its `float_roundtrip` feature, may parse one back a
 /// unit in the last place off: so the index's value goes through the same print and parse.
@@ -188,7 +174,7 @@ fn index_values_equal_what_the_tools_print() {
         for r in mine {
             let bw = format!("{}B/s", r["bandwidth_bytes_per_s"].as_f64().unwrap());
             simgrid_columns_are_what_simgrid_start_prints(r, &t, &bw);
-            let (code, stdout, stderr) = cli(&["replay", s(&t), "--bandwidth", &bw, "--start", "0.5s", "--json"]);
+            let Run { code, stdout, stderr } = cli(&["replay", s(&t), "--bandwidth", &bw, "--start", "0.5s", "--json"]);
             match r["error"].as_str() {
                 None => {
                     assert_eq!(code, Some(0), "{stderr}");
@@ -222,7 +208,7 @@ fn index_values_equal_what_the_tools_print() {
         one["name"] = row["name"].clone();
         assert_eq!(*obj, one);
     }
-    let (code, stdout, _) = cli(&["replay", s(&out), "--bandwidth", "32MiB/s", "--json"]);
+    let Run { code, stdout, .. } = cli(&["replay", s(&out), "--bandwidth", "32MiB/s", "--json"]);
     assert_eq!(code, Some(1), "a trace too short for the migration fails, the others are still printed");
     let rows_out: Vec<Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(rows_out.len(), 8);
@@ -236,7 +222,7 @@ fn index_values_equal_what_the_tools_print() {
 /// A `replay.parquet` row's SimGrid columns against `simgrid --start` (the grid's 0.5 s) at the
 /// row's bandwidth: the parameters, and the model's figures where it converged.
 fn simgrid_columns_are_what_simgrid_start_prints(r: &Row, t: &Path, bw: &str) {
-    let (code, stdout, stderr) = cli(&["simgrid", s(t), "--start", "0.5s", "--migration-speed", bw, "--json"]);
+    let Run { code, stdout, stderr } = cli(&["simgrid", s(t), "--start", "0.5s", "--migration-speed", bw, "--json"]);
     if code != Some(0) {
         assert!(stderr.contains(r["simgrid_fit_error"].as_str().unwrap()), "{stderr} vs {r:?}");
         assert_eq!(r["simgrid_round0_bytes"], Value::Null);
@@ -269,18 +255,6 @@ fn simgrid_columns_are_what_simgrid_start_prints(r: &Row, t: &Path, bw: &str) {
             e,
             p["fit"]["errors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect::<Vec<_>>().join("; ")
         ),
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
     }
 }
 
@@ -318,7 +292,7 @@ fn shards_merged_by_index_equal_a_one_shard_run() {
 
     // Own directories: copy one shard's traces into the other's dataset, then `index`.
     copy_dir(&b.join("traces"), &a.join("traces"));
-    let (code, _, err) = cli(&["index", s(&a)]);
+    let Run { code, stderr: err, .. } = cli(&["index", s(&a)]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("8 traces (4 analysed, 4 unchanged)"), "{err}");
     // One shared directory, the shards one after the other.
@@ -343,7 +317,7 @@ fn shards_merged_by_index_equal_a_one_shard_run() {
     }
     // `--rebuild` analyses everything again, to the same values.
     let before = comparable(table(&a.join(INDEX)));
-    let (code, _, err) = cli(&["index", s(&a), "--rebuild"]);
+    let Run { code, stderr: err, .. } = cli(&["index", s(&a), "--rebuild"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("8 traces (8 analysed, 0 unchanged)"), "{err}");
     assert_eq!(comparable(table(&a.join(INDEX))), before);
@@ -353,7 +327,7 @@ fn shards_merged_by_index_equal_a_one_shard_run() {
     // A copied trace is indexed, but the copy is pointed out.
     let some = names(&before)[0].clone();
     copy_dir(&a.join("traces").join(&some), &a.join("traces/copy"));
-    let (code, _, err) = cli(&["index", s(&a)]);
+    let Run { code, stderr: err, .. } = cli(&["index", s(&a)]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("not a run of the dataset's grid"), "{err}");
     assert!(!stale.exists());
@@ -476,7 +450,7 @@ fn bad_input_is_refused_naming_the_key_or_flag_and_leaves_nothing() {
     ];
     for (file, text, want) in &grids {
         let g = write(&dir, file, text);
-        let (code, _, err) = cli(&["sweep", s(&g), "--output", s(&out)]);
+        let Run { code, stderr: err, .. } = cli(&["sweep", s(&g), "--output", s(&out)]);
         assert_eq!(code, Some(1), "{file}: {err}");
         assert!(err.contains(want), "{file}: {err}\n(wanted {want})");
         assert!(err.contains(file), "{file}: the error names the grid: {err}");
@@ -484,7 +458,8 @@ fn bad_input_is_refused_naming_the_key_or_flag_and_leaves_nothing() {
     }
     // Over the limit, but confirmed: listed (a dry run records nothing).
     let big = dir.join("big.toml");
-    let (code, stdout, err) = cli(&["sweep", s(&big), "--output", s(&out), "--max-runs", "1002", "--dry-run"]);
+    let Run { code, stdout, stderr: err } =
+        cli(&["sweep", s(&big), "--output", s(&out), "--max-runs", "1002", "--dry-run"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(stdout.lines().count(), 2 + 1002);
     assert!(!out.exists());
@@ -500,7 +475,7 @@ fn bad_input_is_refused_naming_the_key_or_flag_and_leaves_nothing() {
     ] {
         let mut all = vec!["sweep", s(&good), "--output", s(&out)];
         all.extend(&args);
-        let (code, _, err) = cli(&all);
+        let Run { code, stderr: err, .. } = cli(&all);
         assert_eq!(code, Some(if want == "--shard" { 2 } else { 1 }), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(!out.exists(), "{args:?}: nothing is left behind");
@@ -508,25 +483,25 @@ fn bad_input_is_refused_naming_the_key_or_flag_and_leaves_nothing() {
 
     // An output that is a file, a directory of something else, a dataset of another grid.
     let file = write(&dir, "a-file", "x");
-    let (code, _, err) = cli(&["sweep", s(&good), "--output", s(&file)]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&good), "--output", s(&file)]);
     assert_eq!(code, Some(1));
     assert!(err.contains("--output") && err.contains("is a file"), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
     let other = dir.join("other");
     std::fs::create_dir_all(&other).unwrap();
     write(&other, "keep.txt", "k");
-    let (code, _, err) = cli(&["sweep", s(&good), "--output", s(&other)]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&good), "--output", s(&other)]);
     assert_eq!(code, Some(1));
     assert!(err.contains("--output") && err.contains("not a dirtytrace dataset"), "{err}");
     assert_eq!(std::fs::read_dir(&other).unwrap().count(), 1);
     let ds = dir.join("ds");
     generated(&good, &ds, "1/1");
     let changed = write(&dir, "changed.toml", &format!("{spec}[axes]\nrate = [\"1MiB/s\", \"3MiB/s\"]\n"));
-    let (code, _, err) = cli(&["sweep", s(&changed), "--output", s(&ds)]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&changed), "--output", s(&ds)]);
     assert_eq!(code, Some(1));
     assert!(err.contains("--output") && err.contains("another grid"), "{err}");
     // Not a trace nor a dataset, for the analysis tools.
-    let (code, _, err) = cli(&["simgrid", s(&other)]);
+    let Run { code, stderr: err, .. } = cli(&["simgrid", s(&other)]);
     assert_eq!(code, Some(1));
     assert!(err.contains("neither a trace"), "{err}");
 }
@@ -542,11 +517,11 @@ fn a_lock_file_that_is_not_a_regular_file_is_refused_naming_it() {
     let lock = out.join(".index.lock");
     std::fs::remove_file(&lock).unwrap();
     nix::unistd::mkfifo(&lock, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let (code, _, err) = cli(&["index", s(&out)]);
+    let Run { code, stderr: err, .. } = cli(&["index", s(&out)]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("{}: is a FIFO", lock.display())) && err.contains("remove it"), "{err}");
     // Every run is recorded already: the sweep skips them all, and fails on the index.
-    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out)]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&grid), "--output", s(&out)]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("8 skipped") && err.contains("index: FAILED"), "{err}");
     assert!(err.contains(&format!("{}: is a FIFO", lock.display())), "{err}");
@@ -554,12 +529,12 @@ fn a_lock_file_that_is_not_a_regular_file_is_refused_naming_it() {
     std::fs::remove_file(&lock).unwrap();
     let elsewhere = write(&dir, "elsewhere", "");
     std::os::unix::fs::symlink(&elsewhere, &lock).unwrap();
-    let (code, _, err) = cli(&["index", s(&out)]);
+    let Run { code, stderr: err, .. } = cli(&["index", s(&out)]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("{}: is a symbolic link", lock.display())), "{err}");
     // Removed, as the message says: `index` makes a new one.
     std::fs::remove_file(&lock).unwrap();
-    let (code, _, err) = cli(&["index", s(&out)]);
+    let Run { code, stderr: err, .. } = cli(&["index", s(&out)]);
     assert_eq!(code, Some(0), "{err}");
     assert!(std::fs::symlink_metadata(&lock).unwrap().is_file());
 
@@ -568,7 +543,7 @@ fn a_lock_file_that_is_not_a_regular_file_is_refused_naming_it() {
     let claim = out.join(".claims").join(format!("{first}.lock"));
     std::fs::remove_file(&claim).unwrap();
     nix::unistd::mkfifo(&claim, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out)]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&grid), "--output", s(&out)]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains(&format!("{first}: FAILED: {}: is a FIFO", claim.display())), "{err}");
     assert!(err.contains("7 skipped, 0 left to another recorder, 1 failed"), "{err}");
@@ -577,7 +552,7 @@ fn a_lock_file_that_is_not_a_regular_file_is_refused_naming_it() {
     let dataset_lock = out.join(".dataset.lock");
     std::fs::remove_file(&dataset_lock).unwrap();
     nix::unistd::mkfifo(&dataset_lock, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out)]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&grid), "--output", s(&out)]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.starts_with(&format!("error: {}: is a FIFO", dataset_lock.display())), "{err}");
     assert!(!err.contains("[1/8]"), "{err}");
@@ -607,9 +582,9 @@ fn a_directory_a_sweep_began_is_accepted_and_checked_again_under_the_lock() {
     // plan accepts them; under the lock no sweep is, and the directory is refused untouched.
     let other = dir.join("other");
     std::fs::create_dir_all(other.join("traces/x")).unwrap();
-    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&other), "--dry-run"]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&grid), "--output", s(&other), "--dry-run"]);
     assert_eq!(code, Some(0), "{err}");
-    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&other)]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&grid), "--output", s(&other)]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not a dirtytrace dataset"), "{err}");
     assert!(other.join("traces/x").is_dir() && !other.join("dataset.json").exists());
@@ -788,10 +763,6 @@ fn wait_for_frames(trace: &Path) {
     }
 }
 
-fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
-}
-
 /// A `sweep --json` report's (name, action) pairs, by name.
 fn actions(report: &Value) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = report["outcomes"]
@@ -827,7 +798,7 @@ fn a_killed_sweep_resumes_and_records_every_run_once() {
     assert_eq!(Manifest::load(&second).unwrap().status, TraceStatus::Recording);
     assert!(!out.join("traces/rate=24MiBps_r0").exists());
 
-    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out)]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&grid), "--output", s(&out)]);
     assert_eq!(code, Some(0), "{err}");
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with('[')).collect();
     assert_eq!(lines.len(), 3, "one line per run:\n{err}");
@@ -848,7 +819,7 @@ fn a_killed_sweep_resumes_and_records_every_run_once() {
     }
 
     // Once more: nothing left to do.
-    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out), "--json"]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&grid), "--output", s(&out), "--json"]);
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(err.matches(": skipped,").count(), 3, "{err}");
     assert_eq!(table(&out.join(INDEX)), rows);
@@ -882,7 +853,7 @@ fn ctrl_c_finalises_the_current_trace_and_the_next_sweep_records_it_again() {
 
     // Both at once (on two CPUs): the interrupted one is recorded again.
     let jobs = std::thread::available_parallelism().unwrap().get().min(2).to_string();
-    let (code, stdout, err) = cli(&["sweep", s(&grid), "--output", s(&out), "--jobs", &jobs, "--json"]);
+    let Run { code, stdout, stderr: err } = cli(&["sweep", s(&grid), "--output", s(&out), "--jobs", &jobs, "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
@@ -972,7 +943,7 @@ fn four_sweeps_of_one_grid_at_once_record_every_run_exactly_once() {
         );
         assert!(r["dirty_rate_mean_bytes_per_s"].as_f64().unwrap() > 0.0, "{name}");
     }
-    let (code, _, err) = cli(&["index", s(&out)]);
+    let Run { code, stderr: err, .. } = cli(&["index", s(&out)]);
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("6 traces (0 analysed, 6 unchanged)"), "{err}");
     eprintln!("four sweeps of 6 runs of 1 s: {:.1} s", wall.as_secs_f64());
@@ -1001,7 +972,7 @@ fn a_claimed_run_is_left_to_its_holder_and_the_claim_dies_with_it() {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut line).unwrap();
     assert_eq!(line.trim(), "locked");
 
-    let (code, stdout, err) = cli(&["sweep", s(&grid), "--output", s(&out), "--json"]);
+    let Run { code, stdout, stderr: err } = cli(&["sweep", s(&grid), "--output", s(&out), "--json"]);
     let _ = holder.kill();
     assert_eq!(code, Some(0), "{err}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
@@ -1017,7 +988,7 @@ fn a_claimed_run_is_left_to_its_holder_and_the_claim_dies_with_it() {
     // SIGKILLed (above): the lock file stays, its lock is gone.
     holder.wait().unwrap();
     assert!(claim.exists());
-    let (code, stdout, err) = cli(&["sweep", s(&grid), "--output", s(&out), "--json"]);
+    let Run { code, stdout, stderr: err } = cli(&["sweep", s(&grid), "--output", s(&out), "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let report: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
@@ -1098,7 +1069,7 @@ fn huge_grids_are_refused_before_expanding() {
                 args.push("--dry-run");
             }
             let t = Instant::now();
-            let (code, stdout, err) = cli(&args);
+            let Run { code, stdout, stderr: err } = cli(&args);
             assert_eq!(code, Some(1), "{args:?}: {err}");
             assert!(t.elapsed() < Duration::from_secs(10), "{args:?}: {:?}", t.elapsed());
             assert!(err.contains(count) && err.contains("1000000 a grid may have"), "{err}");
@@ -1174,13 +1145,13 @@ fn each_cause_is_printed_once() {
     let ds = dir.join("DS");
     std::fs::create_dir_all(ds.join("traces")).unwrap();
     std::fs::File::create(ds.join("dataset.json")).unwrap().set_len(100 << 20).unwrap();
-    let (code, _, err) = cli(&["index", s(&ds)]);
+    let Run { code, stderr: err, .. } = cli(&["index", s(&ds)]);
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(err.matches("dataset.json").count(), 1, "{err}");
     assert!(err.contains("104857600 bytes"), "{err}");
     let t = dir.join("T");
     std::fs::create_dir_all(&t).unwrap();
-    let (code, _, err) = cli(&["recover", s(&t)]);
+    let Run { code, stderr: err, .. } = cli(&["recover", s(&t)]);
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
 }
@@ -1193,7 +1164,7 @@ fn a_grid_s_packages_are_checked_when_read() {
     write(&dir, "job.sh", "#!/bin/sh\necho hi\n");
     let g = write(&dir, "g.toml", "workload = \"job.sh\"\n[record]\npackages = [\"-oAPT::X=1\"]\n");
     let out = dir.join("ds");
-    let (code, stdout, err) = cli(&["sweep", s(&g), "--output", s(&out), "--dry-run"]);
+    let Run { code, stdout, stderr: err } = cli(&["sweep", s(&g), "--output", s(&out), "--dry-run"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("`record.packages`: `-oAPT::X=1` is not a Debian package name"), "{err}");
     assert!(stdout.is_empty() && !out.exists());
@@ -1213,7 +1184,7 @@ fn a_grid_too_large_for_its_description_is_refused_before_writing() {
         ),
     );
     let out = dir.join("ds");
-    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out), "--max-runs", "1000000"]);
+    let Run { code, stderr: err, .. } = cli(&["sweep", s(&grid), "--output", s(&out), "--max-runs", "1000000"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("400000 runs") && err.contains("split the grid"), "{err}");
     assert!(!out.exists());

@@ -6,11 +6,6 @@ use common::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn hardware_virtualisation() -> bool {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
 #[test]
 fn doctor_says_what_works_here_quickly_and_touches_nothing() {
     let _g = kvm_lock();

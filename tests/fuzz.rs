@@ -99,19 +99,9 @@ struct Base {
 
 fn base(work: &Path) -> Base {
     let dir = work.join("base");
-    let opts = GenerateOptions { interval: Duration::from_millis(50), ..Default::default() };
-    generate(&dir, BASE_SPEC, &opts).unwrap();
+    generate_trace(&dir, BASE_SPEC, Duration::from_millis(50));
     let (journal, frames) = journal_of(&Trace::open(&dir).unwrap());
     Base { dir, journal, frames }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    let _ = std::fs::remove_dir_all(to);
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -814,6 +804,8 @@ fn run_case(seed: u64, n: u64, base: &Base, work: &Path, bomb: &[u8]) -> (usize,
     let mut rng = Rng::new(seed ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03));
     let class = rng.below(9);
     let dir = work.join("case");
+    // Each case starts from nothing: the copies of the base trace are made into an empty `dir`.
+    let _ = std::fs::remove_dir_all(&dir);
     let (what, result) = match class {
         0 | 1 => {
             copy_dir(&base.dir, &dir);

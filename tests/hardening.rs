@@ -7,24 +7,7 @@ use common::*;
 use dirtytrace::guest::synthetic::verify::verify;
 use dirtytrace::trace::{Trace, TraceStatus};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-/// Runs the CLI; returns (exit code, stderr).
-fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(bin()).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn assert_refused(args: &[&str], needles: &[&str], out_dir: &Path) {
-    let (code, stderr) = run(args);
-    assert_ne!(code, 0, "{args:?} succeeded");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
-    for n in needles {
-        assert!(stderr.contains(n), "{args:?}: stderr lacks {n:?}:\n{stderr}");
-    }
-    assert!(!out_dir.exists(), "{args:?} left {} behind", out_dir.display());
-}
 
 /// Defect 1: `bench --work-dir DIR` deleted DIR and everything in it.
 #[test]
@@ -35,7 +18,7 @@ fn bench_removes_only_what_it_created() {
     std::fs::create_dir(dir.join("sub")).unwrap();
     write(&dir.join("sub"), "also.txt", "keep me too");
     let small_bench = |work_dir: &Path| {
-        run(&[
+        cli(&[
             "bench",
             "--only",
             "compression",
@@ -47,8 +30,8 @@ fn bench_removes_only_what_it_created() {
             work_dir.to_str().unwrap(),
         ])
     };
-    let (code, stderr) = small_bench(&dir);
-    assert_eq!(code, 0, "{stderr}");
+    let Run { code, stderr, .. } = small_bench(&dir);
+    assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
     assert_eq!(std::fs::read_to_string(dir.join("sub/also.txt")).unwrap(), "keep me too");
     let mut left: Vec<String> =
@@ -57,21 +40,17 @@ fn bench_removes_only_what_it_created() {
     assert_eq!(left, ["precious.txt", "sub"], "the bench left its own files behind, or removed the user's");
     // A work dir the bench had to create is removed again, since it made it.
     let fresh = dir.join("made-by-bench");
-    let (code, stderr) = small_bench(&fresh);
-    assert_eq!(code, 0, "{stderr}");
+    let Run { code, stderr, .. } = small_bench(&fresh);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(!fresh.exists());
 }
 
 /// Defect 12: `bench --only bogus` exited 0 having done nothing.
 #[test]
 fn bench_refuses_an_unknown_step() {
-    let (code, stderr) = run(&["bench", "--only", "bogus"]);
-    assert_eq!(code, 2, "{stderr}");
+    let Run { code, stderr, .. } = cli(&["bench", "--only", "bogus"]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("bogus") && stderr.contains("compression"), "{stderr}");
-}
-
-fn signal(child: &std::process::Child, sig: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
 }
 
 /// Defect 2: `recover` on a trace still being recorded deleted the live journal.
@@ -80,8 +59,8 @@ fn recover_refuses_a_trace_that_is_being_recorded() {
     let _g = kvm_lock();
     let (child, out) = start_long_recording("recover-live");
     std::thread::sleep(Duration::from_millis(1500));
-    let (code, stderr) = run(&["recover", out.to_str().unwrap()]);
-    assert_ne!(code, 0, "recover ran on a live recording");
+    let Run { code, stderr, .. } = cli(&["recover", out.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "recover ran on a live recording");
     assert!(stderr.contains("is being recorded right now"), "{stderr}");
     assert!(out.join("journal.dtj").exists(), "recover touched the live journal");
     std::thread::sleep(Duration::from_millis(1000));
@@ -100,8 +79,8 @@ fn recover_refuses_a_trace_that_is_being_recorded() {
         assert_eq!((c.missing, c.missing_cumulative, c.unexpected), (0, 0, 0), "{c:?}");
     }
     // Once finalised, there is nothing to recover, and recover says so without touching it.
-    let (code, stderr) = run(&["recover", out.to_str().unwrap()]);
-    assert_ne!(code, 0);
+    let Run { code, stderr, .. } = cli(&["recover", out.to_str().unwrap()]);
+    assert_ne!(code, Some(0));
     assert!(stderr.contains("already finalised"), "{stderr}");
     assert_eq!(Trace::open(&out).unwrap().rates().unwrap().len(), rows.len());
 }
@@ -127,27 +106,39 @@ fn overflowing_durations_and_rates_are_refused() {
     let dir = Scratch::new("overflow");
     let out = dir.join("out");
     let o = out.to_str().unwrap();
-    assert_refused(&["record", "--interval", "36028797018963968s", "--output", o], &["--interval", "longest"], &out);
-    assert_refused(&["record", "--interval", "18446744073.7105s", "--output", o], &["--interval"], &out);
-    assert_refused(&["record", "--interval", "2h", "--output", o], &["--interval", "at most 1h"], &out);
-    assert_refused(&["record", "--duration", "18446744074.2s", "--output", o], &["--duration"], &out);
-    assert_refused(&["record", "--duration", "400days", "--output", o], &["--duration"], &out);
-    assert_refused(&["record", "--spin", "1e30s", "--output", o], &["--spin", "longest"], &out);
-    assert_refused(&["record", "--spin=-5us", "--output", o], &["--spin", "negative"], &out);
-    assert_refused(&["record", "--spin", "nan", "--output", o], &["--spin"], &out);
-    assert_refused(
+    assert_fails(
+        &["record", "--interval", "36028797018963968s", "--output", o],
+        &[],
+        &["--interval", "longest"],
+        &[&out],
+    );
+    assert_fails(&["record", "--interval", "18446744073.7105s", "--output", o], &[], &["--interval"], &[&out]);
+    assert_fails(&["record", "--interval", "2h", "--output", o], &[], &["--interval", "at most 1h"], &[&out]);
+    assert_fails(&["record", "--duration", "18446744074.2s", "--output", o], &[], &["--duration"], &[&out]);
+    assert_fails(&["record", "--duration", "400days", "--output", o], &[], &["--duration"], &[&out]);
+    assert_fails(&["record", "--spin", "1e30s", "--output", o], &[], &["--spin", "longest"], &[&out]);
+    assert_fails(&["record", "--spin=-5us", "--output", o], &[], &["--spin", "negative"], &[&out]);
+    assert_fails(&["record", "--spin", "nan", "--output", o], &[], &["--spin"], &[&out]);
+    assert_fails(
         &["record", "--migration-speed", "1e305TB/s", "--output", o],
+        &[],
         &["--migration-speed", "1 PB/s"],
-        &out,
+        &[&out],
     );
     let spec =
         write(&dir, "huge-rate.toml", "[[phase]]\nduration = \"1s\"\nworking_set = \"1MiB\"\nrate = \"1e305TB/s\"\n");
-    assert_refused(
+    assert_fails(
         &["record", "--workload", spec.to_str().unwrap(), "--output", o],
+        &[],
         &["phase[0].rate", "1 PB/s"],
-        &out,
+        &[&out],
     );
     let spec =
         write(&dir, "huge-duration.toml", "[[phase]]\nduration = \"1e30s\"\nworking_set = \"1MiB\"\nrate = \"0\"\n");
-    assert_refused(&["record", "--workload", spec.to_str().unwrap(), "--output", o], &["phase[0].duration"], &out);
+    assert_fails(
+        &["record", "--workload", spec.to_str().unwrap(), "--output", o],
+        &[],
+        &["phase[0].duration"],
+        &[&out],
+    );
 }

@@ -13,7 +13,7 @@ use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
 use dirtytrace::trace::{self, bitmap, journal, SlotBlob, Trace, TraceStatus};
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,61 +47,17 @@ const INTERVALS: u64 = 118;
 fn base(name: &str) -> InScratch {
     let dir = Scratch::new(name);
     let trace = dir.join("trace");
-    let opts = GenerateOptions { interval: Duration::from_millis(50), ..Default::default() };
-    let m = generate(&trace, SPEC, &opts).unwrap();
+    let m = generate_trace(&trace, SPEC, Duration::from_millis(50));
     assert_eq!(m.intervals, INTERVALS);
     InScratch::new(dir, trace)
 }
 
-/// What a run of the CLI left: exit code (None: killed by a signal) and stderr.
-struct Out {
-    code: Option<i32>,
-    stderr: String,
-}
-
-/// Runs the CLI with a timeout: a hang fails the test instead of hanging the suite.
-fn run_env(args: &[&str], env: &[(&str, &str)]) -> Out {
-    run_cmd(Command::new(bin()), args, env)
-}
-
 /// Runs the CLI with its address space capped at 4 GiB (util-linux `prlimit`), for inputs that
 /// used to take all of the machine's memory: such a run then fails alone.
-fn run_capped(args: &[&str]) -> Out {
+fn run_capped(args: &[&str]) -> Run {
     let mut cmd = Command::new("prlimit");
     cmd.arg("--as=4294967296").arg("--").arg(bin());
-    run_cmd(cmd, args, &[])
-}
-
-fn run_cmd(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Out {
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = output_within(&mut cmd, Duration::from_secs(120));
-    Out { code: out.status.code(), stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
-}
-
-fn run(args: &[&str]) -> Out {
-    run_env(args, &[])
-}
-
-/// A refusal: non-zero exit (not a panic's 101 or an abort's 134), nothing in stderr of a panic
-/// or an allocation failure, one `error:` line, and every needle in it.
-fn assert_refused(out: &Out, args: &[&str], needles: &[&str]) {
-    let e = &out.stderr;
-    assert!(out.code.is_some(), "{args:?} was killed by a signal:\n{e}");
-    assert_ne!(out.code, Some(0), "{args:?} succeeded:\n{e}");
-    assert_ne!(out.code, Some(101), "{args:?} panicked:\n{e}");
-    assert_ne!(out.code, Some(134), "{args:?} aborted:\n{e}");
-    for bad in ["panicked", "memory allocation", "capacity overflow", "RUST_BACKTRACE"] {
-        assert!(!e.contains(bad), "{args:?}: stderr has {bad:?}:\n{e}");
-    }
-    let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{args:?}: the error is not one line:\n{e}");
-    assert!(lines[0].starts_with("error: "), "{args:?}: {e}");
-    for n in needles {
-        assert!(e.contains(n), "{args:?}: the error lacks {n:?}:\n{e}");
-    }
+    run_command(cmd, args, &[])
 }
 
 /// Every offline tool over `dir`: each must refuse it, naming all of `needles`.
@@ -115,7 +71,7 @@ fn assert_all_tools_refuse(dir: &Path, needles: &[&str]) {
         vec!["plot", t, "-o", svg.to_str().unwrap()],
     ];
     for args in &tools {
-        assert_refused(&run(args), args, needles);
+        assert_refused(&cli(args), args, needles);
     }
 }
 
@@ -169,7 +125,7 @@ fn set_binary(dir: &Path, file: &str, name: &str, row: usize, v: &[u8]) {
 /// Defect 3: a `bitmaps.parquet` row with `raw_bytes` or `num_pages` of 2^36, 2^62 or u64::MAX
 /// made every reader abort on allocation.
 #[test]
-fn defect3_lying_bitmap_sizes_are_refused_before_any_allocation() {
+fn lying_bitmap_sizes_are_refused_before_any_allocation() {
     for field in ["raw_bytes", "num_pages"] {
         for v in [1u64 << 36, 1 << 62, u64::MAX] {
             let dir = base("d3-bitmap");
@@ -181,7 +137,7 @@ fn defect3_lying_bitmap_sizes_are_refused_before_any_allocation() {
 
 /// Defect 3: a manifest whose slot claims 2^45 bytes to u64::MAX, or 4294967295 vCPUs.
 #[test]
-fn defect3_lying_manifest_sizes_are_refused() {
+fn lying_manifest_sizes_are_refused() {
     for size in [1u64 << 45, 1 << 62, u64::MAX - 4095, u64::MAX] {
         for with_ramsize in [false, true] {
             let dir = base("d3-slot");
@@ -229,7 +185,7 @@ fn blob_count_offset(payload: &[u8]) -> usize {
 
 /// Runs `recover`, which must succeed; returns its stderr and the recovered intervals.
 fn recover_ok(dir: &Path) -> (String, Vec<u64>) {
-    let out = run(&["recover", dir.to_str().unwrap()]);
+    let out = cli(&["recover", dir.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "recover failed:\n{}", out.stderr);
     let t = Trace::open(dir).unwrap();
     assert_eq!(t.manifest.status, TraceStatus::Recovered);
@@ -246,7 +202,7 @@ fn all_but(k: u64) -> Vec<u64> {
 /// Defect 4: a frame with a valid CRC around `blob_count` = 0xFFFFFFFF made `recover` abort on
 /// allocation. Now that frame alone is skipped, as damage, and reported.
 #[test]
-fn defect4_a_lying_blob_count_with_a_valid_crc_loses_only_its_frame() {
+fn a_lying_blob_count_with_a_valid_crc_loses_only_its_frame() {
     let (mut j, frames) = base_journal();
     let (at, len) = frames[40];
     rewrite_frame(&mut j, at, len, |p| {
@@ -261,13 +217,13 @@ fn defect4_a_lying_blob_count_with_a_valid_crc_loses_only_its_frame() {
     let m = Trace::open(&dir).unwrap().manifest;
     assert!(m.error.as_deref().unwrap_or("").contains(&expected), "{:?}", m.error);
     // And the readers read what recover kept.
-    let out = run(&["summarize", dir.to_str().unwrap()]);
+    let out = cli(&["summarize", dir.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
 }
 
 /// Defect 4: a frame with a valid CRC whose bitmap claims a huge `raw_bytes` (or `num_pages`).
 #[test]
-fn defect4_a_lying_raw_bytes_with_a_valid_crc_loses_only_its_frame() {
+fn a_lying_raw_bytes_with_a_valid_crc_loses_only_its_frame() {
     // Offsets within a blob: slot 0, first_page 4, num_pages 12, encoding 20, raw_bytes 21.
     for (field, offset) in [("raw_bytes", 21), ("num_pages", 12)] {
         for v in [1u64 << 36, 1 << 62, u64::MAX] {
@@ -292,7 +248,7 @@ fn defect4_a_lying_raw_bytes_with_a_valid_crc_loses_only_its_frame() {
 /// Defect 9: one bad CRC in the middle of a journal dropped every frame after it. Now exactly
 /// that frame is lost, and the damaged region is reported with its offset and length.
 #[test]
-fn defect9_one_bad_crc_loses_exactly_one_frame() {
+fn one_bad_crc_loses_exactly_one_frame() {
     let (mut j, frames) = base_journal();
     assert_eq!(frames.len() as u64, INTERVALS);
     let (at, len) = frames[59];
@@ -309,7 +265,7 @@ fn defect9_one_bad_crc_loses_exactly_one_frame() {
 
 /// Defect 9: a frame whose length field lies (longer, shorter, past the end of the file).
 #[test]
-fn defect9_a_lying_frame_length_loses_exactly_one_frame() {
+fn a_lying_frame_length_loses_exactly_one_frame() {
     for lie in [|len: u32| len + 100, |len: u32| len - 40, |_| 200 << 20, |_| u32::MAX] {
         let (mut j, frames) = base_journal();
         let (at, len) = frames[30];
@@ -325,7 +281,7 @@ fn defect9_a_lying_frame_length_loses_exactly_one_frame() {
 
 /// Defect 9: garbage between two frames (with a stray frame magic in it) loses no frame.
 #[test]
-fn defect9_garbage_between_frames_loses_nothing() {
+fn garbage_between_frames_loses_nothing() {
     let (mut j, frames) = base_journal();
     let (at, _) = frames[90];
     let mut garbage: Vec<u8> = (0..97u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
@@ -341,10 +297,10 @@ fn defect9_garbage_between_frames_loses_nothing() {
 
 /// Defect 12: an empty journal said "failed to fill whole buffer".
 #[test]
-fn defect12_an_empty_journal_says_so() {
+fn an_empty_journal_says_so() {
     let dir = killed_trace("d12-empty", b"");
     let args = ["recover", dir.to_str().unwrap()];
-    assert_refused(&run(&args), &args, &["journal.dtj", "the journal is empty"]);
+    assert_refused(&cli(&args), &args, &["journal.dtj", "the journal is empty"]);
     assert!(dir.join(trace::JOURNAL).exists(), "recover removed the journal it could not read");
 }
 
@@ -358,7 +314,7 @@ fn mkfifo(path: &Path) {
 /// Defect 5: `/dev/zero`, `/dev/urandom` (through a symlink) or a FIFO as `manifest.json` grew
 /// the process to all of memory, or hung it.
 #[test]
-fn defect5_a_device_or_fifo_as_manifest_is_refused() {
+fn a_device_or_fifo_as_manifest_is_refused() {
     for target in ["/dev/zero", "/dev/urandom", "fifo"] {
         let dir = base("d5-manifest");
         std::fs::remove_file(dir.join(trace::MANIFEST)).unwrap();
@@ -373,7 +329,7 @@ fn defect5_a_device_or_fifo_as_manifest_is_refused() {
 
 /// Defect 5: a FIFO as `rates.parquet` blocked every reader forever.
 #[test]
-fn defect5_a_fifo_as_rates_is_refused() {
+fn a_fifo_as_rates_is_refused() {
     let dir = base("d5-rates");
     std::fs::remove_file(dir.join(trace::RATES)).unwrap();
     mkfifo(&dir.join(trace::RATES));
@@ -382,7 +338,7 @@ fn defect5_a_fifo_as_rates_is_refused() {
 
 /// Defect 5, the same for the journal `recover` reads, and for `guest_log.jsonl`.
 #[test]
-fn defect5_a_device_or_fifo_as_journal_or_guest_log_is_refused() {
+fn a_device_or_fifo_as_journal_or_guest_log_is_refused() {
     for target in ["/dev/zero", "/dev/urandom", "fifo"] {
         let dir = killed_trace("d5-journal", b"");
         let j = dir.join(trace::JOURNAL);
@@ -393,7 +349,7 @@ fn defect5_a_device_or_fifo_as_journal_or_guest_log_is_refused() {
             std::os::unix::fs::symlink(target, &j).unwrap();
         }
         let args = ["recover", dir.to_str().unwrap()];
-        assert_refused(&run(&args), &args, &["journal.dtj", "is not a regular file"]);
+        assert_refused(&cli(&args), &args, &["journal.dtj", "is not a regular file"]);
         let dir = base("d5-guestlog");
         let g = dir.join(trace::GUEST_LOG);
         std::fs::remove_file(&g).unwrap();
@@ -409,7 +365,7 @@ fn defect5_a_device_or_fifo_as_journal_or_guest_log_is_refused() {
 
 /// Defect 5: a `.toml` workload that is `/dev/zero`, `/dev/urandom` or a FIFO.
 #[test]
-fn defect5_a_device_or_fifo_as_workload_is_refused() {
+fn a_device_or_fifo_as_workload_is_refused() {
     let dir = Scratch::new("d5-toml");
     let out = dir.join("out");
     for (name, target) in [("zero.toml", "/dev/zero"), ("random.toml", "/dev/urandom"), ("fifo.toml", "fifo")] {
@@ -420,21 +376,21 @@ fn defect5_a_device_or_fifo_as_workload_is_refused() {
             std::os::unix::fs::symlink(target, &p).unwrap();
         }
         let args = ["record", "--workload", p.to_str().unwrap(), "--output", out.to_str().unwrap()];
-        assert_refused(&run(&args), &args, &["--workload", name, "is not a regular file"]);
+        assert_refused(&cli(&args), &args, &["--workload", name, "is not a regular file"]);
         assert!(!out.exists());
     }
 }
 
 /// Defect 5: `DIRTYTRACE_FONT` naming `/dev/zero`, `/dev/urandom` or a FIFO.
 #[test]
-fn defect5_a_device_or_fifo_as_font_is_refused() {
+fn a_device_or_fifo_as_font_is_refused() {
     let dir = base("d5-font");
     let fifo = dir.join("font.ttf");
     mkfifo(&fifo);
     let svg = dir.join("p.svg");
     for font in ["/dev/zero", "/dev/urandom", fifo.to_str().unwrap()] {
         let args = ["plot", dir.to_str().unwrap(), "-o", svg.to_str().unwrap()];
-        let out = run_env(&args, &[("DIRTYTRACE_FONT", font)]);
+        let out = cli_env(&args, &[("DIRTYTRACE_FONT", font)]);
         assert_refused(&out, &args, &["DIRTYTRACE_FONT", font, "is not a regular file"]);
         assert!(!svg.exists());
     }
@@ -444,7 +400,7 @@ fn defect5_a_device_or_fifo_as_font_is_refused() {
 /// run is capped at 4 GiB of address space, so that a regression fails here instead of taking
 /// the machine's memory (`--kernel /dev/zero` once read until the process was killed).
 #[test]
-fn defect5_a_device_or_fifo_as_kernel_or_file_is_refused() {
+fn a_device_or_fifo_as_kernel_or_file_is_refused() {
     let dir = Scratch::new("d5-kernel");
     let script = write(&dir, "w.sh", "echo hi\n");
     let fifo = dir.join("fifo");
@@ -466,7 +422,7 @@ fn defect5_a_device_or_fifo_as_kernel_or_file_is_refused() {
 /// kernel". Its first page is now looked at first; a real kernel larger than `--mem` is refused
 /// by its size. Both without reading the file, so under a 1 GiB address-space cap.
 #[test]
-fn defect12_a_large_sparse_kernel_is_refused_without_reading_it() {
+fn a_large_sparse_kernel_is_refused_without_reading_it() {
     let dir = Scratch::new("d12-kernel");
     let script = write(&dir, "w.sh", "echo hi\n");
     let out = dir.join("out");
@@ -476,7 +432,7 @@ fn defect12_a_large_sparse_kernel_is_refused_without_reading_it() {
     let capped = |args: &[&str]| {
         let mut cmd = Command::new("prlimit");
         cmd.arg("--as=1073741824").arg("--").arg(bin());
-        run_cmd(cmd, args, &[])
+        run_command(cmd, args, &[])
     };
     let args = ["record", "--workload", s, "--kernel", k, "--output", o];
     assert_refused(&capped(&args), &args, &["--kernel", k, "is not a kernel"]);
@@ -490,7 +446,7 @@ fn defect12_a_large_sparse_kernel_is_refused_without_reading_it() {
 
 /// Defect 12: a `.sh` workload that is a directory or a device said "does not exist".
 #[test]
-fn defect12_a_directory_or_device_as_script_is_not_called_missing() {
+fn a_directory_or_device_as_script_is_not_called_missing() {
     let dir = Scratch::new("d12-sh");
     let out = dir.join("out");
     let sub = dir.join("dir.sh");
@@ -499,7 +455,7 @@ fn defect12_a_directory_or_device_as_script_is_not_called_missing() {
     std::os::unix::fs::symlink("/dev/zero", &dev).unwrap();
     for (p, kind) in [(&sub, "a directory"), (&dev, "a character device")] {
         let args = ["record", "--workload", p.to_str().unwrap(), "--output", out.to_str().unwrap()];
-        let o = run(&args);
+        let o = cli(&args);
         assert_refused(&o, &args, &["--workload", "is not a regular file", kind]);
         assert!(!o.stderr.contains("does not exist"), "{}", o.stderr);
         assert!(!out.exists());
@@ -512,38 +468,38 @@ fn defect12_a_directory_or_device_as_script_is_not_called_missing() {
 /// Defect 7: `replay --loop` at a tiny bandwidth never ended. Now `--max-time` (default one
 /// day of migration time) bounds it, and its error names the flag.
 #[test]
-fn defect7_replay_loop_at_a_tiny_bandwidth_ends_naming_max_time() {
+fn replay_loop_at_a_tiny_bandwidth_ends_naming_max_time() {
     let dir = base("d7-bw");
     let t = dir.to_str().unwrap();
     for bw in ["1e-12B/s", "1B/s", "100B/s"] {
         let args = ["replay", t, "--bandwidth", bw, "--loop"];
-        assert_refused(&run(&args), &args, &["--max-time", "raise --max-time"]);
+        assert_refused(&cli(&args), &args, &["--max-time", "raise --max-time"]);
     }
     // 16 MiB at 1 MiB/s: round 0 alone takes 16 s, over a 10 s cap and within the default.
     let args = ["replay", t, "--bandwidth", "1MiB/s", "--loop", "--max-time", "10s"];
-    assert_refused(&run(&args), &args, &["--max-time", "10 s"]);
-    let out = run(&["replay", t, "--bandwidth", "1MiB/s", "--loop"]);
+    assert_refused(&cli(&args), &args, &["--max-time", "10 s"]);
+    let out = cli(&["replay", t, "--bandwidth", "1MiB/s", "--loop"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let args = ["replay", t, "--bandwidth", "1MiB/s", "--max-time", "0s"];
-    assert_refused(&run(&args), &args, &["--max-time"]);
+    assert_refused(&cli(&args), &args, &["--max-time"]);
 }
 
 /// Defect 6 (the flags it did not cover): `bench --seconds` NaN, infinite, 0 or 1e300 ended in
 /// an error about a spec file the bench wrote, naming no flag. Nothing is made.
 #[test]
-fn defect6_bench_seconds_is_range_checked() {
+fn bench_seconds_is_range_checked() {
     let dir = Scratch::new("d6-seconds");
     let work = dir.join("work");
     for v in ["NaN", "inf", "0", "1e300", "86401"] {
         let args = ["bench", "--only", "compression", "--seconds", v, "--work-dir", work.to_str().unwrap()];
-        assert_refused(&run(&args), &args, &["--seconds", "at most 86400"]);
+        assert_refused(&cli(&args), &args, &["--seconds", "at most 86400"]);
         assert!(!work.exists(), "bench made its work directory before checking --seconds");
     }
 }
 
 /// Defect 7: a last `t_end_s` of NaN made `replay --loop` spin forever.
 #[test]
-fn defect7_a_nan_end_time_is_refused() {
+fn a_nan_end_time_is_refused() {
     let dir = base("d7-nan");
     set_f64(&dir, trace::RATES, "t_end_s", INTERVALS as usize - 1, f64::NAN);
     let row = format!("row {}", INTERVALS - 1);
@@ -552,12 +508,12 @@ fn defect7_a_nan_end_time_is_refused() {
 
 /// Defect 7: `--zero-pages skip` with an `initial_nonzero_pages` count of 2^40 spun forever.
 #[test]
-fn defect7_a_huge_initial_nonzero_count_is_refused() {
+fn a_huge_initial_nonzero_count_is_refused() {
     let dir = base("d7-nonzero");
     edit_manifest(&dir, |m| m["initial_nonzero_pages"] = serde_json::json!([{"first": 0, "count": 1u64 << 40}]));
     let t = dir.to_str().unwrap();
     let args = ["replay", t, "--bandwidth", "1Gbit/s", "--loop", "--zero-pages", "skip"];
-    assert_refused(&run(&args), &args, &["manifest.json", "`initial_nonzero_pages[0]`"]);
+    assert_refused(&cli(&args), &args, &["manifest.json", "`initial_nonzero_pages[0]`"]);
     assert_all_tools_refuse(&dir, &["manifest.json", "`initial_nonzero_pages[0]`"]);
 }
 
@@ -566,7 +522,7 @@ fn defect7_a_huge_initial_nonzero_count_is_refused() {
 
 /// Defect 8: `plot` spun forever on a `rates.parquet` holding `inf`.
 #[test]
-fn defect8_an_infinite_rate_is_refused() {
+fn an_infinite_rate_is_refused() {
     for (col, v) in [("dirty_rate_bytes_per_s", f64::INFINITY), ("cpu_util", f64::INFINITY), ("t_end_s", f64::INFINITY)]
     {
         let dir = base("d8-inf");
@@ -577,7 +533,7 @@ fn defect8_an_infinite_rate_is_refused() {
 
 /// Defect 8: `plot` panicked on a `trace_id` with multibyte characters.
 #[test]
-fn defect8_plot_draws_a_multibyte_trace_id() {
+fn plot_draws_a_multibyte_trace_id() {
     let dir = base("d8-utf8");
     let id = "é€😀ü€é😀ü€é😀".to_string();
     edit_manifest(&dir, |m| m["trace_id"] = id.clone().into());
@@ -585,7 +541,7 @@ fn defect8_plot_draws_a_multibyte_trace_id() {
         Arc::new(StringArray::from_iter_values((0..c.len()).map(|_| id.as_str())))
     });
     let svg = dir.join("p.svg");
-    let out = run(&["plot", dir.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
+    let out = cli(&["plot", dir.to_str().unwrap(), "-o", svg.to_str().unwrap()]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("é€😀ü€é😀ü"), "the figure lacks the id's first 8 characters");
@@ -608,7 +564,7 @@ fn bomb() -> Vec<u8> {
 /// Defect 10: a 36 KB zstd frame expanding to 1 GiB reached 1 GB of RSS before the length
 /// check. Decoding is capped at the bitmap's raw size, so it errors without allocating more.
 #[test]
-fn defect10_a_decompression_bomb_is_refused_at_the_bitmap_size() {
+fn a_decompression_bomb_is_refused_at_the_bitmap_size() {
     let bomb = bomb();
     assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
     // In the library: the decoder refuses it, at the slot's raw size (a 16 MiB slot: 512 bytes).
@@ -655,7 +611,7 @@ fn defect10_a_decompression_bomb_is_refused_at_the_bitmap_size() {
 /// Defect 11: NaN, infinite, negative or out-of-order times and zero-length intervals in
 /// `rates.parquet` were printed ("duration NaN s"); now each is refused with row and field.
 #[test]
-fn defect11_nonsense_times_are_refused_with_row_and_field() {
+fn nonsense_times_are_refused_with_row_and_field() {
     let cases: [(&str, usize, f64, &str); 8] = [
         ("t_start_s", 3, f64::NAN, "`t_start_s`"),
         ("t_start_s", 3, -1.0, "`t_start_s`"),
@@ -677,7 +633,7 @@ fn defect11_nonsense_times_are_refused_with_row_and_field() {
 
 /// Defect 11: `page_size` 0, `ramsize_bytes` 0 or 2^63, overlapping slots, `interval_s` ≤ 0.
 #[test]
-fn defect11_nonsense_manifest_values_are_refused_with_the_field() {
+fn nonsense_manifest_values_are_refused_with_the_field() {
     type Edit = fn(&mut Value);
     let cases: [(Edit, &str); 7] = [
         (|m| m["page_size"] = 0.into(), "`page_size`"),
@@ -707,7 +663,7 @@ fn defect11_nonsense_manifest_values_are_refused_with_the_field() {
 /// was summarized as "0 intervals … (0 B)" and fitted to a dp_intensity of 0. Now each tool
 /// says there is nothing to work on.
 #[test]
-fn defect11_a_trace_of_no_intervals_is_refused_by_every_tool() {
+fn a_trace_of_no_intervals_is_refused_by_every_tool() {
     let dir = killed_trace("d11-empty", journal::FILE_MAGIC);
     let (_, rows) = recover_ok(&dir);
     assert!(rows.is_empty());
@@ -716,7 +672,7 @@ fn defect11_a_trace_of_no_intervals_is_refused_by_every_tool() {
 
 /// Defect 12: bitmap errors named no interval.
 #[test]
-fn defect12_a_damaged_bitmap_names_its_interval() {
+fn a_damaged_bitmap_names_its_interval() {
     let dir = base("d12-bitmap");
     let b = read_table(&dir.join(trace::BITMAPS));
     let data = b.column_by_name("data").unwrap().as_any().downcast_ref::<BinaryArray>().unwrap();
@@ -764,7 +720,7 @@ fn documented_limits_are_the_constants() {
 /// Defect 11: times that are finite and in order, but scaled to nonsense (an interval of
 /// 5e298 s or of 5e-302 s), were accepted and printed.
 #[test]
-fn defect11_times_scaled_to_nonsense_are_refused() {
+fn times_scaled_to_nonsense_are_refused() {
     for (k, needle) in [(1e300f64, "later than a trace may last"), (1e-300, "an interval lasts at least 1e-9 s")] {
         let dir = base("d11-scale");
         for col in ["t_start_s", "t_end_s", "duration_s"] {
@@ -794,7 +750,7 @@ fn fuzz_found_unholdable_phase_names_are_refused_before_recording() {
         let spec = format!("[[phase]]\nname = {name}\nduration = \"1s\"\nworking_set = \"1MiB\"\nrate = \"1MiB/s\"\n");
         let p = write(&dir, "name.toml", &spec);
         let args = ["record", "--workload", p.to_str().unwrap(), "--output", out.to_str().unwrap()];
-        assert_refused(&run(&args), &args, &["phase[0].name"]);
+        assert_refused(&cli(&args), &args, &["phase[0].name"]);
         assert!(!out.exists());
         let gen = generate(&dir.join("gen"), &spec, &GenerateOptions::default());
         assert!(gen.unwrap_err().to_string().contains("phase[0].name"));
@@ -813,13 +769,13 @@ fn fuzz_found_spec_errors_are_one_line_naming_the_key() {
     let out = dir.join("out");
     let p = write(&dir, "bad.toml", "[[phase]]\nduration = \"1s\"\nrate = \"0\"\nhot_fraction = \"é\"\n");
     let args = ["record", "--workload", p.to_str().unwrap(), "--output", out.to_str().unwrap()];
-    assert_refused(&run(&args), &args, &["bad.toml", "line 4, `hot_fraction`", "expected f64"]);
+    assert_refused(&cli(&args), &args, &["bad.toml", "line 4, `hot_fraction`", "expected f64"]);
 }
 
 /// Defect 11: an interval cut short by the end of the recording (`partial`) anywhere but last
 /// is nonsense the statistics would quietly leave out.
 #[test]
-fn defect11_a_partial_interval_before_the_last_is_refused() {
+fn a_partial_interval_before_the_last_is_refused() {
     let dir = base("d11-partial");
     edit_column(&dir, trace::RATES, "partial", |c| {
         Arc::new(BooleanArray::from_iter((0..c.len()).map(|i| Some(i == 9 || i + 1 == c.len()))))

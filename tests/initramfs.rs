@@ -10,11 +10,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Any ELF will do as busybox when nothing boots.
-fn fake_busybox() -> PathBuf {
-    PathBuf::from("/bin/true")
-}
-
 fn inputs(dir: &Path, rootfs: Option<&Path>) -> Inputs {
     Inputs {
         busybox: fake_busybox(),
@@ -181,16 +176,6 @@ fn the_cache_key_follows_content_and_never_goes_stale() {
     assert!(!initramfs::build_with(&other, Some(&cache), &mut |_| {}).unwrap().cached);
 }
 
-fn run(args: &[&str], env: &[(&str, &Path)]) -> (Option<i32>, String) {
-    let mut c = Command::new(bin());
-    c.args(args).env("DIRTYTRACE_BUSYBOX", fake_busybox());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
 #[test]
 fn initramfs_command_writes_what_record_would_boot() {
     let dir = Scratch::new("initramfs-cmd");
@@ -203,8 +188,21 @@ fn initramfs_command_writes_what_record_would_boot() {
     let out = dir.join("a.cpio.gz");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let file_arg = format!("{}:/usr/bin/extra", s(&extra));
-    let args = ["initramfs", "--workload", &s(&script), "--rootfs", &s(&root), "--file", &file_arg, "-o", &s(&out)];
-    let (code, stderr) = run(&args, &[("DIRTYTRACE_CACHE", &cache)]);
+    let bb = s(&fake_busybox());
+    let args = [
+        "initramfs",
+        "--workload",
+        &s(&script),
+        "--rootfs",
+        &s(&root),
+        "--file",
+        &file_arg,
+        "-o",
+        &s(&out),
+        "--busybox",
+        &bb,
+    ];
+    let Run { code, stderr, .. } = cli_env(&args, &[("DIRTYTRACE_CACHE", &s(&cache))]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains(&format!("wrote {}", out.display())) && stderr.contains("MiB unpacked"), "{stderr}");
     let written = std::fs::read(&out).unwrap();
@@ -212,7 +210,7 @@ fn initramfs_command_writes_what_record_would_boot() {
     let inp = Inputs {
         busybox: fake_busybox(),
         script: script.clone(),
-        contents: Contents { files: vec![file_arg.clone()], rootfs: Some(root.clone()), packages: vec![] },
+        contents: Contents { files: vec![file_arg.clone()], rootfs: Some(root.clone()), ..Default::default() },
         disk: None,
     };
     let lib = initramfs::build_with(&inp, None, &mut |_| {}).unwrap();
@@ -221,7 +219,7 @@ fn initramfs_command_writes_what_record_would_boot() {
     assert_eq!(get(&entries, "opt/data").data, b"payload");
     assert_eq!(get(&entries, "usr/bin/extra").data, b"EXTRA");
     // It never overwrites a file.
-    let (code, stderr) = run(&args, &[("DIRTYTRACE_CACHE", &cache)]);
+    let Run { code, stderr, .. } = cli_env(&args, &[("DIRTYTRACE_CACHE", &s(&cache))]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("already exists"), "{stderr}");
     assert_eq!(std::fs::read(&out).unwrap(), written);
@@ -247,14 +245,16 @@ fn bad_rootfs_input_is_named_and_leaves_nothing() {
     let script = write(&dir, "w.sh", "true\n");
     let out = dir.join("out.cpio.gz");
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let attempt =
-        |rootfs: &Path| run(&["initramfs", "--workload", &s(&script), "--rootfs", &s(rootfs), "-o", &s(&out)], &[]);
+    let bb = s(&fake_busybox());
+    let attempt = |rootfs: &Path| {
+        cli(&["initramfs", "--workload", &s(&script), "--rootfs", &s(rootfs), "-o", &s(&out), "--busybox", &bb])
+    };
     let missing = dir.join("no-such-root");
-    let (code, e) = attempt(&missing);
+    let Run { code, stderr: e, .. } = attempt(&missing);
     assert_eq!(code, Some(1));
     assert!(e.contains(&format!("--rootfs {}: no such file or directory", missing.display())), "{e}");
     let text = write(&dir, "notes.txt", "just text, no tar header here");
-    let (_, e) = attempt(&text);
+    let Run { stderr: e, .. } = attempt(&text);
     assert!(e.contains(&format!("--rootfs {}: neither a directory nor a tar archive", text.display())), "{e}");
     for (file, name, says) in [
         ("dotdot.tar", "../etc/passwd", "climbs out of the root"),
@@ -263,7 +263,7 @@ fn bad_rootfs_input_is_named_and_leaves_nothing() {
     ] {
         let t = dir.join(file);
         evil_tar(&t, name);
-        let (code, e) = attempt(&t);
+        let Run { code, stderr: e, .. } = attempt(&t);
         assert_eq!(code, Some(1));
         assert!(e.contains(&format!("--rootfs {}: entry {name} {says}", t.display())), "{e}");
         assert!(e.contains("refusing"), "{e}");
@@ -310,8 +310,19 @@ fn bad_package_input_is_named() {
     let script = write(&dir, "w.sh", "true\n");
     let out = dir.join("out.cpio.gz");
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let args = ["initramfs", "--workload", &s(&script), "--package", "dirtytrace-no-such-package", "-o", &s(&out)];
-    let (code, e) = run(&args, &[("DIRTYTRACE_CACHE", &dir.join("cache"))]);
+    let bb = s(&fake_busybox());
+    let args = [
+        "initramfs",
+        "--workload",
+        &s(&script),
+        "--package",
+        "dirtytrace-no-such-package",
+        "-o",
+        &s(&out),
+        "--busybox",
+        &bb,
+    ];
+    let Run { code, stderr: e, .. } = cli_env(&args, &[("DIRTYTRACE_CACHE", &s(&dir.join("cache")))]);
     assert_eq!(code, Some(1));
     // apt's own message, after the package's name.
     assert!(e.contains("--package dirtytrace-no-such-package: apt-get cannot resolve it: E: Unable to locate package dirtytrace-no-such-package"), "{e}");
@@ -319,7 +330,6 @@ fn bad_package_input_is_named() {
     let o = Command::new(bin())
         .args(args)
         .env("PATH", dir.join("no-bin"))
-        .env("DIRTYTRACE_BUSYBOX", fake_busybox())
         .env("DIRTYTRACE_CACHE", dir.join("cache"))
         .output()
         .unwrap();
@@ -351,8 +361,11 @@ fn an_archive_too_large_for_mem_is_refused_before_booting() {
     let kernel = never_booted_kernel(&dir);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let trace = dir.join("trace");
+    let bb = s(&fake_busybox());
     let args = ["record", "--workload", &s(&script), "--kernel", &s(&kernel), "--mem", "128MiB", "--rootfs", &s(&root)];
-    let (code, e) = run(&[&args[..], &["--output", &s(&trace)]].concat(), &[("DIRTYTRACE_CACHE", &dir.join("cache"))]);
+    let trace_arg = s(&trace);
+    let args = [&args[..], &["--busybox", &bb, "--output", &trace_arg]].concat();
+    let Run { code, stderr: e, .. } = cli_env(&args, &[("DIRTYTRACE_CACHE", &s(&dir.join("cache")))]);
     assert_eq!(code, Some(1), "{e}");
     assert!(
         e.contains(&format!("the initramfs from --rootfs {} is too large for --mem 128 MiB", root.display())),

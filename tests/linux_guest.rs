@@ -28,17 +28,6 @@ fn kit_file(name: &str) -> PathBuf {
     p
 }
 
-/// Whether the host's KVM runs guest kernels in hardware (VT-x / AMD-V) rather than emulating them.
-fn hardware_virtualisation() -> bool {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
-}
-
-/// Any ELF will do as the initramfs's busybox when the guest never reaches userspace.
-fn fake_busybox() -> PathBuf {
-    PathBuf::from("/bin/true")
-}
-
 #[test]
 fn initramfs_reads_back_entry_by_entry() {
     let dir = Scratch::new("initramfs");
@@ -263,9 +252,9 @@ fn record_tiny(name: &str, code: &[u8]) -> (anyhow::Result<record::RecordSummary
     let kernel = dir.join("tiny.elf");
     std::fs::write(&kernel, tiny_kernel(code)).unwrap();
     let script = write(&dir, "w.sh", "#!/bin/sh\ntrue\n");
-    std::env::set_var("DIRTYTRACE_BUSYBOX", fake_busybox());
     let out = dir.join("trace");
     let mut opts = RecordOptions::new(out.clone());
+    opts.linux.initramfs.busybox = Some(fake_busybox());
     opts.workload = Some(script);
     opts.settings.mem = Some(HumanSize(128 * MIB));
     opts.settings.interval = HumanDuration(Duration::from_millis(20));
@@ -310,9 +299,10 @@ fn markers_phases_and_exit_status_through_the_console() {
     std::fs::write(&kernel, tiny_kernel(&print_then_reset(text))).unwrap();
     let script = write(&dir, "w.sh", "true\n");
     let status = std::process::Command::new(bin())
-        .env("DIRTYTRACE_BUSYBOX", fake_busybox())
         .args([
             "record",
+            "--busybox",
+            fake_busybox().to_str().unwrap(),
             "--engine",
             "kvm",
             "--mem",
@@ -457,7 +447,6 @@ fn debian_kernel_boots_and_its_dirty_pages_are_recorded() {
     opts.settings.vcpus = Some(2);
     opts.settings.duration = Some(HumanDuration(Duration::from_secs(if hw { 60 } else { 180 })));
     opts.linux.boot.allow_emulated_kernel = true;
-    std::env::remove_var("DIRTYTRACE_BUSYBOX");
     let summary = record_until(
         &opts,
         &[
@@ -513,7 +502,6 @@ fn debian_bzimage_reads_our_boot_params() {
     opts.settings.duration = Some(HumanDuration(Duration::from_secs(if hw { 60 } else { 120 })));
     opts.linux.boot.bzimage = true;
     opts.linux.boot.allow_emulated_kernel = true;
-    std::env::remove_var("DIRTYTRACE_BUSYBOX");
     let summary = record_until(&opts, &["KASLR disabled: 'nokaslr' on cmdline."]);
     let console = std::fs::read_to_string(out.join("console.log")).unwrap();
     assert!(console.contains("KASLR disabled: 'nokaslr' on cmdline."), "{console}");
@@ -565,8 +553,8 @@ fn record_refuses_the_kit_kernel_where_kernel_code_is_emulated() {
     let kernel = dir.join("tiny.elf");
     std::fs::write(&kernel, tiny_kernel(&print_then_reset(text))).unwrap();
     let o = std::process::Command::new(bin())
-        .env("DIRTYTRACE_BUSYBOX", fake_busybox())
-        .args(["record", "--engine", "kvm", "--mem", "128MiB", "--kernel", kernel.to_str().unwrap()])
+        .args(["record", "--busybox", fake_busybox().to_str().unwrap(), "--engine", "kvm", "--mem", "128MiB"])
+        .args(["--kernel", kernel.to_str().unwrap()])
         .args(["--workload", write(&dir, "w.sh", "true\n").to_str().unwrap(), "--output"])
         .arg(dir.join("own"))
         .output()

@@ -136,6 +136,15 @@ fn a_stopped_realtime_recorder_skips_what_it_slept_through_and_stays_exact() {
     for (i, r) in rows.iter().enumerate() {
         assert_eq!(r.interval, i as u64);
     }
+    // The sampler's own count is the manifest's, and the rows' deadlines (what a recovered
+    // trace counts from) say the same.
+    let counts = trace.manifest.timing.sampler_counts.expect("the sampler's counts");
+    assert_eq!(
+        (counts.harvests, counts.skipped_deadlines),
+        (rows.len() as u64, trace.manifest.timing.skipped_deadlines)
+    );
+    let from_rows = dirtytrace::trace::timing_of(&rows, trace.manifest.interval_s, None);
+    assert_eq!(from_rows.skipped_deadlines, counts.skipped_deadlines);
     for c in dirtytrace::guest::synthetic::verify::verify(&trace).unwrap() {
         assert_eq!((c.missing, c.missing_cumulative, c.unexpected), (0, 0, 0), "{c:?}");
     }

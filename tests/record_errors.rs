@@ -6,25 +6,6 @@ use common::*;
 use std::path::Path;
 use std::process::Command;
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
-    let mut cmd = Command::new(bin());
-    cmd.args(args);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn assert_fails(args: &[&str], env: &[(&str, &str)], out_dir: &Path, needles: &[&str]) {
-    let (code, stderr) = run(args, env);
-    assert_ne!(code, 0, "{args:?} succeeded");
-    for n in needles {
-        assert!(stderr.contains(n), "{args:?}: stderr lacks {n:?}:\n{stderr}");
-    }
-    assert!(!out_dir.exists(), "{args:?} left {} behind", out_dir.display());
-}
-
 const PHASE: &str = "[[phase]]\nduration = \"1s\"\nworking_set = \"1MiB\"\n";
 
 #[test]
@@ -45,13 +26,13 @@ fn bad_specs_name_the_key() {
     ];
     for (name, text, needles) in cases {
         let spec = write(&dir, name, text);
-        assert_fails(&["record", "--workload", spec.to_str().unwrap(), "--output", o], &[], &out, needles);
+        assert_fails(&["record", "--workload", spec.to_str().unwrap(), "--output", o], &[], needles, &[&out]);
     }
     assert_fails(
         &["record", "--workload", dir.join("absent.toml").to_str().unwrap(), "--output", o],
         &[],
-        &out,
         &["absent.toml"],
+        &[&out],
     );
 }
 
@@ -60,23 +41,28 @@ fn bad_flags() {
     let dir = Scratch::new("bad-flags");
     let out = dir.join("out");
     let o = out.to_str().unwrap();
-    assert_fails(&["record", "--interval", "0", "--output", o], &[], &out, &["--interval", "at least 1ms"]);
-    assert_fails(&["record", "--interval", "500us", "--output", o], &[], &out, &["--interval"]);
-    assert_fails(&["record", "--interval", "soon", "--output", o], &[], &out, &["--interval"]);
-    assert_fails(&["record", "--mem=-1GiB", "--output", o], &[], &out, &["--mem", "negative"]);
-    assert_fails(&["record", "--migration-speed", "0", "--output", o], &[], &out, &["--migration-speed"]);
+    assert_fails(&["record", "--interval", "0", "--output", o], &[], &["--interval", "at least 1ms"], &[&out]);
+    assert_fails(&["record", "--interval", "500us", "--output", o], &[], &["--interval"], &[&out]);
+    assert_fails(&["record", "--interval", "soon", "--output", o], &[], &["--interval"], &[&out]);
+    assert_fails(&["record", "--mem=-1GiB", "--output", o], &[], &["--mem", "negative"], &[&out]);
+    assert_fails(&["record", "--migration-speed", "0", "--output", o], &[], &["--migration-speed"], &[&out]);
 }
 
 #[test]
 fn unwritable_output_directory() {
     let _g = kvm_lock();
     let target = "/proc/dirtytrace-cannot-create-this";
-    assert_fails(&["record", "--output", target], &[], Path::new(target), &["cannot create output directory", target]);
+    assert_fails(
+        &["record", "--output", target],
+        &[],
+        &["cannot create output directory", target],
+        &[Path::new(target)],
+    );
     // A non-empty directory is never overwritten.
     let dir = Scratch::new("nonempty");
     write(&dir, "precious.txt", "keep me");
-    let (code, stderr) = run(&["record", "--output", dir.to_str().unwrap()], &[]);
-    assert_ne!(code, 0);
+    let Run { code, stderr, .. } = cli(&["record", "--output", dir.to_str().unwrap()]);
+    assert_ne!(code, Some(0));
     assert!(stderr.contains("not empty"), "{stderr}");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     assert_eq!(std::fs::read_to_string(dir.join("precious.txt")).unwrap(), "keep me");
@@ -91,17 +77,17 @@ fn missing_or_unusable_kvm() {
     assert_fails(
         &["record", "--engine", "kvm", "--output", o],
         &[("DIRTYTRACE_KVM_DEVICE", missing.to_str().unwrap())],
-        &out,
         &["does not exist", "no KVM"],
+        &[&out],
     );
     let args = ["record", "--engine", "kvm", "--output", o, "--kvm-device", missing.to_str().unwrap()];
-    assert_fails(&args, &[], &out, &["does not exist"]);
+    assert_fails(&args, &[], &["does not exist"], &[&out]);
     let not_kvm = write(&dir, "not-kvm", "");
     assert_fails(
         &["record", "--engine", "kvm", "--output", o, "--kvm-device", not_kvm.to_str().unwrap()],
         &[],
-        &out,
         &["cannot use", "not a KVM device"],
+        &[&out],
     );
     // Permission denied: a device node only root may open, opened as `nobody`, with an output
     // directory `nobody` could create.
@@ -109,16 +95,11 @@ fn missing_or_unusable_kvm() {
     let open = Scratch::new("nokvm-nobody");
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     let nobody_out = open.join("out");
-    let (code, stderr) = {
-        let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(bin())
-            .args(["record", "--engine", "kvm", "--output", nobody_out.to_str().unwrap(), "--kvm-device", "/dev/kvm"])
-            .output()
-            .expect("setpriv (util-linux) runs the recorder as nobody");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
-    };
-    assert_ne!(code, 0);
+    let mut as_nobody = Command::new("setpriv"); // util-linux's
+    as_nobody.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(bin());
+    let args = ["record", "--engine", "kvm", "--output", nobody_out.to_str().unwrap(), "--kvm-device", "/dev/kvm"];
+    let Run { code, stderr, .. } = run_command(as_nobody, &args, &[]);
+    assert_ne!(code, Some(0));
     assert!(stderr.contains("permission denied") && stderr.contains("kvm"), "{stderr}");
     assert!(!nobody_out.exists());
 }
@@ -149,13 +130,11 @@ fn full_disk_keeps_what_was_harvested() {
         "mem = \"1GiB\"\nseed = 1\n[[phase]]\nduration = \"30s\"\nworking_set = \"512MiB\"\nrate = \"40MiB/s\"\npattern = \"random\"\n",
     );
     let out = mnt.join("trace");
-    let (code, stderr) = run(
-        &["record", "--workload", spec.to_str().unwrap(), "--interval", "20ms", "--output", out.to_str().unwrap()],
-        &[],
-    );
+    let Run { code, stderr, .. } =
+        cli(&["record", "--workload", spec.to_str().unwrap(), "--interval", "20ms", "--output", out.to_str().unwrap()]);
     mount(&["-o", "remount,size=64m", mnt.to_str().unwrap()]);
     let recovered = Command::new(bin()).args(["recover", out.to_str().unwrap()]).status().unwrap();
-    assert_ne!(code, 0);
+    assert_ne!(code, Some(0));
     assert!(stderr.contains("No space left on device") && stderr.contains("dirtytrace recover"), "{stderr}");
     assert!(recovered.success());
     let trace = dirtytrace::trace::Trace::open(&out).unwrap();

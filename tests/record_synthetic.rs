@@ -114,6 +114,10 @@ fn intervals_do_not_drift_over_30s() {
         );
     }
     assert!((rows.last().unwrap().t_end_s - 30.0).abs() < 0.02);
+    // The sampler's own counts are in the manifest, and its skipped deadlines are the timing's.
+    let timing = &trace.manifest.timing;
+    let counts = timing.sampler_counts.expect("the recorder leaves the sampler's counts");
+    assert_eq!((counts.harvests, counts.skipped_deadlines), (300, timing.skipped_deadlines));
 }
 
 #[test]

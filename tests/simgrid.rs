@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::{bin, write, Scratch};
+use common::{bin, cli_json, generate_trace, write, Scratch};
 use dirtytrace::analysis::replay::{self, ReplayOptions};
 use dirtytrace::analysis::simgrid::model::{VmModel, MAX_STAGE2_ROUNDS};
-use dirtytrace::guest::synthetic::generate::{generate, GenerateOptions};
 use dirtytrace::trace::Trace;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -35,8 +34,7 @@ fn spec(pattern: &str) -> String {
 /// `spec` generated at `interval_s` into `tmp`.
 fn generated(tmp: &Scratch, spec: &str, interval_s: f64) -> PathBuf {
     let dir = tmp.join("trace");
-    let opts = GenerateOptions { interval: Duration::from_secs_f64(interval_s), ..Default::default() };
-    generate(&dir, spec, &opts).unwrap();
+    generate_trace(&dir, spec, Duration::from_secs_f64(interval_s));
     dir
 }
 
@@ -89,18 +87,12 @@ fn simgrid_time(tmp: &Scratch, params: &Value) -> f64 {
     simgrid_run(tmp, params, &[])["migration_time_s"].as_f64().unwrap()
 }
 
-fn dirtytrace_json(args: &[&str]) -> Value {
-    let o = Command::new(bin()).args(args).output().unwrap();
-    assert!(o.status.success(), "dirtytrace {args:?}: {}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap()
-}
-
 /// SimGrid's migration time and the replay's total time for a trace at [`BANDWIDTH`].
 fn compare(tmp: &Scratch, trace: &Path) -> (f64, Value, f64, Value) {
     let t = trace.to_str().unwrap();
-    let params = dirtytrace_json(&["simgrid", t, "--migration-speed", BANDWIDTH, "--json"]);
+    let params = cli_json(&["simgrid", t, "--migration-speed", BANDWIDTH, "--json"]);
     let sg = simgrid_time(tmp, &params);
-    let r = dirtytrace_json(&["replay", t, "--bandwidth", BANDWIDTH, "--json"]);
+    let r = cli_json(&["replay", t, "--bandwidth", BANDWIDTH, "--json"]);
     (sg, params, r["total_time_s"].as_f64().unwrap(), r)
 }
 
@@ -179,7 +171,7 @@ const START_BANDWIDTHS: [&str; 2] = ["48MiB/s", "128MiB/s"];
 const START_INTERVAL_S: f64 = 0.02;
 
 fn replay_at_start(trace: &str, start: &str, bw: &str) -> Value {
-    dirtytrace_json(&[
+    cli_json(&[
         "replay",
         trace,
         "--start",
@@ -205,7 +197,7 @@ fn start_parameters_reproduce_replay(pattern: &str) {
     let trace = generated(&tmp, &long_spec(pattern), START_INTERVAL_S);
     let t = trace.to_str().unwrap();
     for bw in START_BANDWIDTHS {
-        let params = dirtytrace_json(&["simgrid", t, "--start", START, "--migration-speed", bw, "--json"]);
+        let params = cli_json(&["simgrid", t, "--start", START, "--migration-speed", bw, "--json"]);
         let r = replay_at_start(t, START, bw);
         let sg = simgrid_run(&tmp, &params, &[]);
         let (rt, rb) = (r["total_time_s"].as_f64().unwrap(), r["transferred_bytes"].as_f64().unwrap());
@@ -270,7 +262,7 @@ fn a_migration_that_never_converges_does_not_converge_in_simgrid_either() {
                 rate = \"96MiB/s\"\npattern = \"sequential\"\n";
     let trace = generated(&tmp, spec, START_INTERVAL_S);
     let t = trace.to_str().unwrap();
-    let params = dirtytrace_json(&["simgrid", t, "--start", "1s", "--migration-speed", "64MiB/s", "--json"]);
+    let params = cli_json(&["simgrid", t, "--start", "1s", "--migration-speed", "64MiB/s", "--json"]);
     let r = replay_at_start(t, "1s", "64MiB/s");
     assert_eq!((r["converged"].as_bool(), r["rounds"].as_u64()), (Some(false), Some(30)));
     // Every round after round 0 sends the working set and the control page.

@@ -14,7 +14,7 @@ use crate::guest::linux::{initramfs, packages, BootInputs, LinuxInputs};
 use crate::guest::synthetic::spec::{Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
 use crate::options::keys_of;
 use crate::record::{self, RecordSettings, SettingError};
-use crate::units::{parse_duration, parse_rate, parse_size, HumanDuration, HumanRate, HumanSize};
+use crate::units::{hex, parse_duration, parse_rate, parse_size, HumanDuration, HumanRate, HumanSize};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -28,8 +28,6 @@ pub const DEFAULT_MAX_RUNS: usize = 1000;
 pub const MAX_NAME_LEN: usize = 200;
 /// The largest grid file read.
 pub const MAX_GRID_BYTES: u64 = 1 << 20;
-/// The largest Linux workload script read (to fingerprint it).
-const MAX_SCRIPT_BYTES: u64 = 16 << 20;
 
 /// Why a grid was refused. Every message names the grid file and the key or flag at fault.
 #[derive(Debug, thiserror::Error)]
@@ -541,7 +539,7 @@ pub fn run_name(parts: &[(String, String)], repeat: u32) -> String {
     let mut name: String = parts.iter().map(|(k, v)| format!("{k}={}_", sanitize(v))).collect();
     name.push_str(&format!("r{repeat}"));
     if name.len() > MAX_NAME_LEN {
-        let hash: String = sha2::Sha256::digest(name.as_bytes())[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hash = hex(&sha2::Sha256::digest(name.as_bytes())[..8]);
         let mut cut = 180;
         while !name.is_char_boundary(cut) {
             cut -= 1;
@@ -675,7 +673,8 @@ impl Grid {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Grid::parse(path, &text, &|p| {
             let p = if p.is_absolute() { p.to_path_buf() } else { dir.join(p) };
-            let limit = if p.extension().is_some_and(|e| e == "sh") { MAX_SCRIPT_BYTES } else { MAX_SPEC_BYTES };
+            let limit =
+                if p.extension().is_some_and(|e| e == "sh") { initramfs::MAX_SCRIPT_BYTES } else { MAX_SPEC_BYTES };
             let bytes = crate::files::read_regular(&p, limit, "workload")?;
             Ok((std::fs::canonicalize(&p).unwrap_or(p), bytes))
         })
@@ -989,10 +988,6 @@ fn linux_fingerprint(linux: &LinuxInputs) -> String {
     let fields: Vec<String> =
         first.chain(added).map(|(k, v)| format!("{}:{v}", serde_json::Value::from(k.as_str()))).collect();
     format!("{{{}}}", fields.join(","))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 const AXIS_KEYS: &str =

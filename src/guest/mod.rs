@@ -43,18 +43,19 @@ pub trait Guest {
 
 /// Pages in `ranges` holding anything but zeroes.
 pub fn nonzero_pages(vm: &Vm, ranges: &[(u64, u64)]) -> Vec<PageRange> {
+    use crate::units::PAGE_SIZE;
     use vm_memory::{Bytes, GuestAddress};
     const CHUNK: u64 = 2 << 20;
     let mut out: Vec<PageRange> = Vec::new();
     let mut buf = vec![0u8; CHUNK as usize];
     for &(start, len) in ranges {
-        let (first, last) = (start / 4096, (start + len).div_ceil(4096));
+        let (first, last) = (start / PAGE_SIZE, (start + len).div_ceil(PAGE_SIZE));
         let mut page = first;
         while page < last {
-            let n = (last - page).min(CHUNK / 4096);
-            let chunk = &mut buf[..(n * 4096) as usize];
-            if vm.memory.read_slice(chunk, GuestAddress(page * 4096)).is_ok() {
-                for (i, p) in chunk.chunks_exact(4096).enumerate() {
+            let n = (last - page).min(CHUNK / PAGE_SIZE);
+            let chunk = &mut buf[..(n * PAGE_SIZE) as usize];
+            if vm.memory.read_slice(chunk, GuestAddress(page * PAGE_SIZE)).is_ok() {
+                for (i, p) in chunk.chunks_exact(PAGE_SIZE as usize).enumerate() {
                     if p.iter().any(|&b| b != 0) {
                         let p = page + i as u64;
                         match out.last_mut() {

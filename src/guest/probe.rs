@@ -6,7 +6,9 @@
 //! emulates guest kernel code (a nested shadow-paging backend without them) runs the CPL0 loop
 //! at a few million. The probe takes tens of milliseconds on such a host, and less elsewhere.
 
-use crate::vmm::x86::flat_segment;
+use crate::vmm::x86::gdt::{self, LONG_MODE};
+use crate::vmm::x86::paging::{self, flags::*};
+use crate::vmm::x86::{enter_long_mode, CR0_LONG_MODE_USER, RFLAGS_IOPL3, RFLAGS_RESERVED};
 use crate::vmm::{kvm_err, open_kvm, Bus, DirtyTracking, ExitAction, VcpuOutcome, Vm, VmSpec};
 use anyhow::Context;
 use kvm_bindings::kvm_regs;
@@ -140,27 +142,30 @@ pub fn run(kvm_path: &Path) -> anyhow::Result<ProbeResult> {
         Vm::create(kvm, &VmSpec { ram: vec![(0, MEM)], vcpus: 2, irqchip: false, dirty_tracking: DirtyTracking::Off })?;
     let mem = &vm.memory;
     // Identity map of the first 2 MiB, reachable from CPL3; accessed and dirty bits preset.
-    mem.write_obj(PDPT_ADDR | 0x27, GuestAddress(PML4_ADDR))?;
-    mem.write_obj(PD_ADDR | 0x27, GuestAddress(PDPT_ADDR))?;
-    mem.write_obj(0xE7u64, GuestAddress(PD_ADDR))?;
-    let gdt: [u64; 5] = [0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF, 0x00AF_FB00_0000_FFFF, 0x00CF_F300_0000_FFFF];
-    let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
-    mem.write_slice(&gdt_bytes, GuestAddress(GDT_ADDR))?;
+    let tables = paging::Tables { pml4: PML4_ADDR, pdpt: PDPT_ADDR, pd: PD_ADDR };
+    let table = PRESENT | WRITABLE | USER | ACCESSED;
+    paging::identity_map(mem, tables, MEM, table, |a| a | table | DIRTY | LARGE)?;
+    LONG_MODE.write(mem, GDT_ADDR)?;
     mem.write_slice(&code().map_err(|e| anyhow::anyhow!("assembling the probe: {e}"))?, GuestAddress(CODE_ADDR))?;
     let tsc_khz = vm.vcpus[0].get_tsc_khz().context("KVM_GET_TSC_KHZ")?;
     for (i, fd) in vm.vcpus.iter().enumerate() {
         // vCPU 0 runs at CPL0, vCPU 1 at CPL3.
-        let (cs, ds, dpl, iterations) =
-            if i == 0 { (0x08, 0x10, 0, KERNEL_ITERATIONS) } else { (0x1B, 0x23, 3, USER_ITERATIONS) };
+        let (code, data, iterations) = if i == 0 {
+            (gdt::KERNEL_CODE, gdt::KERNEL_DATA, KERNEL_ITERATIONS)
+        } else {
+            (gdt::USER_CODE, gdt::USER_DATA, USER_ITERATIONS)
+        };
         let mut s = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        s.cs = flat_segment(cs, 11, dpl, true);
-        let data = flat_segment(ds, 3, dpl, false);
-        (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
-        s.gdt.base = GDT_ADDR;
-        s.gdt.limit = (gdt.len() * 8 - 1) as u16;
-        (s.cr0, s.cr3, s.cr4, s.efer) = (0x8005_0033, PML4_ADDR, 0x20, 0x500);
+        LONG_MODE.load(&mut s, GDT_ADDR, code, data);
+        enter_long_mode(&mut s, PML4_ADDR, CR0_LONG_MODE_USER);
         fd.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
-        let regs = kvm_regs { rip: CODE_ADDR, rflags: 0x3002, rdi: iterations, r8: REPEATS, ..Default::default() };
+        let regs = kvm_regs {
+            rip: CODE_ADDR,
+            rflags: RFLAGS_IOPL3 | RFLAGS_RESERVED,
+            rdi: iterations,
+            r8: REPEATS,
+            ..Default::default()
+        };
         fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
     }
     let bus = Arc::new(ProbeBus::default());

@@ -58,7 +58,22 @@ impl fmt::Display for EndReason {
     }
 }
 
-/// Harvest timing, derived from the rows so that a recovered trace gets the same figures.
+/// A harvest is on time when it begins within this fraction of the interval after its
+/// deadline ([`HarvestTiming::on_time_tolerance_s`]).
+pub const ON_TIME_FRACTION: f64 = 0.1;
+
+/// The sampler's own count of its harvests and deadlines, exact where the rows can only
+/// suggest them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadlineCounts {
+    /// Harvests the sampler took, the final partial one included.
+    pub harvests: u64,
+    /// Deadlines it passed over because it was more than an interval behind.
+    pub skipped_deadlines: u64,
+}
+
+/// Harvest timing, derived from the rows so that a recovered trace gets the same figures, but
+/// for `skipped_deadlines`, which is the sampler's own count where there is one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HarvestTiming {
     /// Harvests (rows).
@@ -78,12 +93,24 @@ pub struct HarvestTiming {
     pub ioctl_max_s: f64,
     /// Harvests that began later than `on_time_tolerance_s` after their deadline.
     pub missed_deadlines: u64,
-    /// A tenth of the interval.
+    /// [`ON_TIME_FRACTION`] of the interval.
     pub on_time_tolerance_s: f64,
-    /// Deadlines passed over entirely because the sampler was more than an interval behind.
+    /// Deadlines passed over entirely because the sampler was more than an interval behind:
+    /// `sampler_counts`' when there are some, else counted from the rows' deadlines.
     pub skipped_deadlines: u64,
     /// Mean of `t_end_s - t_start_s` over full intervals.
     pub mean_interval_s: f64,
+    /// The sampler's own counts, set by the recorder before the trace is finalised; absent when
+    /// the recorder died before it could say (a recovered trace) and in traces of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler_counts: Option<DeadlineCounts>,
+}
+
+impl HarvestTiming {
+    /// How late a harvest may begin after its deadline and be on time, at `interval_s`.
+    pub fn on_time_tolerance_s(interval_s: f64) -> f64 {
+        interval_s * ON_TIME_FRACTION
+    }
 }
 
 /// How a trace was made: the engine that ran the guest and how it tracked writes.

@@ -4,7 +4,7 @@
 
 use super::bitmap;
 use super::journal::{self, JournalReader};
-use super::manifest::{EndReason, HarvestTiming, Manifest, TraceStatus};
+use super::manifest::{DeadlineCounts, EndReason, HarvestTiming, Manifest, TraceStatus};
 use super::records::{GuestEvent, IntervalRow, SlotBlob};
 use super::tables;
 use super::validate::{check_blob, invalid, Invalid, RowChecker};
@@ -226,39 +226,53 @@ fn lock_journal(journal: &File, dir: &Path) -> Result<(), WriteError> {
     }
 }
 
-/// Harvest timing from the rows, so that a recovered trace gets the same figures.
-pub fn timing_of(rows: &[IntervalRow], interval_s: f64) -> HarvestTiming {
-    let mut acc = TimingInputs::default();
+/// Harvest timing from the rows, so that a recovered trace gets the same figures, with the
+/// sampler's own counts if it left some.
+pub fn timing_of(rows: &[IntervalRow], interval_s: f64, sampler_counts: Option<DeadlineCounts>) -> HarvestTiming {
+    let mut acc = TimingInputs::new(interval_s);
     rows.iter().for_each(|r| acc.push(r));
-    acc.timing(interval_s)
+    acc.timing(sampler_counts)
 }
 
 /// What [`timing_of`] needs of each row, 25 bytes of it instead of the whole row, so that
 /// finalising a long recording does not hold every row in memory.
-#[derive(Default)]
 struct TimingInputs {
+    interval_s: f64,
     /// `(lateness, duration)` of the full intervals.
     full: Vec<(f64, f64)>,
     /// `harvest_ioctl_s` of every interval.
     ioctl: Vec<f64>,
+    /// The most deadlines passed over before any full interval's harvest, from the rows.
+    skipped: u64,
 }
 
 impl TimingInputs {
+    fn new(interval_s: f64) -> Self {
+        TimingInputs { interval_s, full: Vec::new(), ioctl: Vec::new(), skipped: 0 }
+    }
+
     fn push(&mut self, r: &IntervalRow) {
         if !r.partial {
             self.full.push((r.harvest_lateness_s, r.duration_s));
+            // A full interval's harvest began `harvest_lateness_s` after its deadline, which is
+            // a whole number of intervals from the start; the deadlines before it that had no
+            // harvest of their own were passed over. (Exact to the clock's nanosecond; a
+            // recovered trace missing frames loses none of the count.)
+            let deadline = ((r.t_end_s - r.harvest_lateness_s) / self.interval_s).round();
+            let passed_over = (deadline as u64).saturating_sub(r.interval + 1);
+            self.skipped = self.skipped.max(passed_over);
         }
         self.ioctl.push(r.harvest_ioctl_s);
     }
 
-    fn timing(self, interval_s: f64) -> HarvestTiming {
+    fn timing(self, sampler_counts: Option<DeadlineCounts>) -> HarvestTiming {
         use crate::stats::percentile;
-        let TimingInputs { full, mut ioctl } = self;
+        let TimingInputs { interval_s, full, mut ioctl, skipped } = self;
         let mut late: Vec<f64> = full.iter().map(|f| f.0).collect();
         late.sort_by(f64::total_cmp);
         ioctl.sort_by(f64::total_cmp);
-        let tolerance = interval_s / 10.0;
-        let skipped = full.iter().map(|f| ((f.1 / interval_s).round() as u64).saturating_sub(1)).sum();
+        let tolerance = HarvestTiming::on_time_tolerance_s(interval_s);
+        let skipped = sampler_counts.map_or(skipped, |c| c.skipped_deadlines);
         HarvestTiming {
             intervals: ioctl.len() as u64,
             lateness_p50_s: percentile(&late, 0.5),
@@ -275,6 +289,7 @@ impl TimingInputs {
             } else {
                 full.iter().map(|f| f.1).sum::<f64>() / full.len() as f64
             },
+            sampler_counts,
         }
     }
 }
@@ -365,7 +380,7 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
     let mut rw = ArrowWriter::try_new(rfile, tables::rates_schema(), Some(parquet_props(None, 65536)))
         .map_err(parquet_err(&tmp_rates))?;
     let mut rows: Vec<IntervalRow> = Vec::new();
-    let mut timing = TimingInputs::default();
+    let mut timing = TimingInputs::new(manifest.interval_s);
     let mut pending = Vec::new();
     let mut checker = RowChecker::new(&manifest);
     let mut invalid_frames = Vec::new();
@@ -436,7 +451,7 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
         torn_tail: reader.torn_tail(),
         manifest: Manifest::clone(&manifest),
     };
-    manifest.timing = timing.timing(manifest.interval_s);
+    manifest.timing = timing.timing(manifest.timing.sampler_counts);
     manifest.intervals = manifest.timing.intervals;
     manifest.status = status;
     if status == TraceStatus::Recovered {
@@ -452,4 +467,57 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
     manifest.store(dir).map_err(io_err("cannot write manifest in", dir))?;
     let _ = std::fs::remove_file(&jpath);
     Ok(Finalized { manifest, ..done })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::ON_TIME_FRACTION;
+
+    /// A row of interval `index` whose harvest began `late` s after deadline number `deadline`
+    /// (of 100 ms intervals), the previous one at `start`.
+    fn row(index: u64, start: f64, deadline: u64, late: f64) -> IntervalRow {
+        let t_end_s = deadline as f64 * 0.1 + late;
+        IntervalRow {
+            interval: index,
+            t_start_s: start,
+            t_end_s,
+            duration_s: t_end_s - start,
+            partial: false,
+            dirty_pages: 0,
+            dirty_bytes: 0,
+            dirty_rate_bytes_per_s: 0.0,
+            new_pages: 0,
+            distinct_pages_total: 0,
+            working_set_memory_bytes: 0,
+            cpu_util: 0.0,
+            cpu_util_per_vcpu: vec![],
+            phase: String::new(),
+            trace_id: String::new(),
+            ramsize_bytes: 0,
+            migration_speed_bytes_per_s: 1.0,
+            dp_intensity: None,
+            harvest_lateness_s: late,
+            harvest_ioctl_s: 0.0,
+            guest_progress_before: vec![],
+            guest_progress_after: vec![],
+        }
+    }
+
+    /// Deadlines 1, 2 (60 ms late), 3, then 5 and 6 (4 passed over): one skipped. Rounding the
+    /// durations (1.6 and 0.4 intervals, then 2.0) counted two.
+    #[test]
+    fn skipped_deadlines_are_the_samplers_or_counted_from_the_deadlines() {
+        let rows = [row(0, 0.0, 1, 0.0), row(1, 0.1, 2, 0.06), row(2, 0.26, 3, 0.0), row(3, 0.3, 5, 0.0)];
+        let t = timing_of(&rows, 0.1, None);
+        assert_eq!((t.skipped_deadlines, t.sampler_counts, t.intervals), (1, None, 4));
+        assert_eq!((t.missed_deadlines, t.on_time_tolerance_s), (1, 0.1 * ON_TIME_FRACTION));
+        // A recovered trace that lost interval 2's frame still counts one.
+        let t = timing_of(&[rows[0].clone(), rows[1].clone(), rows[3].clone()], 0.1, None);
+        assert_eq!(t.skipped_deadlines, 1);
+        // The sampler's count, where it left one, is the count.
+        let counts = DeadlineCounts { harvests: 5, skipped_deadlines: 3 };
+        let t = timing_of(&rows, 0.1, Some(counts));
+        assert_eq!((t.skipped_deadlines, t.sampler_counts), (3, Some(counts)));
+    }
 }

@@ -7,7 +7,7 @@ use dirtytrace::trace::Trace;
 use dirtytrace::units::HumanDuration;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -163,6 +163,122 @@ pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// What a run of the CLI gave: its exit code (`None`: killed by a signal), stdout and stderr.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Exit code 0.
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+/// Runs `cmd ARGS` with `env` set and stdin closed, killing it and failing the test after two
+/// minutes: the one way the tests run a command.
+pub fn run_command(mut cmd: Command, args: &[&str], env: &[(&str, &str)]) -> Run {
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = output_within(&mut cmd, Duration::from_secs(120));
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    Run { code: out.status.code(), stdout: text(out.stdout), stderr: text(out.stderr) }
+}
+
+/// Runs `dirtytrace ARGS`.
+pub fn cli(args: &[&str]) -> Run {
+    cli_env(args, &[])
+}
+
+/// Runs `dirtytrace ARGS` with `env` set.
+pub fn cli_env(args: &[&str], env: &[(&str, &str)]) -> Run {
+    run_command(Command::new(bin()), args, env)
+}
+
+/// Runs `dirtytrace ARGS`, which must succeed, and parses its stdout as JSON.
+pub fn cli_json(args: &[&str]) -> serde_json::Value {
+    let r = cli(args);
+    assert!(r.ok(), "dirtytrace {args:?} failed: {}", r.stderr);
+    serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("dirtytrace {args:?}: not JSON ({e}): {}", r.stdout))
+}
+
+/// Runs `dirtytrace ARGS` with `env` set, and checks that it fails saying why
+/// ([`assert_failed`]) and leaves none of `leaves_no` behind.
+pub fn assert_fails(args: &[&str], env: &[(&str, &str)], needles: &[&str], leaves_no: &[&Path]) -> Run {
+    let run = cli_env(args, env);
+    assert_failed(&run, args, needles);
+    for p in leaves_no {
+        assert!(!p.exists(), "{args:?} left {} behind", p.display());
+    }
+    run
+}
+
+/// A failure that says why: a non-zero exit (not a signal, a panic's 101 or an abort's 134),
+/// nothing of a panic or an allocation failure in stderr, `error` first, and every needle in it.
+pub fn assert_failed(run: &Run, args: &[&str], needles: &[&str]) {
+    let e = &run.stderr;
+    assert!(run.code.is_some(), "{args:?} was killed by a signal:\n{e}");
+    assert_ne!(run.code, Some(0), "{args:?} succeeded:\n{e}");
+    assert_ne!(run.code, Some(101), "{args:?} panicked:\n{e}");
+    assert_ne!(run.code, Some(134), "{args:?} aborted:\n{e}");
+    for bad in ["panicked", "memory allocation", "capacity overflow", "RUST_BACKTRACE"] {
+        assert!(!e.contains(bad), "{args:?}: stderr has {bad:?}:\n{e}");
+    }
+    assert!(e.starts_with("error"), "{args:?}: stderr does not start with the error:\n{e}");
+    for n in needles {
+        assert!(e.contains(n), "{args:?}: the error lacks {n:?}:\n{e}");
+    }
+}
+
+/// [`assert_failed`], with the error on one line.
+pub fn assert_refused(run: &Run, args: &[&str], needles: &[&str]) {
+    assert_failed(run, args, needles);
+    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{args:?}: the error is not one line:\n{}", run.stderr);
+    assert!(lines[0].starts_with("error: "), "{args:?}: {}", run.stderr);
+}
+
+/// Sends `sig` to `child`.
+pub fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+/// Copies the tree `from` into `to` (made if need be), over what `to` holds.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// Any ELF will do as the initramfs's busybox when the guest never reaches userspace.
+pub fn fake_busybox() -> PathBuf {
+    PathBuf::from("/bin/true")
+}
+
+/// Whether the host's CPU has VT-x or AMD-V, so that KVM runs guest kernels in hardware rather
+/// than emulating them.
+pub fn hardware_virtualisation() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo.lines().filter(|l| l.starts_with("flags")).any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+}
+
+/// Generates the synthetic trace of `spec` at `interval` into `dir`, without KVM: the base
+/// trace the tests of the tools downstream of the recorder read, damage or analyse.
+pub fn generate_trace(dir: &Path, spec: &str, interval: Duration) -> dirtytrace::trace::Manifest {
+    let opts = dirtytrace::guest::synthetic::generate::GenerateOptions { interval, ..Default::default() };
+    dirtytrace::guest::synthetic::generate::generate(dir, spec, &opts).unwrap()
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -6,6 +6,7 @@
 //! are cached by a key that covers every input (see [`build_with`]).
 
 use super::rootfs;
+use crate::units::PAGE_SIZE;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -377,7 +378,7 @@ impl<W: Write> ArchiveWriter<W> {
         let size32 = u32::try_from(size)
             .map_err(|_| io_err(format!("{name} is {size} bytes; the initramfs format (newc cpio) stops at 4 GiB")))?;
         self.entries += 1;
-        self.unpacked_bytes += size.div_ceil(4096) * 4096 + ENTRY_OVERHEAD;
+        self.unpacked_bytes += size.div_ceil(PAGE_SIZE) * PAGE_SIZE + ENTRY_OVERHEAD;
         self.names.insert(self.resolve_parent(name), mode);
         let full = format!("{}{name}", self.prefix);
         Ok(cpio::NewcBuilder::new(&full)
@@ -486,8 +487,8 @@ impl<W: Write> ArchiveWriter<W> {
     }
 }
 
-/// What the user packs into an initramfs besides busybox and the workload script: flags of
-/// `initramfs` and `record`, and keys of a grid's `[record]` (schemas/linux-guest.md).
+/// What the user packs into an initramfs besides the workload script: flags of `initramfs`
+/// and `record`, and keys of a grid's `[record]` (schemas/linux-guest.md).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct Contents {
@@ -500,6 +501,11 @@ pub struct Contents {
     /// A Debian package and its runtime dependencies, from the host's apt (repeatable).
     #[arg(long = "package", value_name = "NAME")]
     pub packages: Vec<String>,
+    /// A statically linked busybox for the archive's /init (default: $DIRTYTRACE_BUSYBOX, then
+    /// the kit's).
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub busybox: Option<PathBuf>,
 }
 
 impl Contents {
@@ -535,7 +541,7 @@ impl Contents {
                 ),
                 Err(e) => return Err(anyhow::Error::new(e).context(flag())),
             };
-            floor = floor.saturating_add(size.div_ceil(4096) * 4096 + ENTRY_OVERHEAD);
+            floor = floor.saturating_add(size.div_ceil(PAGE_SIZE) * PAGE_SIZE + ENTRY_OVERHEAD);
         }
         if let Some(r) = &self.rootfs {
             floor = floor.saturating_add(rootfs::Rootfs::open(r)?.unpacked_floor()?);
@@ -568,7 +574,12 @@ impl Contents {
                 None => f.clone(),
             })
             .collect();
-        Contents { files, rootfs: self.rootfs.as_ref().map(|r| dir.join(r)), packages: self.packages.clone() }
+        Contents {
+            files,
+            rootfs: self.rootfs.as_ref().map(|r| dir.join(r)),
+            packages: self.packages.clone(),
+            busybox: self.busybox.as_ref().map(|b| dir.join(b)),
+        }
     }
 }
 
@@ -836,7 +847,7 @@ pub fn build_with(inputs: &Inputs, cache: Option<&Path>, progress: &mut dyn FnMu
             modules.push((name.clone(), ko));
         }
     }
-    let sha: String = key.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let sha = crate::units::hex(&key.finalize());
     let cached_path = cache.map(|c| c.join(format!("{sha}.cpio.gz")));
     let meta_path = cache.map(|c| c.join(format!("{sha}.json")));
     if let (Some(p), Some(m)) = (&cached_path, &meta_path) {

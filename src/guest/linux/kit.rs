@@ -88,15 +88,19 @@ pub fn kit_dir() -> PathBuf {
 /// What to do without a kit.
 pub const NO_KIT: &str = "no guest kernel kit. On Debian or Ubuntu run `dirtytrace kit fetch` \
 (downloads Debian's cloud kernel and busybox-static into the cache). Elsewhere pass --kernel PATH \
-(a bzImage or vmlinux) and set DIRTYTRACE_BUSYBOX to a statically linked busybox";
+(a bzImage or vmlinux) and --busybox PATH (a statically linked busybox)";
 
-/// Finds the kernel and busybox; `prefer_bzimage` picks the bzImage when the kit has both.
-pub fn locate(kernel_flag: Option<&Path>, prefer_bzimage: bool) -> anyhow::Result<Kit> {
+/// Finds the kernel and busybox: `--kernel`, else `$DIRTYTRACE_KERNEL`, else the kit's, where
+/// `prefer_bzimage` picks the bzImage when the kit has both; busybox as [`locate_busybox`].
+pub fn locate(kernel_flag: Option<&Path>, busybox_flag: Option<&Path>, prefer_bzimage: bool) -> anyhow::Result<Kit> {
     let dir = kit_dir();
     let info: Option<KitInfo> =
         std::fs::read_to_string(dir.join(KIT_JSON)).ok().and_then(|t| serde_json::from_str(&t).ok());
     let env_path = |k: &str| std::env::var_os(k).map(PathBuf::from);
-    let busybox = env_path("DIRTYTRACE_BUSYBOX").or_else(|| Some(dir.join("busybox")).filter(|p| p.exists()));
+    let busybox = busybox_flag
+        .map(Path::to_path_buf)
+        .or_else(|| env_path("DIRTYTRACE_BUSYBOX"))
+        .or_else(|| Some(dir.join("busybox")).filter(|p| p.exists()));
     let (kernel, alternate) = match kernel_flag.map(Path::to_path_buf).or_else(|| env_path("DIRTYTRACE_KERNEL")) {
         Some(k) => (k, None),
         None => {
@@ -115,14 +119,18 @@ pub fn locate(kernel_flag: Option<&Path>, prefer_bzimage: bool) -> anyhow::Resul
     }
     let busybox = busybox.ok_or_else(|| anyhow::anyhow!("no busybox for the initramfs: {NO_KIT}"))?;
     if !busybox.exists() {
-        bail!("busybox {} does not exist (from DIRTYTRACE_BUSYBOX or the kit)", busybox.display());
+        bail!("busybox {} does not exist (from --busybox, DIRTYTRACE_BUSYBOX or the kit)", busybox.display());
     }
     Ok(Kit { kernel, alternate, busybox, info })
 }
 
-/// The busybox `record` would put into the initramfs: `$DIRTYTRACE_BUSYBOX`, else the kit's.
-pub fn locate_busybox() -> anyhow::Result<PathBuf> {
-    let p = std::env::var_os("DIRTYTRACE_BUSYBOX").map(PathBuf::from).unwrap_or_else(|| kit_dir().join("busybox"));
+/// The busybox `record` would put into the initramfs: `--busybox`, else `$DIRTYTRACE_BUSYBOX`,
+/// else the kit's.
+pub fn locate_busybox(flag: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let p = flag
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("DIRTYTRACE_BUSYBOX").map(PathBuf::from))
+        .unwrap_or_else(|| kit_dir().join("busybox"));
     if !p.exists() {
         bail!("no busybox for the initramfs ({} does not exist): {NO_KIT}", p.display());
     }

@@ -191,12 +191,16 @@ impl LinuxGuest {
         if opts.vcpus == 0 || opts.vcpus > 254 {
             anyhow::bail!("--vcpus must be between 1 and 254, got {}", opts.vcpus);
         }
-        if !opts.mem.is_multiple_of(4096) {
+        if !opts.mem.is_multiple_of(crate::units::PAGE_SIZE) {
             anyhow::bail!("--mem must be a whole number of 4 KiB pages");
         }
         // The image first: what is wrong with it is the user's to fix, whatever the kit.
         let disk = check_disk(&opts.inputs.disk)?;
-        let kit = kit::locate(opts.inputs.boot.kernel.as_deref(), opts.inputs.boot.bzimage)?;
+        let kit = kit::locate(
+            opts.inputs.boot.kernel.as_deref(),
+            opts.inputs.initramfs.busybox.as_deref(),
+            opts.inputs.boot.bzimage,
+        )?;
         let kernel = read_kernel(&kit.kernel, opts.mem).with_context(|| {
             if opts.inputs.boot.kernel.is_some() {
                 "--kernel"

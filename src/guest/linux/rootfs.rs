@@ -5,6 +5,7 @@
 //! whose name is absolute or climbs out with `..` is refused.
 
 use super::initramfs::{check_name, shorten, ArchiveWriter, Owner, ENTRY_OVERHEAD, MAX_FILE_BYTES, S_IFIFO};
+use crate::units::PAGE_SIZE;
 use anyhow::{anyhow, bail, Context};
 use sha2::Digest;
 use std::collections::{HashMap, HashSet};
@@ -186,7 +187,7 @@ impl Rootfs {
             if size > MAX_FILE_BYTES {
                 return Err(too_big(name, size));
             }
-            total = total.saturating_add(size.div_ceil(4096) * 4096 + ENTRY_OVERHEAD);
+            total = total.saturating_add(size.div_ceil(PAGE_SIZE) * PAGE_SIZE + ENTRY_OVERHEAD);
             Ok(())
         };
         match self.kind {

@@ -8,7 +8,9 @@ use super::spec::{WorkloadSpec, WriteRate};
 use super::{DoneDetail, PhaseDetail};
 use crate::accounting::IntervalAccounting;
 use crate::sampler::Harvest;
-use crate::trace::{self, EndReason, GuestEvent, Manifest, MemorySlot, PageRange, TraceStatus, TraceWriter};
+use crate::trace::{
+    self, DeadlineCounts, EndReason, GuestEvent, Manifest, MemorySlot, PageRange, TraceStatus, TraceWriter,
+};
 use crate::units::PAGE_SIZE;
 use anyhow::{bail, Context};
 use std::path::Path;
@@ -30,8 +32,8 @@ pub struct GenerateOptions {
 impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
-            interval: crate::record::DEFAULT_INTERVAL,
-            migration_speed: crate::record::DEFAULT_MIGRATION_SPEED_BYTES_PER_S,
+            interval: super::spec::DEFAULT_INTERVAL,
+            migration_speed: super::spec::DEFAULT_MIGRATION_SPEED_BYTES_PER_S,
             trace_id: None,
             progress: None,
         }
@@ -156,6 +158,8 @@ pub fn generate(dir: &Path, spec_text: &str, opts: &GenerateOptions) -> anyhow::
             p(k);
         }
     }
+    // No sampler: every harvest is on its deadline.
+    writer.manifest_mut().timing.sampler_counts = Some(DeadlineCounts { harvests: k, skipped_deadlines: 0 });
     let done = writer
         .finish(TraceStatus::Complete, EndReason::WorkloadDone, None)
         .context("finalising the generated trace")?;

@@ -10,7 +10,9 @@ pub mod verify;
 
 use crate::events::GuestLog;
 use crate::guest::Guest;
-use crate::vmm::x86::flat_segment;
+use crate::vmm::x86::gdt::{self, LONG_MODE};
+use crate::vmm::x86::paging::{self, flags::*};
+use crate::vmm::x86::{enter_long_mode, CR0_LONG_MODE_USER, RFLAGS_IOPL3, RFLAGS_RESERVED};
 use crate::vmm::{kvm_err, Bus, ExitAction, Vm, VmSpec};
 use anyhow::Context;
 use kvm_bindings::kvm_regs;
@@ -87,10 +89,14 @@ impl SyntheticGuest {
     }
 }
 
-const PT_TABLE: u64 = 0x27; // present, writable, user, accessed
-const PT_LEAF_2M: u64 = 0xE7; // present, writable, user, accessed, dirty, 2 MiB
-const PT_LEAF_RO: u64 = 0x25; // present, read-only, user, accessed
-const PT_LEAF_RW: u64 = 0x67; // present, writable, user, accessed, dirty
+/// Tables: present, writable, user, accessed.
+const PT_TABLE: u64 = PRESENT | WRITABLE | USER | ACCESSED;
+/// The workload's 2 MiB pages: writable, accessed and dirty.
+const PT_LEAF_2M: u64 = PT_TABLE | DIRTY | LARGE;
+/// The system area's 4 KiB pages: read-only, accessed.
+const PT_LEAF_RO: u64 = PRESENT | USER | ACCESSED;
+/// The control page: writable, accessed and dirty.
+const PT_LEAF_RW: u64 = PT_TABLE | DIRTY;
 
 /// Identity map of `mem_bytes`, reachable from CPL3: 2 MiB pages for the workload, 4 KiB pages
 /// for the system area. Accessed and dirty bits are preset so the CPU never writes the tables.
@@ -98,29 +104,28 @@ const PT_LEAF_RW: u64 = 0x67; // present, writable, user, accessed, dirty
 /// page dirty when it first maps it writable, even for a read, and the guest's code and
 /// parameters must stay out of the dirty log.
 fn write_page_tables(mem: &GuestMemoryMmap, mem_bytes: u64) -> anyhow::Result<()> {
-    let gib = mem_bytes.div_ceil(1 << 30);
-    mem.write_obj(PDPT_ADDR | PT_TABLE, GuestAddress(PML4_ADDR))?;
-    for g in 0..gib {
-        let pd = PD_ADDR + g * 4096;
-        mem.write_obj(pd | PT_TABLE, GuestAddress(PDPT_ADDR + g * 8))?;
-        let entries: Vec<u8> = (0..512u64)
-            .map(|i| (g << 30) + (i << 21))
-            .take_while(|&a| a < mem_bytes)
-            .flat_map(|a| if a == 0 { SYSTEM_PT_ADDR | PT_TABLE } else { a | PT_LEAF_2M }.to_le_bytes())
-            .collect();
-        mem.write_slice(&entries, GuestAddress(pd))?;
-    }
-    let system: Vec<u8> = (0..512u64)
-        .map(|i| i * 4096)
-        .flat_map(|a| if a == CONTROL_PAGE { a | PT_LEAF_RW } else { a | PT_LEAF_RO }.to_le_bytes())
-        .collect();
-    mem.write_slice(&system, GuestAddress(SYSTEM_PT_ADDR))?;
+    let tables = paging::Tables { pml4: PML4_ADDR, pdpt: PDPT_ADDR, pd: PD_ADDR };
+    paging::identity_map(mem, tables, mem_bytes, PT_TABLE, |a| {
+        if a == 0 {
+            SYSTEM_PT_ADDR | PT_TABLE
+        } else {
+            a | PT_LEAF_2M
+        }
+    })?;
+    let system = (0..paging::ENTRIES).map(|i| i * crate::units::PAGE_SIZE).map(|a| {
+        if a == CONTROL_PAGE {
+            a | PT_LEAF_RW
+        } else {
+            a | PT_LEAF_RO
+        }
+    });
+    paging::write_entries(mem, SYSTEM_PT_ADDR, system)?;
     Ok(())
 }
 
 /// The GDT: null, kernel code/data (for the QEMU variant's boot code), user code 0x1b, user
 /// data 0x23; accessed bits preset so the CPU never writes it.
-const GDT: [u64; 5] = [0, 0x00AF_9B00_0000_FFFF, 0x00CF_9300_0000_FFFF, 0x00AF_FB00_0000_FFFF, 0x00CF_F300_0000_FFFF];
+const GDT: gdt::Gdt = LONG_MODE;
 
 /// Loads the system area into `mem`: page tables, GDT, `code` and every vCPU's parameters.
 fn load_system_area(
@@ -131,8 +136,7 @@ fn load_system_area(
     code: &[u8],
 ) -> anyhow::Result<()> {
     write_page_tables(mem, spec.mem_bytes)?;
-    let gdt_bytes: Vec<u8> = GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
-    mem.write_slice(&gdt_bytes, GuestAddress(GDT_ADDR))?;
+    GDT.write(mem, GDT_ADDR)?;
     mem.write_slice(code, GuestAddress(CODE_ADDR))?;
     for v in 0..spec.vcpus {
         let params = program::write_params(plan, v, tsc_hz);
@@ -173,19 +177,16 @@ impl Guest for SyntheticGuest {
         load_system_area(&vm.memory, &self.spec, &self.plan, self.tsc_hz, &code)?;
         for (i, fd) in vm.vcpus.iter().enumerate() {
             let mut s = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-            s.cs = flat_segment(0x1B, 11, 3, true);
-            let data = flat_segment(0x23, 3, 3, false);
-            (s.ds, s.es, s.fs, s.gs, s.ss) = (data, data, data, data, data);
             // TR keeps KVM's default: a TR loaded here made this host's KVM fail the first `out`.
-            s.gdt.base = GDT_ADDR;
-            s.gdt.limit = (GDT.len() * 8 - 1) as u16;
-            s.cr0 = 0x8005_0033;
-            s.cr3 = PML4_ADDR;
-            s.cr4 = 0x20;
-            s.efer = 0x500;
+            GDT.load(&mut s, GDT_ADDR, gdt::USER_CODE, gdt::USER_DATA);
+            enter_long_mode(&mut s, PML4_ADDR, CR0_LONG_MODE_USER);
             fd.set_sregs(&s).map_err(kvm_err("KVM_SET_SREGS"))?;
-            let regs =
-                kvm_regs { rip: CODE_ADDR, rflags: 0x3002, rdi: self.plan.params_addr(i as u32), ..Default::default() };
+            let regs = kvm_regs {
+                rip: CODE_ADDR,
+                rflags: RFLAGS_IOPL3 | RFLAGS_RESERVED,
+                rdi: self.plan.params_addr(i as u32),
+                ..Default::default()
+            };
             fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
         }
         let phases = self.spec.phases.len();

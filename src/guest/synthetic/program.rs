@@ -11,7 +11,7 @@
 //! progress words are the same instructions in both.
 
 use super::plan::*;
-use super::spec::Pattern;
+use super::spec::{Pattern, PAGE_SIZE};
 use iced_x86::code_asm::*;
 
 // Parameter block header.
@@ -352,10 +352,10 @@ pub fn write_params(plan: &GuestPlan, vcpu: u32, tsc_hz: f64) -> Vec<u8> {
         };
         put(e, P_PATTERN, pattern);
         put(e, P_KEY, pp.key);
-        put(e, P_BASE, pp.base_page * 4096);
+        put(e, P_BASE, pp.base_page * PAGE_SIZE);
         put(e, P_WS, pp.ws_pages);
         put(e, P_HOT, pp.hot_pages);
-        put(e, P_COLD_BASE, pp.cold_base_page * 4096);
+        put(e, P_COLD_BASE, pp.cold_base_page * PAGE_SIZE);
         put(e, P_COLD, pp.cold_pages);
         put(e, P_THRESH, pp.hot_threshold);
     }

@@ -25,10 +25,12 @@
 
 use super::plan::*;
 use super::program::{MARK_DONE, MARK_PHASE, SERIAL_PORT};
-use super::spec::WorkloadSpec;
+use super::spec::{WorkloadSpec, PAGE_SIZE};
 use crate::events::GuestLog;
 use crate::guest::linux::console::{GuestMarkers, MarkerEffect, MARKER_PREFIX};
 use crate::qemu::StartGate;
+use crate::vmm::x86::gdt::{KERNEL_CODE, USER_CODE, USER_DATA};
+use crate::vmm::x86::{msr, CR0_LONG_MODE_USER, CR4_PAE, EFER_LME, EFER_SCE, RFLAGS_IOPL3, RFLAGS_RESERVED};
 use anyhow::{bail, ensure};
 use iced_x86::code_asm::*;
 use std::time::Duration;
@@ -161,7 +163,7 @@ impl BootImage {
         idt[TIMER_VECTOR as usize * 16..].copy_from_slice(&interrupt_gate(TIMER_ISR_ADDR));
         system.write_slice(&idt, GuestAddress(IDT_ADDR))?;
         let gib = spec.mem_bytes.div_ceil(1 << 30);
-        let pds = (PD_ADDR, PD_ADDR + gib * 4096);
+        let pds = (PD_ADDR, PD_ADDR + gib * PAGE_SIZE);
         ensure!(pds.1 + STAGE_OFFSET <= CODE_ADDR, "the page tables of {gib} GiB do not fit the boot image");
         let params = (PARAMS_ADDR, plan.params_addr(spec.vcpus));
         let code = (CODE_ADDR, CODE_ADDR + code_len);
@@ -204,11 +206,11 @@ impl BootImage {
     }
 }
 
-/// A 64-bit interrupt gate to `handler` in the kernel code segment (0x08), DPL 0.
+/// A 64-bit interrupt gate to `handler` in the kernel code segment, DPL 0.
 fn interrupt_gate(handler: u64) -> [u8; 16] {
     let mut g = [0u8; 16];
     g[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
-    g[2..4].copy_from_slice(&0x08u16.to_le_bytes());
+    g[2..4].copy_from_slice(&super::GDT.selector(KERNEL_CODE).to_le_bytes());
     g[5] = 0x8E; // present, DPL 0, 64-bit interrupt gate
     g[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
     g[8..12].copy_from_slice(&((handler >> 32) as u32).to_le_bytes());
@@ -255,7 +257,7 @@ fn trampoline(params: u64, gib: u64, tsc_hz: f64) -> Result<Vec<u8>, IcedError> 
     a.cld()?;
     for (from, to, bytes) in [
         (LOW_TABLES.0 + STAGE_OFFSET, LOW_TABLES.0, LOW_TABLES.1 - LOW_TABLES.0),
-        (PD_ADDR + STAGE_OFFSET, PD_ADDR, gib * 4096),
+        (PD_ADDR + STAGE_OFFSET, PD_ADDR, gib * PAGE_SIZE),
     ] {
         a.mov(esi, from as u32)?;
         a.mov(edi, to as u32)?;
@@ -263,33 +265,34 @@ fn trampoline(params: u64, gib: u64, tsc_hz: f64) -> Result<Vec<u8>, IcedError> 
         a.rep().movsd()?;
     }
     a.lgdt(ptr(GDTR_ADDR))?;
-    a.mov(eax, 0x20u32)?; // CR4.PAE
+    a.mov(eax, CR4_PAE as u32)?;
     a.mov(cr4, eax)?;
     a.mov(eax, PML4_ADDR as u32)?;
     a.mov(cr3, eax)?;
-    a.mov(ecx, 0xC000_0080u32)?; // EFER
+    a.mov(ecx, msr::EFER)?;
     a.xor(edx, edx)?;
-    a.mov(eax, 0x101u32)?; // LME, and SCE for the idle `syscall`
+    a.mov(eax, (EFER_LME | EFER_SCE) as u32)?; // SCE for the idle `syscall`
     a.wrmsr()?;
-    a.mov(eax, 0x8005_0033u32)?; // PG, AM, WP, NE, ET, MP, PE: the own VMM's CR0
+    a.mov(eax, CR0_LONG_MODE_USER as u32)?; // the own VMM's CR0
     a.mov(cr0, eax)?;
-    a.jmp_far(0x08, LONG_MODE_ADDR as u32)?;
+    a.jmp_far(super::GDT.selector(KERNEL_CODE), LONG_MODE_ADDR as u32)?;
     place(&mut page, ENTRY_ADDR, LONG_MODE_ADDR, a.assemble(ENTRY_ADDR)?);
 
     // 64-bit, CPL0: the idle path, then say it is ready, wait for the go word, enter the program.
     let mut a = CodeAssembler::new(64)?;
-    a.mov(ax, 0x23u32)?;
+    a.mov(ax, super::GDT.selector(USER_DATA) as u32)?;
     for seg in [ds, es, fs, gs] {
         a.mov(seg, ax)?;
     }
     a.mov(rsp, STACK_TOP)?;
     a.lidt(ptr(IDTR_ADDR))?;
-    for (msr, value) in [
-        (0xC000_0081u32, 0x08u64 << 32), // STAR: syscall enters with cs 0x08, ss 0x10
-        (0xC000_0082, IDLE_ADDR),        // LSTAR
-        (0xC000_0084, 0x4700),           // FMASK: IF, TF, DF and NT clear in the handler
+    for (index, value) in [
+        // syscall enters with the kernel's code, and its data next to it
+        (msr::STAR, (super::GDT.selector(KERNEL_CODE) as u64) << 32),
+        (msr::LSTAR, IDLE_ADDR),
+        (msr::SYSCALL_MASK, 0x4700), // IF, TF, DF and NT clear in the handler
     ] {
-        a.mov(ecx, msr)?;
+        a.mov(ecx, index)?;
         a.mov(eax, value as u32)?;
         a.mov(edx, (value >> 32) as u32)?;
         a.wrmsr()?;
@@ -369,10 +372,10 @@ fn trampoline(params: u64, gib: u64, tsc_hz: f64) -> Result<Vec<u8>, IcedError> 
     a.cli()?;
     a.set_label(&mut back)?;
     // Back to the program with its own selectors (sysret would load others).
-    a.push(0x23)?;
+    a.push(super::GDT.selector(USER_DATA) as i32)?;
     a.push(0)?;
     a.push(r11)?;
-    a.push(0x1B)?;
+    a.push(super::GDT.selector(USER_CODE) as i32)?;
     a.push(rcx)?;
     a.iretq()?;
     place(&mut page, IDLE_ADDR, TIMER_ISR_ADDR, a.assemble(IDLE_ADDR)?);
@@ -387,14 +390,15 @@ fn trampoline(params: u64, gib: u64, tsc_hz: f64) -> Result<Vec<u8>, IcedError> 
     a.iretq()?;
     place(&mut page, TIMER_ISR_ADDR, GDTR_ADDR, a.assemble(TIMER_ISR_ADDR)?);
 
-    let limit = (super::GDT.len() * 8 - 1) as u16;
+    let limit = super::GDT.limit();
     page[at(GDTR_ADDR)..at(GDTR_ADDR) + 2].copy_from_slice(&limit.to_le_bytes());
     page[at(GDTR_ADDR) + 2..at(GDTR_ADDR) + 10].copy_from_slice(&GDT_ADDR.to_le_bytes());
     let limit = ((TIMER_VECTOR + 1) * 16 - 1) as u16;
     page[at(IDTR_ADDR)..at(IDTR_ADDR) + 2].copy_from_slice(&limit.to_le_bytes());
     page[at(IDTR_ADDR) + 2..at(IDTR_ADDR) + 10].copy_from_slice(&IDT_ADDR.to_le_bytes());
-    // The own VMM's entry state: rip, cs 0x1b (CPL3), rflags 0x3002 (IOPL 3, IF 0), rsp 0, ss 0x23.
-    let frame: [u64; 5] = [CODE_ADDR, 0x1B, 0x3002, 0, 0x23];
+    // The own VMM's entry state: rip, user code (CPL3), rflags with IOPL 3 and IF 0, rsp 0, user data.
+    let (user_cs, user_ss) = (super::GDT.selector(USER_CODE) as u64, super::GDT.selector(USER_DATA) as u64);
+    let frame: [u64; 5] = [CODE_ADDR, user_cs, RFLAGS_IOPL3 | RFLAGS_RESERVED, 0, user_ss];
     for (i, v) in frame.iter().enumerate() {
         page[at(FRAME_ADDR) + i * 8..at(FRAME_ADDR) + i * 8 + 8].copy_from_slice(&v.to_le_bytes());
     }
@@ -418,7 +422,7 @@ pub fn pvh_elf(entry: u64, segments: &[(u64, Vec<u8>)]) -> Vec<u8> {
     note.extend_from_slice(&entry.to_le_bytes());
     let phnum = 1 + segments.len();
     let note_off = EHDR + PHDR * phnum;
-    let mut data_off = (note_off + note.len()).next_multiple_of(4096);
+    let mut data_off = (note_off + note.len()).next_multiple_of(PAGE_SIZE as usize);
 
     let mut out = Vec::new();
     out.extend_from_slice(&[0x7F, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -442,9 +446,9 @@ pub fn pvh_elf(entry: u64, segments: &[(u64, Vec<u8>)]) -> Vec<u8> {
     phdr(&mut out, PT_NOTE, 4, note_off, 0, note.len(), 4);
     let mut offsets = Vec::new();
     for (addr, bytes) in segments {
-        phdr(&mut out, PT_LOAD, 7, data_off, *addr, bytes.len(), 4096);
+        phdr(&mut out, PT_LOAD, 7, data_off, *addr, bytes.len(), PAGE_SIZE);
         offsets.push(data_off);
-        data_off = (data_off + bytes.len()).next_multiple_of(4096);
+        data_off = (data_off + bytes.len()).next_multiple_of(PAGE_SIZE as usize);
     }
     out.extend_from_slice(&note);
     for ((_, bytes), off) in segments.iter().zip(offsets) {

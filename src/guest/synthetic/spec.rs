@@ -13,6 +13,12 @@ pub const MAX_VCPUS: u32 = 64;
 /// The largest spec file read.
 pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 pub use crate::units::PAGE_SIZE;
+/// A recording's harvest interval unless one is given: `record --interval`'s default, and
+/// [`generate`](super::generate)'s.
+pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// The migration speed of a trace's SimGrid columns unless one is given (1 Gbit/s): `record
+/// --migration-speed`'s default, and [`generate`](super::generate)'s.
+pub const DEFAULT_MIGRATION_SPEED_BYTES_PER_S: f64 = 125_000_000.0;
 
 /// Which page each write goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
