@@ -219,7 +219,7 @@ struct SimgridArgs {
     #[arg(required = true, value_name = "TRACE")]
     traces: Vec<PathBuf>,
     /// Migration speed (bytes/s or bits/s). Default: the one the trace was recorded with.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = dirtytrace::units::parse_speed)]
     migration_speed: Option<HumanRate>,
     /// Fit to the intervals of this phase only.
     #[arg(long)]
@@ -249,7 +249,7 @@ struct ReplayArgs {
     #[arg(required = true, value_name = "TRACE")]
     traces: Vec<PathBuf>,
     /// Bandwidth of the migration stream (bytes/s or bits/s).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = dirtytrace::units::parse_speed)]
     bandwidth: HumanRate,
     #[command(flatten)]
     precopy: replay::Precopy,

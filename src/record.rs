@@ -50,7 +50,7 @@ pub struct RecordSettings {
     #[arg(long)]
     pub duration: Option<HumanDuration>,
     /// Migration speed for the SimGrid columns (bytes/s or bits/s).
-    #[arg(long, default_value_t = HumanRate(DEFAULT_MIGRATION_SPEED_BYTES_PER_S))]
+    #[arg(long, default_value_t = HumanRate(DEFAULT_MIGRATION_SPEED_BYTES_PER_S), value_parser = crate::units::parse_speed)]
     pub migration_speed: HumanRate,
     /// Guest RAM, overriding the workload's `mem`.
     #[arg(long)]
@@ -105,9 +105,9 @@ pub enum SettingError {
     /// The duration is longer than [`MAX_RECORD_DURATION`].
     #[error("must be at most 366 days, got {0:?}")]
     DurationTooLong(Duration),
-    /// The migration speed is not positive, or above [`crate::units::MAX_RATE_BYTES_PER_S`].
-    #[error("must be greater than 0 and at most 1 PB/s, got {} B/s", crate::units::Number(*.0))]
-    MigrationSpeed(f64),
+    /// The migration speed is outside [`crate::units::check_speed`]'s range.
+    #[error("{0}")]
+    MigrationSpeed(crate::units::ParseError),
 }
 
 impl SettingError {
@@ -150,11 +150,7 @@ pub fn check_duration(duration: Duration) -> Result<(), SettingError> {
 
 /// Checks a migration speed (bytes per second) as `--migration-speed` takes it.
 pub fn check_migration_speed(bytes_per_s: f64) -> Result<(), SettingError> {
-    if bytes_per_s > 0.0 && bytes_per_s <= crate::units::MAX_RATE_BYTES_PER_S {
-        Ok(())
-    } else {
-        Err(SettingError::MigrationSpeed(bytes_per_s))
-    }
+    crate::units::check_speed(bytes_per_s).map(|_| ()).map_err(SettingError::MigrationSpeed)
 }
 
 impl RecordSettings {
