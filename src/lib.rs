@@ -18,6 +18,7 @@ pub mod cpus;
 pub mod dataset;
 pub mod doctor;
 pub mod engine;
+pub mod errors;
 pub mod events;
 pub mod files;
 pub mod guest;

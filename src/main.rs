@@ -619,18 +619,7 @@ fn main() -> ExitCode {
     })
 }
 
-/// An error and its causes, joined by ": " as `{e:#}` joins them, but each cause once: many
-/// errors name their cause in their own message and also return it as their `source()` (so
-/// that the chain stays inspectable), and a cause already in the text is not repeated.
+/// An error and its causes, each once ([`dirtytrace::errors::causes`]).
 fn causes(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let c = cause.to_string();
-        if text.is_empty() {
-            text = c;
-        } else if !text.contains(&c) {
-            text = format!("{text}: {c}");
-        }
-    }
-    text
+    dirtytrace::errors::causes(e.as_ref())
 }

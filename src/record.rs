@@ -458,7 +458,8 @@ fn choose_engine(opts: &RecordOptions) -> anyhow::Result<(Engine, String)> {
                 ),
             ),
             Err(e) => {
-                (Engine::Qemu, format!("auto: KVM cannot run the guest here ({e:#}), so it runs under QEMU's TCG"))
+                let why = crate::errors::causes((*e).as_ref());
+                (Engine::Qemu, format!("auto: KVM cannot run the guest here ({why}), so it runs under QEMU's TCG"))
             }
         },
     })
@@ -801,7 +802,7 @@ impl Recorder {
             (s.policy, s.priority) = (SchedPolicy::Other, 0);
         }
         let dir = writer.dir().to_path_buf();
-        let write_error = write_error.map(|e| format!("{e:#}"));
+        let write_error = write_error.map(|e| crate::errors::causes(e.as_ref()));
         let error = write_error.clone().or_else(|| fault.clone());
         let finalized = writer.finish(status, result.end, error).map_err(|e| {
             anyhow::anyhow!(

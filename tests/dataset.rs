@@ -1218,3 +1218,39 @@ fn a_grid_too_large_for_its_description_is_refused_before_writing() {
     assert!(err.contains("400000 runs") && err.contains("split the grid"), "{err}");
     assert!(!out.exists());
 }
+
+/// Issue 15, defect 11a: the errors that reach a person through a dataset (`summarize --json`'s
+/// `error`, a sweep's FAILED line, `index`'s warning) give each cause once: a manifest that is not
+/// JSON used to print serde's message twice in each.
+#[test]
+fn a_damaged_trace_s_errors_give_each_cause_once() {
+    let dir = Scratch::new("ds-causes-once");
+    let grid = write(&dir, "grid.toml", GRID);
+    let out = dir.join("ds");
+    let first = generated(&grid, &out, "1/1");
+    let name = first.outcomes[0].name.clone();
+    let t = out.join("traces").join(&name);
+    std::fs::write(t.join("manifest.json"), "{\"format_version\": 1\n").unwrap();
+    let bad = format!(
+        "{}/manifest.json is not a valid manifest: EOF while parsing an object at line 2 column 0",
+        t.display()
+    );
+
+    let (code, stdout, err) = cli(&["summarize", s(&out), "--json"]);
+    assert_eq!(code, Some(1), "one trace failed: {err}");
+    let rows: Value = serde_json::from_str(&stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["name"] == name.as_str()).unwrap();
+    assert_eq!(row["error"], bad.as_str());
+
+    let (code, _, err) = cli(&["sweep", s(&grid), "--output", s(&out)]);
+    assert_eq!(code, Some(1), "{err}");
+    let line = err.lines().find(|l| l.contains(&format!("{name}: FAILED"))).unwrap();
+    assert_eq!(
+        line.split_once(": FAILED: ").unwrap().1,
+        format!("{} has a manifest that cannot be read: {bad}: move it away, then sweep again", t.display())
+    );
+
+    let (code, _, err) = cli(&["index", s(&out)]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(err.lines().next().unwrap(), format!("warning: {}: left out: {bad}", t.display()));
+}

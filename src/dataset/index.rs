@@ -128,7 +128,7 @@ impl Entry {
                     entry.replays.push(ReplayEntry::compute(&t, replay_settings, bw));
                 }
             }
-            Err(e) => entry.error = Some(format!("{e:#}")),
+            Err(e) => entry.error = Some(crate::errors::causes(e.as_ref())),
         }
         entry
     }
