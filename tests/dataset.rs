@@ -1254,3 +1254,30 @@ fn a_damaged_trace_s_errors_give_each_cause_once() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(err.lines().next().unwrap(), format!("warning: {}: left out: {bad}", t.display()));
 }
+
+/// A grid that is not valid TOML is refused on one line, naming the file, the line and the key,
+/// as a workload spec is; the TOML parser's own message spanned several lines with a snippet
+/// (found by the fuzzer's grid cases). A base workload that is not TOML is named as `workload`.
+#[test]
+fn a_grid_s_toml_errors_are_one_line() {
+    let dir = Scratch::new("ds-toml-errors");
+    let out = dir.join("ds");
+    write(&dir, "w.toml", "mem = \n");
+    for (text, want) in [
+        (
+            "workload = \"w.toml\"\n[record]\ninterval = \"100ms\"\n[record]\nduration = \"1s\"\n",
+            "line 4: duplicate key",
+        ),
+        ("workload = \"w.toml\"\n[axes]\nrate = [\n", "line 3, `rate`: unclosed array, expected `]`"),
+        (
+            "workload = \"w.toml\"\n",
+            "`workload`: w.toml: line 1, `mem`: string values must be quoted, expected literal string",
+        ),
+    ] {
+        let g = write(&dir, "g.toml", text);
+        let (code, stdout, err) = cli(&["sweep", s(&g), "--output", s(&out), "--dry-run"]);
+        assert_eq!(code, Some(1), "{err}");
+        assert_eq!(err, format!("error: {}: {want}\n", g.display()));
+        assert!(stdout.is_empty() && !out.exists());
+    }
+}
