@@ -166,7 +166,7 @@ fn kit_verdict() -> Verdict {
             });
             verdict(true, format!("kernel {}, busybox {}{versions}", k.kernel.display(), k.busybox.display()))
         }
-        Err(e) => verdict(false, format!("{e:#}")),
+        Err(e) => verdict(false, crate::errors::causes(e.as_ref())),
     }
 }
 
@@ -221,7 +221,7 @@ pub fn run(device: &Path) -> Report {
     let (probe, probe_error) = if kvm.error.is_none() {
         match probe::run(device) {
             Ok(p) => (Some(p), None),
-            Err(e) => (None, Some(format!("{e:#}"))),
+            Err(e) => (None, Some(crate::errors::causes(e.as_ref()))),
         }
     } else {
         (None, None)

@@ -19,6 +19,7 @@ pub mod dataset;
 pub mod disk;
 pub mod doctor;
 pub mod engine;
+pub mod errors;
 pub mod events;
 pub mod files;
 pub mod guest;

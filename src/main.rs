@@ -222,7 +222,7 @@ struct SimgridArgs {
     #[arg(required = true, value_name = "TRACE")]
     traces: Vec<PathBuf>,
     /// Migration speed (bytes/s or bits/s). Default: the one the trace was recorded with.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = dirtytrace::units::parse_speed)]
     migration_speed: Option<HumanRate>,
     /// Fit to the intervals of this phase only.
     #[arg(long)]
@@ -252,7 +252,7 @@ struct ReplayArgs {
     #[arg(required = true, value_name = "TRACE")]
     traces: Vec<PathBuf>,
     /// Bandwidth of the migration stream (bytes/s or bits/s).
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_hyphen_values = true, value_parser = dirtytrace::units::parse_speed)]
     bandwidth: HumanRate,
     #[command(flatten)]
     precopy: replay::Precopy,
@@ -656,18 +656,7 @@ fn main() -> ExitCode {
     })
 }
 
-/// An error and its causes, joined by ": " as `{e:#}` joins them, but each cause once: many
-/// errors name their cause in their own message and also return it as their `source()` (so
-/// that the chain stays inspectable), and a cause already in the text is not repeated.
+/// An error and its causes, each once ([`dirtytrace::errors::causes`]).
 fn causes(e: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in e.chain() {
-        let c = cause.to_string();
-        if text.is_empty() {
-            text = c;
-        } else if !text.contains(&c) {
-            text = format!("{text}: {c}");
-        }
-    }
-    text
+    dirtytrace::errors::causes(e.as_ref())
 }

@@ -48,7 +48,7 @@ pub struct RecordSettings {
     #[arg(long)]
     pub duration: Option<HumanDuration>,
     /// Migration speed for the SimGrid columns (bytes/s or bits/s).
-    #[arg(long, default_value_t = HumanRate(DEFAULT_MIGRATION_SPEED_BYTES_PER_S))]
+    #[arg(long, default_value_t = HumanRate(DEFAULT_MIGRATION_SPEED_BYTES_PER_S), value_parser = crate::units::parse_speed)]
     pub migration_speed: HumanRate,
     /// Guest RAM, overriding the workload's `mem`.
     #[arg(long)]
@@ -103,9 +103,9 @@ pub enum SettingError {
     /// The duration is longer than [`MAX_RECORD_DURATION`].
     #[error("must be at most 366 days, got {0:?}")]
     DurationTooLong(Duration),
-    /// The migration speed is not positive, or above [`crate::units::MAX_RATE_BYTES_PER_S`].
-    #[error("must be greater than 0 and at most 1 PB/s, got {} B/s", crate::units::Number(*.0))]
-    MigrationSpeed(f64),
+    /// The migration speed is outside [`crate::units::check_speed`]'s range.
+    #[error("{0}")]
+    MigrationSpeed(crate::units::ParseError),
 }
 
 impl SettingError {
@@ -148,11 +148,7 @@ pub fn check_duration(duration: Duration) -> Result<(), SettingError> {
 
 /// Checks a migration speed (bytes per second) as `--migration-speed` takes it.
 pub fn check_migration_speed(bytes_per_s: f64) -> Result<(), SettingError> {
-    if bytes_per_s > 0.0 && bytes_per_s <= crate::units::MAX_RATE_BYTES_PER_S {
-        Ok(())
-    } else {
-        Err(SettingError::MigrationSpeed(bytes_per_s))
-    }
+    crate::units::check_speed(bytes_per_s).map(|_| ()).map_err(SettingError::MigrationSpeed)
 }
 
 impl RecordSettings {
@@ -457,7 +453,8 @@ fn choose_engine(opts: &RecordOptions) -> anyhow::Result<(Engine, String)> {
                 ),
             ),
             Err(e) => {
-                (Engine::Qemu, format!("auto: KVM cannot run the guest here ({e:#}), so it runs under QEMU's TCG"))
+                let why = crate::errors::causes((*e).as_ref());
+                (Engine::Qemu, format!("auto: KVM cannot run the guest here ({why}), so it runs under QEMU's TCG"))
             }
         },
     })
@@ -809,7 +806,7 @@ impl Recorder {
         writer.manifest_mut().timing.sampler_counts =
             Some(DeadlineCounts { harvests: result.intervals, skipped_deadlines: result.skipped_deadlines });
         let dir = writer.dir().to_path_buf();
-        let write_error = write_error.map(|e| format!("{e:#}"));
+        let write_error = write_error.map(|e| crate::errors::causes(e.as_ref()));
         let error = write_error.clone().or_else(|| fault.clone());
         let finalized = writer.finish(status, result.end, error).map_err(|e| {
             anyhow::anyhow!(

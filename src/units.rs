@@ -19,6 +19,10 @@ pub const MAX_DURATION: Duration = Duration::from_secs(10 * 366 * 86_400);
 /// Higher ones are refused rather than becoming infinity.
 pub const MAX_RATE_BYTES_PER_S: f64 = 1e15;
 
+/// The lowest migration speed or bandwidth any flag or key accepts: 1 B/s. A slower one would
+/// make the working-set window (guest RAM over the speed) or a migration round infinitely long.
+pub const MIN_SPEED_BYTES_PER_S: f64 = 1.0;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 /// A quantity that does not parse or is out of range; the message says which and why.
@@ -127,6 +131,22 @@ pub fn parse_rate(s: &str) -> Result<f64, ParseError> {
         return Err(ParseError(format!("`{s}` is above the highest rate accepted (1 PB/s)")));
     }
     Ok(rate)
+}
+
+/// Checks a migration speed or bandwidth (bytes per second): from [`MIN_SPEED_BYTES_PER_S`] to
+/// [`MAX_RATE_BYTES_PER_S`]. The message follows the flag's or key's name.
+pub fn check_speed(bytes_per_s: f64) -> Result<f64, ParseError> {
+    if (MIN_SPEED_BYTES_PER_S..=MAX_RATE_BYTES_PER_S).contains(&bytes_per_s) {
+        Ok(bytes_per_s)
+    } else {
+        Err(ParseError(format!("must be from 1 B/s to 1 PB/s, got {} B/s", Number(bytes_per_s))))
+    }
+}
+
+/// A migration speed or bandwidth as a flag takes it: a rate ([`parse_rate`]) that
+/// [`check_speed`] accepts, refused while the command line is parsed, with the flag named.
+pub fn parse_speed(s: &str) -> Result<HumanRate, ParseError> {
+    check_speed(parse_rate(s)?).map(HumanRate)
 }
 
 /// A duration on the command line: parsed as [`parse_duration`], shown as `100ms` or `1.5s`,

@@ -19,6 +19,8 @@
 //!   cargo built).
 
 mod common;
+#[path = "fuzz/inputs.rs"]
+mod inputs;
 
 use arrow::array::*;
 use arrow::datatypes::{DataType, Field, Schema};
@@ -41,6 +43,12 @@ use std::time::{Duration, Instant};
 const CHILD_ADDRESS_SPACE: u64 = 16 << 30;
 /// A case that takes longer than this without finishing is a hang.
 const HANG: Duration = Duration::from_secs(120);
+/// The same for the inputs suite (grids, datasets, tarballs), whose cases are small.
+const INPUTS_HANG: Duration = Duration::from_secs(30);
+/// The inputs suite's seed and number of cases unless told otherwise (`DIRTYTRACE_FUZZ_SEED`,
+/// `DIRTYTRACE_FUZZ_CASES`): the same cases on every run.
+const INPUTS_SEED: u64 = 15;
+const INPUTS_CASES: u64 = 300;
 
 /// splitmix64: small, seedable, and the same everywhere.
 struct Rng(u64);
@@ -986,10 +994,11 @@ fn fuzz_child() {
     let until = env_u64("DIRTYTRACE_FUZZ_CHILD_UNTIL").unwrap_or(u64::MAX);
     let deadline_unix = env_u64("DIRTYTRACE_FUZZ_CHILD_DEADLINE").unwrap_or(u64::MAX);
     let work = PathBuf::from(std::env::var("DIRTYTRACE_FUZZ_CHILD_WORK").unwrap());
+    let suite = std::env::var("DIRTYTRACE_FUZZ_CHILD_SUITE").unwrap_or_default();
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_AS, CHILD_ADDRESS_SPACE, CHILD_ADDRESS_SPACE)
         .unwrap();
-    let base = base(&work);
-    let bomb = zstd_bomb();
+    let inputs_base = (suite == "inputs").then(|| inputs::base(&work));
+    let base = inputs_base.is_none().then(|| (base(&work), zstd_bomb()));
     let mut out = std::io::stdout().lock();
     for n in from..until {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
@@ -998,7 +1007,15 @@ fn fuzz_child() {
         }
         writeln!(out, "case {n}").unwrap();
         out.flush().unwrap();
-        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(seed, n, &base, &work, &bomb)));
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &inputs_base {
+            Some(ib) => {
+                inputs::run_case(&mut Rng::new(seed ^ n.wrapping_mul(0xD1B5_4A32_D192_ED03)), ib, &work.join("icase"))
+            }
+            None => {
+                let (base, bomb) = base.as_ref().unwrap();
+                run_case(seed, n, base, &work, bomb)
+            }
+        }));
         match caught {
             Ok((class, _, Ok(accepted))) => writeln!(out, "done {n} {class} {}", accepted as u8).unwrap(),
             Ok((class, what, Err(e))) => writeln!(out, "FAIL {n} class {class}: {what}: {}", short_line(&e)).unwrap(),
@@ -1027,16 +1044,44 @@ fn fuzz_traces_journals_specs_and_flags() {
     let secs = env_u64("DIRTYTRACE_FUZZ_SECS").unwrap_or(45);
     let seed =
         env_u64("DIRTYTRACE_FUZZ_SEED").unwrap_or_else(|| dirtytrace::clock::now_ns() ^ std::process::id() as u64);
-    let mut next = env_u64("DIRTYTRACE_FUZZ_FROM").unwrap_or(0);
+    let next = env_u64("DIRTYTRACE_FUZZ_FROM").unwrap_or(0);
     let until = env_u64("DIRTYTRACE_FUZZ_CASES").map_or(u64::MAX, |c| next + c);
-    let work = Scratch::new("fuzz");
+    let classes = [
+        "manifest",
+        "manifest",
+        "rates cells",
+        "bitmaps cells",
+        "file bytes",
+        "journal",
+        "spec",
+        "flags",
+        "consistent",
+    ];
+    fuzz("traces", &classes, seed, secs, next, until, HANG);
+}
+
+/// The inputs of `sweep`, `index` and `--rootfs` (`fuzz/inputs.rs`): a fixed seed and number of
+/// cases by default, so that every run tries the same cases, each bounded by [`INPUTS_HANG`];
+/// `DIRTYTRACE_FUZZ_SEED`, `_FROM`, `_CASES` and `_SECS` (a cap on the whole, default 45 s) as above.
+#[test]
+fn fuzz_grids_datasets_and_rootfs_tarballs() {
+    let secs = env_u64("DIRTYTRACE_FUZZ_SECS").unwrap_or(45);
+    let seed = env_u64("DIRTYTRACE_FUZZ_SEED").unwrap_or(INPUTS_SEED);
+    let next = env_u64("DIRTYTRACE_FUZZ_FROM").unwrap_or(0);
+    let until = next + env_u64("DIRTYTRACE_FUZZ_CASES").unwrap_or(INPUTS_CASES);
+    fuzz("inputs", &inputs::CLASSES, seed, secs, next, until, INPUTS_HANG);
+}
+
+/// Runs cases `next..until` of `suite` in children, for `secs` at most.
+fn fuzz(suite: &str, classes: &[&str], seed: u64, secs: u64, mut next: u64, until: u64, hang: Duration) {
+    let work = Scratch::new(&format!("fuzz-{suite}"));
     let unix_now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let deadline = unix_now() + secs;
-    eprintln!("fuzz: seed {seed}, {secs} s, from case {next} (DIRTYTRACE_FUZZ_SEED={seed} DIRTYTRACE_FUZZ_FROM=N DIRTYTRACE_FUZZ_CASES=1 replays case N)");
+    eprintln!("fuzz {suite}: seed {seed}, {secs} s, from case {next} (DIRTYTRACE_FUZZ_SEED={seed} DIRTYTRACE_FUZZ_FROM=N DIRTYTRACE_FUZZ_CASES=1 replays case N)");
     let mut failures: Vec<String> = Vec::new();
     let (mut done, mut children) = (0u64, 0u64);
-    let mut per_class = [0u64; 9];
-    let mut accepted = 0u64;
+    let mut per_class = vec![0u64; classes.len()];
+    let mut accepted = vec![0u64; classes.len()];
     let mut slowest = (0u64, Duration::ZERO);
     let started = Instant::now();
     while next < until && unix_now() < deadline {
@@ -1048,6 +1093,7 @@ fn fuzz_traces_journals_specs_and_flags() {
             .env("DIRTYTRACE_FUZZ_CHILD_UNTIL", until.to_string())
             .env("DIRTYTRACE_FUZZ_CHILD_DEADLINE", deadline.to_string())
             .env("DIRTYTRACE_FUZZ_CHILD_WORK", work.join(format!("child{children}")))
+            .env("DIRTYTRACE_FUZZ_CHILD_SUITE", suite)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -1089,7 +1135,7 @@ fn fuzz_traces_journals_specs_and_flags() {
                         let n: u64 = it.next().unwrap().parse().unwrap();
                         let class: usize = it.next().unwrap().parse().unwrap();
                         per_class[class] += 1;
-                        accepted += u64::from(it.next() == Some("1"));
+                        accepted[class] += u64::from(it.next() == Some("1"));
                         if since.elapsed() > slowest.1 {
                             slowest = (n, since.elapsed());
                         }
@@ -1107,9 +1153,9 @@ fn fuzz_traces_journals_specs_and_flags() {
                     }
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if let Some(n) = current.filter(|_| since.elapsed() > HANG) {
+                    if let Some(n) = current.filter(|_| since.elapsed() > hang) {
                         let _ = child.kill();
-                        failures.push(format!("HANG case {n}: no result after {} s", HANG.as_secs()));
+                        failures.push(format!("HANG case {n}: no result after {} s", hang.as_secs()));
                         eprintln!("fuzz: {}", failures.last().unwrap());
                         done += 1;
                         next = n + 1;
@@ -1133,9 +1179,8 @@ fn fuzz_traces_journals_specs_and_flags() {
         }
     }
     eprintln!(
-        "fuzz: seed {seed}: {done} cases in {:.0} s ({children} child process(es)); per class \
-         [manifest, manifest, rates cells, bitmaps cells, file bytes, journal, spec, flags, consistent] = \
-         {per_class:?}; {accepted} read whole without error; slowest case {} ({:.1} s); \
+        "fuzz {suite}: seed {seed}: {done} cases in {:.0} s ({children} child process(es)); per class \
+         {classes:?} = {per_class:?}, of which accepted without error {accepted:?}; slowest case {} ({:.1} s); \
          {} failure(s)",
         started.elapsed().as_secs_f64(),
         slowest.0,

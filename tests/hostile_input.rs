@@ -471,7 +471,9 @@ fn a_directory_or_device_as_script_is_not_called_missing() {
 fn replay_loop_at_a_tiny_bandwidth_ends_naming_max_time() {
     let dir = base("d7-bw");
     let t = dir.to_str().unwrap();
-    for bw in ["1e-12B/s", "1B/s", "100B/s"] {
+    // Below 1 B/s, the flag itself refuses it (record_errors' extreme speeds); from 1 B/s, a
+    // replay of this trace outlasts the longest migration replayed.
+    for bw in ["1B/s", "100B/s"] {
         let args = ["replay", t, "--bandwidth", bw, "--loop"];
         assert_refused(&cli(&args), &args, &["--max-time", "raise --max-time"]);
     }

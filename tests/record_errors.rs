@@ -160,3 +160,56 @@ fn negative_vcpus_are_refused_as_a_value() {
         assert!(!err.contains("unexpected argument"), "{err}");
     }
 }
+
+/// Issue 15: a migration speed or bandwidth too small to mean anything (`1e-300B/s`, whose
+/// working-set window, RAM over speed, is infinite) is refused while the command line is parsed,
+/// with the flag and the accepted range named; it once reached the manifest's check
+/// ("`working_set_window_s` is inf"). A grid's keys take the same range.
+#[test]
+fn extreme_speeds_are_refused_at_the_flag_with_the_range() {
+    let dir = Scratch::new("extreme-speeds");
+    let out = dir.join("out");
+    let o = out.to_str().unwrap();
+    let t = dir.join("no-trace");
+    let t = t.to_str().unwrap();
+    for (v, shown) in
+        [("1e-300B/s", "1e-300"), ("5e-324B/s", "5e-324"), ("1e-300bit/s", "1.25e-301"), ("0.5B/s", "0.5")]
+    {
+        for (args, flag) in [
+            (vec!["record", "--migration-speed", v, "--output", o], "--migration-speed <MIGRATION_SPEED>"),
+            (vec!["simgrid", t, "--migration-speed", v], "--migration-speed <MIGRATION_SPEED>"),
+            (vec!["replay", t, "--bandwidth", v], "--bandwidth <BANDWIDTH>"),
+        ] {
+            let Run { code, stderr, .. } = cli(&args);
+            assert_eq!(code, Some(2), "{args:?}: {stderr}");
+            assert_eq!(
+                stderr.lines().next().unwrap(),
+                format!("error: invalid value '{v}' for '{flag}': must be from 1 B/s to 1 PB/s, got {shown} B/s"),
+                "{args:?}"
+            );
+            assert!(!out.exists());
+        }
+    }
+    // The smallest and largest accepted pass the flag (and fail later, at the missing trace).
+    for v in ["1B/s", "1000TB/s"] {
+        let Run { code, stderr, .. } = cli(&["simgrid", t, "--migration-speed", v]);
+        assert_eq!(code, Some(1), "{v}: {stderr}");
+        assert!(stderr.contains("no-trace") && !stderr.contains("--migration-speed"), "{v}: {stderr}");
+    }
+    // A grid: `axes.migration_speed`, `record.migration_speed`, `replay.bandwidths`.
+    write(&dir, "w.toml", "mem = \"64MiB\"\n[[phase]]\nduration = \"1s\"\nworking_set = \"1MiB\"\nrate = \"1MiB/s\"\n");
+    for (body, key) in [
+        ("[axes]\nmigration_speed = [\"1e-300B/s\"]\n", "axes.migration_speed"),
+        ("[record]\nmigration_speed = \"1e-300B/s\"\n", "record.migration_speed"),
+        ("[replay]\nbandwidths = [\"1e-300B/s\"]\n", "replay.bandwidths"),
+    ] {
+        let g = write(&dir, "g.toml", &format!("workload = \"w.toml\"\n{body}"));
+        let Run { code, stderr, .. } = cli(&["sweep", g.to_str().unwrap(), "--output", o, "--dry-run"]);
+        assert_eq!(code, Some(1), "{key}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!("error: {}: `{key}`: must be from 1 B/s to 1 PB/s, got 1e-300 B/s", g.display()),
+        );
+        assert!(!out.exists());
+    }
+}

@@ -200,9 +200,7 @@ pub struct ReplayResult {
 }
 
 fn validate(trace: &Trace, o: &ReplayOptions, end_s: f64) -> Result<()> {
-    if !o.bandwidth_bytes_per_s.is_finite() || o.bandwidth_bytes_per_s <= 0.0 {
-        return Err(bad("--bandwidth", format!("must be greater than 0 bytes/s, got {}", o.bandwidth_bytes_per_s)));
-    }
+    crate::units::check_speed(o.bandwidth_bytes_per_s).map_err(|e| bad("--bandwidth", e.to_string()))?;
     o.precopy.check()?;
     if !(o.max_time_s.is_finite() && o.max_time_s > 0.0) {
         return Err(bad("--max-time", format!("must be longer than 0 s, got {}", o.max_time_s)));
@@ -266,7 +264,7 @@ impl State {
                     self.max_time,
                     self.rounds.len(),
                     start + duration,
-                    self.bw
+                    crate::units::Number(self.bw)
                 ),
             ));
         }

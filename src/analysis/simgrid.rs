@@ -88,9 +88,7 @@ pub struct SimgridParams {
 pub fn fit(trace: &Trace, opts: &SimgridOptions) -> Result<SimgridParams> {
     let m = &trace.manifest;
     let speed = opts.migration_speed.unwrap_or(m.migration_speed_bytes_per_s);
-    if !speed.is_finite() || speed <= 0.0 {
-        return Err(bad("--migration-speed", format!("must be greater than 0 bytes/s, got {speed}")));
-    }
+    crate::units::check_speed(speed).map_err(|e| bad("--migration-speed", e.to_string()))?;
     super::require_intervals(trace, "fit")?;
     check_phase(trace, opts.phase.as_deref())?;
     let space = PageSpace::new(&m.slots);

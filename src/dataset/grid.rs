@@ -11,7 +11,7 @@
 use crate::analysis::replay::{Precopy, ReplayOptions};
 use crate::analysis::AnalysisError;
 use crate::guest::linux::{initramfs, packages, BootInputs, LinuxInputs};
-use crate::guest::synthetic::spec::{Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
+use crate::guest::synthetic::spec::{toml_error, Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
 use crate::options::keys_of;
 use crate::record::{self, RecordSettings, SettingError};
 use crate::units::{hex, parse_duration, parse_rate, parse_size, HumanDuration, HumanRate, HumanSize};
@@ -684,8 +684,8 @@ impl Grid {
     /// returns its resolved path and contents.
     pub fn parse(path: &Path, text: &str, read: &ReadFile<'_>) -> Result<Grid, GridError> {
         let cx = Ctx { path };
-        let raw: RawGrid =
-            toml::from_str(text).map_err(|e| GridError::Syntax { path: path.to_path_buf(), msg: e.to_string() })?;
+        let raw: RawGrid = toml::from_str(text)
+            .map_err(|e| GridError::Syntax { path: path.to_path_buf(), msg: toml_error(text, &e) })?;
         let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let workload = match (&raw.workload, raw.spec) {
             (Some(_), Some(_)) => return Err(cx.key("spec", "give either `workload` or `[spec]`, not both")),
@@ -791,8 +791,11 @@ impl Grid {
         }
         let (base_table, base_seed) = match &self.workload {
             BaseWorkload::Synthetic { text, .. } => {
-                let table: toml::Table = toml::from_str(text)
-                    .map_err(|e| GridError::Syntax { path: self.path.clone(), msg: e.to_string() })?;
+                let table: toml::Table = toml::from_str(text).map_err(|e| GridError::Key {
+                    path: self.path.clone(),
+                    key: "workload".into(),
+                    msg: toml_error(text, &e),
+                })?;
                 let spec = WorkloadSpec::parse(text, self.record.mem.map(|m| m.0), self.record.vcpus).map_err(|e| {
                     GridError::Key { path: self.path.clone(), key: "workload".into(), msg: e.to_string() }
                 })?;

@@ -128,7 +128,7 @@ impl Entry {
                     entry.replays.push(ReplayEntry::compute(&t, replay_settings, bw));
                 }
             }
-            Err(e) => entry.error = Some(format!("{e:#}")),
+            Err(e) => entry.error = Some(crate::errors::causes(e.as_ref())),
         }
         entry
     }
@@ -283,17 +283,28 @@ fn batch(cols: Vec<Column>, path: &Path) -> Result<RecordBatch, DatasetError> {
 pub fn read_table(path: &Path) -> Result<(RecordBatch, Option<String>), DatasetError> {
     let bad = |msg: String| DatasetError::Table { path: path.to_path_buf(), msg };
     let f = crate::files::open_regular(path, u64::MAX, "Parquet table").map_err(|e| bad(e.to_string()))?;
-    let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(e.to_string()))?;
-    let key = b
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .and_then(|kv| kv.iter().find(|k| k.key == KEY_METADATA).and_then(|k| k.value.clone()));
-    let schema = b.schema().clone();
-    let batches =
-        b.build().map_err(|e| bad(e.to_string()))?.collect::<Result<Vec<_>, _>>().map_err(|e| bad(e.to_string()))?;
-    let all = arrow::compute::concat_batches(&schema, &batches).map_err(|e| bad(e.to_string()))?;
-    Ok((all, key))
+    let read = move || {
+        let b = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(e.to_string()))?;
+        let key = b
+            .metadata()
+            .file_metadata()
+            .key_value_metadata()
+            .and_then(|kv| kv.iter().find(|k| k.key == KEY_METADATA).and_then(|k| k.value.clone()));
+        let schema = b.schema().clone();
+        let batches = b
+            .build()
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        let all = arrow::compute::concat_batches(&schema, &batches).map_err(|e| bad(e.to_string()))?;
+        Ok((all, key))
+    };
+    // The decoder panics on some damaged files: guarded, that is an error naming the table.
+    match crate::trace::guarded(path, read) {
+        Ok(r) => r,
+        Err(crate::trace::TraceError::Corrupt { msg, .. }) => Err(bad(msg)),
+        Err(e) => Err(bad(e.to_string())),
+    }
 }
 
 fn write_table(path: &Path, batch: &RecordBatch, key: &str) -> Result<(), DatasetError> {

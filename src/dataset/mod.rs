@@ -372,7 +372,7 @@ pub fn json_row<T: Serialize>(dir: &Path, result: &anyhow::Result<T>) -> serde_j
             row.insert("error".into(), e.to_string().into());
         }
         Err(e) => {
-            row.insert("error".into(), format!("{e:#}").into());
+            row.insert("error".into(), crate::errors::causes(e.as_ref()).into());
         }
     }
     serde_json::Value::Object(row)

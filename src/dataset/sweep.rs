@@ -351,7 +351,7 @@ pub fn inspect(dir: &Path) -> RunState {
     let m = match Manifest::load(dir) {
         Ok(m) if m.tool == "dirtytrace" => m,
         Ok(m) => return RunState::Foreign(format!("holds a trace written by `{}`", m.tool)),
-        Err(e) => return RunState::Foreign(format!("its manifest cannot be read: {e}")),
+        Err(e) => return RunState::Foreign(format!("has a manifest that cannot be read: {e}")),
     };
     match m.status {
         TraceStatus::Recording => {
@@ -692,7 +692,7 @@ fn one_run(plan: &Plan, run: &Run, interrupt: &Arc<AtomicBool>, observer: &dyn O
             o.duration_s = Some(s.duration_s);
             o.note = again;
         }
-        Err(e) => o.note = Some(format!("{e:#}")),
+        Err(e) => o.note = Some(crate::errors::causes(e.as_ref())),
     }
     o
 }

@@ -15,7 +15,7 @@ mod writer;
 
 pub use bitmap::{BitmapEncoder, ZSTD_LEVEL};
 pub use manifest::{DeadlineCounts, EndReason, EngineInfo, HarvestTiming, Manifest, TraceStatus, ON_TIME_FRACTION};
-pub use reader::{BitmapStream, IntervalBitmaps, IntervalStream, RatesStream, SlotBitmap, Trace, TraceError};
+pub use reader::{guarded, BitmapStream, IntervalBitmaps, IntervalStream, RatesStream, SlotBitmap, Trace, TraceError};
 pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SchedPolicy, SlotBlob};
 pub use tables::{bitmap_columns, rate_columns, ColumnError};
 pub use validate::{check_manifest, name_problem, sanitize_name, Invalid, RowChecker};

@@ -69,8 +69,9 @@ pub enum TraceError {
 
 /// Runs `f`, a call into the Parquet decoder, turning a panic of the decoder (it has some on
 /// damaged files: a bogus bit width in the schema, say) into a [`TraceError::Corrupt`] of
-/// `path`. The panic's message is not printed: the error says what happened.
-fn guarded<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, TraceError> {
+/// `path`. The panic's message is not printed: the error says what happened. Every reader of
+/// Parquet files (the trace's tables, a dataset's index) calls the decoder through it.
+pub fn guarded<T>(path: &Path, f: impl FnOnce() -> T) -> Result<T, TraceError> {
     use std::cell::Cell;
     thread_local!(static QUIET: Cell<bool> = const { Cell::new(false) });
     static HOOK: std::sync::Once = std::sync::Once::new();

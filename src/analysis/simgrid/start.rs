@@ -253,9 +253,7 @@ pub struct StartParams {
 /// [`fit_to_replay`].
 pub fn fit_start(trace: &Trace, opts: &StartOptions) -> Result<StartParams> {
     let speed = opts.migration_speed.unwrap_or(trace.manifest.migration_speed_bytes_per_s);
-    if !speed.is_finite() || speed <= 0.0 {
-        return Err(bad("--migration-speed", format!("must be greater than 0 bytes/s, got {speed}")));
-    }
+    crate::units::check_speed(speed).map_err(|e| bad("--migration-speed", e.to_string()))?;
     let r = replay::replay(trace, &opts.replay_options(speed))?;
     fit_to_replay(trace, opts, &r)
 }

@@ -96,8 +96,9 @@ fn bad(key: impl Into<String>, msg: impl Into<String>) -> SpecError {
     SpecError::Value { key: key.into(), msg: msg.into() }
 }
 
-/// A TOML error on one line: where, the key on that line, and what is wrong.
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
+/// A TOML error on one line: where, the key on that line, and what is wrong (the TOML
+/// parser's own message spans lines, with a snippet). Specs and grids show their errors so.
+pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
     let Some(span) = e.span() else { return msg };
     let before = &text[..text.floor_char_boundary(span.start.min(text.len()))];
