@@ -286,10 +286,11 @@ fn open_chain(
                         matches!((a, c), (Ok(a), Ok(c)) if (a.dev(), a.ino()) == (c.dev(), c.ino()))
                     };
                     if same(top) || chain.iter().any(|p| same(p)) {
-                        return Err(fail(format!(
+                        return Err(fail(
                             "is already in its backing chain: a loop, which QEMU cannot open either; \
                              rebase the image (`qemu-img rebase -u -b FILE`) onto its real base"
-                        )));
+                                .into(),
+                        ));
                     }
                     if depth >= MAX_BACKING_DEPTH {
                         return Err(fail(format!("is more than {MAX_BACKING_DEPTH} backing files deep")));
