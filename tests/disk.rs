@@ -298,6 +298,16 @@ fn unusable_images_are_refused_before_boot() {
     );
     let e = refused(&dir, &raw, &["--disk-root", "/dev/sda1"]);
     assert!(e.contains("--disk-root /dev/sda1: the guest's disk is /dev/vda"), "{e}");
+    let e = refused(&dir, &raw, &["--disk-root", "/dev/vda+1"]);
+    assert!(e.contains("--disk-root /dev/vda+1: the guest's disk is /dev/vda"), "{e}");
+    let e = refused(&dir, &raw, &["--disk-root", "/dev/vda1; reboot"]);
+    assert!(e.contains("--disk-root /dev/vda1; reboot: the guest's disk is /dev/vda"), "{e}");
+    // A path QEMU's JSON options cannot carry is refused, not a panic.
+    let odd = dir.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"odd\xff.img"));
+    std::fs::copy(&raw, &odd).unwrap();
+    let e = refused(&dir, &odd, &[]);
+    assert!(e.contains("its path is not UTF-8, which QEMU's -blockdev options cannot name"), "{e}");
+    std::fs::remove_file(&odd).unwrap();
     let e = refused(&dir, &raw, &["--disk-root", "/dev/vda3"]);
     assert!(e.contains("has no such partition (no partition table; /dev/vda ext4)"), "{e}");
 }
@@ -324,6 +334,18 @@ fn a_root_without_a_shell_is_reported_by_the_guest() {
     let check = Command::new(bin()).args(["disk", "check"]).arg(&img).output().unwrap();
     assert_eq!(check.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&check.stdout).contains("will not work: no root filesystem with /bin/sh"));
+
+    // A /bin/sh that is there but does not run (it exits 1; a symlink loop is the same) is
+    // named as such, not as missing.
+    let t = tree(&dir, "tree", false, &[]);
+    std::fs::write(t.join("bin/sh"), "#!/bin/busybox false\n").unwrap();
+    std::fs::set_permissions(t.join("bin/sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let img = dir.join("shfalse.img");
+    ext4(&t, &img, 32);
+    std::fs::remove_dir_all(&t).unwrap();
+    let (o, _out) = record(&dir, "#!/bin/sh\ntrue\n", &img, &[]);
+    let e = stderr(&o);
+    assert!(e.contains("(looked at: /dev/vda:ext4-whose-/bin/sh-does-not-run)"), "{e}");
 }
 
 /// Interrupted (SIGINT) or killed (SIGKILL) mid-run, with the workload writing to its disk,

@@ -69,7 +69,7 @@ fn le64(b: &[u8], at: usize) -> u64 {
 /// The filesystem at `start`, from its magic number.
 pub fn filesystem_at(disk: &Reader, start: u64) -> Result<Option<String>, DiskError> {
     let mut sb = [0u8; 1024];
-    disk.read(&mut sb, start + 1024)?;
+    disk.read(&mut sb, start.saturating_add(1024))?;
     if u16::from_le_bytes([sb[56], sb[57]]) == 0xEF53 {
         let (compat, incompat) = (le32(&sb, 92), le32(&sb, 96));
         // extents, 64bit or flex_bg: ext4; a journal: ext3.
@@ -94,7 +94,7 @@ pub fn filesystem_at(disk: &Reader, start: u64) -> Result<Option<String>, DiskEr
         return Ok(Some("vfat".into()));
     }
     let mut btrfs = [0u8; 8];
-    disk.read(&mut btrfs, start + 0x10040)?;
+    disk.read(&mut btrfs, start.saturating_add(0x10040))?;
     if &btrfs == b"_BHRfS_M" {
         return Ok(Some("btrfs".into()));
     }
@@ -115,20 +115,21 @@ pub fn read(disk: &Reader) -> Result<Layout, DiskError> {
         disk.read(&mut h, SECTOR)?;
         if &h[..8] == b"EFI PART" {
             let (lba, count, size) = (le64(&h, 72), le32(&h, 80).min(MAX_GPT_ENTRIES), le32(&h, 84) as u64);
-            if (128..=4096).contains(&size) {
+            // The entries must lie on the disk (a lying LBA is no table, not a wrap-around).
+            let entries_at = lba.checked_mul(SECTOR).filter(|&at| at < disk.size());
+            if let (true, Some(entries_at)) = ((128..=4096).contains(&size), entries_at) {
                 let mut e = vec![0u8; size as usize];
                 for i in 0..count as u64 {
-                    disk.read(&mut e, lba * SECTOR + i * size)?;
+                    disk.read(&mut e, entries_at + i * size)?;
                     if e[..16].iter().all(|&b| b == 0) {
                         continue;
                     }
                     let (first, last) = (le64(&e, 32), le64(&e, 40));
-                    volumes.push(volume(
-                        disk,
-                        i as u32 + 1,
-                        first * SECTOR,
-                        (last + 1).saturating_sub(first) * SECTOR,
-                    )?);
+                    if last < first {
+                        continue;
+                    }
+                    let (start, end) = (first.saturating_mul(SECTOR), last.saturating_add(1).saturating_mul(SECTOR));
+                    volumes.extend(volume(disk, i as u32 + 1, start, end - start)?);
                 }
             }
         }
@@ -139,7 +140,7 @@ pub fn read(disk: &Reader) -> Result<Layout, DiskError> {
             match kind {
                 0 => {}
                 0x05 | 0x0F | 0x85 => logical(disk, start, &mut volumes)?,
-                _ => volumes.push(volume(disk, i as u32 + 1, start * SECTOR, count * SECTOR)?),
+                _ => volumes.extend(volume(disk, i as u32 + 1, start * SECTOR, count * SECTOR)?),
             }
         }
     } else {
@@ -162,8 +163,14 @@ fn looks_like_partitions(entries: &[&[u8]], size: u64) -> bool {
     })
 }
 
-fn volume(disk: &Reader, number: u32, start: u64, size: u64) -> Result<Volume, DiskError> {
-    Ok(Volume { device: format!("/dev/vda{number}"), start, size, filesystem: filesystem_at(disk, start)? })
+/// Partition `number`, or none where it starts past the disk's end (Linux skips it, "beyond
+/// EOD"); one that runs past the end is cut there, as Linux cuts it.
+fn volume(disk: &Reader, number: u32, start: u64, size: u64) -> Result<Option<Volume>, DiskError> {
+    if start >= disk.size() {
+        return Ok(None);
+    }
+    let size = size.min(disk.size() - start);
+    Ok(Some(Volume { device: format!("/dev/vda{number}"), start, size, filesystem: filesystem_at(disk, start)? }))
 }
 
 /// The logical partitions of an extended partition starting at sector `base`: numbered from 5.
@@ -177,7 +184,7 @@ fn logical(disk: &Reader, base: u64, out: &mut Vec<Volume>) -> Result<(), DiskEr
         }
         let (first, next) = (&ebr[446..462], &ebr[462..478]);
         if first[4] != 0 {
-            out.push(volume(disk, n, (ebr_at + le32(first, 8) as u64) * SECTOR, le32(first, 12) as u64 * SECTOR)?);
+            out.extend(volume(disk, n, (ebr_at + le32(first, 8) as u64) * SECTOR, le32(first, 12) as u64 * SECTOR)?);
         }
         if next[4] == 0 {
             break;
@@ -185,4 +192,43 @@ fn logical(disk: &Reader, base: u64, out: &mut Vec<Volume>) -> Result<(), DiskEr
         ebr_at = base + le32(next, 8) as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 1 MiB raw disk with a protective MBR and a GPT header whose entries are at `lba`,
+    /// the first entry spanning sectors `first..=last`.
+    fn gpt(lba: u64, first: u64, last: u64) -> Layout {
+        let mut d = vec![0u8; 1 << 20];
+        d[446 + 4] = 0xEE;
+        d[446 + 8..446 + 12].copy_from_slice(&1u32.to_le_bytes());
+        d[446 + 12..446 + 16].copy_from_slice(&u32::MAX.to_le_bytes());
+        (d[510], d[511]) = (0x55, 0xAA);
+        d[512..520].copy_from_slice(b"EFI PART");
+        d[512 + 72..512 + 80].copy_from_slice(&lba.to_le_bytes());
+        d[512 + 80..512 + 84].copy_from_slice(&128u32.to_le_bytes());
+        d[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+        d[1024..1040].fill(0x11);
+        d[1024 + 32..1024 + 40].copy_from_slice(&first.to_le_bytes());
+        d[1024 + 40..1024 + 48].copy_from_slice(&last.to_le_bytes());
+        let p = std::env::temp_dir().join(format!("dt-layout-{}-{}", std::process::id(), crate::clock::now_ns()));
+        std::fs::write(&p, &d).unwrap();
+        let file = std::fs::File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        read(&Reader::Raw { path: p, file, len: d.len() as u64 }).unwrap()
+    }
+
+    #[test]
+    fn partition_tables_that_lie_give_no_partitions_past_the_disk() {
+        // Entries at an LBA that overflows when made bytes: no table to read, not a wrap-around.
+        assert_eq!(gpt(1 << 62, 34, 100).describe(), "gpt partition table; no partitions");
+        // A partition starting past the disk's end is skipped, as Linux skips it; one running
+        // past it is cut at the end; an inverted one is none.
+        assert_eq!(gpt(2, 1 << 60, u64::MAX).describe(), "gpt partition table; no partitions");
+        assert_eq!(gpt(2, 1000, 10).describe(), "gpt partition table; no partitions");
+        let l = gpt(2, 1024, 1 << 40);
+        assert_eq!((l.volumes.len(), l.volumes[0].start, l.volumes[0].size), (1, 1024 * 512, 1024 * 512));
+    }
 }

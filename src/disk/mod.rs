@@ -105,6 +105,16 @@ pub enum DiskError {
         /// The image.
         path: PathBuf,
     },
+    /// The image's path is not UTF-8, which QEMU's JSON options cannot carry.
+    #[error(
+        "--disk {}: its path is not UTF-8, which QEMU's -blockdev options cannot name; give it through a \
+         symlink with a UTF-8 name (`ln -s`)",
+        path.display()
+    )]
+    NotUtf8 {
+        /// The image.
+        path: PathBuf,
+    },
     /// The image is empty.
     #[error("--disk {}: the image is empty", path.display())]
     Empty {
@@ -165,8 +175,11 @@ impl Reader {
     /// Reads `buf` from guest-disk byte `at`; past the end reads as zeroes.
     pub fn read(&self, buf: &mut [u8], at: u64) -> Result<(), DiskError> {
         match self {
-            Reader::Raw { file, path, .. } => {
+            Reader::Raw { file, path, len } => {
                 buf.fill(0);
+                if at >= *len {
+                    return Ok(());
+                }
                 qcow2::read_at_most(file, buf, at)
                     .map(|_| ())
                     .map_err(|source| DiskError::Read { path: path.clone(), source })
@@ -229,12 +242,15 @@ fn check_file(path: &Path) -> Result<(), DiskError> {
 pub fn open(path: &Path, format: Option<DiskFormat>) -> Result<(Reader, CheckedImage), DiskError> {
     check_file(path)?;
     let abs = std::path::absolute(path).map_err(|source| DiskError::Read { path: path.into(), source })?;
+    if abs.to_str().is_none() {
+        return Err(DiskError::NotUtf8 { path: path.into() });
+    }
     let format = match format {
         Some(f) => f,
         None => detect_format(path)?,
     };
     let mut chain = Vec::new();
-    let reader = open_chain(&abs, format, &mut chain, 0)?;
+    let reader = open_chain(&abs, format, &mut chain, 0, &abs)?;
     if reader.size() == 0 {
         return Err(DiskError::Empty { path: path.into() });
     }
@@ -242,7 +258,13 @@ pub fn open(path: &Path, format: Option<DiskFormat>) -> Result<(Reader, CheckedI
     Ok((reader, CheckedImage { path: abs, format, size, backing_chain: chain }))
 }
 
-fn open_chain(path: &Path, format: DiskFormat, chain: &mut Vec<PathBuf>, depth: usize) -> Result<Reader, DiskError> {
+fn open_chain(
+    path: &Path,
+    format: DiskFormat,
+    chain: &mut Vec<PathBuf>,
+    depth: usize,
+    top: &Path,
+) -> Result<Reader, DiskError> {
     match format {
         DiskFormat::Raw => {
             let file = std::fs::File::open(path).map_err(|source| DiskError::Read { path: path.into(), source })?;
@@ -258,6 +280,18 @@ fn open_chain(path: &Path, format: DiskFormat, chain: &mut Vec<PathBuf>, depth: 
                 None => None,
                 Some(b) => {
                     let fail = |why: String| DiskError::Backing { path: path.into(), backing: b.clone(), why };
+                    let same = |p: &Path| {
+                        use std::os::unix::fs::MetadataExt;
+                        let (a, c) = (std::fs::metadata(p), std::fs::metadata(&b));
+                        matches!((a, c), (Ok(a), Ok(c)) if (a.dev(), a.ino()) == (c.dev(), c.ino()))
+                    };
+                    if same(top) || chain.iter().any(|p| same(p)) {
+                        return Err(fail(
+                            "is already in its backing chain: a loop, which QEMU cannot open either; \
+                             rebase the image (`qemu-img rebase -u -b FILE`) onto its real base"
+                                .into(),
+                        ));
+                    }
                     if depth >= MAX_BACKING_DEPTH {
                         return Err(fail(format!("is more than {MAX_BACKING_DEPTH} backing files deep")));
                     }
@@ -270,7 +304,7 @@ fn open_chain(path: &Path, format: DiskFormat, chain: &mut Vec<PathBuf>, depth: 
                     }
                     chain.push(b.clone());
                     let f = detect_format(&b)?;
-                    Some(Box::new(open_chain(&b, f, chain, depth + 1)?))
+                    Some(Box::new(open_chain(&b, f, chain, depth + 1, top)?))
                 }
             };
             Ok(Reader::Qcow2 { image: Box::new(image), backing })
@@ -322,7 +356,7 @@ pub fn blockdev_args(image: &CheckedImage, overlay_fd: i32) -> Vec<String> {
         "driver": image.format.as_str(),
         "node-name": "dt-image",
         "read-only": true,
-        "file": { "driver": "file", "filename": image.path, "read-only": true },
+        "file": { "driver": "file", "filename": image.path.to_string_lossy(), "read-only": true },
     });
     let top = serde_json::json!({
         "driver": "qcow2",
@@ -354,6 +388,31 @@ mod tests {
             e.contains(&format!("backing file {}", dir.join("x").display())) && e.contains("does not exist"),
             "{e}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_backing_loop_and_a_non_utf8_path_are_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::env::temp_dir().join(format!("dt-disk-loop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.qcow2"), qcow2::overlay(1 << 20, "b.qcow2", "qcow2")).unwrap();
+        std::fs::write(dir.join("b.qcow2"), qcow2::overlay(1 << 20, "a.qcow2", "qcow2")).unwrap();
+        std::fs::write(dir.join("s.qcow2"), qcow2::overlay(1 << 20, "s.qcow2", "qcow2")).unwrap();
+        for (img, backing) in [("a.qcow2", "a.qcow2"), ("s.qcow2", "s.qcow2")] {
+            let e = open(&dir.join(img), None).err().unwrap().to_string();
+            assert!(
+                e.contains(&format!(
+                    "backing file {} is already in its backing chain: a loop",
+                    dir.join(backing).display()
+                )),
+                "{e}"
+            );
+        }
+        let odd = dir.join(std::ffi::OsStr::from_bytes(b"odd\xff.img"));
+        std::fs::write(&odd, vec![0u8; 4096]).unwrap();
+        let e = open(&odd, None).err().unwrap().to_string();
+        assert!(e.contains("its path is not UTF-8") && e.contains("ln -s"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -20,6 +20,13 @@ const MAX_L2_TABLES_CHECKED: u64 = 4096;
 const EXT_BACKING_FORMAT: u32 = 0xE279_2ACA;
 /// The overlay's clusters: 64 KiB, QEMU's default.
 const OVERLAY_CLUSTER_BITS: u32 = 16;
+/// The largest L1 table QEMU opens (`QCOW_MAX_L1_SIZE`, 32 MiB): more is a lie, not a disk.
+const MAX_L1_BYTES: u64 = 32 << 20;
+/// Incompatible feature bits: dirty (0), corrupt (1), external data file (2), compression
+/// type (3), extended L2 entries (4).
+const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
+const INCOMPAT_KNOWN: u64 = (1 << 5) - 1;
 
 /// An image's header, as far as dirtytrace reads it.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +60,8 @@ pub struct Image {
     file: std::fs::File,
     /// 0: deflate; 1: zstd (version 3's compression type).
     compression: u8,
+    /// The L1 table, read once.
+    l1: Vec<u64>,
     path: PathBuf,
     len: u64,
     /// The header.
@@ -90,7 +99,7 @@ impl Image {
             l1_offset: be64(&h, 40),
             backing: None,
         };
-        let mut image = Image { file, path: path.to_path_buf(), len, header, compression: 0 };
+        let mut image = Image { file, path: path.to_path_buf(), len, header, compression: 0, l1: Vec::new() };
         let cluster = 1u64 << cluster_bits;
         let l2_entries = cluster / 8;
         let needed_l1 = image.header.size.div_ceil(cluster * l2_entries);
@@ -98,6 +107,13 @@ impl Image {
             return Err(bad(format!(
                 "its L1 table has {} entries, fewer than its {}-byte disk needs",
                 image.header.l1_size, image.header.size
+            )));
+        }
+        if image.header.l1_size as u64 * 8 > MAX_L1_BYTES {
+            return Err(bad(format!(
+                "its L1 table has {} entries, more than QEMU opens ({} MiB of table)",
+                image.header.l1_size,
+                MAX_L1_BYTES >> 20
             )));
         }
         let l1_end = image.header.l1_offset.saturating_add(image.header.l1_size as u64 * 8);
@@ -112,10 +128,40 @@ impl Image {
                 "its refcount table ends at byte {refcounts_end}, past the file's end ({len} bytes): truncated"
             )));
         }
-        if version >= 3 && be32(&h, 100) > 104 {
-            let mut t = [0u8; 1];
-            image.read_exact(&mut t, 104)?;
-            image.compression = t[0];
+        if version >= 3 {
+            let incompatible = be64(&h, 72);
+            let convert = "convert it with `qemu-img convert -O qcow2 IMAGE NEW.qcow2` and give NEW.qcow2";
+            if incompatible & !INCOMPAT_KNOWN != 0 {
+                return Err(bad(format!(
+                    "it has incompatible features unknown to QEMU 7.2 (bits {:#x}); {convert}",
+                    incompatible & !INCOMPAT_KNOWN
+                )));
+            }
+            if incompatible & INCOMPAT_DATA_FILE != 0 {
+                return Err(bad(format!(
+                    "its data is in an external data file, which dirtytrace does not open; {convert}"
+                )));
+            }
+            if incompatible & INCOMPAT_EXTENDED_L2 != 0 {
+                return Err(bad(format!(
+                    "it has extended L2 entries (subclusters), which dirtytrace does not read; {convert}"
+                )));
+            }
+            let refcount_order = be32(&h, 96);
+            if refcount_order > 6 {
+                return Err(bad(format!("refcount_order {refcount_order} is outside qcow2's 0..=6")));
+            }
+            if be32(&h, 100) > 104 {
+                let mut t = [0u8; 1];
+                image.read_exact(&mut t, 104)?;
+                if t[0] > 1 {
+                    return Err(bad(format!(
+                        "compression type {} is neither deflate (0) nor zstd (1); {convert}",
+                        t[0]
+                    )));
+                }
+                image.compression = t[0];
+            }
         }
         if backing_len > 0 {
             if backing_len > 1023 || backing_offset.saturating_add(backing_len) > len {
@@ -123,9 +169,19 @@ impl Image {
             }
             let mut name = vec![0u8; backing_len as usize];
             image.read_exact(&mut name, backing_offset)?;
-            image.header.backing =
-                Some(String::from_utf8(name).map_err(|_| bad("its backing file name is not UTF-8".into()))?);
+            let name = String::from_utf8(name).map_err(|_| bad("its backing file name is not UTF-8".into()))?;
+            if has_protocol(&name) {
+                return Err(bad(format!(
+                    "its backing file name {name:?} has a protocol prefix, which QEMU would open as that protocol \
+                     (a network or json: source), not as a file; rebase it onto a file with `qemu-img rebase -u -b FILE`"
+                )));
+            }
+            if name.contains('\0') {
+                return Err(bad(format!("its backing file name {name:?} holds a NUL byte")));
+            }
+            image.header.backing = Some(name);
         }
+        image.l1 = image.read_l1()?;
         image.check_tables()?;
         Ok(image)
     }
@@ -138,7 +194,7 @@ impl Image {
         DiskError::Corrupt { path: self.path.clone(), why }
     }
 
-    fn l1(&self) -> Result<Vec<u64>, DiskError> {
+    fn read_l1(&self) -> Result<Vec<u64>, DiskError> {
         let mut raw = vec![0u8; self.header.l1_size as usize * 8];
         self.read_exact(&mut raw, self.header.l1_offset)?;
         Ok(raw.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().expect("8 bytes"))).collect())
@@ -147,7 +203,7 @@ impl Image {
     fn check_tables(&self) -> Result<(), DiskError> {
         let cluster = 1u64 << self.header.cluster_bits;
         let mut l2 = vec![0u8; cluster as usize];
-        for (i, e) in self.l1()?.into_iter().enumerate().take(MAX_L2_TABLES_CHECKED as usize) {
+        for (i, &e) in self.l1.iter().enumerate().take(MAX_L2_TABLES_CHECKED as usize) {
             let off = e & OFFSET_MASK;
             if off == 0 {
                 continue;
@@ -204,18 +260,18 @@ impl Image {
     /// Reads guest-disk bytes at `at` into `buf`; what the image does not hold comes from
     /// `backing` (or reads as zeroes without one).
     pub fn read_guest(&self, buf: &mut [u8], at: u64, backing: Option<&super::Reader>) -> Result<(), DiskError> {
-        let l1 = self.l1()?;
+        let l1 = &self.l1;
         let cluster = 1u64 << self.header.cluster_bits;
         let mut done = 0;
         while done < buf.len() {
-            let pos = at + done as u64;
+            let pos = at.saturating_add(done as u64);
             let within = pos & (cluster - 1);
             let n = (cluster - within).min((buf.len() - done) as u64) as usize;
             let part = &mut buf[done..done + n];
             if pos >= self.header.size {
                 part.fill(0);
             } else {
-                match self.locate(pos, &l1)? {
+                match self.locate(pos, l1)? {
                     Cluster::At(off) => self.read_exact(part, off + within)?,
                     Cluster::Zero => part.fill(0),
                     Cluster::Unallocated => match backing {
@@ -258,6 +314,12 @@ impl Image {
             false => self.path.parent().unwrap_or(Path::new(".")).join(b),
         })
     }
+}
+
+/// Whether QEMU takes a file name as `PROTOCOL:...` (its `path_has_protocol`): a `:` before
+/// any `/`.
+fn has_protocol(name: &str) -> bool {
+    name.find([':', '/']).is_some_and(|i| name.as_bytes()[i] == b':')
 }
 
 /// Where a guest-disk cluster's data is.
@@ -351,6 +413,53 @@ mod tests {
         let mut buf = [1u8; 600];
         img.read_guest(&mut buf, 65_000, None).unwrap();
         assert!(buf.iter().all(|&b| b == 0));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `overlay` with header bytes patched, written to `dir/name`.
+    fn patched(dir: &Path, name: &str, patch: &[(usize, &[u8])]) -> PathBuf {
+        let mut bytes = overlay(1 << 30, "/base.img", "raw");
+        for (at, b) in patch {
+            bytes[*at..*at + b.len()].copy_from_slice(b);
+        }
+        let p = dir.join(name);
+        std::fs::write(&p, &bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn lying_headers_are_refused_in_bounded_memory() {
+        let dir = std::env::temp_dir().join(format!("dt-qcow2-lies-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // An L1 table of 2 GiB, in a sparse file long enough to hold it: refused, not read.
+        let p = patched(&dir, "l1.qcow2", &[(36, &0x1000_0000u32.to_be_bytes())]);
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len((1 << 16) + (0x1000_0000 << 3)).unwrap();
+        let e = Image::open(&p).err().unwrap().to_string();
+        assert!(e.contains("its L1 table has 268435456 entries, more than QEMU opens (32 MiB of table)"), "{e}");
+        // Features that change how the image is read: refused, saying what to do.
+        for (bits, what) in [
+            (1u64 << 4, "extended L2 entries"),
+            (1 << 2, "external data file"),
+            (1 << 40, "incompatible features unknown to QEMU 7.2 (bits 0x10000000000)"),
+        ] {
+            let p = patched(&dir, "f.qcow2", &[(72, &bits.to_be_bytes())]);
+            let e = Image::open(&p).err().unwrap().to_string();
+            assert!(e.contains(what) && e.contains("qemu-img convert -O qcow2"), "{e}");
+        }
+        let p = patched(&dir, "c.qcow2", &[(72, &8u64.to_be_bytes()), (100, &112u32.to_be_bytes()), (104, &[7])]);
+        let e = Image::open(&p).err().unwrap().to_string();
+        assert!(e.contains("compression type 7 is neither deflate (0) nor zstd (1)"), "{e}");
+        let p = patched(&dir, "r.qcow2", &[(96, &9u32.to_be_bytes())]);
+        let e = Image::open(&p).err().unwrap().to_string();
+        assert!(e.contains("refcount_order 9"), "{e}");
+        // A backing name QEMU would take as a protocol (json:, nbd://) names no file.
+        for name in ["json:{\"driver\":\"file\",\"filename\":\"/etc/shadow\"}", "nbd://127.0.0.1/x"] {
+            let p = dir.join("p.qcow2");
+            std::fs::write(&p, overlay(1 << 30, name, "raw")).unwrap();
+            let e = Image::open(&p).err().unwrap().to_string();
+            assert!(e.contains("has a protocol prefix") && e.contains("qemu-img rebase"), "{e}");
+        }
+        assert!(!has_protocol("/a:b") && !has_protocol("dir/a:b") && !has_protocol("base.img"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -78,7 +78,11 @@ for dev in $candidates; do
   done
   if [ -z "$fs" ]; then looked="$looked $dev:no-ext4-xfs-or-btrfs"; continue; fi
   if chroot $r /bin/sh -c 'exit 0' 2>/dev/null; then found=$dev; break; fi
-  looked="$looked $dev:$fs-without-/bin/sh"
+  if [ -e $r/bin/sh ] || [ -L $r/bin/sh ]; then
+    looked="$looked $dev:$fs-whose-/bin/sh-does-not-run"
+  else
+    looked="$looked $dev:$fs-without-/bin/sh"
+  fi
   umount $r
 done
 [ -n "$found" ] || fail "no root filesystem with /bin/sh on the disk (looked at:$looked)"

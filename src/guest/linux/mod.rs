@@ -125,7 +125,9 @@ pub fn check_disk(inputs: &crate::disk::DiskInputs) -> anyhow::Result<Option<Che
     let layout = crate::disk::layout::read(&reader)?;
     match &inputs.disk_root {
         Some(root) => {
-            let n = root.strip_prefix("/dev/vda").filter(|n| n.is_empty() || n.parse::<u32>().is_ok_and(|n| n > 0));
+            let n = root.strip_prefix("/dev/vda").filter(|n| {
+                n.is_empty() || (n.bytes().all(|b| b.is_ascii_digit()) && n.parse::<u32>().is_ok_and(|n| n > 0))
+            });
             if n.is_none() {
                 anyhow::bail!("--disk-root {root}: the guest's disk is /dev/vda; name it or one of its partitions, like /dev/vda2");
             }
