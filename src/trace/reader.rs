@@ -7,7 +7,7 @@
 use super::bitmap;
 use super::limits::{MAX_GUEST_LOG_BYTES, MAX_GUEST_LOG_LINE};
 use super::manifest::{Manifest, TraceStatus};
-use super::records::{GuestEvent, IntervalRow, SlotBlob};
+use super::records::{Encoding, GuestEvent, IntervalRow, SlotBlob};
 use super::tables;
 use super::validate::{check_blob, invalid, Invalid, RowChecker};
 use super::{BITMAPS, GUEST_LOG, JOURNAL, MANIFEST, RATES};
@@ -114,6 +114,10 @@ pub struct SlotBitmap {
     pub num_pages: u64,
     /// Set bits in `words`.
     pub dirty_pages: u64,
+    /// How the bitmap was stored (`bitmaps.parquet`'s `encoding`).
+    pub encoding: Encoding,
+    /// Bytes the bitmap took in `bitmaps.parquet`'s `data` column.
+    pub stored_bytes: u64,
     /// KVM's layout: bit `i % 64` of word `i / 64` is page `first_page + i`.
     pub words: Vec<u64>,
 }
@@ -456,6 +460,8 @@ impl<'a> BitmapStream<'a> {
                 first_page: blob.first_page,
                 num_pages: blob.num_pages,
                 dirty_pages: blob.dirty_pages,
+                encoding: blob.encoding,
+                stored_bytes: blob.data.len() as u64,
                 words,
             };
             out.get_or_insert_with(|| IntervalBitmaps { interval, slots: Vec::with_capacity(m.slots.len()) })
