@@ -42,7 +42,10 @@ pub enum TraceError {
         source: serde_json::Error,
     },
     /// The trace was written by another version of the format.
-    #[error("{} has format_version {found}, this dirtytrace reads {}", path.display(), super::FORMAT_VERSION)]
+    #[error(
+        "{} has format_version {found}, this dirtytrace reads format_version {}: read it with the dirtytrace that wrote it, or a newer one",
+        path.display(), super::readable_versions()
+    )]
     FormatVersion {
         /// The manifest.
         path: PathBuf,
@@ -369,7 +372,7 @@ impl Iterator for RatesStream {
 /// `bitmaps.parquet`, interval by interval, each checked against the manifest.
 pub struct BitmapStream<'a> {
     trace: &'a Trace,
-    dec: zstd::bulk::Decompressor<'static>,
+    dec: bitmap::BitmapDecoder,
     path: PathBuf,
     reader: ParquetRecordBatchReader,
     buffered: std::vec::IntoIter<(u64, SlotBlob)>,
@@ -385,7 +388,7 @@ impl<'a> BitmapStream<'a> {
         reader: ParquetRecordBatchReader,
         first_row: u64,
     ) -> Result<Self, TraceError> {
-        let dec = zstd::bulk::Decompressor::new().map_err(|e| corrupt(&path, format!("zstd: {e}")))?;
+        let dec = bitmap::BitmapDecoder::new().map_err(|e| corrupt(&path, format!("zstd: {e}")))?;
         Ok(BitmapStream { trace, dec, path, reader, buffered: Vec::new().into_iter(), row: first_row, done: false })
     }
 
@@ -445,7 +448,7 @@ impl<'a> BitmapStream<'a> {
                     format!("is {interval}, but the interval before lacks a bitmap for some slot"),
                 ))));
             }
-            let words = match bitmap::decode(&mut self.dec, &blob) {
+            let words = match self.dec.decode(&blob) {
                 Ok(w) => w,
                 Err(e) => {
                     return Some(Err(bad(invalid(
