@@ -105,16 +105,35 @@ pub fn bench_text(r: &BenchReport) -> String {
             ));
         }
     }
-    s.push_str("\nBitmap bytes on disk per interval (≈1% of pages dirty)\n");
-    for c in &r.compression {
-        s.push_str(&format!(
-            "  {:>10}: {:.2}% dirty, raw {:.0} B, stored {:.0} B, {:.1}× smaller\n",
-            c.pattern,
-            c.dirty_fraction * 100.0,
-            c.raw_bytes_per_interval,
-            c.stored_bytes_per_interval,
-            c.ratio
-        ));
+    if !r.compression.is_empty() {
+        s.push_str(
+            "\nBitmap bytes on disk per interval (as stored, each bitmap's encoding chosen by the writer, and as zstd\nalone, format version 1's only encoding; bound: the pattern's entropy bound, each of its regions uniformly random)\n",
+        );
+        if let Some(c) = r.compression.first() {
+            s.push_str(&format!("  interval {:.0} ms\n", c.interval_s * 1e3));
+        }
+        s.push_str("     pattern    dirty     raw B  stored B   ratio  varint-gaps  zstd-only B   ratio   bound  stored/bound  encode µs (zstd-only)  decode µs (zstd-only)\n");
+        for c in &r.compression {
+            let bound = c.bound_ratio.map_or("—".to_string(), |b| format!("{b:.1}×"));
+            let over = c.bound_ratio.map_or("—".to_string(), |b| format!("{:.2}×", b / c.ratio));
+            s.push_str(&format!(
+                "  {:>10}  {:>6.3}%  {:>8.0}  {:>8.0}  {:>6.1}×  {:>10.0}%  {:>11.0}  {:>6.1}×  {:>6}  {:>12}  {:>9.1} ({:>9.1})  {:>9.1} ({:>9.1})\n",
+                c.pattern,
+                c.dirty_fraction * 100.0,
+                c.raw_bytes_per_interval,
+                c.stored_bytes_per_interval,
+                c.ratio,
+                c.varint_gaps_share * 100.0,
+                c.zstd_only_bytes_per_interval,
+                c.zstd_only_ratio,
+                bound,
+                over,
+                c.encode_s_per_interval * 1e6,
+                c.zstd_only_encode_s_per_interval * 1e6,
+                c.decode_s_per_interval * 1e6,
+                c.zstd_only_decode_s_per_interval * 1e6
+            ));
+        }
     }
     s
 }

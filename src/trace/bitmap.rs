@@ -8,7 +8,7 @@
 //!   words' zstd stays 1.7× above it (issue 21 has the measurements).
 //!
 //! The choice is cheap: the density first, from the count of dirty pages the writer has
-//! anyway; then, for a sparse bitmap only, one pass over its dirty pages counting runs.
+//! anyway; then, for a sparse bitmap only, the runs among its first 512 dirty pages.
 
 use super::records::{Encoding, MemorySlot, SlotBlob};
 
@@ -25,6 +25,10 @@ pub const SPARSE_ONE_IN: u64 = 16;
 /// longer runs (a sequential writer) are as small as raw words, which take one zstd pass.
 pub const SPARSE_MAX_MEAN_RUN: u64 = 4;
 
+/// The runs are counted over at most this many of the first dirty pages, so that the choice
+/// costs the same whatever the density: enough to tell a sequential writer from a scattered one.
+pub const RUN_SAMPLE_PAGES: usize = 512;
+
 /// The longest LEB128 encoding of a u64.
 const MAX_VARINT_BYTES: usize = 10;
 
@@ -37,20 +41,21 @@ pub struct BitmapEncoder {
 }
 
 /// The encoding a bitmap of `num_pages` pages gets, given its dirty pages (slot-relative,
-/// ascending; `pages()` yields them again if asked): `varint-gaps` for sparse bitmaps whose
-/// dirty pages are scattered, `zstd` otherwise. Dense bitmaps are decided from their count
-/// alone, without looking at their pages.
+/// ascending; `pages()` yields them if asked): `varint-gaps` for sparse bitmaps whose dirty
+/// pages are scattered, `zstd` otherwise. A dense bitmap is decided from its count alone; a
+/// sparse one from the runs among its first [`RUN_SAMPLE_PAGES`] dirty pages.
 pub fn choose<I: Iterator<Item = u64>>(num_pages: u64, dirty_pages: u64, pages: impl FnOnce() -> I) -> Encoding {
     if dirty_pages.saturating_mul(SPARSE_ONE_IN) > num_pages {
         return Encoding::Zstd;
     }
     // Runs of consecutive pages: one per page that does not follow the page before it.
-    let (mut runs, mut next) = (0u64, u64::MAX);
-    for p in pages() {
+    let (mut runs, mut sampled, mut next) = (0u64, 0u64, u64::MAX);
+    for p in pages().take(RUN_SAMPLE_PAGES) {
         runs += (p != next) as u64;
         next = p.wrapping_add(1);
+        sampled += 1;
     }
-    if dirty_pages > runs.saturating_mul(SPARSE_MAX_MEAN_RUN) {
+    if sampled > runs.saturating_mul(SPARSE_MAX_MEAN_RUN) {
         Encoding::Zstd
     } else {
         Encoding::VarintGaps
@@ -408,6 +413,9 @@ mod tests {
         // Sparse but in runs of 4 pages: still varint-gaps; runs of 5: zstd.
         assert_eq!(choose(n, 400, || (0..400).map(|i| i / 4 * 100 + i % 4)), Encoding::VarintGaps);
         assert_eq!(choose(n, 500, || (0..500).map(|i| i / 5 * 100 + i % 5)), Encoding::Zstd);
+        // Only the first 512 dirty pages are looked at: runs of 5 there decide, whatever follows.
+        let mixed = || (0..512).map(|i| i / 5 * 100 + i % 5).chain((0..1000).map(|i| 60_000 + i * 3));
+        assert_eq!(choose(n * 10, 1512, mixed), Encoding::Zstd);
         // No dirty page at all: varint-gaps (an empty stream).
         assert_eq!(choose(n, 0, std::iter::empty), Encoding::VarintGaps);
     }
