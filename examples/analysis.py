@@ -22,13 +22,29 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 
+def varints(raw):
+    """The unsigned LEB128 numbers of `raw` (schemas/bitmaps.md, `varint-gaps`)."""
+    b = np.frombuffer(raw, dtype=np.uint8)
+    last = b < 0x80  # the last byte of each number
+    number = np.cumsum(last) - last  # the number each byte belongs to
+    start = np.flatnonzero(np.r_[True, last[:-1]])  # each number's first byte
+    shift = (7 * (np.arange(len(b)) - start[number])).astype(np.uint64)
+    values = np.zeros(int(last.sum()), dtype=np.uint64)
+    np.add.at(values, number, (b & 0x7F).astype(np.uint64) << shift)
+    return values
+
+
 def bitmap_pages(row):
     """Guest page numbers set in one bitmaps.parquet row (schemas/bitmaps.md)."""
-    if row["encoding"] != "zstd":
-        raise ValueError(f"unknown bitmap encoding {row['encoding']!r}")
     raw = pa.decompress(row["data"], decompressed_size=row["raw_bytes"], codec="zstd", asbytes=True)
-    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[: row["num_pages"]]
-    return row["first_page"] + np.flatnonzero(bits).astype(np.uint64)
+    if row["encoding"] == "zstd":
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[: row["num_pages"]]
+        offsets = np.flatnonzero(bits)
+    elif row["encoding"] == "varint-gaps":
+        offsets = np.cumsum(varints(raw))
+    else:
+        raise ValueError(f"unknown bitmap encoding {row['encoding']!r}")
+    return row["first_page"] + offsets.astype(np.uint64)
 
 
 def iter_bitmaps(trace_dir, batch_rows=256):

@@ -83,7 +83,9 @@ impl IntervalAccounting {
         for (i, (slot, words)) in self.slots.iter().zip(&h.bitmaps).enumerate() {
             let before = self.pages.len();
             self.space.push_dirty(i, words, &mut self.pages);
-            blobs.push(self.encoder.encode(slot, words, (self.pages.len() - before) as u64)?);
+            // The dense numbers of this slot's pages start at its first page's.
+            let base = self.space.dense(slot.first_page()).unwrap_or(0) as u32;
+            blobs.push(self.encoder.encode_pages(slot, words, &self.pages[before..], base)?);
         }
         let dirty_pages = self.pages.len() as u64;
         let t_end_s = h.t_end_ns as f64 / 1e9;

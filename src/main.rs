@@ -567,7 +567,7 @@ fn run_bench(a: BenchArgs) -> anyhow::Result<ExitCode> {
         seconds: a.seconds,
     };
     let report = bench::run_steps(&opts, &a.only, |step| eprintln!("bench: {step:?} ..."))?;
-    print!("{}", if a.json { json(&report)? } else { bench::render(&report) });
+    print!("{}", if a.json { json(&report)? } else { report::bench_text(&report) });
     Ok(ExitCode::SUCCESS)
 }
 

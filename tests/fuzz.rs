@@ -91,6 +91,12 @@ working_set = "4MiB"
 rate = "16MiB/s"
 pattern = "hotcold"
 [[phase]]
+name = "sparse"
+duration = "0.3s"
+working_set = "6MiB"
+rate = "2MiB/s"
+pattern = "random"
+[[phase]]
 name = "idle"
 duration = "0.2s"
 rate = "0"
@@ -108,7 +114,12 @@ struct Base {
 fn base(work: &Path) -> Base {
     let dir = work.join("base");
     generate_trace(&dir, BASE_SPEC, Duration::from_millis(50));
-    let (journal, frames) = journal_of(&Trace::open(&dir).unwrap());
+    let trace = Trace::open(&dir).unwrap();
+    // Both encodings, so that mutations reach both decoders.
+    let encodings: Vec<trace::Encoding> =
+        trace.bitmaps().unwrap().flat_map(|b| b.unwrap().slots).map(|s| s.encoding).collect();
+    assert!(encodings.contains(&trace::Encoding::Zstd) && encodings.contains(&trace::Encoding::VarintGaps));
+    let (journal, frames) = journal_of(&trace);
     Base { dir, journal, frames }
 }
 
@@ -316,6 +327,7 @@ fn mutate_cell(rng: &mut Rng, b: &RecordBatch, c: usize, row: usize, bomb: &[u8]
                         "\n".into(),
                         "a\0b".into(),
                         "zstd2".into(),
+                        "varint-gaps".into(),
                         format!("{}é", v[row]),
                     ])
                     .clone();
@@ -384,6 +396,98 @@ fn mutate_cell(rng: &mut Rng, b: &RecordBatch, c: usize, row: usize, bomb: &[u8]
     (RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap(), format!("{name}[{row}]"))
 }
 
+fn varints(numbers: &[u64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &n in numbers {
+        let mut v = n;
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    out
+}
+
+/// Row `row` of `bitmaps.parquet` becomes a `varint-gaps` bitmap a liar would write: gaps that
+/// repeat a page or pass the slot's end, too many pages, a number cut off or longer than 64
+/// bits, a `dirty_pages` or `raw_bytes` that disagrees, or a valid-looking stream of other pages.
+/// `None` when an earlier mutation of the case left no such columns to write.
+fn hostile_gaps(rng: &mut Rng, b: &RecordBatch, row: usize) -> Option<(RecordBatch, String)> {
+    let schema = b.schema();
+    for (n, t) in [
+        ("num_pages", DataType::UInt64),
+        ("dirty_pages", DataType::UInt64),
+        ("raw_bytes", DataType::UInt64),
+        ("encoding", DataType::Utf8),
+        ("data", DataType::Binary),
+    ] {
+        if schema.field_with_name(n).ok()?.data_type() != &t {
+            return None;
+        }
+    }
+    let col = |n: &str| b.schema().index_of(n).unwrap();
+    let u64s = |n: &str| b.column(col(n)).as_any().downcast_ref::<UInt64Array>().unwrap().values().to_vec();
+    let num_pages = u64s("num_pages")[row];
+    let mut nums: Vec<u64> = (0..1 + rng.below(200)).map(|_| 1 + rng.below(64) as u64).collect();
+    let mut what = vec![];
+    match rng.below(5) {
+        0 => {
+            let i = rng.below(nums.len());
+            nums[i] = 0;
+            what.push(format!("gap {i} zero"));
+        }
+        1 => {
+            let i = rng.below(nums.len());
+            nums[i] = *rng.pick(&[num_pages, num_pages.wrapping_sub(1), u64::MAX, 1 << 63, 1 << 32]);
+            what.push(format!("gap {i} = {}", nums[i]));
+        }
+        2 => {
+            nums = vec![1; num_pages as usize + 1 + rng.below(100)];
+            what.push(format!("{} pages", nums.len()));
+        }
+        _ => what.push(format!("{} gaps", nums.len())),
+    }
+    let mut stream = varints(&nums);
+    match rng.below(6) {
+        0 => {
+            stream.push(0x80);
+            what.push("cut off".into());
+        }
+        1 => {
+            stream.extend([0xFF; 11]);
+            what.push("a number of 11 bytes".into());
+        }
+        2 => {
+            stream.extend([0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02]);
+            what.push("a number past 64 bits".into());
+        }
+        _ => {}
+    }
+    let count = nums.len() as u64;
+    let dirty = *rng.pick(&[count, count, count + 1, count.saturating_sub(1), 0, u64::MAX]);
+    let len = stream.len() as u64;
+    let raw = *rng.pick(&[len, len, len + 1, len.saturating_sub(1), 0, num_pages.div_ceil(64) * 8, u64::MAX]);
+    what.push(format!("dirty_pages {dirty}, raw_bytes {raw} of {len}"));
+    let mut cols = b.columns().to_vec();
+    let mut set_u64 = |n: &str, v: u64| {
+        let mut vals = u64s(n);
+        vals[row] = v;
+        cols[col(n)] = Arc::new(UInt64Array::from(vals));
+    };
+    set_u64("dirty_pages", dirty);
+    set_u64("raw_bytes", raw);
+    let enc = b.column(col("encoding")).as_any().downcast_ref::<StringArray>().unwrap();
+    let mut e: Vec<String> = enc.iter().map(|x| x.unwrap_or("").to_string()).collect();
+    e[row] = "varint-gaps".into();
+    cols[col("encoding")] = Arc::new(StringArray::from_iter_values(e));
+    let data = b.column(col("data")).as_any().downcast_ref::<BinaryArray>().unwrap();
+    let mut d: Vec<Vec<u8>> = data.iter().map(|x| x.unwrap_or(&[]).to_vec()).collect();
+    d[row] = zstd::bulk::compress(&stream, 1).unwrap();
+    cols[col("data")] = Arc::new(BinaryArray::from_iter_values(d.iter().map(|x| x.as_slice())));
+    Some((RecordBatch::try_new(b.schema(), cols).unwrap(), format!("varint-gaps row {row}: {}", what.join(", "))))
+}
+
 fn mutate_table(rng: &mut Rng, dir: &Path, file: &str, bomb: &[u8]) -> String {
     let path = dir.join(file);
     let mut b = read_table(&path);
@@ -408,6 +512,13 @@ fn mutate_table(rng: &mut Rng, dir: &Path, file: &str, bomb: &[u8]) -> String {
                     .collect();
                 b = RecordBatch::try_new(b.schema(), cols).unwrap();
                 what.push("rows reordered".to_string());
+            }
+            2 if file == trace::BITMAPS => {
+                let row = rng.below(n);
+                if let Some((nb, w)) = hostile_gaps(rng, &b, row) {
+                    b = nb;
+                    what.push(w);
+                }
             }
             1 => {
                 // A column missing.
@@ -530,7 +641,7 @@ fn blob_offsets(payload: &[u8]) -> usize {
 fn mutate_journal(rng: &mut Rng, base: &Base, bomb: &[u8]) -> (Vec<u8>, String) {
     let mut j = base.journal.clone();
     let (at, len) = *rng.pick(&base.frames);
-    let what = match rng.below(12) {
+    let what = match rng.below(13) {
         0 => {
             let i = rng.below(j.len());
             j[i] ^= 1 << rng.below(8);
@@ -620,6 +731,16 @@ fn mutate_journal(rng: &mut Rng, base: &Base, bomb: &[u8]) -> (Vec<u8>, String) 
                 *p = np;
             });
             format!("row {desc}, valid CRC, at {at}")
+        }
+        11 => {
+            // The first blob's encoding byte (1: varint-gaps over a zstd frame of raw words),
+            // with a valid CRC.
+            let v = *rng.pick(&[1u8, 2, 0xFF]);
+            rewrite_frame(&mut j, at, len, |p| {
+                let o = blob_offsets(p);
+                p[o + 20] = v;
+            });
+            format!("blob encoding {v}, valid CRC, at {at}")
         }
         10 => {
             let v = *rng.pick(&[0u32, u32::MAX, 1 << 28]);

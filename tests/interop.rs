@@ -95,10 +95,21 @@ for name in t.column_names:
         out[name] = vals
 pages = {{}}
 for row in pq.read_table(f"{{d}}/bitmaps.parquet").to_pylist():
-    assert row["encoding"] == "zstd", row["encoding"]
     raw = pa.decompress(row["data"], decompressed_size=row["raw_bytes"], codec="zstd", asbytes=True)
-    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[: row["num_pages"]]
-    pages.setdefault(row["interval"], []).extend(int(p) for p in row["first_page"] + np.flatnonzero(bits))
+    if row["encoding"] == "zstd":
+        bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8), bitorder="little")[: row["num_pages"]]
+        offsets = np.flatnonzero(bits)
+    else:
+        assert row["encoding"] == "varint-gaps", row["encoding"]
+        b = np.frombuffer(raw, dtype=np.uint8)
+        last = b < 0x80
+        number = np.cumsum(last) - last
+        start = np.flatnonzero(np.r_[True, last[:-1]])
+        shift = (7 * (np.arange(len(b)) - start[number])).astype(np.uint64)
+        values = np.zeros(int(last.sum()), dtype=np.uint64)
+        np.add.at(values, number, (b & 0x7F).astype(np.uint64) << shift)
+        offsets = np.cumsum(values)
+    pages.setdefault(row["interval"], []).extend(int(p) for p in row["first_page"] + offsets.astype(np.uint64))
 out["pages"] = [sorted(pages[k]) for k in sorted(pages)]
 print(json.dumps(out))
 "#

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use dirtytrace::trace::{bitmap_columns, rate_columns};
+use dirtytrace::trace::{bitmap_columns, rate_columns, Encoding};
 use std::process::Command;
 use std::time::Duration;
 
@@ -34,24 +34,14 @@ fn python_snippet() -> String {
     block[code_start..code_end].to_string()
 }
 
-#[test]
-fn documented_python_snippet_reads_bitmaps() {
-    let _g = kvm_lock();
-    let spec = "mem = \"256MiB\"\nseed = 9\n[[phase]]\nname = \"x\"\nduration = \"0.5s\"\nworking_set = \"32MiB\"\nrate = \"50MiB/s\"\npattern = \"hotcold\"\n";
-    let (_, trace, _dir) = record_spec("snippet", spec, Duration::from_millis(100), None);
-    let parquet_fields: Vec<String> = {
-        let f = std::fs::File::open(trace.dir.join("rates.parquet")).unwrap();
-        let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
-        b.schema().fields().iter().map(|f| f.name().clone()).collect()
-    };
-    assert_eq!(parquet_fields, rate_columns());
+/// The documented snippet's pages of every interval of the trace in `dir`.
+fn pages_from_python(dir: &std::path::Path, intervals: u64) -> Vec<Vec<u64>> {
     let script = format!(
         "{}\nimport json, sys\nprint(json.dumps([dirty_pages(sys.argv[1], k).tolist() for k in range(int(sys.argv[2]))]))\n",
         python_snippet()
     );
-    let n = trace.manifest.intervals;
     let out = Command::new("python3")
-        .args(["-c", &script, trace.dir.to_str().unwrap(), &n.to_string()])
+        .args(["-c", &script, dir.to_str().unwrap(), &intervals.to_string()])
         .output()
         .expect("python3 runs");
     assert!(
@@ -59,9 +49,36 @@ fn documented_python_snippet_reads_bitmaps() {
         "python failed (pip install -r examples/requirements.txt?):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let from_python: Vec<Vec<u64>> = serde_json::from_slice(&out.stdout).unwrap();
-    let from_rust: Vec<Vec<u64>> = trace.bitmaps().unwrap().map(|b| b.unwrap().pages()).collect();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn documented_python_snippet_reads_bitmaps() {
+    let _g = kvm_lock();
+    // A sparse hot/cold phase (varint-gaps) and a dense sequential one (zstd).
+    let spec = "mem = \"256MiB\"\nseed = 9\n[[phase]]\nname = \"x\"\nduration = \"0.5s\"\nworking_set = \"32MiB\"\nrate = \"50MiB/s\"\npattern = \"hotcold\"\n[[phase]]\nname = \"y\"\nduration = \"0.3s\"\nworking_set = \"128MiB\"\nrate = \"400MiB/s\"\npattern = \"sequential\"\n";
+    let (_, trace, _dir) = record_spec("snippet", spec, Duration::from_millis(100), None);
+    let parquet_fields: Vec<String> = {
+        let f = std::fs::File::open(trace.dir.join("rates.parquet")).unwrap();
+        let b = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).unwrap();
+        b.schema().fields().iter().map(|f| f.name().clone()).collect()
+    };
+    assert_eq!(parquet_fields, rate_columns());
+    let n = trace.manifest.intervals;
+    let from_python = pages_from_python(&trace.dir, n);
+    let bitmaps: Vec<_> = trace.bitmaps().unwrap().map(Result::unwrap).collect();
+    let encodings: Vec<Encoding> = bitmaps.iter().map(|b| b.slots[0].encoding).collect();
+    assert!(encodings.contains(&Encoding::Zstd) && encodings.contains(&Encoding::VarintGaps), "{encodings:?}");
+    let from_rust: Vec<Vec<u64>> = bitmaps.iter().map(|b| b.pages()).collect();
     assert_eq!(from_python.len(), n as usize);
     assert!(from_rust.iter().map(Vec::len).sum::<usize>() > 1000);
     assert_eq!(from_python, from_rust);
+}
+
+#[test]
+fn documented_python_snippet_reads_a_version_1_trace() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trace-v1");
+    let trace = dirtytrace::trace::Trace::open(&dir).unwrap();
+    let from_rust: Vec<Vec<u64>> = trace.bitmaps().unwrap().map(|b| b.unwrap().pages()).collect();
+    assert_eq!(pages_from_python(&dir, trace.manifest.intervals), from_rust);
 }

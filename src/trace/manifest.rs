@@ -253,7 +253,7 @@ impl Manifest {
         }
         // The version first, so a newer trace gets that error rather than a field's.
         if let Ok(v) = serde_json::from_slice::<Version>(&bytes) {
-            if v.format_version != FORMAT_VERSION {
+            if !super::READABLE_VERSIONS.contains(&v.format_version) {
                 return Err(TraceError::FormatVersion { path, found: v.format_version });
             }
         }

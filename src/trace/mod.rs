@@ -13,7 +13,7 @@ mod tables;
 mod validate;
 mod writer;
 
-pub use bitmap::{BitmapEncoder, ZSTD_LEVEL};
+pub use bitmap::{BitmapDecoder, BitmapEncoder, ZSTD_LEVEL};
 pub use manifest::{DeadlineCounts, EndReason, EngineInfo, HarvestTiming, Manifest, TraceStatus, ON_TIME_FRACTION};
 pub use reader::{guarded, BitmapStream, IntervalBitmaps, IntervalStream, RatesStream, SlotBitmap, Trace, TraceError};
 pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SchedPolicy, SlotBlob};
@@ -34,8 +34,20 @@ pub(crate) fn write_serde_name<T: serde::Serialize + std::fmt::Debug>(
     }
 }
 
-/// The format's version, in `manifest.json`: readers refuse others.
-pub const FORMAT_VERSION: u32 = 1;
+/// The format's version, in `manifest.json`, that this dirtytrace writes. Version 2 added the
+/// `varint-gaps` bitmap encoding (`schemas/trace.md`).
+pub const FORMAT_VERSION: u32 = 2;
+/// The versions this dirtytrace reads: readers refuse others, naming the version.
+pub const READABLE_VERSIONS: [u32; 2] = [1, 2];
+
+/// [`READABLE_VERSIONS`] in words: `1 and 2`.
+pub(crate) fn readable_versions() -> String {
+    let v: Vec<String> = READABLE_VERSIONS.iter().map(u32::to_string).collect();
+    match v.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+        _ => v.concat(),
+    }
+}
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
 /// The rates table's file name.

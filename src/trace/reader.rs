@@ -7,7 +7,7 @@
 use super::bitmap;
 use super::limits::{MAX_GUEST_LOG_BYTES, MAX_GUEST_LOG_LINE};
 use super::manifest::{Manifest, TraceStatus};
-use super::records::{GuestEvent, IntervalRow, SlotBlob};
+use super::records::{Encoding, GuestEvent, IntervalRow, SlotBlob};
 use super::tables;
 use super::validate::{check_blob, invalid, Invalid, RowChecker};
 use super::{BITMAPS, GUEST_LOG, JOURNAL, MANIFEST, RATES};
@@ -42,7 +42,10 @@ pub enum TraceError {
         source: serde_json::Error,
     },
     /// The trace was written by another version of the format.
-    #[error("{} has format_version {found}, this dirtytrace reads {}", path.display(), super::FORMAT_VERSION)]
+    #[error(
+        "{} has format_version {found}, this dirtytrace reads format_version {}: read it with the dirtytrace that wrote it, or a newer one",
+        path.display(), super::readable_versions()
+    )]
     FormatVersion {
         /// The manifest.
         path: PathBuf,
@@ -115,6 +118,10 @@ pub struct SlotBitmap {
     pub num_pages: u64,
     /// Set bits in `words`.
     pub dirty_pages: u64,
+    /// How the bitmap was stored (`bitmaps.parquet`'s `encoding`).
+    pub encoding: Encoding,
+    /// Bytes the bitmap took in `bitmaps.parquet`'s `data` column.
+    pub stored_bytes: u64,
     /// KVM's layout: bit `i % 64` of word `i / 64` is page `first_page + i`.
     pub words: Vec<u64>,
 }
@@ -366,7 +373,7 @@ impl Iterator for RatesStream {
 /// `bitmaps.parquet`, interval by interval, each checked against the manifest.
 pub struct BitmapStream<'a> {
     trace: &'a Trace,
-    dec: zstd::bulk::Decompressor<'static>,
+    dec: bitmap::BitmapDecoder,
     path: PathBuf,
     reader: ParquetRecordBatchReader,
     buffered: std::vec::IntoIter<(u64, SlotBlob)>,
@@ -382,7 +389,7 @@ impl<'a> BitmapStream<'a> {
         reader: ParquetRecordBatchReader,
         first_row: u64,
     ) -> Result<Self, TraceError> {
-        let dec = zstd::bulk::Decompressor::new().map_err(|e| corrupt(&path, format!("zstd: {e}")))?;
+        let dec = bitmap::BitmapDecoder::new().map_err(|e| corrupt(&path, format!("zstd: {e}")))?;
         Ok(BitmapStream { trace, dec, path, reader, buffered: Vec::new().into_iter(), row: first_row, done: false })
     }
 
@@ -442,7 +449,7 @@ impl<'a> BitmapStream<'a> {
                     format!("is {interval}, but the interval before lacks a bitmap for some slot"),
                 ))));
             }
-            let words = match bitmap::decode(&mut self.dec, &blob) {
+            let words = match self.dec.decode(&blob) {
                 Ok(w) => w,
                 Err(e) => {
                     return Some(Err(bad(invalid(
@@ -457,6 +464,8 @@ impl<'a> BitmapStream<'a> {
                 first_page: blob.first_page,
                 num_pages: blob.num_pages,
                 dirty_pages: blob.dirty_pages,
+                encoding: blob.encoding,
+                stored_bytes: blob.data.len() as u64,
                 words,
             };
             out.get_or_insert_with(|| IntervalBitmaps { interval, slots: Vec::with_capacity(m.slots.len()) })

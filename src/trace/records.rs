@@ -53,24 +53,31 @@ pub struct IntervalRow {
     pub guest_progress_after: Vec<u64>,
 }
 
-/// How a slot's bitmap is stored.
+/// How a slot's bitmap is stored (`schemas/bitmaps.md`, `encoding`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Encoding {
     /// zstd of the raw bitmap: little-endian u64 words, KVM's layout.
     Zstd,
+    /// zstd of the dirty pages' slot-relative numbers as unsigned LEB128 varints: the first
+    /// page, then each page's distance from the one before (format version 2).
+    VarintGaps,
 }
 
 impl Encoding {
+    /// Every encoding, in journal-code order.
+    pub const ALL: [Encoding; 2] = [Encoding::Zstd, Encoding::VarintGaps];
+
     /// The name in `bitmaps.parquet`'s `encoding` column.
     pub fn as_str(self) -> &'static str {
         match self {
             Encoding::Zstd => "zstd",
+            Encoding::VarintGaps => "varint-gaps",
         }
     }
 
     /// The encoding a column value names, if this dirtytrace knows it.
     pub fn parse(s: &str) -> Option<Encoding> {
-        (s == "zstd").then_some(Encoding::Zstd)
+        Encoding::ALL.into_iter().find(|e| e.as_str() == s)
     }
 
     /// The byte that stands for it in the journal.
@@ -80,7 +87,15 @@ impl Encoding {
 
     /// The encoding a journal byte stands for, if this dirtytrace knows it.
     pub fn from_code(c: u8) -> Option<Encoding> {
-        (c == 0).then_some(Encoding::Zstd)
+        Encoding::ALL.into_iter().find(|e| e.code() == c)
+    }
+
+    /// The first `format_version` that has it.
+    pub fn since_version(self) -> u32 {
+        match self {
+            Encoding::Zstd => 1,
+            Encoding::VarintGaps => 2,
+        }
     }
 }
 
@@ -96,7 +111,8 @@ pub struct SlotBlob {
     pub num_pages: u64,
     /// How `data` is stored.
     pub encoding: Encoding,
-    /// Length of `data` once decoded: `ceil(num_pages / 64) × 8`.
+    /// Length of `data` once decompressed: for `zstd` the raw bitmap's,
+    /// `ceil(num_pages / 64) × 8`; for `varint-gaps` the gap stream's, never more than that.
     pub raw_bytes: u64,
     /// Set bits in the bitmap.
     pub dirty_pages: u64,

@@ -4,7 +4,7 @@
 
 use super::limits::*;
 use super::manifest::Manifest;
-use super::records::{IntervalRow, MemorySlot, SlotBlob};
+use super::records::{Encoding, IntervalRow, MemorySlot, SlotBlob};
 use crate::units::PAGE_SIZE;
 
 /// What is wrong with a trace's contents: the row (where there is one), the field and why.
@@ -320,11 +320,37 @@ pub fn check_blob(m: &Manifest, index: usize, blob: &SlotBlob, row: Option<u64>)
             ),
         );
     }
-    if blob.raw_bytes != s.bitmap_bytes() {
-        return bad("raw_bytes", format!("is {}, not ceil(num_pages / 64) × 8 = {}", blob.raw_bytes, s.bitmap_bytes()));
-    }
     if blob.dirty_pages > blob.num_pages {
         return bad("dirty_pages", format!("is {}, more than the slot's {} pages", blob.dirty_pages, blob.num_pages));
+    }
+    if blob.encoding.since_version() > m.format_version {
+        return bad(
+            "encoding",
+            format!("is {}, which format_version {} does not have", blob.encoding.as_str(), m.format_version),
+        );
+    }
+    match blob.encoding {
+        Encoding::Zstd if blob.raw_bytes != s.bitmap_bytes() => {
+            return bad(
+                "raw_bytes",
+                format!("is {}, not ceil(num_pages / 64) × 8 = {}", blob.raw_bytes, s.bitmap_bytes()),
+            );
+        }
+        // A gap stream takes at least a byte per page and, as writers keep it, no more than
+        // the raw bitmap: this bounds a decoder's buffer.
+        Encoding::VarintGaps if blob.raw_bytes > s.bitmap_bytes() || blob.raw_bytes < blob.dirty_pages => {
+            return bad(
+                "raw_bytes",
+                format!(
+                    "is {}; a varint-gaps stream of {} dirty pages takes from {} bytes to the raw bitmap's {}",
+                    blob.raw_bytes,
+                    blob.dirty_pages,
+                    blob.dirty_pages,
+                    s.bitmap_bytes()
+                ),
+            );
+        }
+        _ => {}
     }
     Ok(())
 }

@@ -386,7 +386,7 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
     let mut invalid_frames = Vec::new();
     let mut verify = match status {
         TraceStatus::Recovered => {
-            Some(zstd::bulk::Decompressor::new().map_err(|e| WriteError::Journal { path: jpath.clone(), source: e })?)
+            Some(bitmap::BitmapDecoder::new().map_err(|e| WriteError::Journal { path: jpath.clone(), source: e })?)
         }
         _ => None,
     };
@@ -412,7 +412,7 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
         // bitmaps are decoded too (capped at their size), so the trace built always reads.
         let mut data_ok = || match verify.as_mut() {
             Some(dec) => blobs.iter().try_for_each(|b| {
-                bitmap::decode(dec, b).map(drop).map_err(|e| {
+                dec.decode(b).map(drop).map_err(|e| {
                     invalid(frame_no, "data", format!("(interval {}, slot {}): {e}", row.interval, b.slot))
                 })
             }),

@@ -1,5 +1,9 @@
 //! Human-readable output for the command line. Rates show in MiB/s, sizes in binary units.
 
+mod bench;
+
+pub use bench::bench_text;
+
 use crate::record::RecordSummary;
 use crate::units::{HumanBytes, MIB, PAGE_SIZE};
 
