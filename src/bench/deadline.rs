@@ -110,7 +110,7 @@ pub fn deadlines(opts: &BenchOptions, report: &mut BenchReport) -> anyhow::Resul
                     })?;
                     let rows: Vec<_> = trace.rates()?.into_iter().filter(|r| !r.partial).collect();
                     let t = &trace.manifest.timing;
-                    let tolerance = interval.as_secs_f64() / 10.0;
+                    let tolerance = crate::trace::HarvestTiming::on_time_tolerance_s(interval.as_secs_f64());
                     let on_time = rows.iter().filter(|r| r.harvest_lateness_s <= tolerance).count() as f64
                         / (rows.len() as u64 + t.skipped_deadlines).max(1) as f64;
                     let elapsed = trace.rates()?.last().map_or(1.0, |r| r.t_end_s);
@@ -181,7 +181,7 @@ fn scheduling_label(trace: &Trace, locked: bool) -> String {
 fn timer_floor(interval: Duration, seconds: f64, spin: Duration) -> anyhow::Result<TimerFloorRow> {
     use crate::{clock, sampler};
     let interval_ns = interval.as_nanos() as u64;
-    let spin = sampler::bounded_spin(spin, interval);
+    let spin = sampler::spin_for(Some(spin), interval);
     let measure = move || {
         let realtime = sampler::make_current_thread_realtime().is_ok();
         if let Some(plan) = realtime.then(|| crate::cpus::plan(1)).flatten() {
@@ -204,7 +204,8 @@ fn timer_floor(interval: Duration, seconds: f64, spin: Duration) -> anyhow::Resu
     let (realtime, mut late, skipped, cpu_share) =
         std::thread::spawn(measure).join().map_err(|_| anyhow::anyhow!("the timer-floor thread panicked"))?;
     late.sort_by(f64::total_cmp);
-    let on_time = late.iter().filter(|&&l| l <= interval.as_secs_f64() / 10.0).count();
+    let tolerance = crate::trace::HarvestTiming::on_time_tolerance_s(interval.as_secs_f64());
+    let on_time = late.iter().filter(|&&l| l <= tolerance).count();
     let spin_label = if spin > Duration::ZERO { format!("+spin{}us", spin.as_micros()) } else { String::new() };
     Ok(TimerFloorRow {
         sampler: format!("{}{spin_label}", if realtime { SchedPolicy::Fifo } else { SchedPolicy::Other }),
