@@ -19,6 +19,7 @@ pub mod dataset;
 pub mod doctor;
 pub mod engine;
 pub mod events;
+pub mod execution;
 pub mod files;
 pub mod guest;
 pub mod options;

@@ -14,7 +14,7 @@ mod validate;
 mod writer;
 
 pub use bitmap::{BitmapEncoder, ZSTD_LEVEL};
-pub use manifest::{EndReason, EngineInfo, HarvestTiming, Manifest, TraceStatus};
+pub use manifest::{EndReason, EngineInfo, GuestClockInfo, HarvestTiming, Manifest, TraceStatus};
 pub use reader::{BitmapStream, IntervalBitmaps, IntervalStream, RatesStream, SlotBitmap, Trace, TraceError};
 pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SchedPolicy, SlotBlob};
 pub use tables::{bitmap_columns, rate_columns, ColumnError};
