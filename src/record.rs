@@ -472,7 +472,8 @@ fn choose_engine(opts: &RecordOptions) -> anyhow::Result<(Engine, String)> {
     if opts.settings.clock == ClockChoice::Guest {
         return match opts.settings.engine {
             EngineChoice::Kvm => bail!(
-                "--clock guest needs the QEMU engine: the own VMM under KVM keeps no guest clock it could cut at                  (record with --engine qemu, or --clock host)"
+                "--clock guest needs the QEMU engine: the own VMM under KVM keeps no guest clock it could cut at \
+                 (record with --engine qemu, or --clock host)"
             ),
             EngineChoice::Qemu => Ok((Engine::Qemu, "--engine qemu".into())),
             EngineChoice::Auto => Ok((Engine::Qemu, "auto: --clock guest runs under QEMU's TCG".into())),
