@@ -35,6 +35,29 @@ impl EngineChoice {
     }
 }
 
+/// Which clock cuts the intervals (`record --clock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClockChoice {
+    /// The host's CLOCK_MONOTONIC: intervals of wall time.
+    #[default]
+    Host,
+    /// The guest's own clock under QEMU's instruction counter (QEMU engine, QEMU 7.2, Linux
+    /// guests, one vCPU): one instruction per nanosecond plus idle time, cut at the first
+    /// instruction at or after each deadline, the same in every replay.
+    Guest,
+}
+
+impl ClockChoice {
+    /// The flag's value as written.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClockChoice::Host => "host",
+            ClockChoice::Guest => "guest",
+        }
+    }
+}
+
 /// Why a harvest, or another request of the sampler's, failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -44,6 +67,27 @@ pub enum EngineError {
     /// The QEMU engine failed.
     #[error(transparent)]
     Qemu(#[from] crate::qemu::QemuError),
+    /// Under the guest clock, the guest executed nothing for too long.
+    #[error("the guest executed no instruction for {}s of wall time: {hint}", .waited.as_secs())]
+    Stalled {
+        /// How long it was watched.
+        waited: std::time::Duration,
+        /// What may be wrong.
+        hint: String,
+    },
+}
+
+/// A cut at a guest-time deadline (`record --clock guest`): the vCPU waits at the first
+/// instruction at or after `deadline_ns` of guest time until [`RunningGuest::release_cut`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestCut {
+    /// The deadline, in nanoseconds of guest time.
+    pub deadline_ns: u64,
+    /// The guest time at the instruction where the vCPU waits (past the deadline after idle
+    /// time, which passes in jumps).
+    pub guest_ns: u64,
+    /// Instructions the guest executed before that instruction.
+    pub instructions: u64,
 }
 
 /// A guest whose vCPUs run, as the sampler sees it. Implemented by [`crate::vmm::RunningVm`]
@@ -64,6 +108,18 @@ pub trait RunningGuest: Send {
     fn pause(&self);
     /// Lets the vCPUs held by [`RunningGuest::pause`] run again.
     fn resume(&self);
+    /// The next guest-time cut, waiting at most `timeout`; `None` if there was none by then, or
+    /// the engine keeps no guest clock (the default).
+    fn wait_cut(&self, _timeout: std::time::Duration) -> Result<Option<GuestCut>, EngineError> {
+        Ok(None)
+    }
+    /// Lets the vCPU waiting at a cut run on.
+    fn release_cut(&self) {}
+    /// The guest time and instruction count at the latest instruction, where the engine keeps
+    /// a guest clock.
+    fn guest_clock_now(&self) -> Option<(u64, u64)> {
+        None
+    }
     /// Stops the guest for good and says how each vCPU ended. The guest's memory stays
     /// readable for one more harvest.
     fn stop(&mut self) -> Vec<VcpuOutcome>;

@@ -21,6 +21,7 @@ pub mod doctor;
 pub mod engine;
 pub mod errors;
 pub mod events;
+pub mod execution;
 pub mod files;
 pub mod guest;
 pub mod options;

@@ -45,6 +45,13 @@ Sizes read as 64MiB, 2GiB, 125MB; durations as 250ms, 1.5s, 2min; rates as 1Gbit
 Ctrl-C stops the recording and keeps a complete trace; the exit code is then 130."
     )]
     Record(Box<RecordArgs>),
+    /// Replay an execution kept in a trace (`record --clock guest --keep-execution`) and record
+    /// it again, at another interval or migration speed: the same instructions, the same pages.
+    #[command(
+        after_help = "Example:\n  dirtytrace record --workload run.sh --clock guest --keep-execution -o t100\n  \
+dirtytrace retrace t100 --interval 10ms -o t10"
+    )]
+    Retrace(RetraceArgs),
     /// Measure the recorder: harvest cost, deadlines, guest slowdown, compression.
     Bench(BenchArgs),
     /// The guest kernel kit for Linux workloads.
@@ -474,6 +481,32 @@ struct RecordArgs {
     /// Stream the serial console to stderr as well.
     #[arg(long, help_heading = LINUX_HEADING)]
     console: bool,
+    /// Keep QEMU's record/replay log of the execution, with the kernel and initramfs, in the
+    /// trace (TRACE/execution/), so that `dirtytrace retrace` can record it again (--clock
+    /// guest only).
+    #[arg(long)]
+    keep_execution: bool,
+}
+
+#[derive(Args)]
+struct RetraceArgs {
+    /// The trace whose execution to replay.
+    trace: PathBuf,
+    /// Guest time between harvests [default: the trace's]
+    #[arg(long, value_name = "DURATION")]
+    interval: Option<HumanDuration>,
+    /// Migration speed for the SimGrid columns [default: the trace's]
+    #[arg(long, value_name = "RATE")]
+    migration_speed: Option<dirtytrace::units::HumanRate>,
+    /// Trace directory to create (must not exist, or be empty). Default: ./trace-<UTC time>.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Print the summary as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Stream the serial console to stderr as well.
+    #[arg(long)]
+    console: bool,
 }
 
 /// Where `record --help` lists the flags of `.sh` workloads.
@@ -532,6 +565,7 @@ impl RecordArgs {
             opts.kvm_device = k;
         }
         (opts.linux, opts.console) = (self.linux, self.console);
+        opts.keep_execution = self.keep_execution;
         opts
     }
 }
@@ -606,12 +640,36 @@ fn progress_bar(expected: Option<Duration>) -> Option<record::Progress> {
 
 fn run_record(a: RecordArgs) -> anyhow::Result<ExitCode> {
     let json_out = a.json;
-    let recorder = record::Recorder::try_from(a.into_options())?;
+    run_recorder(a.into_options(), json_out, |_| Ok(()))
+}
+
+fn run_retrace(a: RetraceArgs) -> anyhow::Result<ExitCode> {
+    let changes = dirtytrace::execution::Retrace {
+        interval: a.interval.map(|d| d.0),
+        migration_speed_bytes_per_s: a.migration_speed.map(|r| r.0),
+        console: a.console,
+    };
+    let opts = dirtytrace::execution::retrace_options(
+        &a.trace,
+        &changes,
+        a.output.unwrap_or_else(record::default_output_dir),
+    )?;
+    let log = opts.replay.as_ref().map(|r| r.execution.log.clone()).unwrap_or_default();
+    run_recorder(opts, a.json, |s| dirtytrace::execution::check_replayed(s, &log))
+}
+
+fn run_recorder(
+    opts: record::RecordOptions,
+    json_out: bool,
+    check: impl FnOnce(&record::RecordSummary) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    let recorder = record::Recorder::try_from(opts)?;
     for note in recorder.notes() {
         eprintln!("note: {note}");
     }
     let progress = progress_bar(recorder.expected_duration());
     let summary = recorder.run(interrupt_flag(), progress)?;
+    check(&summary)?;
     if json_out {
         print!("{}", json(&summary)?);
     } else {
@@ -640,6 +698,7 @@ fn run_recover(dir: PathBuf) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Record(a) => run_record(*a),
+        Command::Retrace(a) => run_retrace(a),
         Command::Bench(a) => run_bench(a),
         Command::Kit(c) => run_kit(c),
         Command::Disk(c) => run_disk(c),

@@ -3,13 +3,14 @@
 //! guest's VM, the sampler, the per-interval accounting and the trace writer together.
 
 use crate::accounting::IntervalAccounting;
-use crate::engine::{EngineChoice, RunningGuest};
+use crate::engine::{ClockChoice, EngineChoice, RunningGuest};
 use crate::events::GuestLog;
 use crate::guest::{self, linux, synthetic, Guest};
+use crate::qemu::clock::ExecutionLog;
 use crate::sampler::{self, Harvest, SamplerConfig};
 use crate::trace::{
-    self, DeadlineCounts, EndReason, EngineInfo, IntervalRow, Manifest, MemorySlot, SamplerScheduling, SchedPolicy,
-    TraceStatus, TraceWriter,
+    self, DeadlineCounts, EndReason, EngineInfo, GuestClockInfo, IntervalRow, Manifest, MemorySlot, SamplerScheduling,
+    SchedPolicy, TraceStatus, TraceWriter,
 };
 use crate::units::{HumanDuration, HumanRate, HumanSize};
 use crate::vmm::{self, Bus, DirtyTracking, VcpuOutcome, Vm};
@@ -66,6 +67,16 @@ pub struct RecordSettings {
     #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
     #[serde(skip_serializing_if = "is_auto")]
     pub engine: EngineChoice,
+    /// Which clock cuts the intervals: host, wall time; guest, the guest's own clock under
+    /// QEMU's instruction counter (QEMU 7.2 engine, Linux guests, one vCPU): one instruction
+    /// per nanosecond plus idle time, cut at the same instructions in every replay.
+    #[arg(long, value_enum, default_value_t = ClockChoice::Host)]
+    #[serde(skip_serializing_if = "is_host_clock")]
+    pub clock: ClockChoice,
+}
+
+fn is_host_clock(c: &ClockChoice) -> bool {
+    *c == ClockChoice::Host
 }
 
 /// `--vcpus`: a whole number of at least 1 (the workload's own limit is checked with it); a
@@ -191,6 +202,22 @@ pub struct RecordOptions {
     /// Lock the recorder's own memory (not the guest's) with `mlockall(MCL_CURRENT)` before
     /// the guest's memory exists.
     pub lock_memory: bool,
+    /// Keep QEMU's record/replay log of the execution in the trace (`--clock guest` only), so
+    /// that `dirtytrace retrace` can record it again.
+    pub keep_execution: bool,
+    /// Replay a kept execution instead of running a workload (`dirtytrace retrace`).
+    pub replay: Option<Replay>,
+}
+
+/// A kept execution to replay, and the trace it came from.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// The execution, checked.
+    pub execution: crate::execution::Execution,
+    /// The recording's `guest` in its manifest.
+    pub described: serde_json::Value,
+    /// The recording's trace id.
+    pub trace_id: String,
 }
 
 /// Whether the sampler thread runs at real-time priority (`--realtime`).
@@ -234,6 +261,8 @@ impl RecordOptions {
             realtime: RealtimeMode::Auto,
             spin: None,
             lock_memory: false,
+            keep_execution: false,
+            replay: None,
         }
     }
 }
@@ -420,6 +449,19 @@ fn choose_engine(opts: &RecordOptions) -> anyhow::Result<(Engine, String)> {
     if opts.linux.disk.disk.is_some() && !linux {
         bail!("{} runs a Linux workload script (.sh) in the image; give one with --workload", linux::DISK_FLAG);
     }
+    if opts.replay.is_some() {
+        return Ok((Engine::Qemu, "a replay of an execution recorded under QEMU".into()));
+    }
+    if opts.settings.clock == ClockChoice::Guest {
+        return match opts.settings.engine {
+            EngineChoice::Kvm => bail!(
+                "--clock guest needs the QEMU engine: the own VMM under KVM keeps no guest clock it could cut at \
+                 (record with --engine qemu, or --clock host)"
+            ),
+            EngineChoice::Qemu => Ok((Engine::Qemu, "--engine qemu".into())),
+            EngineChoice::Auto => Ok((Engine::Qemu, "auto: --clock guest runs under QEMU's TCG".into())),
+        };
+    }
     Ok(match opts.settings.engine {
         EngineChoice::Kvm if opts.linux.disk.disk.is_some() => bail!(
             "{} needs the QEMU engine (the own VMM has no block device): record with --engine qemu, or leave \
@@ -462,6 +504,12 @@ fn choose_engine(opts: &RecordOptions) -> anyhow::Result<(Engine, String)> {
 
 /// Loads the workload `opts` names: a synthetic spec, a Linux script, or the built-in default.
 fn load_guest(opts: &RecordOptions, engine: Engine) -> anyhow::Result<Box<dyn Guest>> {
+    if let Some(r) = &opts.replay {
+        return Ok(Box::new(crate::execution::ReplayGuest {
+            boot: r.execution.boot.clone(),
+            described: r.described.clone(),
+        }));
+    }
     let text = match &opts.workload {
         None => synthetic::spec::DEFAULT_SPEC.to_string(),
         Some(p) => match p.extension().and_then(|e| e.to_str()).unwrap_or("") {
@@ -566,6 +614,8 @@ pub struct Recorder {
     accounting: IntervalAccounting,
     sampler: SamplerConfig,
     t_begin_ns: u64,
+    /// The execution being kept in the trace (`--keep-execution`).
+    keeper: Option<crate::execution::Keeper>,
 }
 
 impl TryFrom<RecordOptions> for Recorder {
@@ -592,8 +642,32 @@ impl TryFrom<RecordOptions> for Recorder {
             nix::sys::mman::mlockall(nix::sys::mman::MlockAllFlags::MCL_CURRENT)
                 .context("mlockall(MCL_CURRENT) of the recorder's own memory")?;
         }
+        let guest_clock = opts.settings.clock == ClockChoice::Guest || opts.replay.is_some();
+        if opts.keep_execution && !guest_clock {
+            bail!(
+                "--keep-execution needs --clock guest: only an execution under QEMU's instruction counter can be \
+                 recorded and replayed"
+            );
+        }
+        if guest_clock && opts.replay.is_none() && !is_linux_workload(&opts) {
+            bail!(
+                "--clock guest records Linux guests (.sh workloads) only: the synthetic guest paces itself with the \
+                 host's TSC and is started by a write of dirtytrace's into its memory, which no replay reproduces"
+            );
+        }
+        if opts.keep_execution && opts.linux.disk.disk.is_some() {
+            bail!(
+                "--keep-execution with --disk: QEMU's record/replay would need the disk's reads logged too \
+                 (blkreplay), which dirtytrace does not set up; record the disk with --clock guest alone, or \
+                 leave out --disk"
+            );
+        }
+        if guest_clock && opts.settings.exact_cut {
+            bail!("--exact-cut and --clock guest: a guest-time cut is exact already (the vCPU waits at it)");
+        }
         let (engine, engine_reason) = choose_engine(&opts)?;
         let mut guest = load_guest(&opts, engine)?;
+        let mut keeper: Option<(crate::execution::Keeper, OutputGuard)> = None;
         let log = Arc::new(GuestLog::new(&guest.initial_phase()));
         let (prepared, slots, vcpus, engine_info) = match engine {
             Engine::Kvm => {
@@ -620,7 +694,32 @@ impl TryFrom<RecordOptions> for Recorder {
                 if opts.dirty_tracking == DirtyTracking::Off {
                     bail!("the QEMU engine always tracks writes");
                 }
-                let vm = crate::qemu::QemuVm::start(&boot, log.clone())?;
+                let clock = if guest_clock {
+                    if boot.vcpus != 1 {
+                        bail!(
+                            "--clock guest needs one vCPU, not {}: QEMU's record/replay and the guest clock follow \
+                             one vCPU's instructions",
+                            boot.vcpus
+                        );
+                    }
+                    let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+                    let mut c = crate::qemu::clock::GuestClock { interval_ns, log: None };
+                    match &opts.replay {
+                        Some(r) => c.log = Some(ExecutionLog::Replay(r.execution.log.clone())),
+                        None if opts.keep_execution => {
+                            let (_, _, version) = crate::qemu::version(&crate::qemu::binary())?;
+                            let guard = OutputGuard::create(&opts.output)?;
+                            let k = crate::execution::Keeper::create(&opts.output, &boot, &version, &c.icount())?;
+                            c.log = Some(ExecutionLog::Record(k.log()));
+                            keeper = Some((k, guard));
+                        }
+                        None => {}
+                    }
+                    Some(c)
+                } else {
+                    None
+                };
+                let vm = crate::qemu::QemuVm::start_clocked(&boot, clock.as_ref(), log.clone())?;
                 let info = EngineInfo {
                     name: "qemu".into(),
                     reason: engine_reason,
@@ -657,10 +756,20 @@ impl TryFrom<RecordOptions> for Recorder {
             PreparedEngine::Qemu(vm) => vm.nonzero_pages(),
         };
         manifest.engine = Some(engine_info);
+        if guest_clock {
+            manifest.guest_clock = Some(GuestClockInfo {
+                instructions_per_s: crate::qemu::clock::INSTRUCTIONS_PER_GUEST_S,
+                icount_shift: crate::qemu::clock::ICOUNT_SHIFT,
+                execution: if keeper.is_some() { Some(crate::execution::DIR.into()) } else { None },
+                retraced_from: opts.replay.as_ref().map(|r| r.trace_id.clone()),
+            });
+        }
         // The same checks a reader makes, before anything is recorded.
         trace::check_manifest(&manifest).context("the trace's manifest would be invalid")?;
 
-        trace::prepare_dir(&opts.output)?;
+        if keeper.is_none() {
+            trace::prepare_dir(&opts.output)?;
+        }
         let writer = TraceWriter::create(&opts.output, manifest)?;
         let accounting = IntervalAccounting::new(writer.manifest(), opts.zstd_level).context("zstd")?;
         let sampler = SamplerConfig {
@@ -669,7 +778,22 @@ impl TryFrom<RecordOptions> for Recorder {
             progress_words: guest.progress_words(),
             exact_cut: opts.settings.exact_cut,
             spin,
+            guest_clock,
+            stall: opts.replay.as_ref().map(|r| {
+                (
+                    crate::execution::STALL_TIMEOUT,
+                    format!(
+                        "the execution log {} may be damaged, or this host replays it differently",
+                        r.execution.log.display()
+                    ),
+                )
+            }),
         };
+        // The trace exists: what the recorder made is the trace's from now on.
+        let keeper = keeper.map(|(k, guard)| {
+            guard.keep();
+            k
+        });
         Ok(Recorder {
             notes,
             realtime,
@@ -681,7 +805,40 @@ impl TryFrom<RecordOptions> for Recorder {
             accounting,
             sampler,
             t_begin_ns,
+            keeper,
         })
+    }
+}
+
+/// A trace directory made early, before QEMU starts, for the execution QEMU records into it:
+/// removed again (what the recorder put there, and the directory if it made it) unless the
+/// recording gets as far as its trace.
+struct OutputGuard {
+    dir: PathBuf,
+    made: bool,
+    keep: bool,
+}
+
+impl OutputGuard {
+    fn create(dir: &Path) -> anyhow::Result<OutputGuard> {
+        let made = !dir.exists();
+        trace::prepare_dir(dir)?;
+        Ok(OutputGuard { dir: dir.to_path_buf(), made, keep: false })
+    }
+
+    fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for OutputGuard {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(self.dir.join(crate::execution::DIR));
+            if self.made {
+                let _ = std::fs::remove_dir(&self.dir);
+            }
+        }
     }
 }
 
@@ -708,7 +865,9 @@ impl Recorder {
     /// Runs the guest and records it. `interrupt` set (by Ctrl-C) ends the recording early
     /// with a complete trace.
     pub fn run(self, interrupt: Arc<AtomicBool>, mut progress: Option<Progress>) -> anyhow::Result<RecordSummary> {
-        let Recorder { engine, log, writer, mut accounting, sampler: cfg, t_begin_ns, realtime, cpu_plan, .. } = self;
+        let Recorder {
+            engine, log, writer, mut accounting, sampler: cfg, t_begin_ns, realtime, cpu_plan, keeper, ..
+        } = self;
         let housekeeping = cpu_plan.as_ref().map(|p| [p.housekeeping]);
         // Bounded, so that a writer that falls behind cannot fill memory with bitmaps: the
         // sampler then waits, and the intervals get longer (the skipped deadlines are counted)
@@ -822,6 +981,10 @@ impl Recorder {
                 dir.display()
             );
         }
+        // QEMU has quit (the sampler dropped it): its log is complete.
+        if let Some(k) = keeper {
+            k.finish(&finalized.manifest.trace_id, result.elapsed_ns as f64 / 1e9)?;
+        }
         let mut summary = RecordSummary::of_trace(&dir, exit_status)?;
         summary.cost = Some(cost.mean());
         summary.setup_s = Some(setup_s);
@@ -851,10 +1014,10 @@ mod tests {
         let s = RecordSettings::default();
         assert_eq!((s.interval.0, s.migration_speed.0), (DEFAULT_INTERVAL, DEFAULT_MIGRATION_SPEED_BYTES_PER_S));
         assert_eq!((s.duration, s.mem, s.vcpus, s.exact_cut), (None, None, None, false));
-        assert_eq!(s.engine, EngineChoice::Auto);
+        assert_eq!((s.engine, s.clock), (EngineChoice::Auto, ClockChoice::Host));
         assert_eq!(
             crate::options::keys_of::<RecordSettings>(),
-            ["interval", "duration", "migration_speed", "mem", "vcpus", "exact_cut", "engine"]
+            ["interval", "duration", "migration_speed", "mem", "vcpus", "exact_cut", "engine", "clock"]
         );
         assert_eq!(s.check(), Ok(()));
         let slow = RecordSettings { migration_speed: HumanRate(0.0), ..s.clone() };

@@ -3,7 +3,7 @@
 //! this path, so compression and I/O never delay a deadline.
 
 use crate::clock;
-use crate::engine::{EngineError, RunningGuest};
+use crate::engine::{EngineError, GuestCut, RunningGuest};
 use crate::events::GuestLog;
 use crate::trace::{EndReason, GuestEvent};
 use crate::vmm::VcpuOutcome;
@@ -69,6 +69,13 @@ pub struct SamplerConfig {
     /// The most the sampler wakes before each deadline to watch the clock instead (zero:
     /// never); bounded to a twentieth of the interval, so the spin costs under 5 % of a core.
     pub spin: Duration,
+    /// Harvest at the engine's guest-time cuts ([`RunningGuest::wait_cut`]) rather than on
+    /// host deadlines: times are then guest time, and a vCPU's "CPU time" is the instructions
+    /// it executed (one per nanosecond of guest time).
+    pub guest_clock: bool,
+    /// Under the guest clock: give up once the guest has executed nothing for this long, with
+    /// this hint (a replay, whose log may be damaged).
+    pub stall: Option<(Duration, String)>,
 }
 
 /// One interval's harvest, as it leaves the sampler: the raw material of one trace row.
@@ -138,17 +145,29 @@ struct State {
     last_cpu: Vec<u64>,
 }
 
+/// Where a harvest falls.
+#[derive(Debug, Clone, Copy)]
+enum At {
+    /// A host deadline (CLOCK_MONOTONIC).
+    Deadline(u64),
+    /// A guest-time cut, the vCPU waiting.
+    Cut(GuestCut),
+    /// The end of the recording: a final, partial interval.
+    End,
+}
+
 fn harvest(
     vm: &dyn RunningGuest,
     cfg: &SamplerConfig,
     log: &GuestLog,
     st: &mut State,
-    deadline_ns: Option<u64>,
+    at: At,
 ) -> Result<Harvest, EngineError> {
     let t0 = log.t0_ns();
     let cpu_begin = clock::this_thread_cpu_ns();
     let t_pause = clock::now_ns();
-    if cfg.exact_cut {
+    // A guest-time cut holds the vCPU already.
+    if cfg.exact_cut && !cfg.guest_clock {
         vm.pause();
     }
     let pause_ns = clock::now_ns() - t_pause;
@@ -159,17 +178,37 @@ fn harvest(
     let t_after = clock::now_ns();
     let ioctl_cpu_ns = clock::this_thread_cpu_ns() - cpu_ioctl;
     let progress_after: Vec<u64> = cfg.progress_words.iter().map(|&a| vm.read_u64(a)).collect();
-    if cfg.exact_cut {
+    if cfg.exact_cut && !cfg.guest_clock {
         vm.resume();
     }
-    let cpu = vm.vcpu_cpu_ns();
-    let (events, console) = log.take();
+    // Under the guest clock, time is the guest's and a vCPU's work its instructions.
+    let guest_now = match at {
+        At::Cut(c) => Some((c.deadline_ns, c.instructions)),
+        At::End if cfg.guest_clock => vm.guest_clock_now().or(Some((st.last_t_ns, st.last_cpu[0]))),
+        _ => None,
+    };
+    let (t_end_ns, cpu) = match guest_now {
+        Some((t, instructions)) => (t, vec![instructions]),
+        None => (t_h - t0, vm.vcpu_cpu_ns()),
+    };
+    let (mut events, console) = log.take();
+    if let Some((t, _)) = guest_now {
+        // The guest clock is read at cuts only: an event is dated by the cut that saw it.
+        for e in &mut events {
+            e.t_s = t as f64 / 1e9;
+        }
+    }
     let h = Harvest {
         index: st.index,
         t_start_ns: st.last_t_ns,
         // Never a zero-length interval, even on a coarse clock.
-        t_end_ns: (t_h - t0).max(st.last_t_ns + 1),
-        lateness_ns: deadline_ns.map_or(0, |d| t_h.saturating_sub(d)),
+        t_end_ns: t_end_ns.max(st.last_t_ns + 1),
+        lateness_ns: match at {
+            At::Deadline(d) => t_h.saturating_sub(d),
+            // No instruction ran between the deadline and the cut (idle time jumps): on time.
+            At::Cut(_) => 0,
+            At::End => 0,
+        },
         ioctl_ns: t_after - t_h,
         ioctl_cpu_ns,
         pause_ns,
@@ -181,7 +220,7 @@ fn harvest(
         phase: log.phase(),
         events,
         console,
-        partial: deadline_ns.is_none(),
+        partial: matches!(at, At::End),
     };
     st.index += 1;
     st.last_t_ns = h.t_end_ns;
@@ -307,6 +346,54 @@ impl DeadlineSleeper {
     }
 }
 
+/// Harvests at every guest-time cut the engine makes, until the workload ends, `duration` of
+/// guest time passes, `interrupt` is set or the guest stops. Each cut is one interval, exactly
+/// `interval` of guest time long; the vCPU waits at it until the harvest is done.
+fn run_on_guest_clock(
+    vm: &dyn RunningGuest,
+    cfg: &SamplerConfig,
+    log: &GuestLog,
+    st: &mut State,
+    out: &SyncSender<Harvest>,
+    interrupt: &AtomicBool,
+) -> Result<EndReason, EngineError> {
+    let end_ns = cfg.duration.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let mut progress: Option<((u64, u64), std::time::Instant)> = None;
+    loop {
+        if interrupt.load(Ordering::Acquire) {
+            return Ok(EndReason::Interrupted);
+        }
+        let Some(cut) = vm.wait_cut(Duration::from_nanos(POLL_NS))? else {
+            if vm.all_finished() {
+                return Ok(EndReason::WorkloadDone);
+            }
+            if vm.stop_requested() {
+                return Ok(EndReason::GuestFault);
+            }
+            if let (Some((limit, hint)), Some(now)) = (&cfg.stall, vm.guest_clock_now()) {
+                match &progress {
+                    Some((seen, since)) if *seen == now => {
+                        if since.elapsed() > *limit {
+                            return Err(EngineError::Stalled { waited: *limit, hint: hint.clone() });
+                        }
+                    }
+                    _ => progress = Some((now, std::time::Instant::now())),
+                }
+            }
+            continue;
+        };
+        progress = None;
+        let h = harvest(vm, cfg, log, st, At::Cut(cut));
+        vm.release_cut();
+        if out.send(h?).is_err() {
+            return Ok(EndReason::WriterFailed);
+        }
+        if end_ns.is_some_and(|e| cut.deadline_ns >= e) {
+            return Ok(EndReason::Duration);
+        }
+    }
+}
+
 /// Harvests on every deadline until the workload ends, `duration` passes, `interrupt` is set
 /// or the guest stops; then stops the vCPUs and takes a final, partial harvest.
 pub fn run(
@@ -322,35 +409,40 @@ pub fn run(
     let interval_ns = u64::try_from(cfg.interval.as_nanos()).unwrap_or(u64::MAX).max(1);
     let mut sleeper = DeadlineSleeper::new(bounded_spin(cfg.spin, cfg.interval));
     let end_ns = cfg.duration.map(|d| t0.saturating_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)));
-    let mut st = State { index: 0, last_t_ns: 0, last_cpu: vm.vcpu_cpu_ns() };
+    let last_cpu = if cfg.guest_clock { vec![0] } else { vm.vcpu_cpu_ns() };
+    let mut st = State { index: 0, last_t_ns: 0, last_cpu };
     let mut next_deadline = t0.saturating_add(interval_ns);
     let mut skipped = 0u64;
-    let end = loop {
-        let deadline = end_ns.map_or(next_deadline, |e| next_deadline.min(e));
-        let stop = sleeper.sleep_until(deadline, || {
-            if interrupt.load(Ordering::Acquire) {
-                Some(EndReason::Interrupted)
-            } else if vm.all_finished() {
-                Some(EndReason::WorkloadDone)
-            } else if vm.stop_requested() {
-                Some(EndReason::GuestFault)
-            } else {
-                None
+    let end = if cfg.guest_clock {
+        run_on_guest_clock(vm.as_ref(), cfg, log, &mut st, out, interrupt)?
+    } else {
+        loop {
+            let deadline = end_ns.map_or(next_deadline, |e| next_deadline.min(e));
+            let stop = sleeper.sleep_until(deadline, || {
+                if interrupt.load(Ordering::Acquire) {
+                    Some(EndReason::Interrupted)
+                } else if vm.all_finished() {
+                    Some(EndReason::WorkloadDone)
+                } else if vm.stop_requested() {
+                    Some(EndReason::GuestFault)
+                } else {
+                    None
+                }
+            });
+            if let Some(reason) = stop {
+                break reason;
             }
-        });
-        if let Some(reason) = stop {
-            break reason;
+            let h = harvest(vm.as_ref(), cfg, log, &mut st, At::Deadline(deadline))?;
+            if out.send(h).is_err() {
+                break EndReason::WriterFailed;
+            }
+            if end_ns.is_some_and(|e| deadline >= e) {
+                break EndReason::Duration;
+            }
+            let (next, passed_over) = next_deadline_after(next_deadline, clock::now_ns(), interval_ns);
+            next_deadline = next;
+            skipped += passed_over;
         }
-        let h = harvest(vm.as_ref(), cfg, log, &mut st, Some(deadline))?;
-        if out.send(h).is_err() {
-            break EndReason::WriterFailed;
-        }
-        if end_ns.is_some_and(|e| deadline >= e) {
-            break EndReason::Duration;
-        }
-        let (next, passed_over) = next_deadline_after(next_deadline, clock::now_ns(), interval_ns);
-        next_deadline = next;
-        skipped += passed_over;
     };
     let outcomes = vm.stop();
     let end = match end {
@@ -365,7 +457,7 @@ pub fn run(
     };
     // The final harvest keeps the pages dirtied since the last deadline.
     if !matches!(end, EndReason::Duration | EndReason::WriterFailed) {
-        let h = harvest(vm.as_ref(), cfg, log, &mut st, None)?;
+        let h = harvest(vm.as_ref(), cfg, log, &mut st, At::End)?;
         let _ = out.send(h);
     }
     Ok(SamplerResult {

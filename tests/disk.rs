@@ -291,6 +291,8 @@ fn unusable_images_are_refused_before_boot() {
             base.display()
         )
     );
+    let e = refused(&dir, &raw, &["--clock", "guest", "--keep-execution"]);
+    assert!(e.contains("--keep-execution with --disk: QEMU's record/replay would need the disk's reads logged"), "{e}");
     let e = refused(&dir, &raw, &["--engine", "kvm"]);
     assert!(
         e.contains("--disk needs the QEMU engine (the own VMM has no block device): record with --engine qemu"),

@@ -55,8 +55,8 @@ fn pages_from_python(dir: &std::path::Path, intervals: u64) -> Vec<Vec<u64>> {
 #[test]
 fn documented_python_snippet_reads_bitmaps() {
     let _g = kvm_lock();
-    // A sparse hot/cold phase (varint-gaps) and a dense sequential one (zstd).
-    let spec = "mem = \"256MiB\"\nseed = 9\n[[phase]]\nname = \"x\"\nduration = \"0.5s\"\nworking_set = \"32MiB\"\nrate = \"50MiB/s\"\npattern = \"hotcold\"\n[[phase]]\nname = \"y\"\nduration = \"0.3s\"\nworking_set = \"128MiB\"\nrate = \"400MiB/s\"\npattern = \"sequential\"\n";
+    // A sparse random phase (varint-gaps: under 1 page in 16, short runs) and a dense sequential one (zstd).
+    let spec = "mem = \"256MiB\"\nseed = 9\n[[phase]]\nname = \"x\"\nduration = \"0.5s\"\nworking_set = \"64MiB\"\nrate = \"20MiB/s\"\npattern = \"random\"\n[[phase]]\nname = \"y\"\nduration = \"0.3s\"\nworking_set = \"128MiB\"\nrate = \"400MiB/s\"\npattern = \"sequential\"\n";
     let (_, trace, _dir) = record_spec("snippet", spec, Duration::from_millis(100), None);
     let parquet_fields: Vec<String> = {
         let f = std::fs::File::open(trace.dir.join("rates.parquet")).unwrap();

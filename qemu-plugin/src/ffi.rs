@@ -1,8 +1,11 @@
-//! Everything unsafe of the plugin: QEMU's plugin entry points, and the userfaultfd calls.
+//! Everything unsafe of the plugin: QEMU's plugin entry points, the userfaultfd calls, and
+//! the reads of QEMU 7.2's instruction counter behind guest-time cuts.
 //! The constants are the kernel's (include/uapi/linux/userfaultfd.h, Linux 6.7+), written
 //! here because the build host's headers may be older than the kernel the plugin runs on.
 
-use std::ffi::{c_char, c_int, c_long, c_ulong, c_void, CStr};
+use std::cell::Cell;
+use std::ffi::{c_char, c_int, c_long, c_uint, c_ulong, c_void, CStr};
+use std::sync::OnceLock;
 
 /// The plugin API version QEMU checks before calling anything. 1 is QEMU 7.2's and 8.0–8.1's;
 /// dirtytrace sets `DIRTYTRACE_QEMU_PLUGIN_API` for QEMUs that need another (see
@@ -28,6 +31,16 @@ extern "C" {
     fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
     fn syscall(number: c_long, ...) -> c_long;
     fn ioctl(fd: c_int, request: c_ulong, ...) -> c_int;
+    fn read(fd: c_int, buf: *mut c_void, count: usize) -> isize;
+    fn write(fd: c_int, buf: *const c_void, count: usize) -> isize;
+}
+
+/// A symbol of the QEMU process, or `None`.
+fn symbol(name: &CStr) -> Option<*mut c_void> {
+    // SAFETY: RTLD_DEFAULT (null) searches the process's global symbols; the name is a
+    // NUL-terminated string.
+    let p = unsafe { dlsym(std::ptr::null_mut(), name.as_ptr()) };
+    (!p.is_null()).then_some(p)
 }
 
 /// QEMU's entry point: parses the arguments and asks to be called at each vCPU's creation.
@@ -47,18 +60,15 @@ pub unsafe extern "C" fn qemu_plugin_install(
             unsafe { CStr::from_ptr(*argv.add(i)) }.to_string_lossy().into_owned()
         })
         .collect();
-    match super::parse_args(&args) {
-        Ok(cfg) => {
-            let _ = super::CONFIG.set(cfg);
+    let _ = PLUGIN_ID.set(id);
+    match super::parse_args(&args).and_then(super::install) {
+        Ok(()) => {
             // Looked up at run time rather than linked, so that the plugin (and its tests)
             // link without QEMU.
-            // SAFETY: RTLD_DEFAULT (null) searches the process's global symbols; the name is
-            // a NUL-terminated literal.
-            let register = unsafe { dlsym(std::ptr::null_mut(), c"qemu_plugin_register_vcpu_init_cb".as_ptr()) };
-            if register.is_null() {
+            let Some(register) = symbol(c"qemu_plugin_register_vcpu_init_cb") else {
                 eprintln!("dirtytrace plugin: this QEMU exports no qemu_plugin_register_vcpu_init_cb");
                 return -1;
-            }
+            };
             // SAFETY: the symbol is QEMU's `void qemu_plugin_register_vcpu_init_cb(
             // qemu_plugin_id_t, qemu_plugin_vcpu_simple_cb_t)`, the same in every API version.
             let register: RegisterVcpuInit = unsafe { std::mem::transmute(register) };
@@ -73,6 +83,175 @@ pub unsafe extern "C" fn qemu_plugin_install(
 }
 
 type RegisterVcpuInit = extern "C" fn(id: u64, cb: extern "C" fn(id: u64, vcpu_index: u32));
+
+/// The id QEMU gave this plugin.
+static PLUGIN_ID: OnceLock<u64> = OnceLock::new();
+
+/// Where QEMU 7.2 keeps its instruction counter: offsets into its `TimersState timers_state`
+/// and `CPUState`, read from the disassembly of Debian's 7.2 build (`icount_get`,
+/// `icount_get_raw_locked`). They belong to that version: dirtytrace starts guest-time cuts
+/// only under QEMU 7.2, and the first instruction checks them against each other.
+mod qemu72 {
+    /// `timers_state.icount_time_shift` (i16).
+    pub const TS_SHIFT: usize = 0x1a;
+    /// `timers_state.qemu_icount_bias` (i64): the idle time warped over, in ns.
+    pub const TS_BIAS: usize = 0x28;
+    /// `timers_state.qemu_icount` (i64): instructions accounted at the last budget's end.
+    pub const TS_ICOUNT: usize = 0x40;
+    /// `CPUState.running` (bool).
+    pub const CPU_RUNNING: usize = 0xbc;
+    /// `CPUState.icount_budget` (i64).
+    pub const CPU_BUDGET: usize = 0xe0;
+    /// `CPUState.icount_extra` (i64).
+    pub const CPU_EXTRA: usize = 0xe8;
+    /// `CPUState.neg.icount_decr.u16.low` (u16).
+    pub const CPU_DECR_LOW: usize = 0x13a0;
+}
+
+/// QEMU's `timers_state`, found at installation.
+static TIMERS_STATE: OnceLock<usize> = OnceLock::new();
+
+thread_local! {
+    /// This vCPU thread's `CPUState`.
+    static CPU: Cell<usize> = const { Cell::new(0) };
+    /// Whether this thread checked the offsets yet.
+    static CHECKED: Cell<bool> = const { Cell::new(false) };
+}
+
+type TbTransCb = extern "C" fn(id: u64, tb: *mut c_void);
+type InsnExecCb = extern "C" fn(vcpu_index: c_uint, udata: *mut c_void);
+/// The plugin API calls the instruction callbacks need (`qemu-plugin.h`, API 1 and 2).
+struct TbApi {
+    n_insns: extern "C" fn(tb: *const c_void) -> usize,
+    get_insn: extern "C" fn(tb: *const c_void, idx: usize) -> *mut c_void,
+    register_insn_exec: extern "C" fn(insn: *mut c_void, cb: InsnExecCb, flags: c_int, udata: *mut c_void),
+}
+static TB_API: OnceLock<TbApi> = OnceLock::new();
+
+/// Asks QEMU for a callback before every guest instruction (guest-time cuts).
+pub fn instrument_instructions() -> Result<(), String> {
+    let need = |name: &CStr| symbol(name).ok_or_else(|| format!("this QEMU exports no {}", name.to_string_lossy()));
+    let timers = need(c"timers_state")?;
+    need(c"current_cpu")?;
+    let register_trans = need(c"qemu_plugin_register_vcpu_tb_trans_cb")?;
+    // SAFETY: these are QEMU's plugin API functions of these signatures (qemu-plugin.h:
+    // qemu_plugin_tb_n_insns, qemu_plugin_tb_get_insn, qemu_plugin_register_vcpu_insn_exec_cb,
+    // qemu_plugin_register_vcpu_tb_trans_cb), the same in API 1 and 2.
+    let api = unsafe {
+        TbApi {
+            n_insns: std::mem::transmute::<*mut c_void, extern "C" fn(*const c_void) -> usize>(need(
+                c"qemu_plugin_tb_n_insns",
+            )?),
+            get_insn: std::mem::transmute::<*mut c_void, extern "C" fn(*const c_void, usize) -> *mut c_void>(need(
+                c"qemu_plugin_tb_get_insn",
+            )?),
+            register_insn_exec: std::mem::transmute::<
+                *mut c_void,
+                extern "C" fn(*mut c_void, InsnExecCb, c_int, *mut c_void),
+            >(need(c"qemu_plugin_register_vcpu_insn_exec_cb")?),
+        }
+    };
+    let _ = TIMERS_STATE.set(timers as usize);
+    let _ = TB_API.set(api);
+    // SAFETY: as above: `void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t,
+    // qemu_plugin_vcpu_tb_trans_cb_t)`.
+    let register: extern "C" fn(u64, TbTransCb) = unsafe { std::mem::transmute(register_trans) };
+    register(*PLUGIN_ID.get().ok_or("no plugin id")?, tb_trans);
+    Ok(())
+}
+
+/// Each new translation block: a callback before each of its instructions, told the block's
+/// length and the instruction's place in it.
+extern "C" fn tb_trans(_id: u64, tb: *mut c_void) {
+    let Some(api) = TB_API.get() else { return };
+    let n = (api.n_insns)(tb);
+    for i in 0..n {
+        let insn = (api.get_insn)(tb, i);
+        // QEMU_PLUGIN_CB_NO_REGS = 0.
+        (api.register_insn_exec)(insn, insn_exec, 0, ((n << 32) | i) as *mut c_void);
+    }
+}
+
+extern "C" fn insn_exec(_vcpu: c_uint, udata: *mut c_void) {
+    let (n, i) = ((udata as usize >> 32) as i64, (udata as usize & 0xffff_ffff) as i64);
+    let (guest_ns, icount) = guest_time(n, i);
+    super::on_instruction(guest_ns, icount);
+}
+
+/// The guest time and the instruction count before instruction `i` of a block of `n`, exactly
+/// as QEMU's `icount_get` would count them there: the instructions accounted
+/// (`qemu_icount`) plus those of the current budget spent (the block's start took all `n`
+/// from `icount_decr`), in ns at shift 0, plus the idle time warped over (`qemu_icount_bias`).
+fn guest_time(n: i64, i: i64) -> (u64, u64) {
+    use qemu72::*;
+    let ts = *TIMERS_STATE.get().expect("set before any callback");
+    let cpu = CPU.with(|c| {
+        if c.get() == 0 {
+            // `current_cpu` is thread-local: dlsym gives this thread's instance.
+            let p = symbol(c"current_cpu").expect("checked at installation") as *const usize;
+            // SAFETY: `CPUState *current_cpu` of this (vCPU) thread, set while it runs.
+            c.set(unsafe { *p });
+        }
+        c.get()
+    });
+    let at = |base: usize, off: usize| (base + off) as *const u8;
+    // SAFETY: `ts` is QEMU's `timers_state` and `cpu` this thread's CPUState, both alive for
+    // QEMU's life; the offsets are QEMU 7.2's (checked below on the first call). The fields
+    // read here are written by this vCPU thread only, or (the bias) only while it is idle.
+    let (shift, bias, accounted, running, budget, extra, low) = unsafe {
+        (
+            (at(ts, TS_SHIFT) as *const i16).read_volatile(),
+            (at(ts, TS_BIAS) as *const i64).read_volatile(),
+            (at(ts, TS_ICOUNT) as *const i64).read_volatile(),
+            at(cpu, CPU_RUNNING).read_volatile(),
+            (at(cpu, CPU_BUDGET) as *const i64).read_volatile(),
+            (at(cpu, CPU_EXTRA) as *const i64).read_volatile(),
+            (at(cpu, CPU_DECR_LOW) as *const u16).read_volatile(),
+        )
+    };
+    let spent = budget - extra - i64::from(low);
+    let icount = accounted + spent - n + i;
+    if !CHECKED.with(|c| c.replace(true)) {
+        let ok = shift == 0 && running == 1 && (0..=budget).contains(&spent) && bias >= 0 && icount >= 0;
+        if !ok {
+            eprintln!(
+                "dirtytrace plugin: this QEMU's instruction counter is not where QEMU 7.2 keeps it (shift {shift},                  running {running}, budget {budget}, spent {spent}, bias {bias}): --clock guest works with QEMU 7.2                  only"
+            );
+            std::process::exit(super::SETUP_FAILED);
+        }
+    }
+    ((bias + icount) as u64, icount as u64)
+}
+
+/// Writes all of `buf` to `fd`; false if it cannot.
+pub fn write_all(fd: c_int, mut buf: &[u8]) -> bool {
+    while !buf.is_empty() {
+        // SAFETY: writes from a live slice of that length.
+        let n = unsafe { write(fd, buf.as_ptr() as *const c_void, buf.len()) };
+        if n <= 0 {
+            if n < 0 && last_error().raw_os_error() == Some(4) {
+                continue;
+            }
+            return false;
+        }
+        buf = &buf[n as usize..];
+    }
+    true
+}
+
+/// Waits for one byte on `fd`; false at its end or on an error.
+pub fn read_byte(fd: c_int) -> bool {
+    let mut b = 0u8;
+    loop {
+        // SAFETY: reads one byte into a live local.
+        let n = unsafe { read(fd, &mut b as *mut u8 as *mut c_void, 1) };
+        match n {
+            1 => return true,
+            n if n < 0 && last_error().raw_os_error() == Some(4) => continue,
+            _ => return false,
+        }
+    }
+}
 
 extern "C" fn vcpu_init(_id: u64, _vcpu_index: u32) {
     super::on_vcpu_init();

@@ -15,6 +15,20 @@
 //! - `size`: guest RAM in bytes, the mapping's exact length;
 //! - `id`: the memory backend's id, which newer QEMUs use as the memfd's name.
 //!
+//! - `cut`, `cutfd`, `ackfd` (all three or none): cut intervals in guest time (`record --clock
+//!   guest`). QEMU runs with `-icount shift=0`, so guest time is QEMU's virtual clock: one
+//!   nanosecond per instruction, plus the jumps of idle time. The plugin then calls back before
+//!   every instruction, reads the exact guest time there (see [`ffi::guest_time`]), and at the
+//!   first instruction at or after each multiple of `cut` nanoseconds writes the deadline, the
+//!   guest time and the instruction count (three little-endian u64) to `cutfd` and waits for
+//!   one byte on `ackfd`: dirtytrace harvests while the vCPU waits. The instruction where a
+//!   deadline falls is the same in every replay of a recorded execution, whatever translation
+//!   blocks QEMU made, so the cut is too. Once `ackfd` closes, it cuts no more.
+//!
+//! With `cut`, the report line gains a fifth field, the address (hex) in QEMU's memory of two
+//! u64, the guest time and the instruction count at the latest instruction, which dirtytrace
+//! reads for the final, partial interval.
+//!
 //! It never write-protects a mapping that is not exactly one guest-RAM memfd of that size,
 //! and on any failure it says why and ends QEMU, so that no run goes on untracked.
 
@@ -22,8 +36,8 @@
 
 mod ffi;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// What dirtytrace told the plugin.
 #[derive(Debug)]
@@ -31,27 +45,57 @@ struct Config {
     report_fd: i32,
     ram_size: u64,
     backend_id: Option<String>,
+    cut: Option<CutConfig>,
 }
+
+/// Guest-time cuts: every `interval_ns` of guest time, a message on `cut_fd`, then a wait for
+/// one byte on `ack_fd`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct CutConfig {
+    interval_ns: u64,
+    cut_fd: i32,
+    ack_fd: i32,
+}
+
+/// The next deadline in guest nanoseconds; `u64::MAX` once cutting has stopped.
+static NEXT_CUT: AtomicU64 = AtomicU64::new(0);
+/// The guest time and the instruction count at the latest instruction (their address is
+/// reported to dirtytrace, which reads them at the end).
+static GUEST_NOW: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Serialises cuts (there is one vCPU; this only keeps the slow path sound).
+static CUTTING: Mutex<()> = Mutex::new(());
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 static ARMED: AtomicBool = AtomicBool::new(false);
 
 /// Exit status of QEMU when the plugin cannot track guest RAM.
-const SETUP_FAILED: i32 = 70;
+pub(crate) const SETUP_FAILED: i32 = 70;
 
 fn parse_args(args: &[String]) -> Result<Config, String> {
     let (mut fd, mut size, mut id) = (None, None, None);
+    let (mut cut, mut cut_fd, mut ack_fd) = (None, None, None);
+    let num = |k: &str, v: &str| v.parse::<u64>().map_err(|_| format!("{k}={v}: not a whole number"));
     for a in args {
         let (k, v) = a.split_once('=').ok_or_else(|| format!("argument `{a}` is not key=value"))?;
         match k {
             "fd" => fd = Some(v.parse::<i32>().map_err(|_| format!("fd={v}: not a file descriptor"))?),
             "size" => size = Some(v.parse::<u64>().map_err(|_| format!("size={v}: not a byte count"))?),
             "id" => id = Some(v.to_string()),
-            _ => return Err(format!("unknown argument `{k}` (known: fd, size, id)")),
+            "cut" => cut = Some(num(k, v)?),
+            "cutfd" => cut_fd = Some(num(k, v)? as i32),
+            "ackfd" => ack_fd = Some(num(k, v)? as i32),
+            _ => return Err(format!("unknown argument `{k}` (known: fd, size, id, cut, cutfd, ackfd)")),
         }
     }
+    let cut = match (cut, cut_fd, ack_fd) {
+        (None, None, None) => None,
+        (Some(interval_ns), Some(cut_fd), Some(ack_fd)) if interval_ns > 0 => {
+            Some(CutConfig { interval_ns, cut_fd, ack_fd })
+        }
+        _ => return Err("cut=NS (greater than 0), cutfd=N and ackfd=N go together".into()),
+    };
     match (fd, size) {
-        (Some(report_fd), Some(ram_size)) if ram_size > 0 => Ok(Config { report_fd, ram_size, backend_id: id }),
+        (Some(report_fd), Some(ram_size)) if ram_size > 0 => Ok(Config { report_fd, ram_size, backend_id: id, cut }),
         _ => Err("needs fd=N and size=BYTES (greater than 0)".into()),
     }
 }
@@ -99,8 +143,61 @@ fn arm(cfg: &Config) -> String {
         Err(e) => return format!("error {e}"),
     };
     match ffi::write_protect_async(start, len) {
+        Ok(mode) if cfg.cut.is_some() => format!("ok {start:x} {len} {mode} {:x}", GUEST_NOW.as_ptr() as usize),
         Ok(mode) => format!("ok {start:x} {len} {mode}"),
         Err(e) => format!("error {e}"),
+    }
+}
+
+/// At installation: with guest-time cuts, asks for a callback before every instruction.
+fn install(cfg: Config) -> Result<(), String> {
+    let cut = cfg.cut;
+    CONFIG.set(cfg).map_err(|_| "installed twice".to_string())?;
+    if let Some(cut) = cut {
+        // The first interval ends at `cut` ns of guest time, and holds what QEMU wrote
+        // before the guest's first instruction too.
+        NEXT_CUT.store(cut.interval_ns, Ordering::Relaxed);
+        ffi::instrument_instructions()?;
+    }
+    Ok(())
+}
+
+/// Before every instruction (guest-time cuts only): the guest time there, and the number of
+/// instructions executed before it.
+fn on_instruction(guest_ns: u64, icount: u64) {
+    GUEST_NOW[0].store(guest_ns, Ordering::Relaxed);
+    GUEST_NOW[1].store(icount, Ordering::Relaxed);
+    if guest_ns < NEXT_CUT.load(Ordering::Relaxed) {
+        return;
+    }
+    let Some(cut) = CONFIG.get().and_then(|c| c.cut) else { return };
+    let _one = CUTTING.lock().unwrap_or_else(|e| e.into_inner());
+    cut_deadlines(cut, guest_ns, icount);
+}
+
+/// Writes one cut and waits for dirtytrace to release it; false once dirtytrace is done with
+/// cuts (or gone).
+fn send_cut(cut: CutConfig, deadline: u64, guest_ns: u64, icount: u64) -> bool {
+    let mut msg = [0u8; 24];
+    msg[..8].copy_from_slice(&deadline.to_le_bytes());
+    msg[8..16].copy_from_slice(&guest_ns.to_le_bytes());
+    msg[16..].copy_from_slice(&icount.to_le_bytes());
+    ffi::write_all(cut.cut_fd, &msg) && ffi::read_byte(cut.ack_fd)
+}
+
+/// One cut for every deadline passed (idle time jumps over several): one interval each.
+fn cut_deadlines(cut: CutConfig, guest_ns: u64, icount: u64) {
+    loop {
+        let deadline = NEXT_CUT.load(Ordering::Relaxed);
+        if guest_ns < deadline {
+            break;
+        }
+        // dirtytrace is done with cuts (or gone): run on without them.
+        if !send_cut(cut, deadline, guest_ns, icount) {
+            NEXT_CUT.store(u64::MAX, Ordering::Relaxed);
+            break;
+        }
+        NEXT_CUT.store(deadline.saturating_add(cut.interval_ns), Ordering::Relaxed);
     }
 }
 
@@ -148,5 +245,10 @@ mod tests {
         assert!(a(&["fd=5", "size=0"]).is_err());
         assert!(a(&["fd=x", "size=1"]).unwrap_err().contains("fd=x"));
         assert!(a(&["bogus"]).is_err());
+        assert_eq!(c.cut, None);
+        let c = a(&["fd=5", "size=4096", "cut=1000000", "cutfd=6", "ackfd=7"]).unwrap();
+        assert_eq!(c.cut, Some(CutConfig { interval_ns: 1_000_000, cut_fd: 6, ack_fd: 7 }));
+        assert!(a(&["fd=5", "size=4096", "cut=1000000", "cutfd=6"]).unwrap_err().contains("go together"));
+        assert!(a(&["fd=5", "size=4096", "cut=0", "cutfd=6", "ackfd=7"]).is_err());
     }
 }

@@ -17,6 +17,7 @@
 //!   waits for dirtytrace: the pages written until then are harvested and discarded, so that
 //!   the first bitmap begins at its workload's first instruction.
 
+pub mod clock;
 pub mod pagemap;
 pub mod plugin;
 pub mod qmp;
@@ -327,13 +328,32 @@ pub struct QemuVm {
     /// Which faults the userfaultfd sees: `user` (`UFFD_USER_MODE_ONLY`) or `all`.
     pub uffd_mode: String,
     gate: Option<StartGate>,
+    /// Guest-time cuts (`--clock guest`): the pipes to the plugin, and where in QEMU's memory
+    /// the plugin keeps the latest guest time and instruction count.
+    cuts: Option<(clock::CutPipes, u64)>,
+    /// QEMU's stdout (the console), read only under the console's lock.
+    console_pipe: Option<Arc<std::fs::File>>,
+    /// QEMU's arguments, as it was started (fds named as `/proc/self/fd/N`).
+    pub args: Vec<String>,
 }
 
 impl QemuVm {
     /// Starts QEMU stopped, with the plugin, and waits for it to report guest RAM.
     pub fn start(boot: &QemuBoot, log: Arc<GuestLog>) -> Result<QemuVm, QemuError> {
+        QemuVm::start_clocked(boot, None, log)
+    }
+
+    /// [`QemuVm::start`], with guest-time cuts if `guest_clock` says so.
+    pub fn start_clocked(
+        boot: &QemuBoot,
+        guest_clock: Option<&clock::GuestClock>,
+        log: Arc<GuestLog>,
+    ) -> Result<QemuVm, QemuError> {
         let binary = binary();
         let (major, minor, version) = version(&binary)?;
+        if guest_clock.is_some() {
+            clock::check_version(major, minor, &version)?;
+        }
         probe_pagemap_scan()?;
         if !boot.mem.is_multiple_of(PAGE_SIZE) || boot.mem == 0 {
             return Err(QemuError::Unsupported("--mem must be a whole number of 4 KiB pages".into()));
@@ -358,6 +378,11 @@ impl QemuVm {
         let mut inherit = vec![plugin.as_raw_fd(), initrd.as_raw_fd(), report_write.as_raw_fd()];
         inherit.extend(image.as_ref().map(|i| i.as_raw_fd()));
         inherit.extend(boot.disk.as_ref().map(|d| d.overlay.as_raw_fd()));
+        let mut cuts = match guest_clock {
+            Some(_) => Some(clock::CutPipes::new().map_err(io("cannot make the pipes of the guest clock"))?),
+            None => None,
+        };
+        inherit.extend(cuts.as_ref().map_or(Vec::new(), |c| c.child_fds()));
 
         let mut cmd = Command::new(&binary);
         cmd.args(["-name", "dirtytrace,debug-threads=on", "-accel", "tcg", "-nodefaults", "-no-user-config"])
@@ -393,12 +418,19 @@ impl QemuVm {
             }
             cmd.arg("-device").arg(format!("virtio-blk-pci,drive={}", crate::disk::OVERLAY_NODE));
         }
+        if let Some(c) = guest_clock {
+            cmd.args(c.qemu_args());
+        }
         cmd.arg("-plugin")
             .arg(format!(
-                "/proc/self/fd/{},fd={},size={},id={RAM_BACKEND_ID}",
+                "/proc/self/fd/{},fd={},size={},id={RAM_BACKEND_ID}{}",
                 plugin.as_raw_fd(),
                 report_write.as_raw_fd(),
-                boot.mem
+                boot.mem,
+                match (guest_clock, &cuts) {
+                    (Some(c), Some(p)) => p.plugin_args(c.interval_ns),
+                    _ => String::new(),
+                }
             ))
             .env("DIRTYTRACE_QEMU_PLUGIN_API", plugin::api_version(major, minor).to_string())
             .stdin(Stdio::null())
@@ -426,6 +458,10 @@ impl QemuVm {
             Err(source) => return Err(QemuError::Io { what: format!("cannot start {}", binary.display()), source }),
         };
         drop(report_write);
+        if let Some(c) = cuts.as_mut() {
+            c.started();
+        }
+        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         let pid = child.id();
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(pipe) = child.stderr.take() {
@@ -442,11 +478,12 @@ impl QemuVm {
         }
         let console = Arc::new(Mutex::new(Console::default()));
         console.lock().unwrap_or_else(|e| e.into_inner()).parser.markers = boot.markers.clone();
-        if let Some(pipe) = child.stdout.take() {
+        let console_pipe = child.stdout.take().map(|pipe| Arc::new(std::fs::File::from(OwnedFd::from(pipe))));
+        if let Some(pipe) = console_pipe.clone() {
             let (console, echo) = (console.clone(), boot.echo_console);
             let _ = std::thread::Builder::new()
                 .name("qemu-console".into())
-                .spawn(move || read_console(pipe, &log, &console, echo));
+                .spawn(move || read_console(&pipe, &log, &console, echo));
         }
         let process = Process { child: Mutex::new(child), pid };
         let tail = |s: &Arc<Mutex<VecDeque<String>>>| {
@@ -455,7 +492,7 @@ impl QemuVm {
             s.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect::<Vec<_>>()
         };
         let report = read_report(report_read, STARTUP_TIMEOUT);
-        let (ram_host_start, uffd_mode) = match parse_report(&report, boot.mem) {
+        let (ram_host_start, uffd_mode, clock_addr) = match parse_report(&report, boot.mem) {
             Ok(r) => r,
             Err(msg) => {
                 drop(process);
@@ -496,6 +533,18 @@ impl QemuVm {
             version,
             uffd_mode,
             gate: boot.gate.clone(),
+            cuts: match (cuts, clock_addr) {
+                (Some(c), Some(addr)) => Some((c, addr)),
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(QemuError::Startup {
+                        msg: "dirtytrace's plugin did not say where it keeps the guest time".into(),
+                        stderr: Vec::new(),
+                    })
+                }
+            },
+            console_pipe,
+            args,
         };
         if let Some(gate) = &boot.gate {
             vm.run_to_gate(gate)?;
@@ -675,20 +724,22 @@ fn read_report(pipe: OwnedFd, timeout: Duration) -> Result<String, String> {
     }
 }
 
-/// `ok START LEN MODE` from the plugin: guest RAM's host address and the userfaultfd's mode.
-fn parse_report(report: &Result<String, String>, mem: u64) -> Result<(u64, String), String> {
+/// `ok START LEN MODE [CLOCK]` from the plugin: guest RAM's host address, the userfaultfd's mode,
+/// and where the plugin keeps the guest time (guest-time cuts only).
+fn parse_report(report: &Result<String, String>, mem: u64) -> Result<(u64, String, Option<u64>), String> {
     let line = report.as_ref().map_err(String::clone)?;
     if let Some(why) = line.strip_prefix("error ") {
         return Err(format!("dirtytrace's plugin cannot track guest RAM: {why}"));
     }
     let f: Vec<&str> = line.split_whitespace().collect();
+    let hex = |h: &str| u64::from_str_radix(h, 16).map_err(|_| format!("the plugin said `{line}`"));
     match f.as_slice() {
-        ["ok", start, len, mode] => {
-            let start = u64::from_str_radix(start, 16).map_err(|_| format!("the plugin said `{line}`"))?;
+        ["ok", start, len, mode, rest @ ..] if rest.len() <= 1 => {
             if len.parse::<u64>().ok() != Some(mem) {
                 return Err(format!("the plugin tracks {len} bytes, not the guest's {mem}"));
             }
-            Ok((start, mode.to_string()))
+            let clock = rest.first().map(|c| hex(c)).transpose()?;
+            Ok((hex(start)?, mode.to_string(), clock))
         }
         _ => Err(format!("the plugin said `{line}`")),
     }
@@ -719,18 +770,31 @@ fn thread_cpu_ns(pid: u32, tid: u32) -> Option<u64> {
     text.split_whitespace().next()?.parse().ok()
 }
 
-fn read_console(mut pipe: impl Read, log: &GuestLog, console: &Mutex<Console>, echo: bool) {
+/// Reads the console as it comes. Each read happens under the console's lock, after a poll
+/// says there is something: whoever holds the lock and finds the pipe empty knows that all the
+/// guest wrote so far has been parsed ([`RunningQemu::drain_console`]).
+fn read_console(pipe: &std::fs::File, log: &GuestLog, console: &Mutex<Console>, echo: bool) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::io::Write;
+    use std::os::fd::AsFd;
     let mut buf = [0u8; 4096];
     loop {
-        match pipe.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let mut c = console.lock().unwrap_or_else(|e| e.into_inner());
+        match (&mut &*pipe).read(&mut buf) {
+            Ok(0) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
             Ok(n) => {
                 log.append_console(&buf[..n]);
                 if echo {
                     let _ = std::io::stderr().write_all(&buf[..n]);
                 }
-                console.lock().unwrap_or_else(|e| e.into_inner()).parser.feed(&buf[..n], log);
+                c.parser.feed(&buf[..n], log);
             }
         }
     }
@@ -756,6 +820,23 @@ impl RunningQemu {
 
     fn stderr_lines(&self) -> Vec<String> {
         self.vm.stderr.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    /// Waits until the console reader has parsed everything QEMU wrote to the console so far:
+    /// at a guest-time cut, every line the guest wrote before the cut is then in the log.
+    fn drain_console(&self) {
+        let Some(pipe) = &self.vm.console_pipe else { return };
+        for _ in 0..10_000 {
+            let c = self.vm.console.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending: libc::c_int = 0;
+            // SAFETY: FIONREAD writes one int, the bytes waiting in the pipe, into `pending`.
+            let r = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut pending) };
+            if c.closed || r != 0 || pending == 0 {
+                return;
+            }
+            drop(c);
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 }
 
@@ -798,7 +879,38 @@ impl crate::engine::RunningGuest for RunningQemu {
         let _ = self.vm.qmp.execute("cont");
     }
 
+    fn wait_cut(&self, timeout: Duration) -> Result<Option<crate::engine::GuestCut>, crate::engine::EngineError> {
+        let Some((pipes, _)) = &self.vm.cuts else { return Ok(None) };
+        let cut = pipes.wait(timeout).map_err(|source| QemuError::Io {
+            what: "reading the guest clock's cuts from dirtytrace's plugin".into(),
+            source,
+        })?;
+        if cut.is_some() {
+            self.drain_console();
+        }
+        Ok(cut)
+    }
+
+    fn release_cut(&self) {
+        if let Some((pipes, _)) = &self.vm.cuts {
+            pipes.release();
+        }
+    }
+
+    fn guest_clock_now(&self) -> Option<(u64, u64)> {
+        let (_, addr) = self.vm.cuts.as_ref()?;
+        let mut b = [0u8; 16];
+        self.vm.mem_file.read_exact_at(&mut b, *addr).ok()?;
+        let word = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        Some((word(0), word(1)))
+    }
+
     fn stop(&mut self) -> Vec<VcpuOutcome> {
+        // A vCPU waiting at a cut would never pause: no more cuts.
+        if let Some((pipes, _)) = &self.vm.cuts {
+            pipes.close();
+        }
+        self.drain_console();
         let shutdown = self.vm.qmp.events.shutdown.load(Ordering::Acquire);
         let exited = self.vm.process.exited();
         if exited.is_none() && !shutdown {
@@ -840,6 +952,10 @@ impl crate::engine::RunningGuest for RunningQemu {
 
 impl Drop for RunningQemu {
     fn drop(&mut self) {
+        // A vCPU waiting at a cut would keep QEMU from quitting.
+        if let Some((pipes, _)) = &self.vm.cuts {
+            pipes.close();
+        }
         // A clean quit first, so QEMU can tidy up; the process guard kills it otherwise.
         if self.vm.process.exited().is_none() && self.vm.qmp.execute("quit").is_ok() {
             for _ in 0..100 {
@@ -868,7 +984,8 @@ mod tests {
 
     #[test]
     fn the_plugin_report_is_checked() {
-        assert_eq!(parse_report(&Ok("ok 7f00 4096 user".into()), 4096), Ok((0x7f00, "user".into())));
+        assert_eq!(parse_report(&Ok("ok 7f00 4096 user".into()), 4096), Ok((0x7f00, "user".into(), None)));
+        assert_eq!(parse_report(&Ok("ok 7f00 4096 user 55aa".into()), 4096), Ok((0x7f00, "user".into(), Some(0x55aa))));
         assert!(parse_report(&Ok("ok 7f00 8192 user".into()), 4096).unwrap_err().contains("8192"));
         let e = parse_report(&Ok("error userfaultfd: EPERM".into()), 4096).unwrap_err();
         assert!(e.contains("cannot track guest RAM: userfaultfd: EPERM"), "{e}");

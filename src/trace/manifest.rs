@@ -133,6 +133,24 @@ pub struct EngineInfo {
     pub uffd_mode: Option<String>,
 }
 
+/// How time was kept under `record --clock guest` (`manifest.json` `guest_clock`): intervals
+/// and times are in seconds of the guest's own clock, QEMU's virtual clock under its
+/// instruction counter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestClockInfo {
+    /// Instructions per second of guest time while the guest runs (`-icount shift=N`:
+    /// 10^9 / 2^N); idle time passes without instructions.
+    pub instructions_per_s: f64,
+    /// QEMU's `-icount shift`.
+    pub icount_shift: u32,
+    /// The directory in the trace that keeps the execution (`--keep-execution`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
+    /// The trace whose execution this trace replayed (`dirtytrace retrace`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retraced_from: Option<String>,
+}
+
 /// `manifest.json`, field by field (`schemas/trace.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -182,6 +200,9 @@ pub struct Manifest {
     /// (which were all recorded by dirtytrace's own VMM under KVM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineInfo>,
+    /// The guest clock, under `record --clock guest`; absent when intervals are host time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_clock: Option<GuestClockInfo>,
     /// The guest kind (`synthetic` or `linux`) and its configuration, including the workload.
     pub guest: serde_json::Value,
     /// Pages the guest itself may dirty besides its workload (synthetic guest: the control page).
@@ -229,6 +250,7 @@ impl Manifest {
             exact_cut: false,
             sampler: None,
             engine: None,
+            guest_clock: None,
             guest: serde_json::Value::Null,
             guest_own_pages: Vec::new(),
             initial_nonzero_pages: Vec::new(),

@@ -14,7 +14,9 @@ mod validate;
 mod writer;
 
 pub use bitmap::{BitmapDecoder, BitmapEncoder, ZSTD_LEVEL};
-pub use manifest::{DeadlineCounts, EndReason, EngineInfo, HarvestTiming, Manifest, TraceStatus, ON_TIME_FRACTION};
+pub use manifest::{
+    DeadlineCounts, EndReason, EngineInfo, GuestClockInfo, HarvestTiming, Manifest, TraceStatus, ON_TIME_FRACTION,
+};
 pub use reader::{guarded, BitmapStream, IntervalBitmaps, IntervalStream, RatesStream, SlotBitmap, Trace, TraceError};
 pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SchedPolicy, SlotBlob};
 pub use tables::{bitmap_columns, rate_columns, ColumnError};

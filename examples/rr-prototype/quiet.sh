@@ -1,0 +1,3 @@
+#!/bin/sh
+dt-phase quiet
+sleep 10

@@ -1,0 +1,157 @@
+//! Reproducible traces under the QEMU engine (issue 20): `record --clock guest
+//! --keep-execution` keeps QEMU's record/replay log of a Linux guest's execution, and
+//! `dirtytrace retrace` replays it and records it again. They need Debian's QEMU 7.2 and the kit
+//! (`.ci/run` installs both) and fail without them.
+
+mod common;
+
+use common::*;
+use dirtytrace::trace::{IntervalRow, Trace};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The longest one recording or replay of the hello workload may take here (it takes about a
+/// minute on a loaded two-core machine).
+const LIMIT: Duration = Duration::from_secs(600);
+
+fn hello() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/linux/hello.sh")
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    output_within(Command::new(bin()).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()), LIMIT)
+}
+
+fn ok(args: &[&str]) {
+    let o = run(args);
+    assert!(o.status.success(), "dirtytrace {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = run(args);
+    assert!(!o.status.success(), "dirtytrace {args:?} should have failed");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every interval's row and dirty pages.
+fn intervals(dir: &Path) -> Vec<(IntervalRow, Vec<u64>)> {
+    let t = Trace::open(dir).unwrap();
+    t.intervals().unwrap().map(|i| i.map(|(row, b)| (row, b.pages())).unwrap()).collect()
+}
+
+/// What a replay must reproduce of a row: everything but the trace's id and host timings.
+fn guest_side(r: &IntervalRow) -> String {
+    let mut r = r.clone();
+    r.trace_id.clear();
+    r.harvest_ioctl_s = 0.0;
+    format!("{r:?}")
+}
+
+fn events(dir: &Path) -> Vec<(String, String)> {
+    Trace::open(dir).unwrap().guest_log().unwrap().into_iter().map(|e| (e.kind, e.name)).collect()
+}
+
+#[test]
+fn one_execution_retraced_gives_the_same_pages_at_any_interval() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("retrace");
+    let (t100, again, t10) = (dir.join("t100"), dir.join("t100-again"), dir.join("t10"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    ok(&["record", "--workload", &s(&hello()), "--engine", "qemu", "--clock", "guest", "--keep-execution"]
+        .into_iter()
+        .chain(["--mem", "512MiB", "--interval", "100ms", "-o", &s(&t100)])
+        .collect::<Vec<_>>());
+    ok(&["retrace", &s(&t100), "-o", &s(&again)]);
+    ok(&["retrace", &s(&t100), "--interval", "10ms", "-o", &s(&t10)]);
+
+    let (a, b, fine) = (intervals(&t100), intervals(&again), intervals(&t10));
+    let full = |v: &[(IntervalRow, Vec<u64>)]| v.iter().filter(|(r, _)| !r.partial).count();
+    assert!(full(&a) >= 20, "the hello workload lasts over 2 s of guest time: {} intervals", a.len());
+    assert_eq!(a.len(), b.len());
+    // Every full interval: the same row and the same pages, bit for bit, cut at exact
+    // multiples of the interval in guest time.
+    for (k, ((ra, pa), (rb, pb))) in a.iter().zip(&b).enumerate().filter(|(_, ((r, _), _))| !r.partial) {
+        assert_eq!(guest_side(ra), guest_side(rb), "interval {k}'s row");
+        assert_eq!(pa, pb, "interval {k}'s pages");
+        assert_eq!(ra.t_end_s, ((k as u64 + 1) * 100_000_000) as f64 / 1e9, "interval {k} ends on its deadline");
+    }
+    // Ten 10 ms intervals hold exactly the pages of the 100 ms interval they make up.
+    assert!(full(&fine) >= 10 * full(&a));
+    for (k, (row, pages)) in a.iter().enumerate().filter(|(_, (r, _))| !r.partial) {
+        let mut union: Vec<u64> = fine[10 * k..10 * k + 10].iter().flat_map(|(_, p)| p.iter().copied()).collect();
+        union.sort_unstable();
+        union.dedup();
+        assert_eq!(&union, pages, "100 ms window {k}");
+        assert_eq!(fine[10 * k + 9].0.phase, row.phase, "window {k}'s phase");
+    }
+    // The console and the phases are the same in every retrace.
+    let console = std::fs::read(t100.join("console.log")).unwrap();
+    assert!(String::from_utf8_lossy(&console).contains("workload done"));
+    for other in [&again, &t10] {
+        assert_eq!(std::fs::read(other.join("console.log")).unwrap(), console, "{}", other.display());
+        assert_eq!(events(other), events(&t100), "{}", other.display());
+    }
+    let m = Trace::open(&t10).unwrap().manifest;
+    let recorded = Trace::open(&t100).unwrap().manifest;
+    let clock = m.guest_clock.expect("a retrace runs on the guest clock");
+    assert_eq!(clock.retraced_from.as_deref(), Some(recorded.trace_id.as_str()));
+    assert_eq!(clock.instructions_per_s, 1e9);
+
+    // A log damaged after the recording: refused before QEMU starts, naming the file.
+    let damaged = dir.join("damaged");
+    let cp = Command::new("cp").args(["-a", &s(&t100), &s(&damaged)]).status().unwrap();
+    assert!(cp.success());
+    let log = damaged.join("execution/replay.bin");
+    let bytes = std::fs::read(&log).unwrap();
+    std::fs::write(&log, &bytes[..bytes.len() / 2]).unwrap();
+    let out = dir.join("from-damaged");
+    let e = fails(&["retrace", &s(&damaged), "-o", &s(&out)]);
+    assert!(e.contains(&format!("{} is not the file that was recorded", log.display())), "{e}");
+    assert!(!out.exists(), "nothing made for a refused retrace");
+    // A log that was truncated before it was hashed: QEMU runs out of it, and the retrace fails
+    // naming it, without hanging (output_within bounds it).
+    let info_path = damaged.join("execution/execution.json");
+    let mut info: serde_json::Value = serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    info["log_sha256"] = dirtytrace::guest::linux::kit::sha256_hex(&bytes[..bytes.len() / 2]).into();
+    std::fs::write(&info_path, serde_json::to_vec(&info).unwrap()).unwrap();
+    let e = fails(&["retrace", &s(&damaged), "-o", &s(&out)]);
+    assert!(e.contains(&format!("replaying {} failed", log.display())), "{e}");
+    assert!(e.contains("error reading the replay data"), "QEMU's own words: {e}");
+    // Another QEMU: refused naming both versions.
+    info["qemu_version"] = "6.2.0".into();
+    std::fs::write(&info_path, serde_json::to_vec(&info).unwrap()).unwrap();
+    let e = fails(&["retrace", &s(&damaged), "-o", &s(&dir.join("other-qemu"))]);
+    assert!(e.contains("recorded with QEMU 6.2.0; this host has QEMU 7.2"), "{e}");
+}
+
+#[test]
+fn the_guest_clock_is_refused_where_it_cannot_keep_its_promise() {
+    let dir = Scratch::new("retrace-refused");
+    let out = dir.join("t");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let h = s(&hello());
+    let cases: [(Vec<&str>, &str); 5] = [
+        (vec!["--workload", &h, "--engine", "kvm", "--clock", "guest"], "--clock guest needs the QEMU engine"),
+        (vec!["--clock", "guest", "--engine", "qemu"], "--clock guest records Linux guests (.sh workloads) only"),
+        (vec!["--workload", &h, "--engine", "qemu", "--keep-execution"], "--keep-execution needs --clock guest"),
+        (vec!["--workload", &h, "--clock", "guest", "--exact-cut"], "a guest-time cut is exact already"),
+        (
+            vec!["--workload", &h, "--clock", "guest", "--vcpus", "2", "--mem", "512MiB"],
+            "--clock guest needs one vCPU, not 2",
+        ),
+    ];
+    for (args, want) in cases {
+        let o = s(&out);
+        let e = fails(&[&["record"], args.as_slice(), &["-o", &o]].concat());
+        assert!(e.contains(want), "{args:?}: {e}");
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+    // A trace without its execution cannot be retraced.
+    let plain = dir.join("plain");
+    let _g = kvm_lock();
+    ok(&["record", "--duration", "300ms", "--interval", "100ms", "-o", &s(&plain)]);
+    let e = fails(&["retrace", &s(&plain), "-o", &s(&out)]);
+    assert!(e.contains("keeps no execution to replay"), "{e}");
+    assert!(!out.exists());
+}
