@@ -1267,3 +1267,52 @@ fn a_grid_s_toml_errors_are_one_line() {
         assert!(stdout.is_empty() && !out.exists());
     }
 }
+
+/// A dataset whose `traces/` has been replaced by a symbolic link to a directory elsewhere is
+/// refused before any run is looked at: through the link a sweep would recover, remove or
+/// record runs outside the dataset. The linked directory is left exactly as it was.
+#[test]
+fn a_dataset_whose_traces_directory_is_a_symlink_is_refused() {
+    let dir = Scratch::new("ds-linked-traces");
+    let grid = write(&dir, "grid.toml", GRID);
+    let out = dir.join("ds");
+    generated(&grid, &out, "1/1");
+    let elsewhere = dir.join("elsewhere");
+    std::fs::rename(out.join("traces"), &elsewhere).unwrap();
+    // One run looks killed mid-recording, so that a sweep would recover it in place.
+    let victim = std::fs::read_dir(&elsewhere).unwrap().next().unwrap().unwrap().path();
+    let manifest = victim.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap().replacen("\"complete\"", "\"recording\"", 1);
+    std::fs::write(&manifest, &text).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, out.join("traces")).unwrap();
+    let before = tree(&elsewhere);
+    let Run { code, stderr, .. } = cli(&["sweep", s(&grid), "--output", s(&out)]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!(
+            "error: {}: is a symbolic link or not a directory; a sweep writes only inside its dataset: replace it \
+             with a directory (move what it points to into it)",
+            out.join("traces").display()
+        )
+    );
+    assert_eq!(tree(&elsewhere), before, "the linked directory was changed");
+}
+
+/// Every file under `dir` with its contents, sorted.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}

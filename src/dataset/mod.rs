@@ -71,6 +71,13 @@ pub enum DatasetError {
         .0.display()
     )]
     NotADataset(PathBuf),
+    /// One of the dataset's own directories is not a plain directory inside it.
+    #[error(
+        "{}: is a symbolic link or not a directory; a sweep writes only inside its dataset: replace it with a \
+         directory (move what it points to into it)",
+        .0.display()
+    )]
+    NotOwnDirectory(PathBuf),
     /// `--output` holds a dataset of another grid.
     #[error(
         "--output {}: holds the dataset of another grid ({}; its runs or their settings differ): sweep into a new \

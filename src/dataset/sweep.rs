@@ -253,7 +253,12 @@ fn create_dataset(plan: &Plan) -> Result<(), DatasetError> {
         dirs.push(SPECS);
     }
     for d in dirs {
-        std::fs::create_dir_all(out.join(d)).map_err(io_err("cannot create", &out.join(d)))?;
+        let path = out.join(d);
+        std::fs::create_dir_all(&path).map_err(io_err("cannot create", &path))?;
+        // Through a symlink, runs would be recorded, recovered or removed outside the dataset.
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Err(DatasetError::NotOwnDirectory(path));
+        }
     }
     if DatasetInfo::load(out)?.as_ref() != Some(&plan.info) {
         plan.info.store(out)?;
