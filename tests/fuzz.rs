@@ -396,19 +396,6 @@ fn mutate_cell(rng: &mut Rng, b: &RecordBatch, c: usize, row: usize, bomb: &[u8]
     (RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).unwrap(), format!("{name}[{row}]"))
 }
 
-fn varints(numbers: &[u64]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &n in numbers {
-        let mut v = n;
-        while v >= 0x80 {
-            out.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    out
-}
-
 /// Row `row` of `bitmaps.parquet` becomes a `varint-gaps` bitmap a liar would write: gaps that
 /// repeat a page or pass the slot's end, too many pages, a number cut off or longer than 64
 /// bits, a `dirty_pages` or `raw_bytes` that disagrees, or a valid-looking stream of other pages.

@@ -198,19 +198,6 @@ fn set_blob(dir: &Path, row: usize, encoding: &str, raw_bytes: u64, data: &[u8])
     write_table(&path, &arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap());
 }
 
-fn varints(numbers: &[u64]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for &n in numbers {
-        let mut v = n;
-        while v >= 0x80 {
-            out.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-    out
-}
-
 /// The error of reading every bitmap of the trace in `dir`, through the library and the CLI.
 fn refusal(dir: &Path) -> String {
     let err = Trace::open(dir).unwrap().bitmaps().unwrap().find_map(Result::err).expect("refused").to_string();

@@ -218,20 +218,11 @@ fn check_file(path: &Path) -> Result<(), DiskError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DiskError::Missing { path: path.into() }),
         Err(source) => return Err(DiskError::Read { path: path.into(), source }),
     };
+    // A regular file or a block device: anything else has no disk to read.
     let t = meta.file_type();
-    let what = if t.is_dir() {
-        "a directory"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        ""
-    };
-    if !what.is_empty() {
-        return Err(DiskError::NotAnImage { path: path.into(), what: what.into() });
+    if !t.is_file() && !t.is_block_device() {
+        let what = format!("a {}", crate::files::kind_of(t));
+        return Err(DiskError::NotAnImage { path: path.into(), what });
     }
     // Readable by this user (QEMU runs as the recorder's user).
     std::fs::File::open(path).map_err(|source| DiskError::Read { path: path.into(), source })?;

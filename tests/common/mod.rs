@@ -380,3 +380,17 @@ pub fn assert_trace_exact(
     assert!(certain > 0, "{name}: the guest wrote nothing checkable");
     checks
 }
+
+/// `numbers` as LEB128 varints, as a `varint-gaps` bitmap stores its gaps (schemas/bitmaps.md).
+pub fn varints(numbers: &[u64]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for &n in numbers {
+        let mut v = n;
+        while v >= 0x80 {
+            out.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    out
+}
