@@ -238,6 +238,44 @@ fn a_killed_recorder_takes_qemu_with_it() {
     assert!(trace.manifest.intervals > 0);
 }
 
+/// QEMU's monitor is an unnamed socket pair: its command line names no socket file, and a
+/// recorder killed while its QEMU starts leaves nothing in `$TMPDIR`.
+#[test]
+fn a_recorder_killed_while_qemu_starts_leaves_no_file() {
+    let _g = kvm_lock();
+    let dir = Scratch::new("qemu-killed-at-start");
+    let tmp = dir.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let script = write(&dir, "w.sh", "true\n");
+    let mut child = Command::new(bin())
+        .args(["record", "--engine", "qemu", "--mem", "256MiB", "--workload", script.to_str().unwrap(), "--output"])
+        .arg(dir.join("trace"))
+        .env("TMPDIR", &tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let recorder = child.id();
+    // The guest's QEMU, not the short-lived `--version` one: it is started stopped (`-S`).
+    let mut qemu = None;
+    wait_for("the guest's QEMU", Duration::from_secs(60), || {
+        qemu = qemu_children(recorder).into_iter().find(|&p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).any(|a| a == b"-S"))
+        });
+        qemu.is_some()
+    });
+    let qemu = qemu.unwrap();
+    let cmdline = std::fs::read(format!("/proc/{qemu}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    assert!(!args.iter().any(|a| a.contains("unix:") || a.contains(tmp.to_str().unwrap())), "{args:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for("QEMU to die with its recorder", Duration::from_secs(5), || !running(qemu));
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "left in $TMPDIR: {left:?}");
+}
+
 /// No QEMU on PATH: the error names the package, and nothing is left behind.
 #[test]
 fn missing_qemu_names_the_package() {

@@ -8,8 +8,8 @@
 //!   the first vCPU's creation, before the guest's first instruction, and reports where it is.
 //! - A harvest is `PAGEMAP_SCAN` on `/proc/QEMU/pagemap` ([`pagemap`]), which returns the
 //!   written pages and write-protects them again in one call, on the sampler's own deadlines.
-//! - The serial console is QEMU's stdout, parsed by the Linux guest's marker parser; QMP on a
-//!   private socket ([`qmp`]) continues, pauses (`--exact-cut`) and ends the guest. A guest
+//! - The serial console is QEMU's stdout, parsed by the Linux guest's marker parser; QMP on an
+//!   unnamed socket pair ([`qmp`]) continues, pauses (`--exact-cut`) and ends the guest. A guest
 //!   power-off or reboot pauses QEMU (`-action shutdown=pause`), so the last interval is
 //!   harvested before QEMU quits.
 //! - QEMU dies with the thread that started it (`PR_SET_PDEATHSIG`), and with the recorder.
@@ -31,6 +31,7 @@ use std::collections::VecDeque;
 use std::io::{BufRead, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,6 +43,8 @@ use std::time::Duration;
 pub const QEMU_BINARY: &str = "qemu-system-x86_64";
 /// The memory backend's id on QEMU's command line.
 const RAM_BACKEND_ID: &str = "dirtytrace-ram";
+/// The id of the monitor's character device, on the socket pair QEMU inherits.
+const QMP_CHARDEV_ID: &str = "dirtytrace-qmp";
 /// Guest RAM below 4 GiB at most, as the own VMM lays it out.
 pub const LOW_RAM_END: u64 = 3 * GIB;
 /// Where RAM above the low part starts.
@@ -274,33 +277,6 @@ impl Drop for Process {
     }
 }
 
-/// A private directory for the QMP socket, removed when dropped.
-struct PrivateDir(PathBuf);
-
-impl PrivateDir {
-    fn create() -> std::io::Result<PrivateDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let base = std::env::temp_dir();
-        for attempt in 0..100u32 {
-            let p = base.join(format!("dirtytrace-qemu-{}-{}-{attempt}", std::process::id(), crate::clock::now_ns()));
-            match std::fs::DirBuilder::new().mode(0o700).create(&p) {
-                Ok(()) => return Ok(PrivateDir(p)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(std::io::Error::other("cannot make a private directory for QEMU's socket"))
-    }
-}
-
-impl Drop for PrivateDir {
-    fn drop(&mut self) {
-        // Only the socket QEMU made, then the directory we made.
-        let _ = std::fs::remove_file(self.0.join("qmp.sock"));
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 /// What the console reader has seen.
 #[derive(Default)]
 struct Console {
@@ -362,8 +338,7 @@ impl QemuVm {
             let what = what.to_string();
             move |source| QemuError::Io { what, source }
         };
-        let dir = PrivateDir::create().map_err(io("cannot make a private directory for QEMU's monitor socket"))?;
-        let socket = dir.0.join("qmp.sock");
+        let (qmp_ours, qmp_qemus) = UnixStream::pair().map_err(io("cannot make the socket pair of QEMU's monitor"))?;
         let plugin = plugin::memfd().map_err(io("cannot prepare the QEMU plugin"))?;
         let initrd =
             memfd(c"dirtytrace-initramfs", &boot.initramfs).map_err(io("cannot prepare the initramfs for QEMU"))?;
@@ -375,7 +350,7 @@ impl QemuVm {
         };
         let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| QemuError::Io { what: "pipe".into(), source: e.into() })?;
-        let mut inherit = vec![plugin.as_raw_fd(), initrd.as_raw_fd(), report_write.as_raw_fd()];
+        let mut inherit = vec![plugin.as_raw_fd(), initrd.as_raw_fd(), report_write.as_raw_fd(), qmp_qemus.as_raw_fd()];
         inherit.extend(image.as_ref().map(|i| i.as_raw_fd()));
         inherit.extend(boot.disk.as_ref().map(|d| d.overlay.as_raw_fd()));
         let mut cuts = match guest_clock {
@@ -396,8 +371,10 @@ impl QemuVm {
             .arg("-smp")
             .arg(boot.vcpus.to_string())
             .args(["-action", "reboot=shutdown,shutdown=pause", "-serial", "stdio"])
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", socket.display()));
+            .arg("-chardev")
+            .arg(format!("socket,id={QMP_CHARDEV_ID},fd={}", qmp_qemus.as_raw_fd()))
+            .arg("-mon")
+            .arg(format!("chardev={QMP_CHARDEV_ID},mode=control"));
         if let Some(kernel) = &boot.kernel {
             cmd.arg("-kernel");
             match (kernel, &image) {
@@ -458,6 +435,8 @@ impl QemuVm {
             Err(source) => return Err(QemuError::Io { what: format!("cannot start {}", binary.display()), source }),
         };
         drop(report_write);
+        // Only QEMU may hold its end, so that its death closes the connection.
+        drop(qmp_qemus);
         if let Some(c) = cuts.as_mut() {
             c.started();
         }
@@ -499,16 +478,13 @@ impl QemuVm {
                 return Err(startup_failure(msg, tail(&stderr), boot));
             }
         };
-        let qmp = match qmp::Qmp::connect(&socket, STARTUP_TIMEOUT, || process.exited().is_none()) {
+        let qmp = match qmp::Qmp::over(qmp_ours) {
             Ok(q) => q,
             Err(msg) => {
                 drop(process);
                 return Err(startup_failure(msg, tail(&stderr), boot));
             }
         };
-        // Connected: the socket's name is needed no more, so nothing is left on disk even if
-        // the recorder is killed later.
-        drop(dir);
         let pagemap = pagemap::Pagemap::open(pid).map_err(|source| QemuError::Scan { pid, source })?;
         // Written only to start a gated guest.
         let mem_file = std::fs::OpenOptions::new()

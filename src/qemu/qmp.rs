@@ -1,14 +1,15 @@
-//! A small client of QEMU's machine protocol (QMP) on a private Unix socket: `cont`, `stop`,
-//! `quit`, and the `SHUTDOWN` event that says the guest powered off or rebooted.
+//! A small client of QEMU's machine protocol (QMP) over one end of a socket pair whose other
+//! end QEMU inherits: `cont`, `stop`, `quit`, and the `SHUTDOWN` event that says the guest
+//! powered off or rebooted. No socket has a name, so none can be left behind or reached by
+//! another process.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a command may wait for QEMU's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,19 +32,9 @@ pub struct Qmp {
 }
 
 impl Qmp {
-    /// Connects to the socket QEMU listens on, waiting up to `timeout` for it to appear while
-    /// `alive()` says QEMU still runs.
-    pub fn connect(path: &Path, timeout: Duration, alive: impl Fn() -> bool) -> Result<Qmp, String> {
-        let t0 = Instant::now();
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if t0.elapsed() > timeout || !alive() => {
-                    return Err(format!("cannot connect to QEMU's QMP socket {}: {e}", path.display()))
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
-            }
-        };
+    /// Speaks QMP over `stream`, the end of the pair that QEMU did not inherit, and
+    /// negotiates capabilities. If QEMU dies first, its end closes and this fails at once.
+    pub fn over(stream: UnixStream) -> Result<Qmp, String> {
         let reader = stream.try_clone().map_err(|e| format!("QMP socket: {e}"))?;
         let events = Arc::new(Events::default());
         let (tx, rx) = std::sync::mpsc::channel();
