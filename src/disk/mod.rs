@@ -99,6 +99,16 @@ pub enum DiskError {
         /// What is wrong.
         why: String,
     },
+    /// `--disk-format raw` on a qcow2 file: the guest would see qcow2's tables, not a disk.
+    #[error(
+        "--disk {}: the file is a qcow2 image (its header says so), but --disk-format raw was given: the guest \
+         would see qcow2's own tables instead of the disk; give --disk-format qcow2, or leave it out",
+        path.display()
+    )]
+    Qcow2AsRaw {
+        /// The image.
+        path: PathBuf,
+    },
     /// Encrypted qcow2.
     #[error("--disk {}: the image is encrypted, which dirtytrace does not open", path.display())]
     Encrypted {
@@ -236,10 +246,11 @@ pub fn open(path: &Path, format: Option<DiskFormat>) -> Result<(Reader, CheckedI
     if abs.to_str().is_none() {
         return Err(DiskError::NotUtf8 { path: path.into() });
     }
-    let format = match format {
-        Some(f) => f,
-        None => detect_format(path)?,
-    };
+    let detected = detect_format(path)?;
+    if (format, detected) == (Some(DiskFormat::Raw), DiskFormat::Qcow2) {
+        return Err(DiskError::Qcow2AsRaw { path: path.into() });
+    }
+    let format = format.unwrap_or(detected);
     let mut chain = Vec::new();
     let reader = open_chain(&abs, format, &mut chain, 0, &abs)?;
     if reader.size() == 0 {
@@ -379,6 +390,8 @@ mod tests {
             e.contains(&format!("backing file {}", dir.join("x").display())) && e.contains("does not exist"),
             "{e}"
         );
+        let e = open(&q, Some(DiskFormat::Raw)).err().unwrap().to_string();
+        assert!(e.contains("is a qcow2 image") && e.contains("--disk-format qcow2"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
