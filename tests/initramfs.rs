@@ -141,6 +141,38 @@ fn directory_and_tarballs_give_the_same_tree() {
     }
 }
 
+/// A file GNU tar stored sparse (`--sparse`, entry type `S`) is packed whole: its holes as
+/// zeroes, its data where it was.
+#[test]
+fn a_sparse_file_in_a_tarball_is_packed_whole() {
+    let dir = Scratch::new("rootfs-gnu-sparse");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut want = vec![0u8; 1 << 20];
+    want[300_000..300_005].copy_from_slice(b"first");
+    want.extend_from_slice(b"last");
+    let f = std::fs::File::create(root.join("holes")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"first", 300_000).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"last", 1 << 20).unwrap();
+    drop(f);
+    let tar = dir.join("root.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .args(["--sparse", "--format=gnu", "-cf"])
+        .arg(&tar)
+        .arg("holes")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // GNU tar wrote it as a sparse entry (type 'S' at byte 156 of its header).
+    assert_eq!(std::fs::read(&tar).unwrap()[156], b'S');
+    let built = initramfs::build_with(&inputs(&dir, Some(&tar)), None, &mut |_| {}).unwrap();
+    assert!(!built.notes.iter().any(|n| n.contains("holes")), "{:?}", built.notes);
+    let entries = initramfs::read_entries(&built.bytes).unwrap();
+    assert!(get(&entries, "holes").data == want, "the sparse file's content differs");
+}
+
 #[test]
 fn the_cache_key_follows_content_and_never_goes_stale() {
     let dir = Scratch::new("rootfs-cache");

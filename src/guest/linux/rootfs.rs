@@ -202,7 +202,10 @@ impl Rootfs {
                 let bad = || format!("--rootfs {root}: not a valid tar archive");
                 let mut visit = |raw: &[u8], kind: tar::EntryType, size: u64| -> anyhow::Result<()> {
                     let Some(name) = self.entry_name(raw)? else { return Ok(()) };
-                    let data = matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous);
+                    let data = matches!(
+                        kind,
+                        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse
+                    );
                     add(&name, if data { size } else { 0 })
                 };
                 if c == Compression::None {
@@ -374,7 +377,8 @@ impl Rootfs {
             let link_name = e.link_name_bytes().map(|b| b.into_owned());
             match h.entry_type() {
                 tar::EntryType::Directory => a.dir(&name, mode, o)?,
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                // A GNU sparse file reads as its full length, its holes as zeroes.
+                tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                     let link = targets.contains(&name).then(|| {
                         let l = (a.new_ino(), 2);
                         inos.insert(name.clone(), l);
