@@ -22,7 +22,6 @@ pub mod engine;
 pub mod errors;
 pub mod events;
 pub mod execution;
-pub mod files;
 pub mod guest;
 pub mod options;
 pub mod pagestats;
@@ -30,7 +29,7 @@ pub mod qemu;
 pub mod record;
 pub mod report;
 pub mod sampler;
-pub mod stats;
-pub mod trace;
-pub mod units;
+/// The trace format, its own crate so that a reader of traces need not build the recorder.
+pub use dirtytrace_trace as trace;
+pub use dirtytrace_trace::{files, stats, units};
 pub mod vmm;

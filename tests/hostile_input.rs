@@ -684,7 +684,7 @@ fn a_damaged_bitmap_names_its_interval() {
     assert_all_tools_refuse(&dir, &["bitmaps.parquet", "row 1", "`data`", "interval 1"]);
 }
 
-/// `schemas/trace.md`'s *Limits* table gives each constant of `src/trace/limits.rs` its value.
+/// `schemas/trace.md`'s *Limits* table gives each constant of `dirtytrace-trace/src/limits.rs` its value.
 #[test]
 fn documented_limits_are_the_constants() {
     use dirtytrace::trace::limits::*;

@@ -104,11 +104,11 @@ pub struct TraceWriter {
     console: Option<BufWriter<File>>,
     /// Frames not yet written, and when the journal was last written.
     pending: Vec<u8>,
-    last_persist_ns: u64,
+    last_persist: Option<std::time::Instant>,
 }
 
 /// Frames are written at least this often, so a kill loses at most the last quarter second.
-const PERSIST_EVERY_NS: u64 = 250_000_000;
+const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 const PERSIST_BYTES: usize = 8 << 20;
 
 impl TraceWriter {
@@ -134,7 +134,7 @@ impl TraceWriter {
             guest_log,
             console: None,
             pending: Vec::new(),
-            last_persist_ns: 0,
+            last_persist: None,
         })
     }
 
@@ -181,8 +181,8 @@ impl TraceWriter {
         let frame =
             journal::encode_frame(row, blobs).map_err(|source| WriteError::Json { what: "the journal", source })?;
         self.pending.extend_from_slice(&frame);
-        let now = crate::clock::now_ns();
-        if now - self.last_persist_ns >= PERSIST_EVERY_NS || self.pending.len() >= PERSIST_BYTES {
+        let due = self.last_persist.is_none_or(|t| t.elapsed() >= PERSIST_EVERY);
+        if due || self.pending.len() >= PERSIST_BYTES {
             self.persist()?;
         }
         Ok(())
@@ -196,7 +196,7 @@ impl TraceWriter {
         }
         self.journal.write_all(&self.pending).map_err(io_err("cannot write journal in", &self.dir))?;
         self.pending.clear();
-        self.last_persist_ns = crate::clock::now_ns();
+        self.last_persist = Some(std::time::Instant::now());
         Ok(())
     }
 
@@ -472,7 +472,7 @@ fn finalize_locked(dir: &Path, status: TraceStatus, mut jfile: File) -> Result<F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::ON_TIME_FRACTION;
+    use crate::ON_TIME_FRACTION;
 
     /// A row of interval `index` whose harvest began `late` s after deadline number `deadline`
     /// (of 100 ms intervals), the previous one at `start`.

@@ -2,14 +2,33 @@
 //! finaliser that turns the journal into Parquet, and the reader. It knows nothing of how a
 //! trace is recorded, so a tool of one's own can read and write traces with it alone.
 //! `schemas/` documents every file.
+//!
+//! It is its own crate so that a reader of traces builds arrow, parquet, zstd and serde, not the
+//! recorder's VMM, disassembler, plotting and command line. `dirtytrace::trace` is this crate,
+//! and `dirtytrace::{units, files, stats}` are its modules of the same names.
+//!
+//! ```no_run
+//! let trace = dirtytrace_trace::Trace::open("trace")?;
+//! for row in trace.rates()? {
+//!     let pages = trace.bitmap(row.interval)?.pages();
+//!     println!("{} {} {}", row.t_end_s, row.dirty_rate_bytes_per_s, pages.len());
+//! }
+//! # Ok::<(), dirtytrace_trace::TraceError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod bitmap;
+pub mod files;
 pub mod journal;
 pub mod limits;
 mod manifest;
 mod reader;
 mod records;
+pub mod stats;
 mod tables;
+pub mod units;
 mod validate;
 mod writer;
 
@@ -25,7 +44,7 @@ pub use writer::{finalize, prepare_dir, timing_of, Finalized, TraceWriter, Write
 
 /// Writes the name serde gives `value`, a unit variant of an enum: the word the trace's JSON
 /// holds, so that listings and logs say what the files say.
-pub(crate) fn write_serde_name<T: serde::Serialize + std::fmt::Debug>(
+pub fn write_serde_name<T: serde::Serialize + std::fmt::Debug>(
     f: &mut std::fmt::Formatter<'_>,
     value: &T,
 ) -> std::fmt::Result {

@@ -38,7 +38,7 @@ pub enum FileError {
 }
 
 /// What a file that is not a regular file is, in words.
-pub(crate) fn kind_of(ft: std::fs::FileType) -> &'static str {
+pub fn kind_of(ft: std::fs::FileType) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
     if ft.is_symlink() {
         "symbolic link"
