@@ -11,10 +11,12 @@
 use crate::analysis::replay::{Precopy, ReplayOptions};
 use crate::analysis::AnalysisError;
 use crate::guest::linux::{initramfs, packages, BootInputs, LinuxInputs};
-use crate::guest::synthetic::spec::{toml_error, Pattern, WorkloadSpec, DEFAULT_SPEC, MAX_SPEC_BYTES, MAX_VCPUS};
+use crate::guest::synthetic::spec::{
+    self, toml_error, Number, Pattern, PhaseDocument, Quantity, SpecDocument, DEFAULT_SPEC, MAX_SPEC_BYTES,
+};
 use crate::options::keys_of;
 use crate::record::{self, RecordSettings, SettingError};
-use crate::units::{hex, parse_duration, parse_rate, parse_size, HumanDuration, HumanRate, HumanSize};
+use crate::units::{hex, parse_rate, HumanDuration, HumanRate, HumanSize};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -215,21 +217,34 @@ pub enum ValueKind {
     Utf8,
 }
 
-/// One value of an axis, parsed.
+/// One value of an axis, parsed: the key it sets with its value, typed, so that a value is
+/// never applied to a key of another type.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum AxisValue {
-    /// A size in bytes.
-    Bytes(u64),
-    /// A rate in bytes per second; `None` is `max`.
+    /// Guest RAM, bytes.
+    Mem(u64),
+    /// vCPUs.
+    Vcpus(u32),
+    /// A phase's rate, bytes per second; `None` is `max`.
     Rate(Option<f64>),
-    /// A duration.
-    Time(Duration),
-    /// A write pattern.
+    /// A phase's working set, bytes.
+    WorkingSet(u64),
+    /// A phase's write pattern.
     Pattern(Pattern),
-    /// A fraction between 0 and 1.
-    Fraction(f64),
-    /// A count (vCPUs).
-    Count(u32),
+    /// A phase's `hot_fraction`.
+    HotFraction(f64),
+    /// A phase's `hot_share`.
+    HotShare(f64),
+    /// A phase's `cpu`.
+    Cpu(f64),
+    /// A phase's length.
+    PhaseDuration(Duration),
+    /// `--interval`.
+    Interval(Duration),
+    /// `--migration-speed`, bytes per second.
+    MigrationSpeed(f64),
+    /// `--duration`.
+    Duration(Duration),
 }
 
 /// A rate as run names first wrote it ([`HumanRate`]'s display before it wrote extreme numbers
@@ -249,45 +264,72 @@ fn rate_text_as_first_written(bytes: f64) -> String {
 }
 
 impl AxisValue {
+    /// The key it sets.
+    pub fn key(&self) -> Key {
+        match self {
+            AxisValue::Mem(_) => Key::Mem,
+            AxisValue::Vcpus(_) => Key::Vcpus,
+            AxisValue::Rate(_) => Key::Rate,
+            AxisValue::WorkingSet(_) => Key::WorkingSet,
+            AxisValue::Pattern(_) => Key::Pattern,
+            AxisValue::HotFraction(_) => Key::HotFraction,
+            AxisValue::HotShare(_) => Key::HotShare,
+            AxisValue::Cpu(_) => Key::Cpu,
+            AxisValue::PhaseDuration(_) => Key::PhaseDuration,
+            AxisValue::Interval(_) => Key::Interval,
+            AxisValue::MigrationSpeed(_) => Key::MigrationSpeed,
+            AxisValue::Duration(_) => Key::Duration,
+        }
+    }
+
     /// The value in a spec or a name: as people write it, and as the parsers read it back.
     pub fn text(&self) -> String {
         match *self {
-            AxisValue::Bytes(b) => HumanSize(b).to_string(),
+            AxisValue::Mem(b) | AxisValue::WorkingSet(b) => HumanSize(b).to_string(),
             AxisValue::Rate(None) => "max".into(),
-            AxisValue::Rate(Some(r)) => rate_text_as_first_written(r),
-            AxisValue::Time(d) => HumanDuration(d).to_string(),
-            AxisValue::Pattern(p) => pattern_name(p).into(),
-            AxisValue::Fraction(f) => f.to_string(),
-            AxisValue::Count(c) => c.to_string(),
+            AxisValue::Rate(Some(r)) | AxisValue::MigrationSpeed(r) => rate_text_as_first_written(r),
+            AxisValue::PhaseDuration(d) | AxisValue::Interval(d) | AxisValue::Duration(d) => {
+                HumanDuration(d).to_string()
+            }
+            AxisValue::Pattern(p) => p.name().into(),
+            AxisValue::HotFraction(f) | AxisValue::HotShare(f) | AxisValue::Cpu(f) => f.to_string(),
+            AxisValue::Vcpus(c) => c.to_string(),
         }
     }
 
     /// The value of the axis's index column, in the column's unit.
     pub fn column_value(&self) -> serde_json::Value {
         match *self {
-            AxisValue::Bytes(b) => b.into(),
+            AxisValue::Mem(b) | AxisValue::WorkingSet(b) => b.into(),
             AxisValue::Rate(r) => r.into(),
-            AxisValue::Time(d) => d.as_secs_f64().into(),
-            AxisValue::Pattern(p) => pattern_name(p).into(),
-            AxisValue::Fraction(f) => f.into(),
-            AxisValue::Count(c) => c.into(),
+            AxisValue::MigrationSpeed(r) => r.into(),
+            AxisValue::PhaseDuration(d) | AxisValue::Interval(d) | AxisValue::Duration(d) => d.as_secs_f64().into(),
+            AxisValue::Pattern(p) => p.name().into(),
+            AxisValue::HotFraction(f) | AxisValue::HotShare(f) | AxisValue::Cpu(f) => f.into(),
+            AxisValue::Vcpus(c) => c.into(),
         }
     }
 
-    fn toml(&self) -> toml::Value {
+    /// Sets the value in a run: a record option in its settings, a phase key in its phase of
+    /// the spec (`phase`: the axis's phase, present for the phase keys; the grid refuses
+    /// them for a workload without phases).
+    fn apply(&self, record: &mut RecordSettings, phase: Option<&mut PhaseDocument>) {
+        let phase = || phase.expect("a phase key's axis has its phase");
+        let text = || Some(Quantity::Text(self.text()));
         match *self {
-            AxisValue::Count(c) => toml::Value::Integer(c as i64),
-            AxisValue::Fraction(f) => toml::Value::Float(f),
-            _ => toml::Value::String(self.text()),
+            AxisValue::Mem(b) => record.mem = Some(HumanSize(b)),
+            AxisValue::Vcpus(c) => record.vcpus = Some(c),
+            AxisValue::Interval(d) => record.interval = HumanDuration(d),
+            AxisValue::Duration(d) => record.duration = Some(HumanDuration(d)),
+            AxisValue::MigrationSpeed(r) => record.migration_speed = HumanRate(r),
+            AxisValue::Rate(_) => phase().rate = text(),
+            AxisValue::WorkingSet(_) => phase().working_set = text(),
+            AxisValue::Pattern(p) => phase().pattern = Some(p.name().into()),
+            AxisValue::HotFraction(f) => phase().hot_fraction = Some(Number::Float(f)),
+            AxisValue::HotShare(f) => phase().hot_share = Some(Number::Float(f)),
+            AxisValue::Cpu(f) => phase().cpu = Some(Number::Float(f)),
+            AxisValue::PhaseDuration(_) => phase().duration = text(),
         }
-    }
-}
-
-fn pattern_name(p: Pattern) -> &'static str {
-    match p {
-        Pattern::Sequential => "sequential",
-        Pattern::Random => "random",
-        Pattern::Hotcold => "hotcold",
     }
 }
 
@@ -417,6 +459,8 @@ pub struct Grid {
     pub linux: LinuxInputs,
     /// The same as written in the grid, for the fingerprint.
     linux_as_written: LinuxInputs,
+    /// A synthetic workload's spec, as written, and its seed.
+    spec: Option<(SpecDocument, u64)>,
     /// The axes, in canonical order (not necessarily as written).
     pub axes: Vec<Axis>,
     /// `axes.repeat`: repetitions of every combination (1 when absent).
@@ -478,13 +522,53 @@ struct RawGrid {
     replay: Option<toml::Table>,
 }
 
-/// A value's text: a string as written, a number as TOML shows it.
-fn value_text(v: &toml::Value) -> Option<String> {
-    match v {
-        toml::Value::String(s) => Some(s.clone()),
-        toml::Value::Integer(i) => Some(i.to_string()),
-        toml::Value::Float(f) => Some(f.to_string()),
-        _ => None,
+/// Reads one value of a key: what it expects (for the message that names what it got instead)
+/// and how it reads a string, an integer and a float; a type without a reader is refused.
+struct Expect<T> {
+    what: String,
+    text: Option<TextReader<T>>,
+    int: Option<Reader<i64, T>>,
+    float: Option<Reader<f64, T>>,
+}
+
+/// How [`Expect`] reads a number.
+type Reader<V, T> = fn(V) -> Result<T, String>;
+/// How [`Expect`] reads a string.
+type TextReader<T> = fn(&str) -> Result<T, String>;
+
+impl<'de, T> serde::de::Visitor<'de> for Expect<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.what)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        match self.text {
+            Some(read) => read(v).map_err(E::custom),
+            None => Err(E::invalid_type(serde::de::Unexpected::Str(v), &self)),
+        }
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+        match self.int {
+            Some(read) => read(v).map_err(E::custom),
+            None => Err(E::invalid_type(serde::de::Unexpected::Signed(v), &self)),
+        }
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+        match i64::try_from(v) {
+            Ok(v) => self.visit_i64(v),
+            Err(_) => Err(E::invalid_type(serde::de::Unexpected::Unsigned(v), &self)),
+        }
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
+        match self.float {
+            Some(read) => read(v).map_err(E::custom),
+            None => Err(E::invalid_type(serde::de::Unexpected::Float(v), &self)),
+        }
     }
 }
 
@@ -558,19 +642,15 @@ impl Ctx<'_> {
         GridError::Key { path: self.path.to_path_buf(), key: key.into(), msg: msg.into() }
     }
 
-    fn duration(&self, key: &str, v: &toml::Value) -> Result<Duration, GridError> {
-        let t = value_text(v).ok_or_else(|| self.key(key, "must be a duration such as \"250ms\""))?;
-        parse_duration(&t).map_err(|e| self.key(key, e.to_string()))
+    /// A value of `key`, read as its type reads it.
+    fn value<T: DeserializeOwned>(&self, key: &str, v: &toml::Value) -> Result<T, GridError> {
+        v.clone().try_into().map_err(|e| self.key(key, e.message()))
     }
 
-    fn rate(&self, key: &str, v: &toml::Value) -> Result<f64, GridError> {
-        let t = value_text(v).ok_or_else(|| self.key(key, "must be a rate such as \"1Gbit/s\""))?;
-        parse_rate(&t).map_err(|e| self.key(key, e.to_string()))
-    }
-
-    fn size(&self, key: &str, v: &toml::Value) -> Result<u64, GridError> {
-        let t = value_text(v).ok_or_else(|| self.key(key, "must be a size such as \"64MiB\""))?;
-        parse_size(&t).map_err(|e| self.key(key, e.to_string()))
+    /// A value of `key`, read by `expect`.
+    fn expect<T>(&self, key: &str, v: &toml::Value, expect: Expect<T>) -> Result<T, GridError> {
+        use serde::Deserializer;
+        v.clone().deserialize_any(expect).map_err(|e| self.key(key, e.message()))
     }
 
     /// `record`'s check of a setting, its error under `key`.
@@ -582,28 +662,13 @@ impl Ctx<'_> {
         Ok(value)
     }
 
-    fn interval(&self, key: &str, v: &toml::Value) -> Result<Duration, GridError> {
-        self.setting(key, self.duration(key, v)?, record::check_interval)
-    }
-
-    fn record_duration(&self, key: &str, v: &toml::Value) -> Result<Duration, GridError> {
-        self.setting(key, self.duration(key, v)?, record::check_duration)
-    }
-
     fn speed(&self, key: &str, v: &toml::Value) -> Result<f64, GridError> {
-        self.setting(key, self.rate(key, v)?, record::check_migration_speed)
+        self.setting(key, self.value::<HumanRate>(key, v)?.0, record::check_migration_speed)
     }
 
-    fn vcpus(&self, key: &str, v: &toml::Value) -> Result<u32, GridError> {
-        self.vcpu_count(key, v.as_integer())
-    }
-
-    /// A grid's vCPU count, for any workload within the synthetic guest's range.
-    fn vcpu_count(&self, key: &str, n: Option<i64>) -> Result<u32, GridError> {
-        match n {
-            Some(n) if (1..=MAX_VCPUS as i64).contains(&n) => Ok(n as u32),
-            _ => Err(self.key(key, format!("must be an integer between 1 and {MAX_VCPUS}"))),
-        }
+    /// A grid's vCPU count, for any workload: the synthetic guest's check.
+    fn vcpus(&self, key: &str, n: u32) -> Result<u32, GridError> {
+        spec::check_vcpus(n.into()).map_err(|e| self.key(key, e))
     }
 
     /// Takes the keys `T` reads out of `table`, the grid's `[section]`, and reads them. Each
@@ -628,31 +693,61 @@ impl Ctx<'_> {
         }
     }
 
-    /// One value of an axis on `key`.
+    /// One value of an axis on `key`: read as the key's type reads it, and checked by the
+    /// check `record` makes of that key (a spec's keys are checked again in each run's spec).
     fn axis_value(&self, label: &str, key: Key, v: &toml::Value) -> Result<AxisValue, GridError> {
-        let fraction = |v: &toml::Value| match v {
-            toml::Value::Float(f) if (0.0..=1.0).contains(f) => Ok(AxisValue::Fraction(*f)),
-            toml::Value::Integer(i) if (0..=1).contains(i) => Ok(AxisValue::Fraction(*i as f64)),
-            _ => Err(self.key(label, format!("`{v}` is not a number between 0 and 1"))),
+        let fraction = || Expect {
+            what: "a number between 0 and 1".into(),
+            text: None,
+            int: Some(|i| spec::check_fraction(i as f64)),
+            float: Some(spec::check_fraction),
         };
+        let time = |v: &toml::Value| self.value::<HumanDuration>(label, v).map(|d| d.0);
         Ok(match key {
-            Key::Mem | Key::WorkingSet => AxisValue::Bytes(self.size(label, v)?),
-            Key::Vcpus => AxisValue::Count(self.vcpus(label, v)?),
-            Key::Rate => match value_text(v).as_deref().map(str::trim) {
-                Some("max") => AxisValue::Rate(None),
-                _ => AxisValue::Rate(Some(self.rate(label, v)?)),
-            },
-            Key::Pattern => match v.as_str() {
-                Some("sequential") => AxisValue::Pattern(Pattern::Sequential),
-                Some("random") => AxisValue::Pattern(Pattern::Random),
-                Some("hotcold") => AxisValue::Pattern(Pattern::Hotcold),
-                _ => return Err(self.key(label, format!("`{v}` is not one of sequential, random, hotcold"))),
-            },
-            Key::HotFraction | Key::HotShare | Key::Cpu => fraction(v)?,
-            Key::PhaseDuration => AxisValue::Time(self.duration(label, v)?),
-            Key::Interval => AxisValue::Time(self.interval(label, v)?),
-            Key::Duration => AxisValue::Time(self.record_duration(label, v)?),
-            Key::MigrationSpeed => AxisValue::Rate(Some(self.speed(label, v)?)),
+            Key::Mem => AxisValue::Mem(self.value::<HumanSize>(label, v)?.0),
+            Key::WorkingSet => AxisValue::WorkingSet(self.value::<HumanSize>(label, v)?.0),
+            Key::Vcpus => AxisValue::Vcpus(self.expect(
+                label,
+                v,
+                Expect {
+                    what: format!("a whole number of vCPUs, 1 to {}", spec::MAX_VCPUS),
+                    text: None,
+                    int: Some(spec::check_vcpus),
+                    float: None,
+                },
+            )?),
+            Key::Rate => AxisValue::Rate(self.expect(
+                label,
+                v,
+                Expect {
+                    what: "a rate such as \"1Gbit/s\", or \"max\"".into(),
+                    text: Some(|t| match t.trim() {
+                        "max" => Ok(None),
+                        t => parse_rate(t).map(Some).map_err(|e| e.to_string()),
+                    }),
+                    int: Some(|i| parse_rate(&i.to_string()).map(Some).map_err(|e| e.to_string())),
+                    float: Some(|f| parse_rate(&f.to_string()).map(Some).map_err(|e| e.to_string())),
+                },
+            )?),
+            Key::Pattern => AxisValue::Pattern(self.expect(
+                label,
+                v,
+                Expect {
+                    what: format!("a pattern: one of {}", Pattern::names()),
+                    text: Some(|t| {
+                        Pattern::from_name(t).ok_or_else(|| format!("`{t}` is not one of {}", Pattern::names()))
+                    }),
+                    int: None,
+                    float: None,
+                },
+            )?),
+            Key::HotFraction => AxisValue::HotFraction(self.expect(label, v, fraction())?),
+            Key::HotShare => AxisValue::HotShare(self.expect(label, v, fraction())?),
+            Key::Cpu => AxisValue::Cpu(self.expect(label, v, fraction())?),
+            Key::PhaseDuration => AxisValue::PhaseDuration(time(v)?),
+            Key::Interval => AxisValue::Interval(self.setting(label, time(v)?, record::check_interval)?),
+            Key::Duration => AxisValue::Duration(self.setting(label, time(v)?, record::check_duration)?),
+            Key::MigrationSpeed => AxisValue::MigrationSpeed(self.speed(label, v)?),
         })
     }
 }
@@ -718,7 +813,7 @@ impl Grid {
         let record: RecordSettings = cx.take("record", &mut section)?;
         record.check().map_err(|e| cx.key(format!("record.{}", e.key()), e.to_string()))?;
         if let Some(n) = record.vcpus {
-            cx.vcpu_count("record.vcpus", Some(n.into()))?;
+            cx.vcpus("record.vcpus", n)?;
         }
         // The keys only a Linux workload takes.
         let linux_keys =
@@ -738,10 +833,13 @@ impl Grid {
         }
         let linux = linux_as_written.relative_to(&base_dir);
 
+        let mut base_spec = None;
         let phases = match &workload {
             BaseWorkload::Synthetic { text, origin } => {
-                let spec = WorkloadSpec::parse(text, record.mem.map(|m| m.0), record.vcpus)
-                    .map_err(|e| cx.key("workload", format!("{origin}: {e}")))?;
+                let in_workload = |e: spec::SpecError| cx.key("workload", format!("{origin}: {e}"));
+                let doc = SpecDocument::parse(text).map_err(in_workload)?;
+                let spec = doc.check(record.mem.map(|m| m.0), record.vcpus).map_err(in_workload)?;
+                base_spec = Some((doc, spec.seed));
                 let names: Vec<String> = spec.phases.iter().map(|p| p.name.clone()).collect();
                 if let Some(dup) = names.iter().enumerate().find(|(i, n)| names[..*i].contains(n)) {
                     return Err(cx.key(
@@ -763,6 +861,7 @@ impl Grid {
             record,
             linux,
             linux_as_written,
+            spec: base_spec,
             axes,
             repeat,
             replay,
@@ -789,22 +888,8 @@ impl Grid {
         if total > max_runs {
             return Err(GridError::TooManyRuns { path: self.path.clone(), runs: total as u128, limit: max_runs });
         }
-        let (base_table, base_seed) = match &self.workload {
-            BaseWorkload::Synthetic { text, .. } => {
-                let table: toml::Table = toml::from_str(text).map_err(|e| GridError::Key {
-                    path: self.path.clone(),
-                    key: "workload".into(),
-                    msg: toml_error(text, &e),
-                })?;
-                let spec = WorkloadSpec::parse(text, self.record.mem.map(|m| m.0), self.record.vcpus).map_err(|e| {
-                    GridError::Key { path: self.path.clone(), key: "workload".into(), msg: e.to_string() }
-                })?;
-                (Some(table), spec.seed)
-            }
-            BaseWorkload::Linux { .. } => (None, 0),
-        };
-        let seeds = repetition_seeds(base_seed, self.repeat);
-        Ok((0..total).map(move |run| self.run_at(run, base_table.as_ref(), &seeds)))
+        let seeds = repetition_seeds(self.spec.as_ref().map_or(0, |(_, seed)| *seed), self.repeat);
+        Ok((0..total).map(move |run| self.run_at(run, &seeds)))
     }
 
     /// The runs, in order: [`Grid::runs`] collected, their names checked to be distinct.
@@ -827,7 +912,7 @@ impl Grid {
     }
 
     /// Run `run` of the expansion.
-    fn run_at(&self, run: usize, base_table: Option<&toml::Table>, seeds: &[u64]) -> Result<Run, GridError> {
+    fn run_at(&self, run: usize, seeds: &[u64]) -> Result<Run, GridError> {
         // Odometer: the last axis fastest; the repetition inside it.
         let repeat = (run % self.repeat as usize) as u32;
         let mut rest = run / self.repeat as usize;
@@ -841,73 +926,40 @@ impl Grid {
             self.axes.iter().zip(&values).map(|(a, v)| (a.name_prefix(), v.text())).collect();
         let name = run_name(&parts, repeat);
         let mut record = self.record.clone();
+        let mut spec = self.spec.as_ref().map(|(doc, _)| doc.clone());
         for (a, v) in self.axes.iter().zip(&values) {
-            match (a.key, *v) {
-                (Key::Interval, AxisValue::Time(d)) => record.interval = HumanDuration(d),
-                (Key::Duration, AxisValue::Time(d)) => record.duration = Some(HumanDuration(d)),
-                (Key::MigrationSpeed, AxisValue::Rate(Some(r))) => record.migration_speed = HumanRate(r),
-                (Key::Mem, AxisValue::Bytes(b)) => record.mem = Some(HumanSize(b)),
-                (Key::Vcpus, AxisValue::Count(c)) => record.vcpus = Some(c),
-                _ => {}
-            }
+            let phase = match (spec.as_mut(), a.phase) {
+                (Some(doc), Some(i)) => doc.phase.as_mut().and_then(|p| p.get_mut(i)),
+                _ => None,
+            };
+            v.apply(&mut record, phase);
         }
-        let (workload, seed) = match (&self.workload, base_table) {
+        let (workload, seed) = match (&self.workload, spec) {
             (BaseWorkload::Linux { script, .. }, _) => (RunWorkload::Linux { script: script.clone() }, None),
-            (BaseWorkload::Synthetic { .. }, Some(base)) => {
+            (BaseWorkload::Synthetic { .. }, Some(mut doc)) => {
+                // A synthetic run carries mem, vcpus and its seed in its spec.
                 let seed = seeds[repeat as usize];
-                let spec = self.run_spec(base, &record, &values, seed, &name)?;
-                // A synthetic run carries mem and vcpus in its spec.
-                (record.mem, record.vcpus) = (None, None);
-                (RunWorkload::Synthetic { spec }, Some(seed))
+                if let Some(m) = record.mem.take() {
+                    doc.mem = Some(Quantity::Text(m.to_string()));
+                }
+                if let Some(v) = record.vcpus.take() {
+                    doc.vcpus = Some(v.into());
+                }
+                doc.seed = Some(seed as i64);
+                (RunWorkload::Synthetic { spec: self.run_spec(&doc, &name)? }, Some(seed))
             }
-            (BaseWorkload::Synthetic { .. }, None) => unreachable!("a synthetic grid has a base table"),
+            (BaseWorkload::Synthetic { .. }, None) => unreachable!("a synthetic grid has a base spec"),
         };
         Ok(Run { run, name, repeat, seed, values, workload, record })
     }
 
-    /// The spec of one run: the base spec with mem, vcpus, the seed and the axes' phase keys
-    /// set; checked as `record` checks a spec.
-    fn run_spec(
-        &self,
-        base: &toml::Table,
-        record: &RecordSettings,
-        values: &[AxisValue],
-        seed: u64,
-        name: &str,
-    ) -> Result<String, GridError> {
-        let mut t = base.clone();
-        if let Some(m) = record.mem {
-            t.insert("mem".into(), AxisValue::Bytes(m.0).toml());
-        }
-        if let Some(v) = record.vcpus {
-            t.insert("vcpus".into(), toml::Value::Integer(v as i64));
-        }
-        t.insert("seed".into(), toml::Value::Integer(seed as i64));
-        for (a, v) in self.axes.iter().zip(values) {
-            let Some(i) = a.phase else { continue };
-            let phase = t
-                .get_mut("phase")
-                .and_then(|p| p.as_array_mut())
-                .and_then(|p| p.get_mut(i))
-                .and_then(|p| p.as_table_mut());
-            if let Some(phase) = phase {
-                phase.insert(a.key.as_str().into(), v.toml());
-            }
-        }
-        let text = format!(
-            "# Run `{name}` of a dirtytrace sweep: the base workload with this run's axis values.\n{}",
-            toml::to_string(&t).map_err(|e| GridError::Run {
-                path: self.path.clone(),
-                run: name.into(),
-                msg: e.to_string()
-            })?
-        );
-        WorkloadSpec::parse(&text, None, None).map_err(|e| GridError::Run {
-            path: self.path.clone(),
-            run: name.into(),
-            msg: e.to_string(),
-        })?;
-        Ok(text)
+    /// The text of one run's spec (the base spec with mem, vcpus, the seed and the axes' phase
+    /// keys set), checked by the check `record` makes of a spec.
+    fn run_spec(&self, doc: &SpecDocument, name: &str) -> Result<String, GridError> {
+        let error = |msg: String| GridError::Run { path: self.path.clone(), run: name.into(), msg };
+        let toml = doc.to_toml().map_err(|e| error(e.to_string()))?;
+        doc.check(None, None).map_err(|e| error(e.to_string()))?;
+        Ok(format!("# Run `{name}` of a dirtytrace sweep: the base workload with this run's axis values.\n{toml}"))
     }
 
     /// A digest of everything that decides what each run records: two grids with the same
@@ -993,9 +1045,17 @@ fn linux_fingerprint(linux: &LinuxInputs) -> String {
     format!("{{{}}}", fields.join(","))
 }
 
-const AXIS_KEYS: &str =
-    "mem, vcpus, rate, working_set, pattern, hot_fraction, hot_share, cpu, interval, migration_speed, duration, repeat \
-     (a phase's keys may be written PHASE.KEY, and its length PHASE.duration)";
+/// The keys of `[axes]`, as messages list them.
+fn axis_keys() -> String {
+    let keys: Vec<&str> = Key::ALL.iter().filter(|k| **k != Key::PhaseDuration).map(|k| k.as_str()).collect();
+    format!("{}, repeat (a phase's keys may be written PHASE.KEY, and its length PHASE.duration)", keys.join(", "))
+}
+
+/// The axes of a Linux workload, as messages list them.
+fn linux_axis_keys() -> String {
+    let keys: Vec<&str> = Key::ALL.iter().filter(|k| !k.is_phase_key()).map(|k| k.as_str()).collect();
+    format!("{} and repeat", keys.join(", "))
+}
 
 fn parse_axes(
     cx: &Ctx,
@@ -1021,7 +1081,7 @@ fn parse_axes(
         let key = match (phase_part, key_part) {
             (Some(_), "duration") => Key::PhaseDuration,
             (_, k) => {
-                Key::from_name(k).ok_or_else(|| cx.key(&full, format!("is not an axis; axes are {AXIS_KEYS}")))?
+                Key::from_name(k).ok_or_else(|| cx.key(&full, format!("is not an axis; axes are {}", axis_keys())))?
             }
         };
         if phase_part.is_some() && !key.is_phase_key() {
@@ -1036,8 +1096,8 @@ fn parse_axes(
                 return Err(cx.key(
                     &full,
                     format!(
-                        "the workload {script} is a Linux script, which has no `{key_part}`: its axes can be mem, vcpus, \
-                         interval, migration_speed, duration and repeat"
+                        "the workload {script} is a Linux script, which has no `{key_part}`: its axes can be {}",
+                        linux_axis_keys()
                     ),
                 ));
             };
@@ -1105,7 +1165,7 @@ fn parse_axes(
                         "phase `{}` has pattern {}, which has no {}: only hotcold phases do (sweep pattern too, or \
                          set pattern = \"hotcold\" in the workload)",
                         ph.names[i],
-                        pattern_name(ph.patterns[i]),
+                        ph.patterns[i].name(),
                         a.key.as_str()
                     ),
                 ));
@@ -1144,7 +1204,7 @@ fn parse_replay(cx: &Ctx, mut table: toml::Table) -> Result<ReplaySettings, Grid
         }
     }
     let start_s = match table.remove("start") {
-        Some(v) => cx.duration("replay.start", &v)?.as_secs_f64(),
+        Some(v) => cx.value::<HumanDuration>("replay.start", &v)?.0.as_secs_f64(),
         None => 0.0,
     };
     let precopy: Precopy = cx.take("replay", &mut table)?;
@@ -1161,6 +1221,7 @@ fn parse_replay(cx: &Ctx, mut table: toml::Table) -> Result<ReplaySettings, Grid
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::synthetic::spec::WorkloadSpec;
 
     const SPEC: &str = "mem = \"64MiB\"\nseed = 7\n[[phase]]\nname = \"w\"\nduration = \"1s\"\nworking_set = \"8MiB\"\nrate = \"16MiB/s\"\n";
 
@@ -1228,7 +1289,7 @@ mod tests {
             let s = WorkloadSpec::parse(spec, None, None).unwrap();
             assert_eq!(s.seed, seeds[r.repeat as usize]);
             assert_eq!(s.mem_bytes, 64 << 20);
-            let AxisValue::Bytes(ws) = r.values[1] else { panic!() };
+            let AxisValue::WorkingSet(ws) = r.values[1] else { panic!() };
             assert_eq!(s.phases[0].working_set_bytes, ws);
         }
         // The same grid, written in another order, gives the same runs.
@@ -1344,6 +1405,64 @@ mod tests {
         let e = g.expand(DEFAULT_MAX_RUNS).unwrap_err().to_string();
         assert!(e.contains("1200 runs") && e.contains("--max-runs 1200"), "{e}");
         assert_eq!(g.expand(1200).unwrap().len(), 1200);
+    }
+
+    /// A key whose value has the wrong type is refused with a message that names the key, the
+    /// type it takes and what it got.
+    #[test]
+    fn wrong_types_name_the_key_and_the_type() {
+        let cases = [
+            (
+                "[axes]\npattern = 3\n",
+                "`axes.pattern`: invalid type: integer `3`, expected a pattern: one of sequential, random, hotcold",
+            ),
+            ("[axes]\npattern = [\"zigzag\"]\n", "`axes.pattern`: `zigzag` is not one of sequential, random, hotcold"),
+            (
+                "[axes]\ninterval = true\n",
+                "`axes.interval`: invalid type: boolean `true`, expected a duration such as \"250ms\"",
+            ),
+            (
+                "[axes]\nduration = [{ a = 1 }]\n",
+                "`axes.duration`: invalid type: map, expected a duration such as \"250ms\"",
+            ),
+            (
+                "[axes]\n\"w.duration\" = [[1]]\n",
+                "`axes.w.duration`: invalid type: sequence, expected a duration such as \"250ms\"",
+            ),
+            (
+                "[axes]\ncpu = \"half\"\n",
+                "`axes.cpu`: invalid type: string \"half\", expected a number between 0 and 1",
+            ),
+            ("[axes]\ncpu = 2\n", "`axes.cpu`: must be between 0 and 1, got 2"),
+            ("[axes]\nmem = true\n", "`axes.mem`: invalid type: boolean `true`, expected a size such as \"64MiB\""),
+            ("[axes]\nworking_set = 1.5e300\n", "`axes.working_set`: "),
+            (
+                "[axes]\nvcpus = \"2\"\n",
+                "`axes.vcpus`: invalid type: string \"2\", expected a whole number of vCPUs, 1 to 64",
+            ),
+            ("[axes]\nvcpus = 65\n", "`axes.vcpus`: must be between 1 and 64, got 65"),
+            (
+                "[axes]\nrate = true\n",
+                "`axes.rate`: invalid type: boolean `true`, expected a rate such as \"1Gbit/s\", or \"max\"",
+            ),
+            (
+                "[axes]\nmigration_speed = false\n",
+                "`axes.migration_speed`: invalid type: boolean `false`, expected a rate such as \"1Gbit/s\"",
+            ),
+            ("[record]\nvcpus = 0\n", "`record.vcpus`: must be between 1 and 64, got 0"),
+            (
+                "[replay]\nbandwidths = [true]\n",
+                "`replay.bandwidths`: invalid type: boolean `true`, expected a rate such as \"1Gbit/s\"",
+            ),
+            (
+                "[replay]\nstart = true\n",
+                "`replay.start`: invalid type: boolean `true`, expected a duration such as \"250ms\"",
+            ),
+        ];
+        for (body, want) in cases {
+            let e = err(&format!("workload = \"w.toml\"\n{body}"));
+            assert!(e.starts_with(&format!("/g/grid.toml: {want}")), "{body}\n=> {e}\n(wanted {want})");
+        }
     }
 
     /// A dataset keeps its fingerprint and its `dataset.json` across versions, so that a sweep
