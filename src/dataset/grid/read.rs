@@ -60,11 +60,13 @@ impl<'de, T> serde::de::Visitor<'de> for Expect<T> {
     }
 }
 
+/// A grid being read: its errors name the grid file and the key.
 pub(super) struct Ctx<'a> {
     pub(super) path: &'a Path,
 }
 
 impl Ctx<'_> {
+    /// The error of `key`.
     pub(super) fn key(&self, key: impl Into<String>, msg: impl Into<String>) -> GridError {
         GridError::Key { path: self.path.to_path_buf(), key: key.into(), msg: msg.into() }
     }
@@ -94,6 +96,7 @@ impl Ctx<'_> {
         Ok(value)
     }
 
+    /// A migration speed, checked as `--migration-speed` is.
     pub(super) fn speed(&self, key: &str, v: &toml::Value) -> Result<f64, GridError> {
         self.setting(key, self.value::<HumanRate>(key, v)?.0, record::check_migration_speed)
     }
