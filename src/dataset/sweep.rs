@@ -31,7 +31,7 @@ use super::grid::{Grid, Run, RunWorkload, Shard};
 use super::index::{self, IndexReport};
 use super::{io_err, open_lock, write_atomic, DatasetError, DatasetInfo, CLAIMS, DATASET_LOCK, INFO, SPECS, TRACES};
 use crate::guest::synthetic::generate::{generate, GenerateOptions};
-use crate::guest::synthetic::spec::WorkloadSpec;
+use crate::guest::synthetic::spec::{Quantity, SpecDocument};
 use crate::record::{Progress, RecordOptions, RecordSummary, Recorder};
 use crate::trace::{self, Manifest, Trace, TraceStatus, WriteError};
 use crate::units::HumanDuration;
@@ -757,25 +757,23 @@ fn make_trace(
 
 /// The spec cut to `limit`: what a recording with `--duration` would run.
 fn cap_spec(text: &str, limit: Duration) -> anyhow::Result<String> {
-    let spec = WorkloadSpec::parse(text, None, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut table: toml::Table = toml::from_str(text)?;
+    let mut doc = SpecDocument::parse(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spec = doc.check(None, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut left = limit;
     let mut keep = 0;
-    if let Some(phases) = table.get_mut("phase").and_then(|p| p.as_array_mut()) {
-        for (i, p) in spec.phases.iter().enumerate() {
+    if let Some(phases) = doc.phase.as_mut() {
+        for (p, written) in spec.phases.iter().zip(phases.iter_mut()) {
             if left.is_zero() {
                 break;
             }
             let d = p.duration.min(left);
             left -= d;
-            keep = i + 1;
-            if let Some(t) = phases.get_mut(i).and_then(|t| t.as_table_mut()) {
-                t.insert("duration".into(), toml::Value::String(HumanDuration(d).to_string()));
-            }
+            keep += 1;
+            written.duration = Some(Quantity::Text(HumanDuration(d).to_string()));
         }
         phases.truncate(keep);
     }
-    Ok(toml::to_string(&table)?)
+    Ok(doc.to_toml()?)
 }
 
 /// The dry run's listing.
@@ -904,6 +902,44 @@ pub fn render_report(r: &SweepReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `cap_spec` as first written, editing the spec's TOML table by string keys.
+    fn cap_spec_as_first_written(text: &str, limit: Duration) -> String {
+        let spec = crate::guest::synthetic::spec::WorkloadSpec::parse(text, None, None).unwrap();
+        let mut table: toml::Table = toml::from_str(text).unwrap();
+        let mut left = limit;
+        let mut keep = 0;
+        if let Some(phases) = table.get_mut("phase").and_then(|p| p.as_array_mut()) {
+            for (i, p) in spec.phases.iter().enumerate() {
+                if left.is_zero() {
+                    break;
+                }
+                let d = p.duration.min(left);
+                left -= d;
+                keep = i + 1;
+                if let Some(t) = phases.get_mut(i).and_then(|t| t.as_table_mut()) {
+                    t.insert("duration".into(), toml::Value::String(HumanDuration(d).to_string()));
+                }
+            }
+            phases.truncate(keep);
+        }
+        toml::to_string(&table).unwrap()
+    }
+
+    /// A run's spec cut to `[record] duration` is the spec the table-editing code wrote.
+    #[test]
+    fn capped_specs_are_as_first_written() {
+        let numbers =
+            "# a run\nseed = 3\nmem = 67108864\n[[phase]]\nname = \"a\"\nrate = \"1MiB/s\"\nworking_set = 8388608\n\
+                       duration = 2\ncpu = 1\n[[phase]]\nname = \"b\"\nduration = \"500ms\"\nrate = \"0\"\ncpu = 0\n";
+        for text in [numbers, crate::guest::synthetic::spec::DEFAULT_SPEC] {
+            for ms in [1, 500, 2000, 2300, 3000, 6500, 9000, 60_000] {
+                let limit = Duration::from_millis(ms);
+                assert_eq!(cap_spec(text, limit).unwrap(), cap_spec_as_first_written(text, limit), "{ms} ms");
+            }
+        }
+        assert!(cap_spec(numbers, Duration::from_millis(2300)).unwrap().contains("duration = \"300ms\""));
+    }
 
     /// Listings and logs call a status what the manifest and the index call it.
     #[test]

@@ -32,6 +32,30 @@ pub enum Pattern {
     Hotcold,
 }
 
+impl Pattern {
+    /// Every pattern, in the order the docs list them.
+    pub const ALL: [Pattern; 3] = [Pattern::Sequential, Pattern::Random, Pattern::Hotcold];
+
+    /// The pattern's name in a spec (and in serde's forms of it).
+    pub fn name(self) -> &'static str {
+        match self {
+            Pattern::Sequential => "sequential",
+            Pattern::Random => "random",
+            Pattern::Hotcold => "hotcold",
+        }
+    }
+
+    /// The pattern named `name`.
+    pub fn from_name(name: &str) -> Option<Pattern> {
+        Pattern::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The names, as messages list them: `sequential, random, hotcold`.
+    pub fn names() -> String {
+        Pattern::ALL.map(Pattern::name).join(", ")
+    }
+}
+
 /// How fast a phase writes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -112,12 +136,15 @@ pub fn toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-/// A value people may write as a string (`"256MiB"`) or a bare number.
-#[derive(Debug, Clone, Deserialize)]
+/// A value people may write as a string (`"256MiB"`) or a bare number, kept as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-enum Quantity {
+pub enum Quantity {
+    /// An integer (`mem = 67108864`).
     Int(i64),
+    /// A float.
     Float(f64),
+    /// A string (`"256MiB"`).
     Text(String),
 }
 
@@ -131,26 +158,115 @@ impl Quantity {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSpec {
-    mem: Option<Quantity>,
-    vcpus: Option<i64>,
-    seed: Option<i64>,
-    phase: Option<Vec<RawPhase>>,
+/// A number, kept as written: `cpu = 0` stays an integer when the spec is written again.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum Number {
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
 }
 
-#[derive(Debug, Deserialize)]
+impl Number {
+    /// Its value.
+    pub fn value(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) => f,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Number {
+    /// As an `f64` reads: any number, and the same message for anything else.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Number;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("f64")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Number, E> {
+                Ok(Number::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Number, E> {
+                i64::try_from(v).map(Number::Int).or(Ok(Number::Float(v as f64)))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Number, E> {
+                Ok(Number::Float(v))
+            }
+        }
+        d.deserialize_f64(V)
+    }
+}
+
+/// A spec as written: its keys and their values as the TOML gives them, unchecked
+/// ([`SpecDocument::check`] checks it). A grid edits a run's spec as this, typed, and writes it
+/// again; a key left out stays out. The fields are in the order `toml` writes a table's keys
+/// (sorted), so that a spec written from this is the one written from its TOML table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPhase {
-    name: Option<String>,
-    duration: Option<Quantity>,
-    working_set: Option<Quantity>,
-    rate: Option<Quantity>,
-    pattern: Option<String>,
-    hot_fraction: Option<f64>,
-    hot_share: Option<f64>,
-    cpu: Option<f64>,
+pub struct SpecDocument {
+    /// `mem`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem: Option<Quantity>,
+    /// `[[phase]]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Vec<PhaseDocument>>,
+    /// `seed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// `vcpus`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<i64>,
+}
+
+/// One `[[phase]]` as written (see [`SpecDocument`]; its fields are sorted too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseDocument {
+    /// `cpu`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Number>,
+    /// `duration`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<Quantity>,
+    /// `hot_fraction`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot_fraction: Option<Number>,
+    /// `hot_share`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hot_share: Option<Number>,
+    /// `name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `pattern`, as written (a name [`SpecDocument::check`] reads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// `rate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<Quantity>,
+    /// `working_set`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_set: Option<Quantity>,
+}
+
+/// The check of a spec's `vcpus` (or of what overrides it): 1 to [`MAX_VCPUS`].
+pub fn check_vcpus(vcpus: i64) -> Result<u32, String> {
+    match u32::try_from(vcpus) {
+        Ok(v) if (1..=MAX_VCPUS).contains(&v) => Ok(v),
+        _ => Err(format!("must be between 1 and {MAX_VCPUS}, got {vcpus}")),
+    }
+}
+
+/// The check of a phase's fractions (`hot_fraction`, `hot_share`, `cpu`): 0 to 1.
+pub fn check_fraction(v: f64) -> Result<f64, String> {
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("must be between 0 and 1, got {v}"))
+    }
 }
 
 /// The spec `dirtytrace record` runs when no `--workload` is given.
@@ -186,7 +302,30 @@ cpu = 0.0
 impl WorkloadSpec {
     /// Parses and validates a spec; `mem` and `vcpus` from the command line take precedence.
     pub fn parse(text: &str, mem_override: Option<u64>, vcpus_override: Option<u32>) -> Result<Self, SpecError> {
-        let raw: RawSpec = toml::from_str(text).map_err(|e| SpecError::Toml(toml_error(text, &e)))?;
+        SpecDocument::parse(text)?.check(mem_override, vcpus_override)
+    }
+
+    /// The workload's length: its phases' sum.
+    pub fn total_duration(&self) -> Duration {
+        self.phases.iter().map(|p| p.duration).sum()
+    }
+}
+
+impl SpecDocument {
+    /// Reads a spec's TOML, unchecked.
+    pub fn parse(text: &str) -> Result<SpecDocument, SpecError> {
+        toml::from_str(text).map_err(|e| SpecError::Toml(toml_error(text, &e)))
+    }
+
+    /// The spec's TOML: the keys written, sorted, tables last.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
+    /// The one check of a spec, `record`'s and a grid's; `mem` and `vcpus` from the command line
+    /// take precedence.
+    pub fn check(&self, mem_override: Option<u64>, vcpus_override: Option<u32>) -> Result<WorkloadSpec, SpecError> {
+        let raw = self.clone();
         let mem_bytes = match (mem_override, &raw.mem) {
             (Some(m), _) => m,
             (None, Some(q)) => parse_size(&q.text()).map_err(|e| bad("mem", e.to_string()))?,
@@ -208,10 +347,7 @@ impl WorkloadSpec {
             (None, None) => 1,
         };
         let vcpus_key = if vcpus_override.is_some() { "--vcpus" } else { "vcpus" };
-        if !(1..=MAX_VCPUS as i64).contains(&vcpus) {
-            return Err(bad(vcpus_key, format!("must be between 1 and {MAX_VCPUS}, got {vcpus}")));
-        }
-        let vcpus = vcpus as u32;
+        let vcpus = check_vcpus(vcpus).map_err(|e| bad(vcpus_key, e))?;
         let seed = raw.seed.unwrap_or(0);
         if seed < 0 {
             return Err(bad("seed", "must not be negative"));
@@ -258,27 +394,20 @@ impl WorkloadSpec {
             if pages_per_vcpu > u32::MAX as u64 {
                 return Err(bad(key("working_set"), "is too large for one vCPU (at most 2^32 pages each)"));
             }
-            let pattern = match p.pattern.as_deref().unwrap_or("sequential") {
-                "sequential" => Pattern::Sequential,
-                "random" => Pattern::Random,
-                "hotcold" => Pattern::Hotcold,
-                other => {
-                    return Err(bad(key("pattern"), format!("`{other}` is not one of sequential, random, hotcold")))
-                }
+            let pattern = match p.pattern.as_deref() {
+                None => Pattern::Sequential,
+                Some(name) => Pattern::from_name(name)
+                    .ok_or_else(|| bad(key("pattern"), format!("`{name}` is not one of {}", Pattern::names())))?,
             };
-            let unit = |k: &str, v: f64| {
-                if (0.0..=1.0).contains(&v) {
-                    Ok(v)
-                } else {
-                    Err(bad(key(k), format!("must be between 0 and 1, got {v}")))
-                }
+            let unit = |k: &str, v: Option<Number>, default: f64| {
+                check_fraction(v.map_or(default, Number::value)).map_err(|e| bad(key(k), e))
             };
-            let hot_fraction = unit("hot_fraction", p.hot_fraction.unwrap_or(0.1))?;
-            let hot_share = unit("hot_share", p.hot_share.unwrap_or(0.9))?;
+            let hot_fraction = unit("hot_fraction", p.hot_fraction, 0.1)?;
+            let hot_share = unit("hot_share", p.hot_share, 0.9)?;
             if pattern == Pattern::Hotcold && (hot_fraction == 0.0 || hot_fraction == 1.0) {
                 return Err(bad(key("hot_fraction"), "must be strictly between 0 and 1 for the hotcold pattern"));
             }
-            let cpu = unit("cpu", p.cpu.unwrap_or(1.0))?;
+            let cpu = unit("cpu", p.cpu, 1.0)?;
             if writes && cpu == 0.0 {
                 return Err(bad(key("cpu"), "is 0, so the vCPU could never write; set rate = \"0\" for an idle phase"));
             }
@@ -295,11 +424,6 @@ impl WorkloadSpec {
             return Err(bad("phase", "the phases' durations add up to more than 10 years"));
         }
         Ok(WorkloadSpec { mem_bytes, vcpus, seed: seed as u64, phases })
-    }
-
-    /// The workload's length: its phases' sum.
-    pub fn total_duration(&self) -> Duration {
-        self.phases.iter().map(|p| p.duration).sum()
     }
 }
 
@@ -344,6 +468,32 @@ mod tests {
 
     fn err(text: &str) -> String {
         WorkloadSpec::parse(text, None, None).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn pattern_names_are_serde_s() {
+        for p in Pattern::ALL {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+            assert_eq!(Pattern::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Pattern::names(), "sequential, random, hotcold");
+        assert_eq!(Pattern::from_name("Random"), None);
+    }
+
+    /// A spec written again from its document is the spec written from its TOML table (keys
+    /// sorted, numbers as written), and checks the same.
+    #[test]
+    fn a_document_writes_the_spec_as_its_table_does() {
+        let text = "seed = 3\nmem = 67108864\n\n[[phase]]\nrate = \"1MiB/s\"\nworking_set = 8388608\nduration = 2\n\
+                    name = \"a\"\ncpu = 1\npattern = \"hotcold\"\nhot_fraction = 0.25\nhot_share = 1\n\n[[phase]]\n\
+                    rate = \"0\"\nduration = \"1s\"\ncpu = 0.0\n";
+        for text in [text, DEFAULT_SPEC] {
+            let doc = SpecDocument::parse(text).unwrap();
+            let table: toml::Table = toml::from_str(text).unwrap();
+            assert_eq!(doc.to_toml().unwrap(), toml::to_string(&table).unwrap());
+            assert_eq!(doc.check(None, None).unwrap(), WorkloadSpec::parse(text, None, None).unwrap());
+        }
+        assert!(err("[[phase]]\nduration = \"1s\"\nrate = \"0\"\ncpu = \"x\"").contains("expected f64"));
     }
 
     #[test]
