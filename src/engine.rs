@@ -119,6 +119,21 @@ pub fn end_after_marker(deadline_ns: u64, interval_ns: u64) -> u64 {
     deadline_ns.div_ceil(granule).saturating_mul(granule)
 }
 
+/// After the last cut of a trace on the guest clock, the guest runs on until this much guest
+/// time has passed, or until idle time has jumped, before QEMU stops: QEMU's record/replay log
+/// writes the instructions executed only at its next event (a timer, an idle jump), so without
+/// one after the last cut a replay would stop short of it. The guest's timer tick (250 Hz) is
+/// such an event, well within this margin.
+pub const END_SETTLE_NS: u64 = 50_000_000;
+
+/// Whether the guest, last seen at `now` (guest time, instructions), has gone far enough past
+/// `cut` for QEMU's log to hold the cut's instruction: [`END_SETTLE_NS`] of guest time, or an
+/// idle jump (guest time advancing more than the instructions executed).
+pub fn settled_after(cut: &GuestCut, now: (u64, u64)) -> bool {
+    let (elapsed, executed) = (now.0.saturating_sub(cut.guest_ns), now.1.saturating_sub(cut.instructions));
+    elapsed >= END_SETTLE_NS || elapsed > executed
+}
+
 /// A guest whose vCPUs run, as the sampler sees it. Implemented by [`crate::vmm::RunningVm`]
 /// and [`crate::qemu::RunningQemu`].
 pub trait RunningGuest: Send {
@@ -144,6 +159,8 @@ pub trait RunningGuest: Send {
     }
     /// Lets the vCPU waiting at a cut run on.
     fn release_cut(&self) {}
+    /// No more guest-time cuts: the vCPU runs on without waiting at deadlines.
+    fn end_cuts(&self) {}
     /// True once the guest has said that its workload ended (a Linux guest's `workload_end`
     /// marker), whether or not it has stopped since. At a guest-time cut, true exactly when the
     /// marker came before the cut's instruction.
@@ -177,5 +194,14 @@ mod tests {
         let e = check_guest_interval(300_000_000).unwrap_err();
         assert!(e.starts_with("300ms under --clock guest") && e.contains("divide a second"), "{e}");
         assert!(check_guest_interval(1_500_000_000).is_err());
+    }
+
+    #[test]
+    fn the_guest_settles_after_a_margin_or_an_idle_jump() {
+        let cut = GuestCut { deadline_ns: 3_000_000_000, guest_ns: 3_000_000_010, instructions: 2_000_000_000 };
+        assert!(!settled_after(&cut, (3_000_000_010, 2_000_000_000)), "still at the cut");
+        assert!(!settled_after(&cut, (3_000_001_010, 2_000_001_000)), "busy for 1 µs");
+        assert!(settled_after(&cut, (3_050_000_010, 2_050_000_000)), "busy for the whole margin");
+        assert!(settled_after(&cut, (3_000_002_010, 2_000_001_000)), "idle time jumped");
     }
 }

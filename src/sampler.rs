@@ -352,8 +352,8 @@ impl DeadlineSleeper {
 ///
 /// Once a cut sees the workload's end marker, the trace ends at the cut of
 /// [`crate::engine::end_after_marker`] (the guest idles until then): a boundary that does
-/// not depend on how long QEMU takes to stop, so a replay ends at the same instruction. `true`
-/// with the reason when the trace ended on a cut (no partial interval follows).
+/// not depend on how long QEMU takes to stop, so a replay ends at the same instruction. With the
+/// reason, the cut the trace ended on, if it did (no partial interval follows).
 fn run_on_guest_clock(
     vm: &dyn RunningGuest,
     cfg: &SamplerConfig,
@@ -361,7 +361,7 @@ fn run_on_guest_clock(
     st: &mut State,
     out: &SyncSender<Harvest>,
     interrupt: &AtomicBool,
-) -> Result<(EndReason, bool), EngineError> {
+) -> Result<(EndReason, Option<GuestCut>), EngineError> {
     let interval_ns = u64::try_from(cfg.interval.as_nanos()).unwrap_or(u64::MAX).max(1);
     let end_ns = cfg.duration.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     let mut workload_end_ns: Option<u64> = None;
@@ -396,20 +396,37 @@ fn run_on_guest_clock(
         let h = harvest(vm, cfg, log, st, At::Cut(cut));
         vm.release_cut();
         if out.send(h?).is_err() {
-            return Ok((EndReason::WriterFailed, true));
+            return Ok((EndReason::WriterFailed, Some(cut)));
         }
         if end_ns.is_some_and(|e| cut.deadline_ns >= e) {
-            return Ok((EndReason::Duration, true));
+            return Ok((EndReason::Duration, Some(cut)));
         }
         if workload_end_ns.is_none() && ended {
             workload_end_ns = Some(crate::engine::end_after_marker(cut.deadline_ns, interval_ns));
         }
         if workload_end_ns.is_some_and(|e| cut.deadline_ns >= e) {
-            return Ok((EndReason::WorkloadDone, true));
+            return Ok((EndReason::WorkloadDone, Some(cut)));
         }
     };
-    Ok((end, false))
+    Ok((end, None))
 }
+
+/// After the last cut: stops cutting and lets the guest run on until QEMU's log holds the cut's
+/// instruction ([`crate::engine::settled_after`]), for at most [`SETTLE_WALL_LIMIT`] of wall
+/// time, or until the guest stops by itself.
+fn settle_after(vm: &dyn RunningGuest, cut: &GuestCut) {
+    vm.end_cuts();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < SETTLE_WALL_LIMIT && !vm.all_finished() && !vm.stop_requested() {
+        if vm.guest_clock_now().is_none_or(|now| crate::engine::settled_after(cut, now)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The longest [`settle_after`] waits.
+const SETTLE_WALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// Harvests on every deadline until the workload ends, `duration` passes, `interrupt` is set
 /// or the guest stops; then stops the vCPUs and takes a final, partial harvest.
@@ -430,8 +447,11 @@ pub fn run(
     let mut st = State { index: 0, last_t_ns: 0, last_cpu };
     let mut next_deadline = t0.saturating_add(interval_ns);
     let mut skipped = 0u64;
+    let mut last_cut = None;
     let (end, ended_on_cut) = if cfg.guest_clock {
-        run_on_guest_clock(vm.as_ref(), cfg, log, &mut st, out, interrupt)?
+        let (end, on) = run_on_guest_clock(vm.as_ref(), cfg, log, &mut st, out, interrupt)?;
+        last_cut = on;
+        (end, on.is_some())
     } else {
         let end = loop {
             let deadline = end_ns.map_or(next_deadline, |e| next_deadline.min(e));
@@ -462,6 +482,9 @@ pub fn run(
         };
         (end, matches!(end, EndReason::Duration | EndReason::WriterFailed))
     };
+    if let Some(cut) = &last_cut {
+        settle_after(vm.as_ref(), cut);
+    }
     let outcomes = vm.stop();
     let end = match end {
         EndReason::GuestFault if outcomes.iter().any(|o| matches!(o, VcpuOutcome::PowerOff(_))) => {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The longest one recording or replay of the hello workload may take here (it takes about a
+/// The longest one recording or replay of a hello-sized workload may take here (it takes about a
 /// minute on a loaded two-core machine).
 const LIMIT: Duration = Duration::from_secs(600);
 
@@ -58,7 +58,18 @@ fn one_execution_retraced_gives_the_same_pages_at_any_interval() {
     let dir = Scratch::new("retrace");
     let (t100, again, t10) = (dir.join("t100"), dir.join("t100-again"), dir.join("t10"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    ok(&["record", "--workload", &s(&hello()), "--engine", "qemu", "--clock", "guest", "--keep-execution"]
+    // hello.sh's phases, then a busy shell loop: the guest idles after it from about 4.2 s, and
+    // its last instruction before the whole second comes before an idle jump over it (the case
+    // where QEMU's log held no instruction after the last cut until the recorder let the guest
+    // settle).
+    let workload = dir.join("busy.sh");
+    std::fs::write(
+        &workload,
+        "#!/bin/sh\ndt-phase fill\ndd if=/dev/zero of=/tmp/blob bs=1M count=64 2>/dev/null\ndt-phase loop\ni=0\n\
+         while [ $i -lt 200000 ]; do i=$((i+1)); done\necho \"workload done\"\n",
+    )
+    .unwrap();
+    ok(&["record", "--workload", &s(&workload), "--engine", "qemu", "--clock", "guest", "--keep-execution"]
         .into_iter()
         .chain(["--mem", "512MiB", "--interval", "100ms", "-o", &s(&t100)])
         .collect::<Vec<_>>());
@@ -66,7 +77,7 @@ fn one_execution_retraced_gives_the_same_pages_at_any_interval() {
     ok(&["retrace", &s(&t100), "--interval", "10ms", "-o", &s(&t10)]);
 
     let (a, b, fine) = (intervals(&t100), intervals(&again), intervals(&t10));
-    assert!(a.len() >= 20, "the hello workload lasts over 2 s of guest time: {} intervals", a.len());
+    assert!(a.len() >= 40, "the workload lasts over 4 s of guest time: {} intervals", a.len());
     // The recording ends on the first whole guest second after the workload's end marker, at a
     // cut like every other: no partial interval, and the end is where the recording stopped.
     let end_s = a.last().unwrap().0.t_end_s;

@@ -873,6 +873,12 @@ impl crate::engine::RunningGuest for RunningQemu {
         }
     }
 
+    fn end_cuts(&self) {
+        if let Some((pipes, _)) = &self.vm.cuts {
+            pipes.close();
+        }
+    }
+
     fn workload_ended(&self) -> bool {
         self.vm.console.lock().unwrap_or_else(|e| e.into_inner()).parser.status.is_some()
     }
