@@ -56,6 +56,10 @@ pub struct ExecutionInfo {
     pub log_bytes: Option<u64>,
     /// Guest seconds the execution lasted, once the recording ended.
     pub guest_s: Option<f64>,
+    /// Where the recording's trace ended, in nanoseconds of guest time (the end of its last
+    /// interval), once it ended: a retrace must end there or before, where the log reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_ns: Option<u64>,
     /// The trace that recorded it.
     pub trace_id: String,
 }
@@ -104,6 +108,33 @@ pub enum ExecutionError {
          truncated: record it again"
     )]
     Unfinished(PathBuf),
+    /// The recording stopped before its workload's end or its `--duration`.
+    #[error(
+        "{trace}: its recording ended early ({reason}), so its execution log stops at a point no replay can end \
+         on: only a recording that ran to its workload's end or its --duration can be retraced; record it again"
+    )]
+    EndedEarly {
+        /// The trace.
+        trace: PathBuf,
+        /// How it ended.
+        reason: String,
+    },
+    /// The retrace would end past where the log reaches.
+    #[error(
+        "{trace}: its execution was recorded up to {recorded_s} s of guest time, and a retrace at --interval \
+         {interval} would end later ({why}), where the log does not reach: retrace at an interval that divides \
+         {recorded_s} s and a second"
+    )]
+    Beyond {
+        /// The trace.
+        trace: PathBuf,
+        /// The retrace's interval.
+        interval: crate::units::HumanDuration,
+        /// Where the recording ended, in guest seconds.
+        recorded_s: f64,
+        /// Where the retrace would end.
+        why: String,
+    },
     /// This host's QEMU is another version.
     #[error(
         "the execution was recorded with QEMU {recorded}; this host has QEMU {found}: a replay needs the same QEMU \
@@ -167,6 +198,7 @@ impl Keeper {
             log_sha256: None,
             log_bytes: None,
             guest_s: None,
+            end_ns: None,
             trace_id: String::new(),
         };
         let k = Keeper { dir, info };
@@ -186,13 +218,15 @@ impl Keeper {
         std::fs::write(&p, text).with_context(|| format!("cannot write {}", p.display()))
     }
 
-    /// Once QEMU has quit: the log's length and hash, and how long the execution lasted.
-    pub fn finish(mut self, trace_id: &str, guest_s: f64) -> anyhow::Result<()> {
+    /// Once QEMU has quit: the log's length and hash, and where (in guest nanoseconds) the
+    /// trace ended.
+    pub fn finish(mut self, trace_id: &str, end_ns: u64) -> anyhow::Result<()> {
         let log = self.log();
         let bytes = std::fs::metadata(&log).with_context(|| format!("cannot read {}", log.display()))?.len();
         self.info.log_sha256 = Some(sha256_file(&log)?);
         self.info.log_bytes = Some(bytes);
-        self.info.guest_s = Some(guest_s);
+        self.info.guest_s = Some(end_ns as f64 / 1e9);
+        self.info.end_ns = Some(end_ns);
         self.info.trace_id = trace_id.into();
         self.store()
     }
@@ -322,10 +356,13 @@ pub fn retrace_options(
     }
     let mut execution = load(trace)?;
     execution.boot.echo_console = changes.console;
+    let interval = changes.interval.unwrap_or(Duration::from_secs_f64(manifest.interval_s));
+    let duration = manifest.duration_limit_s.map(Duration::from_secs_f64);
+    check_end(trace, &manifest, &execution.info, interval, duration)?;
     let mut opts = crate::record::RecordOptions::new(output);
     let s = &mut opts.settings;
-    s.interval = HumanDuration(changes.interval.unwrap_or(Duration::from_secs_f64(manifest.interval_s)));
-    s.duration = manifest.duration_limit_s.map(|d| HumanDuration(Duration::from_secs_f64(d)));
+    s.interval = HumanDuration(interval);
+    s.duration = duration.map(HumanDuration);
     s.migration_speed = HumanRate(changes.migration_speed_bytes_per_s.unwrap_or(manifest.migration_speed_bytes_per_s));
     s.mem = Some(HumanSize(execution.info.mem));
     s.vcpus = Some(execution.info.vcpus);
@@ -338,6 +375,64 @@ pub fn retrace_options(
         trace_id: manifest.trace_id.clone(),
     });
     Ok(opts)
+}
+
+/// Refuses a retrace at `interval` that would not end where the recorded log reaches: a recording
+/// that ended early (Ctrl-C, a fault), or an interval whose end rule lands past the recording's
+/// end. A recording that ended with its workload ended on the first whole guest second (or
+/// multiple of its interval, if longer) after the workload's end marker; a retrace at an interval
+/// `I` ends on the first multiple of `max(I, 1 s)` after it, which the log reaches if the
+/// recording's end is such a multiple. Under `--duration D`, a trace ends on the first multiple
+/// of its interval at or after `D`.
+fn check_end(
+    trace: &Path,
+    manifest: &crate::trace::Manifest,
+    info: &ExecutionInfo,
+    interval: Duration,
+    duration: Option<Duration>,
+) -> anyhow::Result<()> {
+    use crate::trace::EndReason;
+    let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+    crate::engine::check_guest_interval(interval_ns).map_err(|e| anyhow::anyhow!("--interval {e}"))?;
+    let reason = manifest.end_reason;
+    if !matches!(reason, Some(EndReason::WorkloadDone | EndReason::Duration | EndReason::GuestPowerOff)) {
+        let reason = reason.map_or_else(|| format!("{:?}", manifest.status), |r| r.to_string());
+        return Err(ExecutionError::EndedEarly { trace: trace.to_path_buf(), reason }.into());
+    }
+    // Recorded before the end rule (no `end_ns`): its guest rebooted at the end, and the last,
+    // partial interval is not reproduced.
+    let Some(recorded) = info.end_ns else { return Ok(()) };
+    let beyond = |why: String| ExecutionError::Beyond {
+        trace: trace.to_path_buf(),
+        interval: crate::units::HumanDuration(interval),
+        recorded_s: recorded as f64 / 1e9,
+        why,
+    };
+    match (reason, duration) {
+        (Some(EndReason::Duration), Some(d)) => {
+            let d = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            let end = d.div_ceil(interval_ns).saturating_mul(interval_ns);
+            if end > recorded {
+                return Err(beyond(format!(
+                    "at {} s, the first multiple of the interval after --duration",
+                    end as f64 / 1e9
+                ))
+                .into());
+            }
+        }
+        (Some(EndReason::WorkloadDone), _) => {
+            let granule = interval_ns.max(crate::engine::END_GRANULE_NS);
+            if !recorded.is_multiple_of(granule) {
+                return Err(beyond(format!(
+                    "on the first multiple of {} after the workload's end",
+                    crate::units::HumanDuration(Duration::from_nanos(granule))
+                ))
+                .into());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A retrace whose replay QEMU gave up (a log that ends early, or does not match): an error

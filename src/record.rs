@@ -523,6 +523,7 @@ fn load_guest(opts: &RecordOptions, engine: Engine) -> anyhow::Result<Box<dyn Gu
                     console: opts.console,
                     kvm_device: opts.kvm_device.clone(),
                     under_kvm: engine == Engine::Kvm,
+                    guest_clock: opts.settings.clock == ClockChoice::Guest,
                     scratch_dir: existing_parent(&opts.output),
                 })?;
                 return Ok(Box::new(guest));
@@ -661,6 +662,10 @@ impl TryFrom<RecordOptions> for Recorder {
                  (blkreplay), which dirtytrace does not set up; record the disk with --clock guest alone, or \
                  leave out --disk"
             );
+        }
+        if guest_clock {
+            crate::engine::check_guest_interval(u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX))
+                .map_err(|e| anyhow::anyhow!("--interval {e}"))?;
         }
         if guest_clock && opts.settings.exact_cut {
             bail!("--exact-cut and --clock guest: a guest-time cut is exact already (the vCPU waits at it)");
@@ -950,7 +955,7 @@ impl Recorder {
             _ => None,
         });
         let exit_status = result.outcomes.iter().find_map(|o| match o {
-            VcpuOutcome::PowerOff(s) => Some(*s),
+            VcpuOutcome::PowerOff(s) | VcpuOutcome::Ended(s) => Some(*s),
             _ => None,
         });
         let status = match result.end {
@@ -983,7 +988,7 @@ impl Recorder {
         }
         // QEMU has quit (the sampler dropped it): its log is complete.
         if let Some(k) = keeper {
-            k.finish(&finalized.manifest.trace_id, result.elapsed_ns as f64 / 1e9)?;
+            k.finish(&finalized.manifest.trace_id, result.elapsed_ns)?;
         }
         let mut summary = RecordSummary::of_trace(&dir, exit_status)?;
         summary.cost = Some(cost.mean());

@@ -349,6 +349,11 @@ impl DeadlineSleeper {
 /// Harvests at every guest-time cut the engine makes, until the workload ends, `duration` of
 /// guest time passes, `interrupt` is set or the guest stops. Each cut is one interval, exactly
 /// `interval` of guest time long; the vCPU waits at it until the harvest is done.
+///
+/// Once a cut sees the workload's end marker, the trace ends at the cut of
+/// [`crate::engine::end_after_marker`] (the guest idles until then): a boundary that does
+/// not depend on how long QEMU takes to stop, so a replay ends at the same instruction. With the
+/// reason, the cut the trace ended on, if it did (no partial interval follows).
 fn run_on_guest_clock(
     vm: &dyn RunningGuest,
     cfg: &SamplerConfig,
@@ -356,19 +361,21 @@ fn run_on_guest_clock(
     st: &mut State,
     out: &SyncSender<Harvest>,
     interrupt: &AtomicBool,
-) -> Result<EndReason, EngineError> {
+) -> Result<(EndReason, Option<GuestCut>), EngineError> {
+    let interval_ns = u64::try_from(cfg.interval.as_nanos()).unwrap_or(u64::MAX).max(1);
     let end_ns = cfg.duration.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let mut workload_end_ns: Option<u64> = None;
     let mut progress: Option<((u64, u64), std::time::Instant)> = None;
-    loop {
+    let end = loop {
         if interrupt.load(Ordering::Acquire) {
-            return Ok(EndReason::Interrupted);
+            break EndReason::Interrupted;
         }
         let Some(cut) = vm.wait_cut(Duration::from_nanos(POLL_NS))? else {
             if vm.all_finished() {
-                return Ok(EndReason::WorkloadDone);
+                break EndReason::WorkloadDone;
             }
             if vm.stop_requested() {
-                return Ok(EndReason::GuestFault);
+                break EndReason::GuestFault;
             }
             if let (Some((limit, hint)), Some(now)) = (&cfg.stall, vm.guest_clock_now()) {
                 match &progress {
@@ -383,16 +390,43 @@ fn run_on_guest_clock(
             continue;
         };
         progress = None;
+        // Asked while the vCPU waits at the cut: the console then holds exactly what the guest
+        // wrote before the cut's instruction.
+        let ended = vm.workload_ended();
         let h = harvest(vm, cfg, log, st, At::Cut(cut));
         vm.release_cut();
         if out.send(h?).is_err() {
-            return Ok(EndReason::WriterFailed);
+            return Ok((EndReason::WriterFailed, Some(cut)));
         }
         if end_ns.is_some_and(|e| cut.deadline_ns >= e) {
-            return Ok(EndReason::Duration);
+            return Ok((EndReason::Duration, Some(cut)));
         }
+        if workload_end_ns.is_none() && ended {
+            workload_end_ns = Some(crate::engine::end_after_marker(cut.deadline_ns, interval_ns));
+        }
+        if workload_end_ns.is_some_and(|e| cut.deadline_ns >= e) {
+            return Ok((EndReason::WorkloadDone, Some(cut)));
+        }
+    };
+    Ok((end, None))
+}
+
+/// After the last cut: stops cutting and lets the guest run on until QEMU's log holds the cut's
+/// instruction ([`crate::engine::settled_after`]), for at most [`SETTLE_WALL_LIMIT`] of wall
+/// time, or until the guest stops by itself.
+fn settle_after(vm: &dyn RunningGuest, cut: &GuestCut) {
+    vm.end_cuts();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < SETTLE_WALL_LIMIT && !vm.all_finished() && !vm.stop_requested() {
+        if vm.guest_clock_now().is_none_or(|now| crate::engine::settled_after(cut, now)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// The longest [`settle_after`] waits.
+const SETTLE_WALL_LIMIT: Duration = Duration::from_secs(30);
 
 /// Harvests on every deadline until the workload ends, `duration` passes, `interrupt` is set
 /// or the guest stops; then stops the vCPUs and takes a final, partial harvest.
@@ -413,10 +447,13 @@ pub fn run(
     let mut st = State { index: 0, last_t_ns: 0, last_cpu };
     let mut next_deadline = t0.saturating_add(interval_ns);
     let mut skipped = 0u64;
-    let end = if cfg.guest_clock {
-        run_on_guest_clock(vm.as_ref(), cfg, log, &mut st, out, interrupt)?
+    let mut last_cut = None;
+    let (end, ended_on_cut) = if cfg.guest_clock {
+        let (end, on) = run_on_guest_clock(vm.as_ref(), cfg, log, &mut st, out, interrupt)?;
+        last_cut = on;
+        (end, on.is_some())
     } else {
-        loop {
+        let end = loop {
             let deadline = end_ns.map_or(next_deadline, |e| next_deadline.min(e));
             let stop = sleeper.sleep_until(deadline, || {
                 if interrupt.load(Ordering::Acquire) {
@@ -442,8 +479,12 @@ pub fn run(
             let (next, passed_over) = next_deadline_after(next_deadline, clock::now_ns(), interval_ns);
             next_deadline = next;
             skipped += passed_over;
-        }
+        };
+        (end, matches!(end, EndReason::Duration | EndReason::WriterFailed))
     };
+    if let Some(cut) = &last_cut {
+        settle_after(vm.as_ref(), cut);
+    }
     let outcomes = vm.stop();
     let end = match end {
         EndReason::GuestFault if outcomes.iter().any(|o| matches!(o, VcpuOutcome::PowerOff(_))) => {
@@ -456,7 +497,7 @@ pub fn run(
         e => e,
     };
     // The final harvest keeps the pages dirtied since the last deadline.
-    if !matches!(end, EndReason::Duration | EndReason::WriterFailed) {
+    if !ended_on_cut {
         let h = harvest(vm.as_ref(), cfg, log, &mut st, At::End)?;
         let _ = out.send(h);
     }

@@ -6,12 +6,12 @@
 mod common;
 
 use common::*;
-use dirtytrace::trace::{IntervalRow, Trace};
+use dirtytrace::trace::{EndReason, IntervalRow, Trace, TraceStatus};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// The longest one recording or replay of the hello workload may take here (it takes about a
+/// The longest one recording or replay of a hello-sized workload may take here (it takes about a
 /// minute on a loaded two-core machine).
 const LIMIT: Duration = Duration::from_secs(600);
 
@@ -58,7 +58,18 @@ fn one_execution_retraced_gives_the_same_pages_at_any_interval() {
     let dir = Scratch::new("retrace");
     let (t100, again, t10) = (dir.join("t100"), dir.join("t100-again"), dir.join("t10"));
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    ok(&["record", "--workload", &s(&hello()), "--engine", "qemu", "--clock", "guest", "--keep-execution"]
+    // hello.sh's phases, then a busy shell loop: the guest idles after it from about 4.2 s, and
+    // its last instruction before the whole second comes before an idle jump over it (the case
+    // where QEMU's log held no instruction after the last cut until the recorder let the guest
+    // settle).
+    let workload = dir.join("busy.sh");
+    std::fs::write(
+        &workload,
+        "#!/bin/sh\ndt-phase fill\ndd if=/dev/zero of=/tmp/blob bs=1M count=64 2>/dev/null\ndt-phase loop\ni=0\n\
+         while [ $i -lt 200000 ]; do i=$((i+1)); done\necho \"workload done\"\n",
+    )
+    .unwrap();
+    ok(&["record", "--workload", &s(&workload), "--engine", "qemu", "--clock", "guest", "--keep-execution"]
         .into_iter()
         .chain(["--mem", "512MiB", "--interval", "100ms", "-o", &s(&t100)])
         .collect::<Vec<_>>());
@@ -66,25 +77,53 @@ fn one_execution_retraced_gives_the_same_pages_at_any_interval() {
     ok(&["retrace", &s(&t100), "--interval", "10ms", "-o", &s(&t10)]);
 
     let (a, b, fine) = (intervals(&t100), intervals(&again), intervals(&t10));
-    let full = |v: &[(IntervalRow, Vec<u64>)]| v.iter().filter(|(r, _)| !r.partial).count();
-    assert!(full(&a) >= 20, "the hello workload lasts over 2 s of guest time: {} intervals", a.len());
+    assert!(a.len() >= 40, "the workload lasts over 4 s of guest time: {} intervals", a.len());
+    // The recording ends on the first whole guest second after the workload's end marker, at a
+    // cut like every other: no partial interval, and the end is where the recording stopped.
+    let end_s = a.last().unwrap().0.t_end_s;
+    assert_eq!(end_s, end_s.round(), "the trace ends on a whole guest second: {end_s}");
+    assert_eq!(a.len() as f64, end_s * 10.0);
+    let recorded = Trace::open(&t100).unwrap().manifest;
+    assert_eq!(recorded.end_reason, Some(EndReason::WorkloadDone));
+    assert_eq!(recorded.status, TraceStatus::Complete);
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(t100.join("execution/execution.json")).unwrap()).unwrap();
+    assert_eq!(info["end_ns"], serde_json::json!(end_s as u64 * 1_000_000_000));
+    // Every interval, the last included: the same row and the same pages, bit for bit, cut at
+    // exact multiples of the interval in guest time.
     assert_eq!(a.len(), b.len());
-    // Every full interval: the same row and the same pages, bit for bit, cut at exact
-    // multiples of the interval in guest time.
-    for (k, ((ra, pa), (rb, pb))) in a.iter().zip(&b).enumerate().filter(|(_, ((r, _), _))| !r.partial) {
+    for (k, ((ra, pa), (rb, pb))) in a.iter().zip(&b).enumerate() {
+        assert!(!ra.partial && !rb.partial, "interval {k} is whole");
         assert_eq!(guest_side(ra), guest_side(rb), "interval {k}'s row");
         assert_eq!(pa, pb, "interval {k}'s pages");
         assert_eq!(ra.t_end_s, ((k as u64 + 1) * 100_000_000) as f64 / 1e9, "interval {k} ends on its deadline");
     }
-    // Ten 10 ms intervals hold exactly the pages of the 100 ms interval they make up.
-    assert!(full(&fine) >= 10 * full(&a));
-    for (k, (row, pages)) in a.iter().enumerate().filter(|(_, (r, _))| !r.partial) {
+    // Ten 10 ms intervals hold exactly the pages of the 100 ms interval they make up, in every
+    // window, the last included: the 10 ms retrace ends where the recording did.
+    assert_eq!(fine.len(), 10 * a.len());
+    assert!(fine.iter().all(|(r, _)| !r.partial));
+    assert_eq!(fine.last().unwrap().0.t_end_s, end_s);
+    for (k, (row, pages)) in a.iter().enumerate() {
         let mut union: Vec<u64> = fine[10 * k..10 * k + 10].iter().flat_map(|(_, p)| p.iter().copied()).collect();
         union.sort_unstable();
         union.dedup();
         assert_eq!(&union, pages, "100 ms window {k}");
         assert_eq!(fine[10 * k + 9].0.phase, row.phase, "window {k}'s phase");
     }
+    for t in [&again, &t10] {
+        let m = Trace::open(t).unwrap().manifest;
+        assert_eq!((m.end_reason, m.status), (recorded.end_reason, recorded.status), "{}", t.display());
+    }
+    // An interval whose end the log may not reach, or that does not fit a second: refused
+    // before QEMU starts, saying why.
+    let e = fails(&["retrace", &s(&t100), "--interval", "300ms", "-o", &s(&dir.join("t300"))]);
+    assert!(e.contains("--interval 300ms under --clock guest: the interval must divide a second"), "{e}");
+    // A whole number of seconds that does not divide the recording's end (2 s for a 3 s trace).
+    let k = (2..).find(|k| !(end_s as u64).is_multiple_of(*k)).unwrap();
+    let e = fails(&["retrace", &s(&t100), "--interval", &format!("{k}s"), "-o", &s(&dir.join("tk"))]);
+    let want = format!("recorded up to {end_s} s of guest time, and a retrace at --interval {k}s would end later");
+    assert!(e.contains(&want), "{e}");
+    assert!(!dir.join("t300").exists() && !dir.join("tk").exists());
     // The console and the phases are the same in every retrace.
     let console = std::fs::read(t100.join("console.log")).unwrap();
     assert!(String::from_utf8_lossy(&console).contains("workload done"));
@@ -93,7 +132,6 @@ fn one_execution_retraced_gives_the_same_pages_at_any_interval() {
         assert_eq!(events(other), events(&t100), "{}", other.display());
     }
     let m = Trace::open(&t10).unwrap().manifest;
-    let recorded = Trace::open(&t100).unwrap().manifest;
     let clock = m.guest_clock.expect("a retrace runs on the guest clock");
     assert_eq!(clock.retraced_from.as_deref(), Some(recorded.trace_id.as_str()));
     assert_eq!(clock.instructions_per_s, 1e9);
@@ -128,6 +166,7 @@ fn one_execution_retraced_gives_the_same_pages_at_any_interval() {
 #[test]
 fn the_guest_clock_is_refused_where_it_cannot_keep_its_promise() {
     let dir = Scratch::new("retrace-refused");
+    let _g = kvm_lock();
     let out = dir.join("t");
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let h = s(&hello());
@@ -147,9 +186,32 @@ fn the_guest_clock_is_refused_where_it_cannot_keep_its_promise() {
         assert!(e.contains(want), "{args:?}: {e}");
         assert!(!out.exists(), "{args:?} left {}", out.display());
     }
+    // A recording interrupted with Ctrl-C keeps a log that ends at no boundary a replay could
+    // end on: its retrace is refused, saying so, before QEMU starts.
+    let busy = dir.join("busy.sh");
+    std::fs::write(&busy, "#!/bin/sh\ndt-phase spin\nwhile :; do :; done\n").unwrap();
+    let cut = dir.join("cut");
+    let mut child = Command::new(bin())
+        .args(["record", "--workload", &s(&busy), "--engine", "qemu", "--clock", "guest", "--keep-execution"])
+        .args(["--mem", "512MiB", "--interval", "100ms", "-o", &s(&cut)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first intervals (the journal's frames) before interrupting.
+    let t0 = std::time::Instant::now();
+    while std::fs::metadata(cut.join("journal.dtj")).map_or(0, |m| m.len()) < 4096 && t0.elapsed() < LIMIT {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(&child, nix::sys::signal::Signal::SIGINT);
+    assert_eq!(wait_within(&mut child, LIMIT, "the interrupted recording").code(), Some(130));
+    assert_eq!(Trace::open(&cut).unwrap().manifest.end_reason, Some(EndReason::Interrupted));
+    let e = fails(&["retrace", &s(&cut), "-o", &s(&out)]);
+    assert!(e.contains("its recording ended early (interrupted)"), "{e}");
+    assert!(!out.exists());
+
     // A trace without its execution cannot be retraced.
     let plain = dir.join("plain");
-    let _g = kvm_lock();
     ok(&["record", "--duration", "300ms", "--interval", "100ms", "-o", &s(&plain)]);
     let e = fails(&["retrace", &s(&plain), "-o", &s(&out)]);
     assert!(e.contains("keeps no execution to replay"), "{e}");

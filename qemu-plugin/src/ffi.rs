@@ -120,15 +120,17 @@ thread_local! {
 
 type TbTransCb = extern "C" fn(id: u64, tb: *mut c_void);
 type InsnExecCb = extern "C" fn(vcpu_index: c_uint, udata: *mut c_void);
-/// The plugin API calls the instruction callbacks need (`qemu-plugin.h`, API 1 and 2).
+/// The plugin API calls the block and instruction callbacks need (`qemu-plugin.h`, API 1 and 2).
 struct TbApi {
     n_insns: extern "C" fn(tb: *const c_void) -> usize,
     get_insn: extern "C" fn(tb: *const c_void, idx: usize) -> *mut c_void,
     register_insn_exec: extern "C" fn(insn: *mut c_void, cb: InsnExecCb, flags: c_int, udata: *mut c_void),
+    register_tb_exec: extern "C" fn(tb: *mut c_void, cb: InsnExecCb, flags: c_int, udata: *mut c_void),
 }
 static TB_API: OnceLock<TbApi> = OnceLock::new();
 
-/// Asks QEMU for a callback before every guest instruction (guest-time cuts).
+/// Asks QEMU for a callback before every translation block and every guest instruction
+/// (guest-time cuts).
 pub fn instrument_instructions() -> Result<(), String> {
     let need = |name: &CStr| symbol(name).ok_or_else(|| format!("this QEMU exports no {}", name.to_string_lossy()));
     let timers = need(c"timers_state")?;
@@ -136,7 +138,7 @@ pub fn instrument_instructions() -> Result<(), String> {
     let register_trans = need(c"qemu_plugin_register_vcpu_tb_trans_cb")?;
     // SAFETY: these are QEMU's plugin API functions of these signatures (qemu-plugin.h:
     // qemu_plugin_tb_n_insns, qemu_plugin_tb_get_insn, qemu_plugin_register_vcpu_insn_exec_cb,
-    // qemu_plugin_register_vcpu_tb_trans_cb), the same in API 1 and 2.
+    // qemu_plugin_register_vcpu_tb_exec_cb), the same in API 1 and 2.
     let api = unsafe {
         TbApi {
             n_insns: std::mem::transmute::<*mut c_void, extern "C" fn(*const c_void) -> usize>(need(
@@ -149,6 +151,10 @@ pub fn instrument_instructions() -> Result<(), String> {
                 *mut c_void,
                 extern "C" fn(*mut c_void, InsnExecCb, c_int, *mut c_void),
             >(need(c"qemu_plugin_register_vcpu_insn_exec_cb")?),
+            register_tb_exec: std::mem::transmute::<
+                *mut c_void,
+                extern "C" fn(*mut c_void, InsnExecCb, c_int, *mut c_void),
+            >(need(c"qemu_plugin_register_vcpu_tb_exec_cb")?),
         }
     };
     let _ = TIMERS_STATE.set(timers as usize);
@@ -160,19 +166,31 @@ pub fn instrument_instructions() -> Result<(), String> {
     Ok(())
 }
 
-/// Each new translation block: a callback before each of its instructions, told the block's
-/// length and the instruction's place in it.
+/// Each new translation block: a callback before the block, told its length, and one before
+/// each of its instructions, told the block's length and the instruction's place in it. The
+/// block's callback says whether a deadline may fall inside the block; the instructions'
+/// return at once unless it does.
 extern "C" fn tb_trans(_id: u64, tb: *mut c_void) {
     let Some(api) = TB_API.get() else { return };
     let n = (api.n_insns)(tb);
+    // QEMU_PLUGIN_CB_NO_REGS = 0. QEMU emits the block's callback before its instructions'.
+    (api.register_tb_exec)(tb, tb_exec, 0, n as *mut c_void);
     for i in 0..n {
         let insn = (api.get_insn)(tb, i);
-        // QEMU_PLUGIN_CB_NO_REGS = 0.
         (api.register_insn_exec)(insn, insn_exec, 0, ((n << 32) | i) as *mut c_void);
     }
 }
 
+extern "C" fn tb_exec(_vcpu: c_uint, udata: *mut c_void) {
+    let n = udata as usize as i64;
+    let (guest_ns, icount) = guest_time(n, 0);
+    super::on_block(guest_ns, icount, n as u64);
+}
+
 extern "C" fn insn_exec(_vcpu: c_uint, udata: *mut c_void) {
+    if !super::block_armed() {
+        return;
+    }
     let (n, i) = ((udata as usize >> 32) as i64, (udata as usize & 0xffff_ffff) as i64);
     let (guest_ns, icount) = guest_time(n, i);
     super::on_instruction(guest_ns, icount);
@@ -181,7 +199,8 @@ extern "C" fn insn_exec(_vcpu: c_uint, udata: *mut c_void) {
 /// The guest time and the instruction count before instruction `i` of a block of `n`, exactly
 /// as QEMU's `icount_get` would count them there: the instructions accounted
 /// (`qemu_icount`) plus those of the current budget spent (the block's start took all `n`
-/// from `icount_decr`), in ns at shift 0, plus the idle time warped over (`qemu_icount_bias`).
+/// from `icount_decr`, before the block's callback and its instructions' run), in ns at shift 0,
+/// plus the idle time warped over (`qemu_icount_bias`).
 fn guest_time(n: i64, i: i64) -> (u64, u64) {
     use qemu72::*;
     let ts = *TIMERS_STATE.get().expect("set before any callback");

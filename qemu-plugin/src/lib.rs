@@ -18,16 +18,19 @@
 //! - `cut`, `cutfd`, `ackfd` (all three or none): cut intervals in guest time (`record --clock
 //!   guest`). QEMU runs with `-icount shift=0`, so guest time is QEMU's virtual clock: one
 //!   nanosecond per instruction, plus the jumps of idle time. The plugin then calls back before
-//!   every instruction, reads the exact guest time there (see [`ffi::guest_time`]), and at the
-//!   first instruction at or after each multiple of `cut` nanoseconds writes the deadline, the
+//!   every translation block, reads the exact guest time at its first instruction (see
+//!   [`ffi::guest_time`]), and where the next deadline falls inside the block, before each of its
+//!   instructions too (every instruction has a callback; outside such blocks it returns at
+//!   once); at the first instruction at or after each multiple of `cut` nanoseconds writes the deadline, the
 //!   guest time and the instruction count (three little-endian u64) to `cutfd` and waits for
 //!   one byte on `ackfd`: dirtytrace harvests while the vCPU waits. The instruction where a
 //!   deadline falls is the same in every replay of a recorded execution, whatever translation
 //!   blocks QEMU made, so the cut is too. Once `ackfd` closes, it cuts no more.
 //!
 //! With `cut`, the report line gains a fifth field, the address (hex) in QEMU's memory of two
-//! u64, the guest time and the instruction count at the latest instruction, which dirtytrace
-//! reads for the final, partial interval.
+//! u64, the guest time and the instruction count at the latest block's start (or, in a block
+//! where a deadline falls, the latest instruction), which dirtytrace reads for the final, partial
+//! interval.
 //!
 //! It never write-protects a mapping that is not exactly one guest-RAM memfd of that size,
 //! and on any failure it says why and ends QEMU, so that no run goes on untracked.
@@ -59,9 +62,12 @@ struct CutConfig {
 
 /// The next deadline in guest nanoseconds; `u64::MAX` once cutting has stopped.
 static NEXT_CUT: AtomicU64 = AtomicU64::new(0);
-/// The guest time and the instruction count at the latest instruction (their address is
+/// The guest time and the instruction count at the latest block start or armed instruction (their address is
 /// reported to dirtytrace, which reads them at the end).
 static GUEST_NOW: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Whether a deadline may fall inside the block running now: only then do the instruction
+/// callbacks read the guest time (set by each block's callback, before its instructions run).
+static BLOCK_ARMED: AtomicBool = AtomicBool::new(false);
 /// Serialises cuts (there is one vCPU; this only keeps the slow path sound).
 static CUTTING: Mutex<()> = Mutex::new(());
 
@@ -149,7 +155,7 @@ fn arm(cfg: &Config) -> String {
     }
 }
 
-/// At installation: with guest-time cuts, asks for a callback before every instruction.
+/// At installation: with guest-time cuts, asks for a callback before every block and instruction.
 fn install(cfg: Config) -> Result<(), String> {
     let cut = cfg.cut;
     CONFIG.set(cfg).map_err(|_| "installed twice".to_string())?;
@@ -162,8 +168,27 @@ fn install(cfg: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// Before every instruction (guest-time cuts only): the guest time there, and the number of
-/// instructions executed before it.
+/// Before every translation block (guest-time cuts only): the guest time and the instruction
+/// count at its first instruction, and its length. The guest time advances one nanosecond per
+/// instruction within a block (idle time passes between blocks, never inside one), so the
+/// block's last instruction is at `guest_ns + n - 1`: only if that reaches the next deadline
+/// may one of its instructions be the cut, and only then are its instruction callbacks armed.
+/// A deadline passed already (idle time jumped over it) is cut at the block's first
+/// instruction, as before every instruction.
+fn on_block(guest_ns: u64, icount: u64, n: u64) {
+    GUEST_NOW[0].store(guest_ns, Ordering::Relaxed);
+    GUEST_NOW[1].store(icount, Ordering::Relaxed);
+    // One instruction of margin: arming too often costs time, never exactness.
+    BLOCK_ARMED.store(guest_ns.saturating_add(n) >= NEXT_CUT.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+/// Whether the running block's instruction callbacks must look at the guest time.
+fn block_armed() -> bool {
+    BLOCK_ARMED.load(Ordering::Relaxed)
+}
+
+/// Before every instruction of an armed block (guest-time cuts only): the guest time there, and
+/// the number of instructions executed before it.
 fn on_instruction(guest_ns: u64, icount: u64) {
     GUEST_NOW[0].store(guest_ns, Ordering::Relaxed);
     GUEST_NOW[1].store(icount, Ordering::Relaxed);

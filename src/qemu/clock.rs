@@ -23,7 +23,6 @@ pub const ICOUNT_SHIFT: u32 = 0;
 pub const INSTRUCTIONS_PER_GUEST_S: f64 = 1e9;
 /// The QEMU (major, minor) whose internals the plugin's guest clock reads.
 pub const SUPPORTED_QEMU: (u32, u32) = (7, 2);
-
 /// QEMU's record/replay log of one execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecutionLog {

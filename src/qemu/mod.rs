@@ -873,6 +873,16 @@ impl crate::engine::RunningGuest for RunningQemu {
         }
     }
 
+    fn end_cuts(&self) {
+        if let Some((pipes, _)) = &self.vm.cuts {
+            pipes.close();
+        }
+    }
+
+    fn workload_ended(&self) -> bool {
+        self.vm.console.lock().unwrap_or_else(|e| e.into_inner()).parser.status.is_some()
+    }
+
     fn guest_clock_now(&self) -> Option<(u64, u64)> {
         let (_, addr) = self.vm.cuts.as_ref()?;
         let mut b = [0u8; 16];
@@ -918,6 +928,8 @@ impl crate::engine::RunningGuest for RunningQemu {
             (Some(st), false, _, None) => {
                 self.fault(format!("QEMU exited ({st}) while the guest ran{}", stderr_tail(&self.stderr_lines())))
             }
+            // On the guest clock the guest idles after its workload, and the recorder stops it.
+            (None, false, Some(s), None) => VcpuOutcome::Ended(s),
             (None, false, _, None) => VcpuOutcome::Stopped,
         };
         let mut outcomes = vec![first];

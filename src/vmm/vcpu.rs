@@ -56,6 +56,9 @@ pub enum VcpuOutcome {
     Stopped,
     /// The guest powered off, with this status.
     PowerOff(i32),
+    /// The guest's workload ended with this status, and the recorder stopped the guest at a
+    /// guest-time boundary after it (`--clock guest`: the guest idles rather than powering off).
+    Ended(i32),
     /// The guest faulted.
     Fault(GuestFault),
 }

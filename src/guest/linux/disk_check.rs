@@ -58,6 +58,7 @@ pub fn probe_boot(inputs: &DiskInputs, progress: &mut dyn FnMut(&str)) -> anyhow
         console: false,
         kvm_device: "/dev/kvm".into(),
         under_kvm: false,
+        guest_clock: false,
         scratch_dir: dir.clone(),
     })?;
     let boot = guest.qemu_boot()?.expect("a Linux guest boots under QEMU");

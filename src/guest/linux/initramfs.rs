@@ -24,7 +24,7 @@ pub const MAX_BUSYBOX_BYTES: u64 = 256 << 20;
 pub const MAX_FILE_BYTES: u64 = u32::MAX as u64;
 
 /// Bumped whenever what goes into the archive changes, so cached archives are rebuilt.
-const LAYOUT_VERSION: &str = "2";
+const LAYOUT_VERSION: &str = "3";
 
 /// Guest RAM that the kernel and a small workload need besides the archive and its unpacked
 /// files, which both sit in RAM while the kernel unpacks.
@@ -44,6 +44,9 @@ dt-mark workload_start
 status=$?
 dt-mark workload_end "$status"
 sync
+# Under --clock guest (dirtytrace.end=idle), idle: the recorder ends the trace at a guest-time
+# boundary after the marker and stops QEMU itself.
+grep -qw dirtytrace.end=idle /proc/cmdline && while :; do sleep 3600; done
 # With reboot=k this writes 0xFE to port 0x64, which ends the recording.
 reboot -f
 "#;
@@ -106,6 +109,7 @@ PATH=/.dirtytrace/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 status=$?
 dt-mark workload_end "$status"
 sync
+grep -qw dirtytrace.end=idle /proc/cmdline && while :; do sleep 3600; done
 reboot -f
 "#;
 

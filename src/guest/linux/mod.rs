@@ -95,6 +95,9 @@ pub struct LinuxOptions {
     /// Whether the guest will run under KVM, so that the host's KVM must run kernel code
     /// natively (false under the QEMU engine, which emulates the guest itself).
     pub under_kvm: bool,
+    /// Whether intervals are cut in guest time (`--clock guest`): the guest then idles after its
+    /// workload rather than rebooting ([`boot::IDLE_AT_END_ARG`]).
+    pub guest_clock: bool,
     /// Where the `--disk` overlay's (unlinked) file is made: the trace's parent directory.
     pub scratch_dir: PathBuf,
 }
@@ -247,7 +250,7 @@ impl LinuxGuest {
             eprintln!("initramfs: {}", initramfs.summary());
         }
         let extra = opts.inputs.boot.cmdline.as_deref();
-        let cmdline = if opts.under_kvm { boot::cmdline(extra) } else { boot::qemu_cmdline(extra) };
+        let cmdline = if opts.under_kvm { boot::cmdline(extra) } else { boot::qemu_cmdline(extra, opts.guest_clock) };
         Ok(LinuxGuest { opts, extras, kit, kernel, initramfs, initramfs_build_s, cmdline, boot: None, disk })
     }
 }

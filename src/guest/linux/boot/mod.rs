@@ -11,7 +11,7 @@ pub mod loader;
 mod params;
 pub mod vcpu;
 
-pub use cmdline::{cmdline, qemu_cmdline};
+pub use cmdline::{cmdline, qemu_cmdline, IDLE_AT_END_ARG};
 pub use kernel::{check_kernel, is_bzimage, is_elf};
 pub use layout::*;
 pub use loader::load;
