@@ -520,7 +520,7 @@ fn the_tools_outputs_on_a_mixed_trace_are_pinned_bit_exact() {
     }
     assert_eq!(encodings, HashSet::from([Encoding::Zstd.as_str(), Encoding::VarintGaps.as_str()]));
     let mut got = Vec::new();
-    let seen = for_each_interval(&t, &space, |row, pages| {
+    let seen = for_each_interval(&t, |row, pages| {
         got.push((row.interval, pages.to_vec()));
         Ok(ControlFlow::Continue(()))
     })

@@ -164,6 +164,37 @@ pub fn for_each_set_bit(words: &[u64], mut f: impl FnMut(u64)) {
     }
 }
 
+/// Appends `base + i` for every set bit `i < n` of `words` (KVM's layout) to `pages`,
+/// ascending: the page lists of the recorder's accounting and of the offline tools.
+#[inline(never)]
+pub fn push_set_bits(words: &[u64], n: u64, base: u32, pages: &mut Vec<u32>) {
+    let push_word = |pages: &mut Vec<u32>, i: usize, mut bits: u64| {
+        let first = base + (i as u32) * 64;
+        while bits != 0 {
+            pages.push(first + bits.trailing_zeros());
+            bits &= bits - 1;
+        }
+    };
+    let words = &words[..n.div_ceil(64).min(words.len() as u64) as usize];
+    let Some((&last, full)) = words.split_last() else { return };
+    // Bitmaps are mostly zero: skip eight words at a time.
+    let mut chunks = full.chunks_exact(8);
+    for (c, chunk) in chunks.by_ref().enumerate() {
+        if chunk.iter().fold(0, |a, w| a | w) != 0 {
+            for (j, &w) in chunk.iter().enumerate() {
+                push_word(pages, c * 8 + j, w);
+            }
+        }
+    }
+    let done = full.len() - chunks.remainder().len();
+    for (j, &w) in chunks.remainder().iter().enumerate() {
+        push_word(pages, done + j, w);
+    }
+    // Bits past the slot's last page, if its size is not a multiple of 64 pages, are not pages.
+    let tail = n % 64;
+    push_word(pages, words.len() - 1, if tail == 0 { last } else { last & ((1u64 << tail) - 1) });
+}
+
 /// Why a bitmap could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -233,21 +264,46 @@ pub enum DecodeError {
 pub struct BitmapDecoder {
     dec: zstd::bulk::Decompressor<'static>,
     gaps: Vec<u8>,
+    /// The words of a `zstd` bitmap decoded by [`BitmapDecoder::decode_pages`].
+    words: Vec<u64>,
 }
 
 impl BitmapDecoder {
     /// A decoder.
     pub fn new() -> std::io::Result<Self> {
-        Ok(BitmapDecoder { dec: zstd::bulk::Decompressor::new()?, gaps: Vec::new() })
+        Ok(BitmapDecoder { dec: zstd::bulk::Decompressor::new()?, gaps: Vec::new(), words: Vec::new() })
     }
 
     /// The bitmap words of `blob`: `ceil(num_pages / 64)` little-endian words, KVM's layout.
     /// Whatever the blob claims, the output and the buffers are capped by its slot's size.
     pub fn decode(&mut self, blob: &SlotBlob) -> Result<Vec<u64>, DecodeError> {
-        let bitmap_bytes = blob.num_pages.div_ceil(64).saturating_mul(8);
+        let mut words = Vec::new();
         match blob.encoding {
-            Encoding::Zstd => self.decode_zstd(blob, bitmap_bytes),
-            Encoding::VarintGaps => self.decode_gaps(blob, bitmap_bytes),
+            Encoding::Zstd => self.decode_zstd(blob, &mut words)?,
+            Encoding::VarintGaps => {
+                words.resize(blob.num_pages.div_ceil(64) as usize, 0);
+                self.decode_gaps(blob, |page| words[(page / 64) as usize] |= 1 << (page % 64))?;
+            }
+        }
+        Ok(words)
+    }
+
+    /// Appends `base + p` for every dirty page `p` of `blob` (slot-relative, ascending) to
+    /// `pages`, with the checks of [`BitmapDecoder::decode`]: what the offline tools need,
+    /// without the words of a `varint-gaps` bitmap. On an error, `pages` may hold some of them.
+    pub fn decode_pages(&mut self, blob: &SlotBlob, base: u32, pages: &mut Vec<u32>) -> Result<(), DecodeError> {
+        match blob.encoding {
+            Encoding::Zstd => {
+                let mut words = std::mem::take(&mut self.words);
+                let result = self.decode_zstd(blob, &mut words);
+                if result.is_ok() {
+                    pages.reserve(blob.dirty_pages as usize);
+                    push_set_bits(&words, blob.num_pages, base, pages);
+                }
+                self.words = words;
+                result
+            }
+            Encoding::VarintGaps => self.decode_gaps(blob, |page| pages.push(base + page as u32)),
         }
     }
 
@@ -259,16 +315,19 @@ impl BitmapDecoder {
         Ok(())
     }
 
-    fn decode_zstd(&mut self, blob: &SlotBlob, bitmap_bytes: u64) -> Result<Vec<u64>, DecodeError> {
+    /// Decodes a `zstd` blob into `words` (resized to the slot's), checked.
+    fn decode_zstd(&mut self, blob: &SlotBlob, words: &mut Vec<u64>) -> Result<(), DecodeError> {
+        let bitmap_bytes = blob.num_pages.div_ceil(64).saturating_mul(8);
         let expected = blob.raw_bytes;
         if expected != bitmap_bytes {
             let allowed = format!("exactly ceil(num_pages / 64) × 8 = {bitmap_bytes}");
             return Err(DecodeError::RawBytes { got: expected, encoding: "zstd", allowed });
         }
         // Straight into the words, never more than the expected size.
-        let mut words = vec![0u64; (expected / 8) as usize];
-        self.decompress_into(&blob.data, bytemuck::cast_slice_mut::<u64, u8>(&mut words), expected)?;
-        for w in &mut words {
+        words.clear();
+        words.resize((expected / 8) as usize, 0);
+        self.decompress_into(&blob.data, bytemuck::cast_slice_mut::<u64, u8>(words), expected)?;
+        for w in words.iter_mut() {
             *w = u64::from_le(*w);
         }
         // Bits past the slot's last page are not pages: refuse them rather than guess.
@@ -281,10 +340,12 @@ impl BitmapDecoder {
         if stray || got != blob.dirty_pages {
             return Err(DecodeError::Count { got, expected: blob.dirty_pages });
         }
-        Ok(words)
+        Ok(())
     }
 
-    fn decode_gaps(&mut self, blob: &SlotBlob, bitmap_bytes: u64) -> Result<Vec<u64>, DecodeError> {
+    /// Decodes a `varint-gaps` blob, calling `page` with each dirty page, checked.
+    fn decode_gaps(&mut self, blob: &SlotBlob, page: impl FnMut(u64)) -> Result<(), DecodeError> {
+        let bitmap_bytes = blob.num_pages.div_ceil(64).saturating_mul(8);
         let expected = blob.raw_bytes;
         if expected > bitmap_bytes || expected < blob.dirty_pages {
             let allowed = format!(
@@ -296,15 +357,16 @@ impl BitmapDecoder {
         let mut gaps = std::mem::take(&mut self.gaps);
         gaps.clear();
         gaps.resize(expected as usize, 0);
-        let result = self.decompress_into(&blob.data, &mut gaps, expected).and_then(|()| pages_of_gaps(&gaps, blob));
+        let result =
+            self.decompress_into(&blob.data, &mut gaps, expected).and_then(|()| pages_of_gaps(&gaps, blob, page));
         self.gaps = gaps;
         result
     }
 }
 
-/// The words of the gap stream `gaps` of `blob`, every page checked.
-fn pages_of_gaps(gaps: &[u8], blob: &SlotBlob) -> Result<Vec<u64>, DecodeError> {
-    let mut words = vec![0u64; blob.num_pages.div_ceil(64) as usize];
+/// Calls `f` with each page of the gap stream `gaps` of `blob`, in order, every page checked
+/// before it is handed on.
+fn pages_of_gaps(gaps: &[u8], blob: &SlotBlob, mut f: impl FnMut(u64)) -> Result<(), DecodeError> {
     let (mut index, mut page, mut at) = (0u64, 0u64, 0usize);
     while at < gaps.len() {
         let start = at;
@@ -333,13 +395,13 @@ fn pages_of_gaps(gaps: &[u8], blob: &SlotBlob) -> Result<Vec<u64>, DecodeError> 
             let more = gaps[at..].iter().filter(|&&b| b < 0x80).count() as u64;
             return Err(DecodeError::Count { got: index + 1 + more, expected: blob.dirty_pages });
         }
-        words[(page / 64) as usize] |= 1 << (page % 64);
+        f(page);
         index += 1;
     }
     if index != blob.dirty_pages {
         return Err(DecodeError::Count { got: index, expected: blob.dirty_pages });
     }
-    Ok(words)
+    Ok(())
 }
 
 #[cfg(test)]
