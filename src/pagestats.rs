@@ -219,18 +219,15 @@ impl<S: PageSlot> SlidingDistinct<S> {
     /// instead of waiting on mispredicted branches. The histogram is then counted per
     /// interval, as [`SlidingDistinct::visit`] counts per page.
     pub fn push_slice(&mut self, t_end_s: f64, pages: &[u32]) -> u64 {
-        let mut st = self.begin();
-        let mark = st.id + 1;
         // Buckets: `last - 1 - front_id` for the tracked intervals `front_id..id`, then this
         // interval (a page listed twice), then the rest (never dirtied, or before `front_id`).
-        let span = (st.id - st.front_id) as usize;
+        let span = (self.next - self.head) as usize;
         if span.saturating_mul(4) > pages.len() {
-            for &p in pages {
-                let old = self.last[p as usize].mark(mark);
-                self.visit(old, &mut st);
-            }
-            return self.end(t_end_s, st);
+            return self.push(t_end_s, pages.iter().map(|&p| p as u64));
         }
+        let mut st = self.begin();
+        let mark = st.id + 1;
+        debug_assert_eq!(span, (st.id - st.front_id) as usize);
         let buckets = span + 2;
         let mut hist = std::mem::take(&mut self.hist);
         hist.clear();

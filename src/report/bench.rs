@@ -32,6 +32,24 @@ pub fn bench_text(r: &BenchReport) -> String {
             h.own_over_ioctl * 100.0
         ));
     }
+    if !r.writer_work.is_empty() {
+        s.push_str(
+            "\nThe writer's work per harvest on the same bitmaps, as 44c1d43 (format 1) did it and as now\n\
+             (page list, encoding, working-set window; median thread CPU, alternating harvests)\n",
+        );
+        s.push_str("  pattern      dirty  encoding      before µs/GiB  now µs/GiB   now/before\n");
+        for w in &r.writer_work {
+            s.push_str(&format!(
+                "  {:<10} {:>5.1}%  {:<12}  {:>13.1}  {:>10.1}   {:>9.2}\n",
+                w.pattern,
+                w.dirty_fraction * 100.0,
+                w.encoding,
+                w.before_s_per_gib * 1e6,
+                w.now_s_per_gib * 1e6,
+                w.ratio
+            ));
+        }
+    }
     if !r.timer_floor.is_empty() {
         s.push_str("\nThe host's timer floor (a thread sleeping to the deadlines on the sampler's CPU; no guest)\n");
         s.push_str("  sampler            interval  on time  skipped  late p50   late p99   late max  CPU\n");

@@ -38,6 +38,8 @@ pub struct BitmapEncoder {
     compressor: zstd::bulk::Compressor<'static>,
     gaps: Vec<u8>,
     pages: Vec<u32>,
+    /// The compressed frame, before it is copied out at its size.
+    frame: Vec<u8>,
 }
 
 /// The encoding a bitmap of `num_pages` pages gets, given its dirty pages (slot-relative,
@@ -55,6 +57,23 @@ pub fn choose<I: Iterator<Item = u64>>(num_pages: u64, dirty_pages: u64, pages: 
         next = p.wrapping_add(1);
         sampled += 1;
     }
+    by_runs(sampled, runs)
+}
+
+/// [`choose`] for a bitmap whose dirty pages are listed, ascending (with any offset): the same
+/// choice, the runs counted over the slice, without a branch per page.
+fn choose_listed(num_pages: u64, pages: &[u32]) -> Encoding {
+    if (pages.len() as u64).saturating_mul(SPARSE_ONE_IN) > num_pages {
+        return Encoding::Zstd;
+    }
+    let sample = &pages[..pages.len().min(RUN_SAMPLE_PAGES)];
+    let breaks = sample.windows(2).map(|w| (w[1] != w[0].wrapping_add(1)) as u64).sum::<u64>();
+    let runs = if sample.is_empty() { 0 } else { 1 + breaks };
+    by_runs(sample.len() as u64, runs)
+}
+
+/// The choice for a sparse bitmap with `runs` runs among `sampled` of its first dirty pages.
+fn by_runs(sampled: u64, runs: u64) -> Encoding {
     if sampled > runs.saturating_mul(SPARSE_MAX_MEAN_RUN) {
         Encoding::Zstd
     } else {
@@ -73,7 +92,12 @@ fn push_varint(out: &mut Vec<u8>, mut v: u64) {
 impl BitmapEncoder {
     /// An encoder at zstd `level`.
     pub fn new(level: i32) -> std::io::Result<Self> {
-        Ok(BitmapEncoder { compressor: zstd::bulk::Compressor::new(level)?, gaps: Vec::new(), pages: Vec::new() })
+        Ok(BitmapEncoder {
+            compressor: zstd::bulk::Compressor::new(level)?,
+            gaps: Vec::new(),
+            pages: Vec::new(),
+            frame: Vec::new(),
+        })
     }
 
     /// Encodes the bitmap `words` of `slot`, whose set bits are `dirty_pages`.
@@ -110,11 +134,12 @@ impl BitmapEncoder {
         pages: &[u32],
         base: u32,
     ) -> std::io::Result<SlotBlob> {
-        let rel = || pages.iter().map(|&p| (p - base) as u64);
-        if choose(slot.num_pages(), dirty_pages, rel) == Encoding::VarintGaps {
+        // `pages` is listed whenever the density allows varint-gaps, so its length is the count.
+        let sparse = dirty_pages.saturating_mul(SPARSE_ONE_IN) <= slot.num_pages();
+        if sparse && choose_listed(slot.num_pages(), pages) == Encoding::VarintGaps {
             self.gaps.clear();
             let mut prev = 0;
-            for p in rel() {
+            for p in pages.iter().map(|&p| (p - base) as u64) {
                 push_varint(&mut self.gaps, p - prev);
                 prev = p;
             }
@@ -128,7 +153,7 @@ impl BitmapEncoder {
                     encoding: Encoding::VarintGaps,
                     raw_bytes: self.gaps.len() as u64,
                     dirty_pages,
-                    data: self.compressor.compress(&self.gaps)?,
+                    data: compress(&mut self.compressor, &mut self.frame, &self.gaps)?,
                 });
             }
         }
@@ -147,9 +172,19 @@ impl BitmapEncoder {
             encoding: Encoding::Zstd,
             raw_bytes: raw.len() as u64,
             dirty_pages,
-            data: self.compressor.compress(raw)?,
+            data: compress(&mut self.compressor, &mut self.frame, raw)?,
         })
     }
+}
+
+/// One zstd frame of `src`, made in `frame` (kept for the next one) and copied out at its size:
+/// the bytes of `Compressor::compress`, without allocating its worst case, a little more than
+/// `src`, per bitmap.
+fn compress(c: &mut zstd::bulk::Compressor<'static>, frame: &mut Vec<u8>, src: &[u8]) -> std::io::Result<Vec<u8>> {
+    frame.clear();
+    frame.reserve(zstd::zstd_safe::compress_bound(src.len()));
+    c.compress_to_buffer(src, frame)?;
+    Ok(frame.clone())
 }
 
 /// Calls `f` with the index of every set bit in KVM-layout words.
@@ -480,6 +515,23 @@ mod tests {
         assert_eq!(choose(n * 10, 1512, mixed), Encoding::Zstd);
         // No dirty page at all: varint-gaps (an empty stream).
         assert_eq!(choose(n, 0, std::iter::empty), Encoding::VarintGaps);
+        assert_eq!(choose_listed(n, &[]), Encoding::VarintGaps);
+        // A listed bitmap (offset by a slot's base) gets the same choice, around every boundary.
+        let mut x = 7u64;
+        for len in [1, 2, 3, 100, 511, 512, 513, 700, 4000, 4001] {
+            for run in 1..8u64 {
+                let pages: Vec<u64> = (0..len)
+                    .scan(0u64, |p, i| {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        *p += if i % run == 0 { 2 + (x >> 60) } else { 1 };
+                        Some(*p)
+                    })
+                    .collect();
+                let listed: Vec<u32> = pages.iter().map(|&p| p as u32 + 1000).collect();
+                let want = choose(n, len, || pages.iter().copied());
+                assert_eq!(choose_listed(n, &listed), want, "{len} pages in runs of {run}");
+            }
+        }
     }
 
     #[test]
@@ -503,6 +555,20 @@ mod tests {
             // The caller's page list gives the same blob.
             let listed: Vec<u32> = pages.iter().map(|&p| p as u32 + 7).collect();
             assert_eq!(e.encode_pages(&slot(n), &words, &listed, 7).unwrap(), blob);
+            // Byte for byte what schemas/bitmaps.md says: one level-1 zstd frame of the raw
+            // words, or of the varint gaps.
+            let stream = match encoding {
+                Encoding::Zstd => bytemuck::cast_slice::<u64, u8>(&words).to_vec(),
+                Encoding::VarintGaps => {
+                    let mut g = Vec::new();
+                    pages
+                        .iter()
+                        .scan(0, |prev, &p| Some(p - std::mem::replace(prev, p)))
+                        .for_each(|d| push_varint(&mut g, d));
+                    g
+                }
+            };
+            assert_eq!((blob.raw_bytes, &blob.data), (stream.len() as u64, &zstd::bulk::compress(&stream, 1).unwrap()));
         }
     }
 
