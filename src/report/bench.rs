@@ -19,17 +19,20 @@ pub fn bench_text(r: &BenchReport) -> String {
         s.push('\n');
     }
     s.push_str("Harvest cost per GiB of guest memory (100 ms interval; own = sampler + writer)\n");
-    s.push_str("  dirty   measured   ioctl µs/GiB   own µs/GiB  (sampler   writer)   own/ioctl\n");
+    s.push_str(
+        "  dirty   measured   ioctl µs/GiB   own µs/GiB  (sampler   writer)   own/ioctl   writer work vs 44c1d43\n",
+    );
     for h in &r.harvest_cost {
         s.push_str(&format!(
-            "  {:>5.1}%  {:>7.3}%   {:>12.1}   {:>10.1}  ({:>7.1}  {:>7.1})   {:>8.1}%\n",
+            "  {:>5.1}%  {:>7.3}%   {:>12.1}   {:>10.1}  ({:>7.1}  {:>7.1})   {:>8.1}%   {:>21}\n",
             h.dirty_fraction_target * 100.0,
             h.dirty_fraction_measured * 100.0,
             h.ioctl_s_per_gib * 1e6,
             h.own_s_per_gib * 1e6,
             h.sampler_own_s_per_gib * 1e6,
             h.writer_s_per_gib * 1e6,
-            h.own_over_ioctl * 100.0
+            h.own_over_ioctl * 100.0,
+            h.writer_work_over_44c1d43.map_or("-".to_string(), |r| format!("{r:.2}x"))
         ));
     }
     if !r.writer_work.is_empty() {
