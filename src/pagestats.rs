@@ -44,39 +44,14 @@ impl PageSpace {
     /// `index` in the manifest's order, to `pages` (ascending).
     pub fn push_dirty(&self, index: usize, words: &[u64], pages: &mut Vec<u32>) {
         let (_, _, n, base) = self.slots[index];
-        let words = &words[..n.div_ceil(64).min(words.len() as u64) as usize];
-        push_set_bits(words, n, base as u32, pages);
+        crate::trace::push_set_bits(words, n, base as u32, pages);
     }
 }
 
-/// Appends `base + i` for every set bit `i < n` of `words` (KVM's layout) to `pages`.
-#[inline(never)]
-fn push_set_bits(words: &[u64], n: u64, base: u32, pages: &mut Vec<u32>) {
-    let push_word = |pages: &mut Vec<u32>, i: usize, mut bits: u64| {
-        let first = base + (i as u32) * 64;
-        while bits != 0 {
-            pages.push(first + bits.trailing_zeros());
-            bits &= bits - 1;
-        }
-    };
-    let Some((&last, full)) = words.split_last() else { return };
-    // Bitmaps are mostly zero: skip eight words at a time.
-    let mut chunks = full.chunks_exact(8);
-    for (c, chunk) in chunks.by_ref().enumerate() {
-        if chunk.iter().fold(0, |a, w| a | w) != 0 {
-            for (j, &w) in chunk.iter().enumerate() {
-                push_word(pages, c * 8 + j, w);
-            }
-        }
-    }
-    let done = full.len() - chunks.remainder().len();
-    for (j, &w) in chunks.remainder().iter().enumerate() {
-        push_word(pages, done + j, w);
-    }
-    // Bits past the slot's last page, if its size is not a multiple of 64 pages, are not pages.
-    let tail = n % 64;
-    push_word(pages, words.len() - 1, if tail == 0 { last } else { last & ((1u64 << tail) - 1) });
-}
+/// Interleaved copies of [`SlidingDistinct::push_slice`]'s histogram: consecutive pages count
+/// into different copies, so that a run of pages with the same last interval does not make one
+/// chain of dependent increments.
+const LANES: usize = 4;
 
 /// What a [`SlidingDistinct`] keeps per page: at least the last interval that dirtied it.
 pub trait PageSlot: Copy + Default {
@@ -86,6 +61,16 @@ pub trait PageSlot: Copy + Default {
     fn dirtied(&mut self, last: u32);
     /// Forgets the last interval, keeping anything else.
     fn forget_last(&mut self);
+    /// Records that interval `last - 1` dirtied the page, unless it is recorded already (a
+    /// page listed twice in one interval); returns what [`PageSlot::last`] was before.
+    #[inline(always)]
+    fn mark(&mut self, last: u32) -> u32 {
+        let old = self.last();
+        if old != last {
+            self.dirtied(last);
+        }
+        old
+    }
 }
 
 impl PageSlot for u32 {
@@ -99,6 +84,10 @@ impl PageSlot for u32 {
     }
     fn forget_last(&mut self) {
         *self = 0;
+    }
+    #[inline(always)]
+    fn mark(&mut self, last: u32) -> u32 {
+        std::mem::replace(self, last)
     }
 }
 
@@ -126,6 +115,13 @@ impl PageSlot for CountedSlot {
     fn forget_last(&mut self) {
         self.last = 0;
     }
+    #[inline(always)]
+    fn mark(&mut self, last: u32) -> u32 {
+        // Without a branch: the pages of an interval are scattered, so one would be mispredicted.
+        let old = std::mem::replace(&mut self.last, last);
+        self.dirty_intervals += (old != last) as u32;
+        old
+    }
 }
 
 /// Distinct pages dirtied in the intervals that end within the last `window_s` seconds,
@@ -142,6 +138,9 @@ pub struct SlidingDistinct<S: PageSlot = u32> {
     order: Vec<usize>,
     /// Per push: `reenter[k]` pages came back into windows `0..k` (scratch, `windows.len() + 1`).
     reenter: Vec<u64>,
+    /// Per push of [`SlidingDistinct::push_slice`]: how many of its pages each tracked interval
+    /// last dirtied, in [`LANES`] interleaved copies (scratch).
+    hist: Vec<u32>,
     /// Per page: 1 + the last interval (in this tracker's numbering) that dirtied it; 0 = never.
     last: Vec<S>,
     /// Per interval still tracked (ids `head..next`), in a ring indexed by `id & mask`: how
@@ -191,6 +190,7 @@ impl<S: PageSlot> SlidingDistinct<S> {
             windows,
             order: position,
             reenter: vec![0; windows_s.len() + 1],
+            hist: Vec::new(),
             last: vec![S::default(); total_pages as usize],
             ring_count: vec![0; 64],
             ring_time: vec![0.0; 64],
@@ -206,17 +206,60 @@ impl<S: PageSlot> SlidingDistinct<S> {
     pub fn push(&mut self, t_end_s: f64, pages: impl IntoIterator<Item = u64>) -> u64 {
         let mut st = self.begin();
         for p in pages {
-            self.visit(p as usize, &mut st);
+            let old = self.last[p as usize].mark(st.id + 1);
+            self.visit(old, &mut st);
         }
         self.end(t_end_s, st)
     }
 
-    /// [`SlidingDistinct::push`] for a slice of page indices.
+    /// [`SlidingDistinct::push`] for a slice of page indices, with the same counts. What a
+    /// page adds depends only on the interval that last dirtied it, so when the slice is long
+    /// against the intervals tracked, each page only marks its slot and counts its last
+    /// interval in a histogram, without a branch: the scattered loads of the slots overlap
+    /// instead of waiting on mispredicted branches. The histogram is then counted per
+    /// interval, as [`SlidingDistinct::visit`] counts per page.
     pub fn push_slice(&mut self, t_end_s: f64, pages: &[u32]) -> u64 {
-        let mut st = self.begin();
-        for &p in pages {
-            self.visit(p as usize, &mut st);
+        // Buckets: `last - 1 - front_id` for the tracked intervals `front_id..id`, then this
+        // interval (a page listed twice), then the rest (never dirtied, or before `front_id`).
+        let span = (self.next - self.head) as usize;
+        if span.saturating_mul(4) > pages.len() {
+            return self.push(t_end_s, pages.iter().map(|&p| p as u64));
         }
+        let mut st = self.begin();
+        let mark = st.id + 1;
+        debug_assert_eq!(span, (st.id - st.front_id) as usize);
+        let buckets = span + 2;
+        let mut hist = std::mem::take(&mut self.hist);
+        hist.clear();
+        hist.resize(LANES * buckets, 0);
+        let first = st.front_id + 1;
+        for (i, &p) in pages.iter().enumerate() {
+            let last = self.last[p as usize].mark(mark);
+            st.new += (last == 0) as u64;
+            let bucket = (last.wrapping_sub(first) as usize).min(span + 1);
+            hist[(i % LANES) * buckets + bucket] += 1;
+        }
+        let count = |b: usize| (0..LANES).map(|l| hist[l * buckets + b] as u64).sum::<u64>();
+        let n = self.windows.len();
+        let rest = count(span + 1);
+        self.reenter[n] += rest;
+        st.added += rest;
+        for j in 0..span {
+            let c = count(j);
+            if c == 0 {
+                continue;
+            }
+            let old = st.front_id + j as u32;
+            self.ring_count[old as usize & self.mask] -= c;
+            if old < st.min_front {
+                self.reenter[n] += c;
+            } else if old < st.max_front {
+                let k = self.windows.iter().take_while(|w| w.front > old).count();
+                self.reenter[k] += c;
+            }
+            st.added += c;
+        }
+        self.hist = hist;
         self.end(t_end_s, st)
     }
 
@@ -236,15 +279,16 @@ impl<S: PageSlot> SlidingDistinct<S> {
         PushState { id, front_id, min_front, max_front, new: 0, added: 0 }
     }
 
+    /// Counts one page of the interval being pushed, whose slot held `last` (see
+    /// [`PageSlot::last`]) before [`PageSlot::mark`] marked it.
     #[inline(always)]
-    fn visit(&mut self, p: usize, st: &mut PushState) {
-        let slot = &mut self.last[p];
+    fn visit(&mut self, last: u32, st: &mut PushState) {
         let n = self.windows.len();
-        if slot.last() == 0 {
+        if last == 0 {
             st.new += 1;
             self.reenter[n] += 1;
         } else {
-            let old = slot.last() - 1;
+            let old = last - 1;
             if old == st.id {
                 return;
             }
@@ -259,7 +303,6 @@ impl<S: PageSlot> SlidingDistinct<S> {
                 self.reenter[k] += 1;
             }
         }
-        slot.dirtied(st.id + 1);
         st.added += 1;
     }
 
@@ -351,17 +394,20 @@ mod tests {
 
     #[test]
     fn several_windows_match_brute_force() {
-        // A deterministic pseudo-random stream of intervals, some with jittered ends.
+        // A deterministic pseudo-random stream of intervals, some with jittered ends; every
+        // third one lists more pages than four per tracked interval (push_slice's histogram).
         let windows = [0.5, 0.05, 3.0, 0.25, 1.0];
         let mut multi: SlidingDistinct = SlidingDistinct::with_windows(500, &windows);
         let mut sliced: SlidingDistinct<CountedSlot> = SlidingDistinct::with_windows(500, &windows);
+        // A slice may list a page twice: it counts once.
+        let mut repeated: SlidingDistinct<CountedSlot> = SlidingDistinct::with_windows(500, &windows);
         let mut dirty_intervals = vec![0u32; 500];
         let mut history: Vec<(f64, Vec<u64>)> = Vec::new();
         let mut x = 12345u64;
         for k in 0..400u64 {
             let t = (k + 1) as f64 * 0.1 + if k % 7 == 0 { 0.003 } else { 0.0 };
             let mut pages = Vec::new();
-            for _ in 0..(k % 13) * 5 {
+            for _ in 0..(k % 13) * 5 + if k % 3 == 0 { 200 } else { 0 } {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 pages.push((x >> 33) % if k % 50 < 25 { 60 } else { 500 });
             }
@@ -372,6 +418,8 @@ mod tests {
             dedup.dedup();
             dedup.iter().for_each(|&p| dirty_intervals[p as usize] += 1);
             assert_eq!(sliced.push_slice(t, &dedup), new);
+            let listed: Vec<u32> = pages.iter().map(|&p| p as u32).collect();
+            assert_eq!(repeated.push_slice(t, &listed), new);
             history.push((t, pages.clone()));
             let fresh: std::collections::HashSet<u64> =
                 pages.iter().filter(|p| !seen_before.contains(p)).copied().collect();
@@ -381,10 +429,12 @@ mod tests {
                     history.iter().filter(|h| h.0 > t - w + 1e-9).flat_map(|h| h.1.clone()).collect();
                 assert_eq!(multi.in_window_of(i), distinct.len() as u64, "window {w} at interval {k}");
                 assert_eq!(sliced.in_window_of(i), distinct.len() as u64);
+                assert_eq!(repeated.in_window_of(i), distinct.len() as u64);
             }
         }
         let counted: Vec<u32> = sliced.slots().iter().map(|s| s.dirty_intervals).collect();
         assert_eq!(counted, dirty_intervals);
+        assert_eq!(repeated.slots(), sliced.slots());
         // A restart forgets the windows but keeps the counts.
         sliced.restart();
         assert_eq!(sliced.in_window_of(0), 0);

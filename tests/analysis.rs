@@ -436,3 +436,116 @@ fn bad_input_gets_a_clear_error_naming_the_file_or_flag() {
     let figure = base.with_file_name("figure.jpg");
     assert_fails(&["plot", t, "-o", figure.to_str().unwrap()], &[], &["-o", "figure.jpg"], &[]);
 }
+
+/// A mixed workload over 64 MiB in 100 ms intervals: a sequential load (`zstd` bitmaps), a
+/// hot/cold and a random phase (`varint-gaps`), an idle stretch, and hot/cold again, so that
+/// the tools see both encodings, phase runs that restart, and every window of the curve.
+const MIXED: &str = r#"mem = "64MiB"
+vcpus = 2
+seed = 11
+[[phase]]
+name = "load"
+duration = "2.5s"
+working_set = "40MiB"
+rate = "24MiB/s"
+pattern = "sequential"
+[[phase]]
+name = "serve"
+duration = "4s"
+working_set = "32MiB"
+rate = "12MiB/s"
+pattern = "hotcold"
+[[phase]]
+name = "batch"
+duration = "3s"
+working_set = "16MiB"
+rate = "3MiB/s"
+pattern = "random"
+[[phase]]
+name = "idle"
+duration = "1s"
+rate = "0"
+cpu = 0.0
+[[phase]]
+name = "serve"
+duration = "2.5s"
+working_set = "32MiB"
+rate = "6MiB/s"
+pattern = "hotcold"
+"#;
+
+/// The pinned outputs of the offline tools on [`MIXED`]: `tests/fixtures/analysis-pinned.txt`,
+/// one line per output, its name, a tab and its compact JSON. Compared as text: serde_json
+/// writes the shortest text that reads back as the same f64, so equal text is equal bits
+/// (reading the floats back would not be, without serde_json's `float_roundtrip`).
+fn pinned() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/analysis-pinned.txt");
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines().map(|l| l.split_once('\t').map(|(k, v)| (k.to_string(), v.to_string())).unwrap()).collect()
+}
+
+/// `v` as JSON, without what differs from one generated trace to the next (its directory and id).
+fn anonymous(v: impl serde::Serialize) -> serde_json::Value {
+    let mut v = serde_json::to_value(v).unwrap();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("trace_dir");
+        o.remove("trace_id");
+    }
+    v
+}
+
+/// summarize, replay and simgrid on a trace with both encodings give exactly the outputs
+/// pinned from main at b8a026f (before the offline tools' speed-ups of issue 21): every
+/// figure, bit for bit, including the floats. The pages the tools see are each interval's
+/// bitmaps, page by page.
+#[test]
+fn the_tools_outputs_on_a_mixed_trace_are_pinned_bit_exact() {
+    use dirtytrace::analysis::{for_each_interval, PageSpace};
+    use dirtytrace::trace::Encoding;
+    use std::ops::ControlFlow;
+    let dir = Scratch::new("analysis-pinned");
+    let path = dir.join("trace");
+    let opts = GenerateOptions { interval: Duration::from_millis(100), ..Default::default() };
+    generate(&path, MIXED, &opts).unwrap();
+    let t = trace(&path);
+    // Both encodings, and what the tools are handed is every bitmap's pages, densely numbered.
+    let space = PageSpace::new(&t.manifest.slots);
+    let mut want = Vec::new();
+    let mut encodings = HashSet::new();
+    for item in t.intervals().unwrap() {
+        let (row, bm) = item.unwrap();
+        encodings.extend(bm.slots.iter().map(|s| s.encoding.as_str()));
+        let dense: Vec<u32> = bm.pages().iter().map(|&p| space.dense(p).unwrap() as u32).collect();
+        want.push((row.interval, dense));
+    }
+    assert_eq!(encodings, HashSet::from([Encoding::Zstd.as_str(), Encoding::VarintGaps.as_str()]));
+    let mut got = Vec::new();
+    let seen = for_each_interval(&t, |row, pages| {
+        got.push((row.interval, pages.to_vec()));
+        Ok(ControlFlow::Continue(()))
+    })
+    .unwrap();
+    assert_eq!(seen, want.len() as u64);
+    assert!(got == want, "for_each_interval's pages differ from the bitmaps'");
+
+    let mut out = serde_json::Map::new();
+    out.insert("summary".into(), anonymous(summary::summarize(&t, &SummaryOptions::default()).unwrap()));
+    let serve = SummaryOptions { phase: Some("serve".into()), ..Default::default() };
+    out.insert("summary_serve".into(), anonymous(summary::summarize(&t, &serve).unwrap()));
+    let mut o = ReplayOptions::new(24.0 * MIB as f64);
+    o.start_s = 1.05;
+    out.insert("replay".into(), anonymous(replay::replay(&t, &o).unwrap()));
+    let mut o = ReplayOptions::new(40.0 * MIB as f64);
+    (o.start_s, o.precopy.zero_pages, o.precopy.looped) = (9.0, ZeroPages::Skip, true);
+    out.insert("replay_skip_loop".into(), anonymous(replay::replay(&t, &o).unwrap()));
+    out.insert("simgrid".into(), anonymous(simgrid::fit(&t, &simgrid::SimgridOptions::default()).unwrap()));
+    let o = simgrid::SimgridOptions { phase: Some("batch".into()), migration_speed: Some(32.0 * MIB as f64) };
+    out.insert("simgrid_batch".into(), anonymous(simgrid::fit(&t, &o).unwrap()));
+    let got: Vec<(String, String)> = out.into_iter().map(|(k, v)| (k, v.to_string())).collect();
+    let want = pinned();
+    assert_eq!(got.len(), want.len());
+    for ((k, v), (wk, wv)) in got.iter().zip(&want) {
+        assert_eq!(k, wk);
+        assert!(v == wv, "{k} differs from the pinned output; now:\n{v}\npinned:\n{wv}");
+    }
+}

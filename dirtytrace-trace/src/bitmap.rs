@@ -38,6 +38,8 @@ pub struct BitmapEncoder {
     compressor: zstd::bulk::Compressor<'static>,
     gaps: Vec<u8>,
     pages: Vec<u32>,
+    /// The compressed frame, before it is copied out at its size.
+    frame: Vec<u8>,
 }
 
 /// The encoding a bitmap of `num_pages` pages gets, given its dirty pages (slot-relative,
@@ -55,6 +57,23 @@ pub fn choose<I: Iterator<Item = u64>>(num_pages: u64, dirty_pages: u64, pages: 
         next = p.wrapping_add(1);
         sampled += 1;
     }
+    by_runs(sampled, runs)
+}
+
+/// [`choose`] for a bitmap whose dirty pages are listed, ascending (with any offset): the same
+/// choice, the runs counted over the slice, without a branch per page.
+fn choose_listed(num_pages: u64, pages: &[u32]) -> Encoding {
+    if (pages.len() as u64).saturating_mul(SPARSE_ONE_IN) > num_pages {
+        return Encoding::Zstd;
+    }
+    let sample = &pages[..pages.len().min(RUN_SAMPLE_PAGES)];
+    let breaks = sample.windows(2).map(|w| (w[1] != w[0].wrapping_add(1)) as u64).sum::<u64>();
+    let runs = if sample.is_empty() { 0 } else { 1 + breaks };
+    by_runs(sample.len() as u64, runs)
+}
+
+/// The choice for a sparse bitmap with `runs` runs among `sampled` of its first dirty pages.
+fn by_runs(sampled: u64, runs: u64) -> Encoding {
     if sampled > runs.saturating_mul(SPARSE_MAX_MEAN_RUN) {
         Encoding::Zstd
     } else {
@@ -73,7 +92,12 @@ fn push_varint(out: &mut Vec<u8>, mut v: u64) {
 impl BitmapEncoder {
     /// An encoder at zstd `level`.
     pub fn new(level: i32) -> std::io::Result<Self> {
-        Ok(BitmapEncoder { compressor: zstd::bulk::Compressor::new(level)?, gaps: Vec::new(), pages: Vec::new() })
+        Ok(BitmapEncoder {
+            compressor: zstd::bulk::Compressor::new(level)?,
+            gaps: Vec::new(),
+            pages: Vec::new(),
+            frame: Vec::new(),
+        })
     }
 
     /// Encodes the bitmap `words` of `slot`, whose set bits are `dirty_pages`.
@@ -110,11 +134,12 @@ impl BitmapEncoder {
         pages: &[u32],
         base: u32,
     ) -> std::io::Result<SlotBlob> {
-        let rel = || pages.iter().map(|&p| (p - base) as u64);
-        if choose(slot.num_pages(), dirty_pages, rel) == Encoding::VarintGaps {
+        // `pages` is listed whenever the density allows varint-gaps, so its length is the count.
+        let sparse = dirty_pages.saturating_mul(SPARSE_ONE_IN) <= slot.num_pages();
+        if sparse && choose_listed(slot.num_pages(), pages) == Encoding::VarintGaps {
             self.gaps.clear();
             let mut prev = 0;
-            for p in rel() {
+            for p in pages.iter().map(|&p| (p - base) as u64) {
                 push_varint(&mut self.gaps, p - prev);
                 prev = p;
             }
@@ -128,7 +153,7 @@ impl BitmapEncoder {
                     encoding: Encoding::VarintGaps,
                     raw_bytes: self.gaps.len() as u64,
                     dirty_pages,
-                    data: self.compressor.compress(&self.gaps)?,
+                    data: compress(&mut self.compressor, &mut self.frame, &self.gaps)?,
                 });
             }
         }
@@ -147,9 +172,19 @@ impl BitmapEncoder {
             encoding: Encoding::Zstd,
             raw_bytes: raw.len() as u64,
             dirty_pages,
-            data: self.compressor.compress(raw)?,
+            data: compress(&mut self.compressor, &mut self.frame, raw)?,
         })
     }
+}
+
+/// One zstd frame of `src`, made in `frame` (kept for the next one) and copied out at its size:
+/// the bytes of `Compressor::compress`, without allocating its worst case, a little more than
+/// `src`, per bitmap.
+fn compress(c: &mut zstd::bulk::Compressor<'static>, frame: &mut Vec<u8>, src: &[u8]) -> std::io::Result<Vec<u8>> {
+    frame.clear();
+    frame.reserve(zstd::zstd_safe::compress_bound(src.len()));
+    c.compress_to_buffer(src, frame)?;
+    Ok(frame.clone())
 }
 
 /// Calls `f` with the index of every set bit in KVM-layout words.
@@ -162,6 +197,37 @@ pub fn for_each_set_bit(words: &[u64], mut f: impl FnMut(u64)) {
             bits &= bits - 1;
         }
     }
+}
+
+/// Appends `base + i` for every set bit `i < n` of `words` (KVM's layout) to `pages`,
+/// ascending: the page lists of the recorder's accounting and of the offline tools.
+#[inline(never)]
+pub fn push_set_bits(words: &[u64], n: u64, base: u32, pages: &mut Vec<u32>) {
+    let push_word = |pages: &mut Vec<u32>, i: usize, mut bits: u64| {
+        let first = base + (i as u32) * 64;
+        while bits != 0 {
+            pages.push(first + bits.trailing_zeros());
+            bits &= bits - 1;
+        }
+    };
+    let words = &words[..n.div_ceil(64).min(words.len() as u64) as usize];
+    let Some((&last, full)) = words.split_last() else { return };
+    // Bitmaps are mostly zero: skip eight words at a time.
+    let mut chunks = full.chunks_exact(8);
+    for (c, chunk) in chunks.by_ref().enumerate() {
+        if chunk.iter().fold(0, |a, w| a | w) != 0 {
+            for (j, &w) in chunk.iter().enumerate() {
+                push_word(pages, c * 8 + j, w);
+            }
+        }
+    }
+    let done = full.len() - chunks.remainder().len();
+    for (j, &w) in chunks.remainder().iter().enumerate() {
+        push_word(pages, done + j, w);
+    }
+    // Bits past the slot's last page, if its size is not a multiple of 64 pages, are not pages.
+    let tail = n % 64;
+    push_word(pages, words.len() - 1, if tail == 0 { last } else { last & ((1u64 << tail) - 1) });
 }
 
 /// Why a bitmap could not be decoded.
@@ -233,21 +299,46 @@ pub enum DecodeError {
 pub struct BitmapDecoder {
     dec: zstd::bulk::Decompressor<'static>,
     gaps: Vec<u8>,
+    /// The words of a `zstd` bitmap decoded by [`BitmapDecoder::decode_pages`].
+    words: Vec<u64>,
 }
 
 impl BitmapDecoder {
     /// A decoder.
     pub fn new() -> std::io::Result<Self> {
-        Ok(BitmapDecoder { dec: zstd::bulk::Decompressor::new()?, gaps: Vec::new() })
+        Ok(BitmapDecoder { dec: zstd::bulk::Decompressor::new()?, gaps: Vec::new(), words: Vec::new() })
     }
 
     /// The bitmap words of `blob`: `ceil(num_pages / 64)` little-endian words, KVM's layout.
     /// Whatever the blob claims, the output and the buffers are capped by its slot's size.
     pub fn decode(&mut self, blob: &SlotBlob) -> Result<Vec<u64>, DecodeError> {
-        let bitmap_bytes = blob.num_pages.div_ceil(64).saturating_mul(8);
+        let mut words = Vec::new();
         match blob.encoding {
-            Encoding::Zstd => self.decode_zstd(blob, bitmap_bytes),
-            Encoding::VarintGaps => self.decode_gaps(blob, bitmap_bytes),
+            Encoding::Zstd => self.decode_zstd(blob, &mut words)?,
+            Encoding::VarintGaps => {
+                words.resize(blob.num_pages.div_ceil(64) as usize, 0);
+                self.decode_gaps(blob, |page| words[(page / 64) as usize] |= 1 << (page % 64))?;
+            }
+        }
+        Ok(words)
+    }
+
+    /// Appends `base + p` for every dirty page `p` of `blob` (slot-relative, ascending) to
+    /// `pages`, with the checks of [`BitmapDecoder::decode`]: what the offline tools need,
+    /// without the words of a `varint-gaps` bitmap. On an error, `pages` may hold some of them.
+    pub fn decode_pages(&mut self, blob: &SlotBlob, base: u32, pages: &mut Vec<u32>) -> Result<(), DecodeError> {
+        match blob.encoding {
+            Encoding::Zstd => {
+                let mut words = std::mem::take(&mut self.words);
+                let result = self.decode_zstd(blob, &mut words);
+                if result.is_ok() {
+                    pages.reserve(blob.dirty_pages as usize);
+                    push_set_bits(&words, blob.num_pages, base, pages);
+                }
+                self.words = words;
+                result
+            }
+            Encoding::VarintGaps => self.decode_gaps(blob, |page| pages.push(base + page as u32)),
         }
     }
 
@@ -259,16 +350,19 @@ impl BitmapDecoder {
         Ok(())
     }
 
-    fn decode_zstd(&mut self, blob: &SlotBlob, bitmap_bytes: u64) -> Result<Vec<u64>, DecodeError> {
+    /// Decodes a `zstd` blob into `words` (resized to the slot's), checked.
+    fn decode_zstd(&mut self, blob: &SlotBlob, words: &mut Vec<u64>) -> Result<(), DecodeError> {
+        let bitmap_bytes = blob.num_pages.div_ceil(64).saturating_mul(8);
         let expected = blob.raw_bytes;
         if expected != bitmap_bytes {
             let allowed = format!("exactly ceil(num_pages / 64) × 8 = {bitmap_bytes}");
             return Err(DecodeError::RawBytes { got: expected, encoding: "zstd", allowed });
         }
         // Straight into the words, never more than the expected size.
-        let mut words = vec![0u64; (expected / 8) as usize];
-        self.decompress_into(&blob.data, bytemuck::cast_slice_mut::<u64, u8>(&mut words), expected)?;
-        for w in &mut words {
+        words.clear();
+        words.resize((expected / 8) as usize, 0);
+        self.decompress_into(&blob.data, bytemuck::cast_slice_mut::<u64, u8>(words), expected)?;
+        for w in words.iter_mut() {
             *w = u64::from_le(*w);
         }
         // Bits past the slot's last page are not pages: refuse them rather than guess.
@@ -281,10 +375,12 @@ impl BitmapDecoder {
         if stray || got != blob.dirty_pages {
             return Err(DecodeError::Count { got, expected: blob.dirty_pages });
         }
-        Ok(words)
+        Ok(())
     }
 
-    fn decode_gaps(&mut self, blob: &SlotBlob, bitmap_bytes: u64) -> Result<Vec<u64>, DecodeError> {
+    /// Decodes a `varint-gaps` blob, calling `page` with each dirty page, checked.
+    fn decode_gaps(&mut self, blob: &SlotBlob, page: impl FnMut(u64)) -> Result<(), DecodeError> {
+        let bitmap_bytes = blob.num_pages.div_ceil(64).saturating_mul(8);
         let expected = blob.raw_bytes;
         if expected > bitmap_bytes || expected < blob.dirty_pages {
             let allowed = format!(
@@ -296,15 +392,16 @@ impl BitmapDecoder {
         let mut gaps = std::mem::take(&mut self.gaps);
         gaps.clear();
         gaps.resize(expected as usize, 0);
-        let result = self.decompress_into(&blob.data, &mut gaps, expected).and_then(|()| pages_of_gaps(&gaps, blob));
+        let result =
+            self.decompress_into(&blob.data, &mut gaps, expected).and_then(|()| pages_of_gaps(&gaps, blob, page));
         self.gaps = gaps;
         result
     }
 }
 
-/// The words of the gap stream `gaps` of `blob`, every page checked.
-fn pages_of_gaps(gaps: &[u8], blob: &SlotBlob) -> Result<Vec<u64>, DecodeError> {
-    let mut words = vec![0u64; blob.num_pages.div_ceil(64) as usize];
+/// Calls `f` with each page of the gap stream `gaps` of `blob`, in order, every page checked
+/// before it is handed on.
+fn pages_of_gaps(gaps: &[u8], blob: &SlotBlob, mut f: impl FnMut(u64)) -> Result<(), DecodeError> {
     let (mut index, mut page, mut at) = (0u64, 0u64, 0usize);
     while at < gaps.len() {
         let start = at;
@@ -333,13 +430,13 @@ fn pages_of_gaps(gaps: &[u8], blob: &SlotBlob) -> Result<Vec<u64>, DecodeError> 
             let more = gaps[at..].iter().filter(|&&b| b < 0x80).count() as u64;
             return Err(DecodeError::Count { got: index + 1 + more, expected: blob.dirty_pages });
         }
-        words[(page / 64) as usize] |= 1 << (page % 64);
+        f(page);
         index += 1;
     }
     if index != blob.dirty_pages {
         return Err(DecodeError::Count { got: index, expected: blob.dirty_pages });
     }
-    Ok(words)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -418,6 +515,23 @@ mod tests {
         assert_eq!(choose(n * 10, 1512, mixed), Encoding::Zstd);
         // No dirty page at all: varint-gaps (an empty stream).
         assert_eq!(choose(n, 0, std::iter::empty), Encoding::VarintGaps);
+        assert_eq!(choose_listed(n, &[]), Encoding::VarintGaps);
+        // A listed bitmap (offset by a slot's base) gets the same choice, around every boundary.
+        let mut x = 7u64;
+        for len in [1, 2, 3, 100, 511, 512, 513, 700, 4000, 4001] {
+            for run in 1..8u64 {
+                let pages: Vec<u64> = (0..len)
+                    .scan(0u64, |p, i| {
+                        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        *p += if i % run == 0 { 2 + (x >> 60) } else { 1 };
+                        Some(*p)
+                    })
+                    .collect();
+                let listed: Vec<u32> = pages.iter().map(|&p| p as u32 + 1000).collect();
+                let want = choose(n, len, || pages.iter().copied());
+                assert_eq!(choose_listed(n, &listed), want, "{len} pages in runs of {run}");
+            }
+        }
     }
 
     #[test]
@@ -441,6 +555,20 @@ mod tests {
             // The caller's page list gives the same blob.
             let listed: Vec<u32> = pages.iter().map(|&p| p as u32 + 7).collect();
             assert_eq!(e.encode_pages(&slot(n), &words, &listed, 7).unwrap(), blob);
+            // Byte for byte what schemas/bitmaps.md says: one level-1 zstd frame of the raw
+            // words, or of the varint gaps.
+            let stream = match encoding {
+                Encoding::Zstd => bytemuck::cast_slice::<u64, u8>(&words).to_vec(),
+                Encoding::VarintGaps => {
+                    let mut g = Vec::new();
+                    pages
+                        .iter()
+                        .scan(0, |prev, &p| Some(p - std::mem::replace(prev, p)))
+                        .for_each(|d| push_varint(&mut g, d));
+                    g
+                }
+            };
+            assert_eq!((blob.raw_bytes, &blob.data), (stream.len() as u64, &zstd::bulk::compress(&stream, 1).unwrap()));
         }
     }
 

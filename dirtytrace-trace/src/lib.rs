@@ -32,11 +32,14 @@ pub mod units;
 mod validate;
 mod writer;
 
-pub use bitmap::{BitmapDecoder, BitmapEncoder, ZSTD_LEVEL};
+pub use bitmap::{push_set_bits, BitmapDecoder, BitmapEncoder, ZSTD_LEVEL};
 pub use manifest::{
     DeadlineCounts, EndReason, EngineInfo, GuestClockInfo, HarvestTiming, Manifest, TraceStatus, ON_TIME_FRACTION,
 };
-pub use reader::{guarded, BitmapStream, IntervalBitmaps, IntervalStream, RatesStream, SlotBitmap, Trace, TraceError};
+pub use reader::{
+    guarded, BitmapStream, IntervalBitmaps, IntervalPageStream, IntervalStream, RatesStream, SlotBitmap, Trace,
+    TraceError,
+};
 pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SchedPolicy, SlotBlob};
 pub use tables::{bitmap_columns, rate_columns, ColumnError};
 pub use validate::{check_manifest, name_problem, sanitize_name, Invalid, RowChecker};

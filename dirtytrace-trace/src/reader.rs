@@ -316,6 +316,28 @@ impl Trace {
         }
     }
 
+    /// Streams every interval: its `rates.parquet` row with its dirty pages, densely numbered
+    /// ([`IntervalPageStream`]), with the checks of [`Trace::intervals`].
+    pub fn interval_pages(&self) -> Result<IntervalPageStream<'_>, TraceError> {
+        let mut base = 0u64;
+        let bases = self
+            .manifest
+            .slots
+            .iter()
+            .map(|s| {
+                let b = base as u32;
+                base += s.num_pages();
+                b
+            })
+            .collect();
+        Ok(IntervalPageStream {
+            rates: self.rates_stream()?,
+            bitmaps: self.bitmaps()?,
+            path: self.dir.join(BITMAPS),
+            bases,
+        })
+    }
+
     /// Streams every interval: its `rates.parquet` row with its bitmaps, checking that the
     /// two tables line up and that every bitmap agrees with its row.
     pub fn intervals(&self) -> Result<IntervalStream<'_>, TraceError> {
@@ -421,18 +443,20 @@ impl<'a> BitmapStream<'a> {
         }
     }
 
-    fn next_interval(&mut self) -> Option<Result<IntervalBitmaps, TraceError>> {
+    /// Reads the next interval's rows, one per slot, each checked against the manifest, and
+    /// hands each blob to `decode(i, blob, decoder)` (`i`: the slot's place in the manifest);
+    /// a decoding error is reported naming the row. Returns the interval's number, or `None`
+    /// at the end of the file.
+    fn next_interval_with(
+        &mut self,
+        mut decode: impl FnMut(usize, &SlotBlob, &mut bitmap::BitmapDecoder) -> Result<(), bitmap::DecodeError>,
+    ) -> Option<Result<u64, TraceError>> {
         let m = &self.trace.manifest;
-        let mut out: Option<IntervalBitmaps> = None;
+        let mut out: Option<u64> = None;
         for i in 0..m.slots.len() {
             let (interval, blob) = match self.next_blob() {
                 None if i == 0 => return None,
-                None => {
-                    return Some(Err(corrupt(
-                        &self.path,
-                        format!("ends inside interval {:?}", out.map(|o| o.interval)),
-                    )))
-                }
+                None => return Some(Err(corrupt(&self.path, format!("ends inside interval {out:?}")))),
                 Some(Err(e)) => return Some(Err(e)),
                 Some(Ok(x)) => x,
             };
@@ -442,37 +466,36 @@ impl<'a> BitmapStream<'a> {
             if let Err(e) = check_blob(m, i, &blob, row) {
                 return Some(Err(bad(e)));
             }
-            if out.as_ref().is_some_and(|o| o.interval != interval) {
+            if out.is_some_and(|o| o != interval) {
                 return Some(Err(bad(invalid(
                     row,
                     "interval",
                     format!("is {interval}, but the interval before lacks a bitmap for some slot"),
                 ))));
             }
-            let words = match self.dec.decode(&blob) {
-                Ok(w) => w,
-                Err(e) => {
-                    return Some(Err(bad(invalid(
-                        row,
-                        "data",
-                        format!("(interval {interval}, slot {}): {e}", blob.slot),
-                    ))))
-                }
-            };
-            let bitmap = SlotBitmap {
+            if let Err(e) = decode(i, &blob, &mut self.dec) {
+                return Some(Err(bad(invalid(row, "data", format!("(interval {interval}, slot {}): {e}", blob.slot)))));
+            }
+            out = Some(interval);
+        }
+        out.map(Ok)
+    }
+
+    fn next_interval(&mut self) -> Option<Result<IntervalBitmaps, TraceError>> {
+        let mut slots = Vec::with_capacity(self.trace.manifest.slots.len());
+        let interval = self.next_interval_with(|_, blob, dec| {
+            slots.push(SlotBitmap {
                 slot: blob.slot,
                 first_page: blob.first_page,
                 num_pages: blob.num_pages,
                 dirty_pages: blob.dirty_pages,
                 encoding: blob.encoding,
                 stored_bytes: blob.data.len() as u64,
-                words,
-            };
-            out.get_or_insert_with(|| IntervalBitmaps { interval, slots: Vec::with_capacity(m.slots.len()) })
-                .slots
-                .push(bitmap);
-        }
-        out.map(Ok)
+                words: dec.decode(blob)?,
+            });
+            Ok(())
+        });
+        interval.map(|r| r.map(|interval| IntervalBitmaps { interval, slots }))
     }
 }
 
@@ -495,49 +518,99 @@ pub struct IntervalStream<'a> {
     path: PathBuf,
 }
 
+/// The next row of `rates` paired with the next interval of the bitmaps, which `bitmaps`
+/// reads (its number and dirty pages): the checks that the two tables line up.
+fn next_pair(
+    rates: &mut RatesStream,
+    path: &Path,
+    bitmaps: impl FnOnce() -> Option<Result<(u64, u64), TraceError>>,
+) -> Option<Result<IntervalRow, TraceError>> {
+    let row = match rates.next() {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => return Some(Err(e)),
+        None => {
+            return match bitmaps() {
+                None => None,
+                Some(Err(e)) => Some(Err(e)),
+                Some(Ok((extra, _))) => {
+                    Some(Err(corrupt(path, format!("has interval {extra}, which rates.parquet lacks"))))
+                }
+            }
+        }
+    };
+    let (interval, dirty) = match bitmaps() {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => return Some(Err(e)),
+        None => {
+            return Some(Err(corrupt(
+                path,
+                format!("has no bitmaps for interval {} (rates.parquet has it)", row.interval),
+            )))
+        }
+    };
+    if interval != row.interval {
+        return Some(Err(corrupt(
+            path,
+            format!("holds interval {interval} where rates.parquet has interval {}", row.interval),
+        )));
+    }
+    if dirty != row.dirty_pages {
+        return Some(Err(corrupt(
+            path,
+            format!(
+                "interval {}: the bitmaps hold {dirty} dirty pages, rates.parquet says {}",
+                row.interval, row.dirty_pages
+            ),
+        )));
+    }
+    Some(Ok(row))
+}
+
 impl Iterator for IntervalStream<'_> {
     type Item = Result<(IntervalRow, IntervalBitmaps), TraceError>;
     fn next(&mut self) -> Option<Self::Item> {
-        let row = match self.rates.next() {
-            Some(Ok(r)) => r,
-            Some(Err(e)) => return Some(Err(e)),
-            None => {
-                return match self.bitmaps.next() {
-                    None => None,
-                    Some(Err(e)) => Some(Err(e)),
-                    Some(Ok(extra)) => Some(Err(corrupt(
-                        &self.path,
-                        format!("has interval {}, which rates.parquet lacks", extra.interval),
-                    ))),
-                }
+        let mut got = None;
+        let bitmaps = &mut self.bitmaps;
+        let row = next_pair(&mut self.rates, &self.path, || {
+            let bm = match bitmaps.next()? {
+                Ok(bm) => bm,
+                Err(e) => return Some(Err(e)),
+            };
+            let key = (bm.interval, bm.slots.iter().map(|s| s.dirty_pages).sum());
+            got = Some(bm);
+            Some(Ok(key))
+        });
+        Some(row?.map(|row| (row, got.expect("a row comes with its bitmaps"))))
+    }
+}
+
+/// Every interval's row and its dirty pages, numbered densely (slot by slot in the manifest's
+/// order, the first slot's first page 0), the two tables checked against each other as
+/// [`IntervalStream`] checks them, without building bitmap words where a blob has none.
+pub struct IntervalPageStream<'a> {
+    rates: RatesStream,
+    bitmaps: BitmapStream<'a>,
+    path: PathBuf,
+    /// Per slot in the manifest's order: the dense number of its first page.
+    bases: Vec<u32>,
+}
+
+impl IntervalPageStream<'_> {
+    /// The next interval's row, with its dirty pages appended to `pages` (ascending); `None`
+    /// after the last one or an error.
+    pub fn next_into(&mut self, pages: &mut Vec<u32>) -> Option<Result<IntervalRow, TraceError>> {
+        let (bitmaps, bases) = (&mut self.bitmaps, &self.bases);
+        next_pair(&mut self.rates, &self.path, || {
+            if bitmaps.done {
+                return None;
             }
-        };
-        let bm = match self.bitmaps.next() {
-            Some(Ok(b)) => b,
-            Some(Err(e)) => return Some(Err(e)),
-            None => {
-                return Some(Err(corrupt(
-                    &self.path,
-                    format!("has no bitmaps for interval {} (rates.parquet has it)", row.interval),
-                )))
-            }
-        };
-        if bm.interval != row.interval {
-            return Some(Err(corrupt(
-                &self.path,
-                format!("holds interval {} where rates.parquet has interval {}", bm.interval, row.interval),
-            )));
-        }
-        let dirty: u64 = bm.slots.iter().map(|s| s.dirty_pages).sum();
-        if dirty != row.dirty_pages {
-            return Some(Err(corrupt(
-                &self.path,
-                format!(
-                    "interval {}: the bitmaps hold {dirty} dirty pages, rates.parquet says {}",
-                    row.interval, row.dirty_pages
-                ),
-            )));
-        }
-        Some(Ok((row, bm)))
+            let mut dirty = 0u64;
+            let item = bitmaps.next_interval_with(|i, blob, dec| {
+                dirty += blob.dirty_pages;
+                dec.decode_pages(blob, bases[i], pages)
+            });
+            bitmaps.done = !matches!(item, Some(Ok(_)));
+            Some(item?.map(|interval| (interval, dirty)))
+        })
     }
 }

@@ -74,7 +74,8 @@ const BATCHES_AHEAD: usize = 2;
 type Batch = Vec<(IntervalRow, Vec<u32>)>;
 
 /// Calls `f` with every interval of the trace, in order: its `rates.parquet` row and the
-/// dense indices of the pages dirtied in it (ascending within each slot). Reads the rates
+/// dense indices of the pages dirtied in it, as [`PageSpace::new`] of the trace's slots numbers
+/// them (ascending). Reads the rates
 /// and the bitmaps as two streams, checking that they agree. Stops early when `f` breaks.
 /// Returns how many intervals `f` saw.
 ///
@@ -82,14 +83,13 @@ type Batch = Vec<(IntervalRow, Vec<u32>)>;
 /// ahead, so that on a machine with two cores `f` costs little more wall time than reading.
 pub fn for_each_interval(
     trace: &Trace,
-    space: &PageSpace,
     mut f: impl FnMut(&IntervalRow, &[u32]) -> Result<ControlFlow<()>>,
 ) -> Result<u64> {
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Batch>>(BATCHES_AHEAD);
         let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u32>>();
         scope.spawn(move || {
-            if let Err(e) = decode_intervals(trace, space, &tx, &spare_rx) {
+            if let Err(e) = decode_intervals(trace, &tx, &spare_rx) {
                 let _ = tx.send(Err(e));
             }
         });
@@ -109,22 +109,19 @@ pub fn for_each_interval(
 }
 
 /// The decoding half of [`for_each_interval`]: sends every interval's row and pages, as the
-/// trace's reader checked them.
+/// trace's reader checked them ([`Trace::interval_pages`]).
 fn decode_intervals(
     trace: &Trace,
-    space: &PageSpace,
     tx: &std::sync::mpsc::SyncSender<Result<Batch>>,
     spare: &std::sync::mpsc::Receiver<Vec<u32>>,
 ) -> Result<()> {
     let mut batch: Batch = Vec::with_capacity(BATCH);
-    for item in trace.intervals()? {
-        let (row, bm) = item?;
+    let mut stream = trace.interval_pages()?;
+    loop {
         let mut pages = spare.try_recv().unwrap_or_default();
         pages.clear();
-        for (i, s) in bm.slots.iter().enumerate() {
-            space.push_dirty(i, &s.words, &mut pages);
-        }
-        batch.push((row, pages));
+        let Some(row) = stream.next_into(&mut pages) else { break };
+        batch.push((row?, pages));
         if batch.len() == BATCH && tx.send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))).is_err() {
             return Ok(()); // the consumer is done
         }
@@ -198,6 +195,18 @@ impl PageBits {
         *w |= bit;
         self.count += new as u64;
         new
+    }
+    /// Adds every page of `pages`. The count is kept in a register meanwhile: an insert at a
+    /// time would read and write it in memory, one dependent step per page.
+    pub fn extend(&mut self, pages: &[u32]) {
+        let mut added = 0;
+        for &p in pages {
+            let w = &mut self.words[(p / 64) as usize];
+            let bit = 1u64 << (p % 64);
+            added += (*w & bit == 0) as u64;
+            *w |= bit;
+        }
+        self.count += added;
     }
     pub fn count(&self) -> u64 {
         self.count

@@ -100,7 +100,7 @@ pub fn collect(trace: &Trace) -> Result<PlotData> {
     let mut builder = SummaryBuilder::new(trace, SummaryOptions::default());
     let mut k = 0usize;
     let mut end_s = 0.0;
-    for_each_interval(trace, &space, |row, pages| {
+    for_each_interval(trace, |row, pages| {
         builder.push(row, pages);
         let t = (k * tb / n).min(tb - 1);
         if intervals_in_bin[t] == 0 {

@@ -364,15 +364,13 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
         }
         let offset = passes as f64 * end_s;
         passes += 1;
-        for_each_interval(trace, &space, |row, pages| {
+        for_each_interval(trace, |row, pages| {
             let t = row.t_end_s + offset - o.start_s;
             last_t = t;
             if t <= 0.0 {
                 // Before the migration: only which pages are non-zero matters.
                 if let Some(nz) = st.nonzero.as_mut() {
-                    pages.iter().for_each(|&p| {
-                        nz.insert(p);
-                    });
+                    nz.extend(pages);
                 }
                 return Ok(ControlFlow::Continue(()));
             }
@@ -386,9 +384,7 @@ pub fn replay(trace: &Trace, o: &ReplayOptions) -> Result<ReplayResult> {
                 }
             }
             st.round_intervals += 1;
-            pages.iter().for_each(|&p| {
-                st.dirty.insert(p);
-            });
+            st.dirty.extend(pages);
             Ok(ControlFlow::Continue(()))
         })?;
         if st.done.is_none() {

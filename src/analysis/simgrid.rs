@@ -99,7 +99,7 @@ pub fn fit(trace: &Trace, opts: &SimgridOptions) -> Result<SimgridParams> {
     let mut tracker: Option<SlidingDistinct> = None;
     let (mut run_start, mut best, mut covered) = (0.0f64, 0u64, false);
     let mut last_selected = false;
-    for_each_interval(trace, &space, |row, pages| {
+    for_each_interval(trace, |row, pages| {
         if opts.phase.as_ref().is_some_and(|p| *p != row.phase) {
             last_selected = false;
             return Ok(ControlFlow::Continue(()));

@@ -330,9 +330,7 @@ impl SummaryBuilder {
         for (acc, c) in self.vcpu_cpu_s.iter_mut().zip(&row.cpu_util_per_vcpu) {
             *acc += c * row.duration_s;
         }
-        for &p in pages {
-            phase.distinct.insert(p);
-        }
+        phase.distinct.extend(pages);
 
         // Working-set windows, over runs of consecutive selected intervals.
         if !self.last_selected {
@@ -511,9 +509,8 @@ impl SummaryBuilder {
 pub fn summarize(trace: &Trace, opts: &SummaryOptions) -> Result<Summary> {
     super::require_intervals(trace, "summarize")?;
     check_phase(trace, opts.phase.as_deref())?;
-    let space = PageSpace::new(&trace.manifest.slots);
     let mut b = SummaryBuilder::new(trace, opts.clone());
-    for_each_interval(trace, &space, |row, pages| {
+    for_each_interval(trace, |row, pages| {
         b.push(row, pages);
         Ok(ControlFlow::Continue(()))
     })?;

@@ -9,7 +9,7 @@ mod linux;
 mod slowdown;
 
 pub use compression::{compression, CompressionRow};
-pub use cost::{harvest_cost, HarvestCostRow};
+pub use cost::{harvest_cost, writer_work, HarvestCostRow, WriterWorkRow};
 pub use cut::{exact_cut, ExactCutRow};
 pub use deadline::{deadlines, DeadlineLimit, DeadlineRow, TimerFloorRow};
 pub use linux::{linux_setup, LinuxSetupRow};
@@ -36,6 +36,8 @@ pub struct BenchReport {
     pub linux_setup: Vec<LinuxSetupRow>,
     /// Harvest cost per GiB.
     pub harvest_cost: Vec<HarvestCostRow>,
+    /// The writer's work per harvest, as 44c1d43 did it and as today, on the same bitmaps.
+    pub writer_work: Vec<WriterWorkRow>,
     /// The host's timer floor at the shortest intervals, with no guest.
     pub timer_floor: Vec<TimerFloorRow>,
     /// Deadlines kept, per interval.

@@ -19,18 +19,39 @@ pub fn bench_text(r: &BenchReport) -> String {
         s.push('\n');
     }
     s.push_str("Harvest cost per GiB of guest memory (100 ms interval; own = sampler + writer)\n");
-    s.push_str("  dirty   measured   ioctl µs/GiB   own µs/GiB  (sampler   writer)   own/ioctl\n");
+    s.push_str(
+        "  dirty   measured   ioctl µs/GiB   own µs/GiB  (sampler   writer)   own/ioctl   writer work vs 44c1d43\n",
+    );
     for h in &r.harvest_cost {
         s.push_str(&format!(
-            "  {:>5.1}%  {:>7.3}%   {:>12.1}   {:>10.1}  ({:>7.1}  {:>7.1})   {:>8.1}%\n",
+            "  {:>5.1}%  {:>7.3}%   {:>12.1}   {:>10.1}  ({:>7.1}  {:>7.1})   {:>8.1}%   {:>21}\n",
             h.dirty_fraction_target * 100.0,
             h.dirty_fraction_measured * 100.0,
             h.ioctl_s_per_gib * 1e6,
             h.own_s_per_gib * 1e6,
             h.sampler_own_s_per_gib * 1e6,
             h.writer_s_per_gib * 1e6,
-            h.own_over_ioctl * 100.0
+            h.own_over_ioctl * 100.0,
+            h.writer_work_over_44c1d43.map_or("-".to_string(), |r| format!("{r:.2}x"))
         ));
+    }
+    if !r.writer_work.is_empty() {
+        s.push_str(
+            "\nThe writer's work per harvest on the same bitmaps, as 44c1d43 (format 1) did it and as now\n\
+             (page list, encoding, working-set window; median thread CPU, alternating harvests)\n",
+        );
+        s.push_str("  pattern      dirty  encoding      before µs/GiB  now µs/GiB   now/before\n");
+        for w in &r.writer_work {
+            s.push_str(&format!(
+                "  {:<10} {:>5.1}%  {:<12}  {:>13.1}  {:>10.1}   {:>9.2}\n",
+                w.pattern,
+                w.dirty_fraction * 100.0,
+                w.encoding,
+                w.before_s_per_gib * 1e6,
+                w.now_s_per_gib * 1e6,
+                w.ratio
+            ));
+        }
     }
     if !r.timer_floor.is_empty() {
         s.push_str("\nThe host's timer floor (a thread sleeping to the deadlines on the sampler's CPU; no guest)\n");

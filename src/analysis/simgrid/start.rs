@@ -277,7 +277,7 @@ fn stretch(trace: &Trace, start: f64, length: f64, looped: bool) -> Result<Stret
     }
     let mut st = Stretch { cpu_s: 0.0, duration_s: 0.0, intervals: 0, distinct_pages: 0 };
     let mut pages_seen = PageBits::new(space.total_pages);
-    for_each_interval(trace, &space, |row, pages| {
+    for_each_interval(trace, |row, pages| {
         let t = row.t_end_s;
         // Passes p ≥ 0 with t + p × end in (start, start + length].
         let first = if t > start { 0.0 } else { 1.0 };
@@ -293,9 +293,7 @@ fn stretch(trace: &Trace, start: f64, length: f64, looped: bool) -> Result<Stret
             st.cpu_s += n * row.cpu_util * row.duration_s;
             st.duration_s += n * row.duration_s;
             st.intervals += n as u64;
-            pages.iter().for_each(|&p| {
-                pages_seen.insert(p);
-            });
+            pages_seen.extend(pages);
         }
         Ok(ControlFlow::Continue(()))
     })?;
