@@ -168,14 +168,14 @@ fn writer_cost(trace: &Trace, scratch: &Path) -> anyhow::Result<f64> {
     let mut writer = crate::trace::TraceWriter::create(scratch, manifest)?;
     let mut accounting = crate::accounting::IntervalAccounting::new(writer.manifest(), crate::trace::ZSTD_LEVEL)?;
     let mut times = Vec::new();
-    for item in trace.intervals()? {
-        let (row, bm) = item?;
-        let mut h = crate::sampler::Harvest::new(
-            row.interval,
-            (row.t_start_s * 1e9) as u64,
-            (row.t_end_s * 1e9) as u64,
-            bm.slots.into_iter().map(|s| s.words).collect(),
-        );
+    // Every interval is decoded first, so that the reader's work and memory do not mix with
+    // the timed work; each bitmap is then copied just before its harvest is timed, as the
+    // recorder's harvest finds its bitmap freshly written by the dirty-log ioctl.
+    let decoded = trace.intervals()?.collect::<Result<Vec<_>, _>>()?;
+    for (row, bm) in decoded {
+        let fresh: Vec<Vec<u64>> = bm.slots.iter().map(|s| s.words.clone()).collect();
+        let mut h =
+            crate::sampler::Harvest::new(row.interval, (row.t_start_s * 1e9) as u64, (row.t_end_s * 1e9) as u64, fresh);
         h.vcpu_cpu_ns = vec![0; row.cpu_util_per_vcpu.len()];
         (h.progress_before, h.progress_after, h.phase, h.partial) =
             (row.guest_progress_before, row.guest_progress_after, row.phase, row.partial);
