@@ -173,6 +173,29 @@ fn a_sparse_file_in_a_tarball_is_packed_whole() {
     assert!(get(&entries, "holes").data == want, "the sparse file's content differs");
 }
 
+/// A file stored sparse in the PAX format is refused, naming it and the formats that work: the
+/// tar reader would have packed its sparse map under a made-up name instead of the file.
+#[test]
+fn a_pax_sparse_file_in_a_tarball_is_refused() {
+    let dir = Scratch::new("rootfs-pax-sparse");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let f = std::fs::File::create(root.join("holes")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"last", 10 << 20).unwrap();
+    drop(f);
+    for (name, compress) in [("pax.tar", false), ("pax.tar.gz", true)] {
+        let tar = dir.join(name);
+        let mut cmd = Command::new("tar");
+        cmd.arg("-C").arg(&root).args(["--sparse", "--format=pax"]);
+        if compress {
+            cmd.arg("-z");
+        }
+        assert!(cmd.arg("-cf").arg(&tar).arg("holes").status().unwrap().success());
+        let e = initramfs::build_with(&inputs(&dir, Some(&tar)), None, &mut |_| {}).err().unwrap().to_string();
+        assert!(e.contains(": holes is a sparse file in the PAX format") && e.contains("--format=gnu"), "{e}");
+    }
+}
+
 #[test]
 fn the_cache_key_follows_content_and_never_goes_stale() {
     let dir = Scratch::new("rootfs-cache");

@@ -214,13 +214,15 @@ impl Rootfs {
                         std::fs::File::open(&self.path).with_context(|| format!("--rootfs {root}: cannot read it"))?;
                     let mut ar = tar::Archive::new(f);
                     for e in ar.entries_with_seek().with_context(bad)? {
-                        let e = e.with_context(bad)?;
+                        let mut e = e.with_context(bad)?;
+                        refuse_pax_sparse(&mut e, &root)?;
                         visit(&e.path_bytes(), e.header().entry_type(), e.size())?;
                     }
                 } else {
                     let mut ar = tar::Archive::new(self.reader(c)?);
                     for e in ar.entries().with_context(bad)? {
-                        let e = e.with_context(bad)?;
+                        let mut e = e.with_context(bad)?;
+                        refuse_pax_sparse(&mut e, &root)?;
                         visit(&e.path_bytes(), e.header().entry_type(), e.size())?;
                     }
                 }
@@ -366,6 +368,7 @@ impl Rootfs {
         let mut ar = tar::Archive::new(self.reader(c)?);
         for e in ar.entries().with_context(bad)? {
             let mut e = e.with_context(bad)?;
+            refuse_pax_sparse(&mut e, &root)?;
             let Some(name) = self.entry_name(&e.path_bytes())? else { continue };
             let h = e.header();
             let mode = h.mode().with_context(bad)? & 0o7777;
@@ -414,4 +417,28 @@ impl Rootfs {
         }
         Ok(skipped)
     }
+}
+
+/// A file stored sparse in the PAX format (`tar --sparse --format=pax`, `GNU.sparse.*` keys) is
+/// an entry of its sparse map and data under a made-up name, which the tar reader would pack as
+/// is: refused, naming the ways to write the archive that dirtytrace unpacks.
+fn refuse_pax_sparse<R: Read>(e: &mut tar::Entry<R>, root: &str) -> anyhow::Result<()> {
+    let bad = || format!("--rootfs {root}: not a valid tar archive");
+    let Some(pax) = e.pax_extensions().with_context(bad)? else { return Ok(()) };
+    let (mut sparse, mut name) = (false, None);
+    for ext in pax {
+        let ext = ext.with_context(bad)?;
+        sparse |= ext.key_bytes().starts_with(b"GNU.sparse.");
+        if ext.key_bytes() == b"GNU.sparse.name" {
+            name = Some(String::from_utf8_lossy(ext.value_bytes()).into_owned());
+        }
+    }
+    if sparse {
+        let name = name.unwrap_or_else(|| String::from_utf8_lossy(&e.path_bytes()).into_owned());
+        bail!(
+            "--rootfs {root}: {name} is a sparse file in the PAX format (tar --sparse --format=pax), which \
+             dirtytrace does not unpack; make the tarball with --format=gnu, or without --sparse"
+        );
+    }
+    Ok(())
 }
