@@ -117,6 +117,15 @@ pub enum SettingError {
     /// The migration speed is outside [`crate::units::check_speed`]'s range.
     #[error("{0}")]
     MigrationSpeed(crate::units::ParseError),
+    /// The interval does not suit the guest clock ([`crate::engine::check_guest_interval`]).
+    #[error("{0}")]
+    GuestClockInterval(String),
+    /// --clock guest records Linux guests (.sh workloads) only: the synthetic guest paces itself with the host's TSC and is started by a write of dirtytrace's into its memory, which no replay reproduces
+    #[error(
+        "--clock guest records Linux guests (.sh workloads) only: the synthetic guest paces itself with the \
+         host's TSC and is started by a write of dirtytrace's into its memory, which no replay reproduces"
+    )]
+    GuestClockSynthetic,
 }
 
 impl SettingError {
@@ -126,6 +135,8 @@ impl SettingError {
             SettingError::IntervalTooShort(_) | SettingError::IntervalTooLong(_) => "interval",
             SettingError::ZeroDuration | SettingError::DurationTooLong(_) => "duration",
             SettingError::MigrationSpeed(_) => "migration_speed",
+            SettingError::GuestClockInterval(_) => "interval",
+            SettingError::GuestClockSynthetic => "clock",
         }
     }
 
@@ -167,10 +178,22 @@ impl RecordSettings {
     /// and `vcpus` against its workload.
     pub fn check(&self) -> Result<(), SettingError> {
         check_interval(self.interval.0)?;
+        if self.clock == ClockChoice::Guest {
+            crate::engine::check_guest_interval(u64::try_from(self.interval.0.as_nanos()).unwrap_or(u64::MAX))
+                .map_err(SettingError::GuestClockInterval)?;
+        }
         if let Some(d) = self.duration {
             check_duration(d.0)?;
         }
         check_migration_speed(self.migration_speed.0)
+    }
+
+    /// The settings against the kind of workload: `linux` for a `.sh` script.
+    pub fn check_workload(&self, linux: bool) -> Result<(), SettingError> {
+        if self.clock == ClockChoice::Guest && !linux {
+            return Err(SettingError::GuestClockSynthetic);
+        }
+        Ok(())
     }
 }
 
@@ -650,11 +673,8 @@ impl TryFrom<RecordOptions> for Recorder {
                  recorded and replayed"
             );
         }
-        if guest_clock && opts.replay.is_none() && !is_linux_workload(&opts) {
-            bail!(
-                "--clock guest records Linux guests (.sh workloads) only: the synthetic guest paces itself with the \
-                 host's TSC and is started by a write of dirtytrace's into its memory, which no replay reproduces"
-            );
+        if opts.replay.is_none() {
+            opts.settings.check_workload(is_linux_workload(&opts))?;
         }
         if opts.keep_execution && opts.linux.disk.disk.is_some() {
             bail!(

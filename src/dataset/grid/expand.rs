@@ -66,6 +66,13 @@ impl Grid {
             };
             v.apply(&mut record, phase);
         }
+        // Each axis value was checked alone; together with [record] they may still not suit
+        // (an interval the guest clock cannot keep).
+        record.check().map_err(|e| GridError::Run {
+            path: self.path.clone(),
+            run: name.clone(),
+            msg: format!("`{}`: {e}", e.key()),
+        })?;
         let (workload, seed) = match (&self.workload, spec) {
             (BaseWorkload::Linux { script, .. }, _) => (RunWorkload::Linux { script: script.clone() }, None),
             (BaseWorkload::Synthetic { .. }, Some(mut doc)) => {

@@ -275,6 +275,9 @@ impl Grid {
             disk: cx.take("record", &mut section)?,
         };
         cx.refuse_rest("record", &section, &[keys_of::<RecordSettings>(), &linux_keys].concat())?;
+        record
+            .check_workload(matches!(workload, BaseWorkload::Linux { .. }))
+            .map_err(|e| cx.key(format!("record.{}", e.key()), e.to_string()))?;
         if let (Some(k), BaseWorkload::Synthetic { .. }) = (linux_given.first(), &workload) {
             return Err(cx.key(format!("record.{k}"), "is a Linux-guest option, but the workload is a synthetic spec"));
         }
@@ -509,6 +512,25 @@ mod tests {
 
     /// A key whose value has the wrong type is refused with a message that names the key, the
     /// type it takes and what it got.
+    /// What `record` refuses before booting for the guest clock, a grid refuses when it is read:
+    /// the clock with a synthetic spec, and an interval, in `[record]` or on an axis, that the
+    /// guest clock cannot keep (a sweep recorded the first and failed every run of the others).
+    #[test]
+    fn the_guest_clock_is_checked_with_the_workload_and_every_interval() {
+        let err = |text: &str| match grid(text) {
+            Err(e) => e.to_string(),
+            Ok(g) => g.expand(10).expect_err("refused").to_string(),
+        };
+        let e = err("workload = \"w.toml\"\n[record]\nclock = \"guest\"\n");
+        assert!(e.contains("`record.clock`") && e.contains("Linux guests (.sh workloads) only"), "{e}");
+        let e = err("workload = \"x.sh\"\n[record]\nclock = \"guest\"\ninterval = \"300ms\"\n");
+        assert!(e.contains("`record.interval`") && e.contains("300ms under --clock guest"), "{e}");
+        let e = err("workload = \"x.sh\"\n[record]\nclock = \"guest\"\n[axes]\ninterval = [\"100ms\", \"1500ms\"]\n");
+        assert!(e.contains("run `interval=1.5s_r0`") && e.contains("1.5s under --clock guest"), "{e}");
+        let ok = grid("workload = \"x.sh\"\n[record]\nclock = \"guest\"\n[axes]\ninterval = [\"250ms\", \"2s\"]\n");
+        assert_eq!(ok.unwrap().expand(10).unwrap().len(), 2);
+    }
+
     #[test]
     fn wrong_types_name_the_key_and_the_type() {
         let cases = [
