@@ -491,7 +491,11 @@ pub fn run(
             EndReason::GuestPowerOff
         }
         EndReason::WorkloadDone if outcomes.iter().any(|o| matches!(o, VcpuOutcome::Fault(_))) => EndReason::GuestFault,
-        EndReason::WorkloadDone if outcomes.iter().any(|o| matches!(o, VcpuOutcome::PowerOff(_))) => {
+        // A trace that ended on its guest-clock cut is done whatever comes after: a replay
+        // reaching the end of its log replays the recorder's own `quit` as a shutdown.
+        EndReason::WorkloadDone
+            if last_cut.is_none() && outcomes.iter().any(|o| matches!(o, VcpuOutcome::PowerOff(_))) =>
+        {
             EndReason::GuestPowerOff
         }
         e => e,

@@ -286,7 +286,11 @@ pub(super) fn parse_axes(
         if label == "repeat" {
             repeat = match value.as_integer() {
                 Some(n) if (1..=1_000_000).contains(&n) => n as u32,
-                _ => return Err(cx.key(full, "must be a whole number from 1 to 1000000 (repetitions of every combination)")),
+                _ => {
+                    return Err(
+                        cx.key(full, "must be a whole number from 1 to 1000000 (repetitions of every combination)")
+                    )
+                }
             };
             continue;
         }
