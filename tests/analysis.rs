@@ -549,3 +549,109 @@ fn the_tools_outputs_on_a_mixed_trace_are_pinned_bit_exact() {
         assert!(v == wv, "{k} differs from the pinned output; now:\n{v}\npinned:\n{wv}");
     }
 }
+
+/// [`MIXED`] generated into a fresh directory, with every interval's dense pages as the
+/// sequential reader gives them.
+fn mixed_with_pages(name: &str) -> (InScratch, Vec<(u64, Vec<u32>)>) {
+    let dir = Scratch::new(name);
+    let path = dir.join("trace");
+    let opts = GenerateOptions { interval: Duration::from_millis(100), ..Default::default() };
+    generate(&path, MIXED, &opts).unwrap();
+    let t = trace(&path);
+    let mut stream = t.interval_pages().unwrap();
+    let (mut want, mut pages) = (Vec::new(), Vec::new());
+    while let Some(row) = stream.next_into(&mut pages) {
+        want.push((row.unwrap().interval, std::mem::take(&mut pages)));
+    }
+    (InScratch::new(dir, path), want)
+}
+
+/// The tools' reader decodes on two threads: whatever the timing, the tool gets every interval
+/// once, in order, with its pages, and stops reading where it breaks, at batch boundaries
+/// (16 intervals) and between them. 130 intervals: more than the batches in flight, and not a
+/// whole number of batches.
+#[test]
+fn for_each_interval_hands_every_interval_in_order_and_stops_where_asked() {
+    use dirtytrace::analysis::for_each_interval;
+    use std::ops::ControlFlow;
+    let (t, want) = mixed_with_pages("analysis-pipeline-order");
+    let t = trace(&t);
+    assert_eq!(want.len(), 130);
+    for _ in 0..20 {
+        let mut got = Vec::new();
+        let seen = for_each_interval(&t, |row, pages| {
+            got.push((row.interval, pages.to_vec()));
+            Ok(ControlFlow::Continue(()))
+        })
+        .unwrap();
+        assert_eq!(seen, 130);
+        assert!(got == want, "for_each_interval's intervals differ from the sequential reader's");
+    }
+    for stop in [0usize, 1, 15, 16, 17, 63, 64, 65, 100, 128, 129] {
+        let mut got = Vec::new();
+        let seen = for_each_interval(&t, |row, pages| {
+            got.push((row.interval, pages.to_vec()));
+            Ok(if got.len() == stop + 1 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+        })
+        .unwrap();
+        assert_eq!(seen, stop as u64 + 1);
+        assert!(got[..] == want[..=stop], "stopping after interval {stop}");
+    }
+}
+
+/// A blob that cannot be decoded ends the tool with the error the sequential reader gives,
+/// naming its row, after the tool has seen only intervals before it, in order; whichever thread
+/// decoded it. An error of the tool's own ends the reading too (the test returns).
+#[test]
+fn for_each_interval_reports_a_bad_blob_in_order_and_a_tools_error_ends_it() {
+    use arrow::array::{Array, BinaryArray};
+    use dirtytrace::analysis::for_each_interval;
+    use std::ops::ControlFlow;
+    use std::sync::Arc;
+    let (dir, want) = mixed_with_pages("analysis-pipeline-error");
+    let t = trace(&dir);
+    assert_eq!(t.manifest.slots.len(), 1);
+    for bad_row in [3usize, 40, 100, 129] {
+        let path = dir.join("bitmaps.parquet");
+        let saved = std::fs::read(&path).unwrap();
+        let b = read_table(&path);
+        let c = b.schema().index_of("data").unwrap();
+        let data = b.column(c).as_any().downcast_ref::<BinaryArray>().unwrap();
+        let vals: Vec<Vec<u8>> =
+            (0..data.len()).map(|i| if i == bad_row { b"not zstd".to_vec() } else { data.value(i).to_vec() }).collect();
+        let mut cols = b.columns().to_vec();
+        cols[c] = Arc::new(BinaryArray::from_iter_values(vals.iter().map(|v| v.as_slice())));
+        write_table(&path, &arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap());
+
+        let t = trace(&dir);
+        let mut stream = t.interval_pages().unwrap();
+        let mut pages = Vec::new();
+        let sequential = loop {
+            match stream.next_into(&mut pages) {
+                Some(Ok(_)) => pages.clear(),
+                Some(Err(e)) => break e.to_string(),
+                None => panic!("the sequential reader took the bad blob"),
+            }
+        };
+        assert!(sequential.contains(&format!("row {bad_row}")), "{sequential}");
+        for _ in 0..10 {
+            let mut got = Vec::new();
+            let err = for_each_interval(&t, |row, pages| {
+                got.push((row.interval, pages.to_vec()));
+                Ok(ControlFlow::Continue(()))
+            })
+            .unwrap_err();
+            assert_eq!(err.to_string(), sequential);
+            assert!(got.len() <= bad_row && got[..] == want[..got.len()], "row {bad_row}: saw {}", got.len());
+        }
+        std::fs::write(&path, saved).unwrap();
+    }
+    let err = for_each_interval(&t, |row, _| {
+        if row.interval == 70 {
+            return Err(dirtytrace::analysis::AnalysisError::TraceTooShort("the tool's own".into()));
+        }
+        Ok(ControlFlow::Continue(()))
+    })
+    .unwrap_err();
+    assert_eq!(err.to_string(), "the tool's own");
+}

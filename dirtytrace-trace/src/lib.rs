@@ -37,8 +37,8 @@ pub use manifest::{
     DeadlineCounts, EndReason, EngineInfo, GuestClockInfo, HarvestTiming, Manifest, TraceStatus, ON_TIME_FRACTION,
 };
 pub use reader::{
-    guarded, BitmapStream, IntervalBitmaps, IntervalPageStream, IntervalStream, RatesStream, SlotBitmap, Trace,
-    TraceError,
+    guarded, BitmapStream, IntervalBitmaps, IntervalPageStream, IntervalStream, PageDecoder, RatesStream, ReadInterval,
+    SlotBitmap, Trace, TraceError,
 };
 pub use records::{Encoding, GuestEvent, IntervalRow, MemorySlot, PageRange, SamplerScheduling, SchedPolicy, SlotBlob};
 pub use tables::{bitmap_columns, rate_columns, ColumnError};

@@ -329,11 +329,13 @@ impl Trace {
                 base += s.num_pages();
                 b
             })
-            .collect();
+            .collect::<Vec<u32>>();
+        let path = self.dir.join(BITMAPS);
         Ok(IntervalPageStream {
             rates: self.rates_stream()?,
             bitmaps: self.bitmaps()?,
-            path: self.dir.join(BITMAPS),
+            decoder: PageDecoder::new(&path, &bases)?,
+            path,
             bases,
         })
     }
@@ -392,6 +394,9 @@ impl Iterator for RatesStream {
     }
 }
 
+/// One interval's blobs, per slot in the manifest's order, each with its row in the file.
+type RowBlobs = Vec<(u64, SlotBlob)>;
+
 /// `bitmaps.parquet`, interval by interval, each checked against the manifest.
 pub struct BitmapStream<'a> {
     trace: &'a Trace,
@@ -443,15 +448,11 @@ impl<'a> BitmapStream<'a> {
         }
     }
 
-    /// Reads the next interval's rows, one per slot, each checked against the manifest, and
-    /// hands each blob to `decode(i, blob, decoder)` (`i`: the slot's place in the manifest);
-    /// a decoding error is reported naming the row. Returns the interval's number, or `None`
-    /// at the end of the file.
-    fn next_interval_with(
-        &mut self,
-        mut decode: impl FnMut(usize, &SlotBlob, &mut bitmap::BitmapDecoder) -> Result<(), bitmap::DecodeError>,
-    ) -> Option<Result<u64, TraceError>> {
+    /// Reads the next interval's rows, one per slot, each checked against the manifest: its
+    /// number and its blobs with their rows in the file, or `None` at the end of the file.
+    fn next_interval_blobs(&mut self) -> Option<Result<(u64, RowBlobs), TraceError>> {
         let m = &self.trace.manifest;
+        let mut blobs = Vec::with_capacity(m.slots.len());
         let mut out: Option<u64> = None;
         for i in 0..m.slots.len() {
             let (interval, blob) = match self.next_blob() {
@@ -460,30 +461,36 @@ impl<'a> BitmapStream<'a> {
                 Some(Err(e)) => return Some(Err(e)),
                 Some(Ok(x)) => x,
             };
-            let row = Some(self.row);
+            let row = self.row;
             self.row += 1;
             let bad = invalid_in(&self.path);
-            if let Err(e) = check_blob(m, i, &blob, row) {
+            if let Err(e) = check_blob(m, i, &blob, Some(row)) {
                 return Some(Err(bad(e)));
             }
             if out.is_some_and(|o| o != interval) {
                 return Some(Err(bad(invalid(
-                    row,
+                    Some(row),
                     "interval",
                     format!("is {interval}, but the interval before lacks a bitmap for some slot"),
                 ))));
             }
-            if let Err(e) = decode(i, &blob, &mut self.dec) {
-                return Some(Err(bad(invalid(row, "data", format!("(interval {interval}, slot {}): {e}", blob.slot)))));
-            }
+            blobs.push((row, blob));
             out = Some(interval);
         }
-        out.map(Ok)
+        out.map(|interval| Ok((interval, blobs)))
     }
 
     fn next_interval(&mut self) -> Option<Result<IntervalBitmaps, TraceError>> {
-        let mut slots = Vec::with_capacity(self.trace.manifest.slots.len());
-        let interval = self.next_interval_with(|_, blob, dec| {
+        let (interval, blobs) = match self.next_interval_blobs()? {
+            Ok(x) => x,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut slots = Vec::with_capacity(blobs.len());
+        for (row, blob) in &blobs {
+            let words = match self.dec.decode(blob) {
+                Ok(words) => words,
+                Err(e) => return Some(Err(decode_error(&self.path, *row, interval, blob, e))),
+            };
             slots.push(SlotBitmap {
                 slot: blob.slot,
                 first_page: blob.first_page,
@@ -491,12 +498,16 @@ impl<'a> BitmapStream<'a> {
                 dirty_pages: blob.dirty_pages,
                 encoding: blob.encoding,
                 stored_bytes: blob.data.len() as u64,
-                words: dec.decode(blob)?,
+                words,
             });
-            Ok(())
-        });
-        interval.map(|r| r.map(|interval| IntervalBitmaps { interval, slots }))
+        }
+        Some(Ok(IntervalBitmaps { interval, slots }))
     }
+}
+
+/// The error for a blob at `row` of `path` that `decode` could not decode.
+fn decode_error(path: &Path, row: u64, interval: u64, blob: &SlotBlob, e: bitmap::DecodeError) -> TraceError {
+    invalid_in(path)(invalid(Some(row), "data", format!("(interval {interval}, slot {}): {e}", blob.slot)))
 }
 
 impl Iterator for BitmapStream<'_> {
@@ -587,30 +598,91 @@ impl Iterator for IntervalStream<'_> {
 /// Every interval's row and its dirty pages, numbered densely (slot by slot in the manifest's
 /// order, the first slot's first page 0), the two tables checked against each other as
 /// [`IntervalStream`] checks them, without building bitmap words where a blob has none.
+///
+/// Reading and decoding are two steps, so that threads can share the decoding: the stream
+/// yields each interval as read ([`IntervalPageStream::next_read`]), and any [`PageDecoder`]
+/// of the stream turns it into pages. [`IntervalPageStream::next_into`] does both.
 pub struct IntervalPageStream<'a> {
     rates: RatesStream,
     bitmaps: BitmapStream<'a>,
     path: PathBuf,
     /// Per slot in the manifest's order: the dense number of its first page.
     bases: Vec<u32>,
+    /// The decoder of [`IntervalPageStream::next_into`].
+    decoder: PageDecoder,
+}
+
+/// One interval as read: its `rates.parquet` row and its blobs, checked against the manifest
+/// and against each other, but not yet decoded.
+#[derive(Debug)]
+pub struct ReadInterval {
+    /// The interval's `rates.parquet` row.
+    pub row: IntervalRow,
+    /// Per slot in the manifest's order: the blob's row in `bitmaps.parquet`, and the blob.
+    blobs: RowBlobs,
+}
+
+/// Decodes the [`ReadInterval`]s of one [`IntervalPageStream`] into dense page numbers, with
+/// every check of [`crate::BitmapDecoder`]. Each thread that decodes has its own.
+pub struct PageDecoder {
+    dec: bitmap::BitmapDecoder,
+    path: PathBuf,
+    bases: Vec<u32>,
+}
+
+impl PageDecoder {
+    fn new(path: &Path, bases: &[u32]) -> Result<Self, TraceError> {
+        let dec = bitmap::BitmapDecoder::new().map_err(|e| corrupt(path, format!("zstd: {e}")))?;
+        Ok(PageDecoder { dec, path: path.to_path_buf(), bases: bases.to_vec() })
+    }
+
+    /// Appends the dirty pages of `read` (ascending) to `pages`. On an error, `pages` may
+    /// hold some of them; the error names the blob's row.
+    pub fn decode_into(&mut self, read: &ReadInterval, pages: &mut Vec<u32>) -> Result<(), TraceError> {
+        for (i, (row, blob)) in read.blobs.iter().enumerate() {
+            if let Err(e) = self.dec.decode_pages(blob, self.bases[i], pages) {
+                return Err(decode_error(&self.path, *row, read.row.interval, blob, e));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl IntervalPageStream<'_> {
-    /// The next interval's row, with its dirty pages appended to `pages` (ascending); `None`
-    /// after the last one or an error.
-    pub fn next_into(&mut self, pages: &mut Vec<u32>) -> Option<Result<IntervalRow, TraceError>> {
-        let (bitmaps, bases) = (&mut self.bitmaps, &self.bases);
-        next_pair(&mut self.rates, &self.path, || {
+    /// The next interval as read, checked but not decoded; `None` after the last one or an
+    /// error.
+    pub fn next_read(&mut self) -> Option<Result<ReadInterval, TraceError>> {
+        let bitmaps = &mut self.bitmaps;
+        let mut got = None;
+        let row = next_pair(&mut self.rates, &self.path, || {
             if bitmaps.done {
                 return None;
             }
-            let mut dirty = 0u64;
-            let item = bitmaps.next_interval_with(|i, blob, dec| {
-                dirty += blob.dirty_pages;
-                dec.decode_pages(blob, bases[i], pages)
-            });
+            let item = bitmaps.next_interval_blobs();
             bitmaps.done = !matches!(item, Some(Ok(_)));
-            Some(item?.map(|interval| (interval, dirty)))
-        })
+            let (interval, blobs) = match item? {
+                Ok(x) => x,
+                Err(e) => return Some(Err(e)),
+            };
+            let dirty = blobs.iter().map(|(_, b)| b.dirty_pages).sum();
+            got = Some(blobs);
+            Some(Ok((interval, dirty)))
+        });
+        Some(row?.map(|row| ReadInterval { row, blobs: got.expect("a row comes with its bitmaps") }))
+    }
+
+    /// A decoder for this stream's intervals, for any thread.
+    pub fn decoder(&self) -> Result<PageDecoder, TraceError> {
+        PageDecoder::new(&self.bitmaps.path, &self.bases)
+    }
+
+    /// The next interval's row, with its dirty pages appended to `pages` (ascending); `None`
+    /// after the last one or an error.
+    pub fn next_into(&mut self, pages: &mut Vec<u32>) -> Option<Result<IntervalRow, TraceError>> {
+        let read = match self.next_read()? {
+            Ok(read) => read,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(self.decoder.decode_into(&read, pages).map(|()| read.row))
     }
 }

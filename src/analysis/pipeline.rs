@@ -1,0 +1,203 @@
+//! How every offline tool reads a trace: one thread reads both tables in order, and both
+//! threads decode. Decoding is most of the work of reading a trace, and what a tool does with
+//! each interval may cost more or less than it, depending on the tool; so neither thread owns
+//! the decoding. The reader decodes whatever it has read, and the tool's thread, when the next
+//! interval in order is not decoded yet, decodes a batch itself rather than wait. On two cores
+//! a tool then costs about half of reading plus its own work, or reading alone, whichever is
+//! more.
+
+use super::Result;
+use crate::trace::{IntervalPageStream, IntervalRow, PageDecoder, ReadInterval, Trace};
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::ControlFlow;
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// Intervals in a batch: what one thread decodes at a time and hands on.
+const BATCH: usize = 16;
+/// Batches read and not yet handed to the tool: together with [`BATCH`], what bounds the
+/// pipeline's memory.
+const IN_FLIGHT: usize = 4;
+
+type Decoded = Vec<(IntervalRow, Vec<u32>)>;
+
+/// What the two threads share, behind one lock.
+#[derive(Default)]
+struct Queue {
+    /// Batches read and not yet decoded, oldest first, with their numbers.
+    read: VecDeque<(u64, Vec<ReadInterval>)>,
+    /// Batches decoded (or the error that ended them), by number.
+    decoded: BTreeMap<u64, Result<Decoded>>,
+    /// Batches read and not yet taken by the tool.
+    in_flight: usize,
+    /// Batches being decoded right now.
+    decoding: usize,
+    /// The reader has read everything, or failed (its error is in `decoded`).
+    read_all: bool,
+    /// The tool is done: it has everything it wants, or it failed.
+    stopped: bool,
+    /// Page lists the tool is done with, for the decoders to fill again.
+    spare: Vec<Vec<u32>>,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A thread that panicked holding the lock left the queue consistent: every change to it
+        // is made whole under the lock.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait<'a>(&self, q: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
+        self.changed.wait(q).unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decodes the oldest batch read, if there is one, with the lock released meanwhile;
+    /// returns the lock, and whether there was one.
+    fn decode_one<'a>(
+        &'a self,
+        mut q: MutexGuard<'a, Queue>,
+        decoder: &mut PageDecoder,
+    ) -> (MutexGuard<'a, Queue>, bool) {
+        let Some((number, batch)) = q.read.pop_front() else { return (q, false) };
+        q.decoding += 1;
+        let keep = q.spare.len().saturating_sub(batch.len());
+        let mut spare = q.spare.split_off(keep);
+        drop(q);
+        let decoded = decode_batch(batch, decoder, &mut spare);
+        let mut q = self.lock();
+        q.decoding -= 1;
+        q.spare.append(&mut spare);
+        q.decoded.insert(number, decoded);
+        self.changed.notify_all();
+        (q, true)
+    }
+}
+
+/// Decodes every interval of `batch`, taking page lists from `spare`.
+fn decode_batch(batch: Vec<ReadInterval>, decoder: &mut PageDecoder, spare: &mut Vec<Vec<u32>>) -> Result<Decoded> {
+    let mut out = Vec::with_capacity(batch.len());
+    for read in batch {
+        let mut pages = spare.pop().unwrap_or_default();
+        pages.clear();
+        decoder.decode_into(&read, &mut pages)?;
+        out.push((read.row, pages));
+    }
+    Ok(out)
+}
+
+/// Tells the reader the tool is done, however it leaves: on an error, a break or a panic.
+struct StopOnDrop<'a>(&'a Shared);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.lock().stopped = true;
+        self.0.changed.notify_all();
+    }
+}
+
+/// The reading thread: reads batches in order as far ahead as [`IN_FLIGHT`] lets it, and
+/// decodes while it may not read; once everything is read, it decodes what is left.
+fn read_batches(shared: &Shared, mut stream: IntervalPageStream<'_>, mut decoder: PageDecoder) {
+    let mut number = 0u64;
+    let mut read_all = false;
+    loop {
+        let mut q = shared.lock();
+        while (read_all || q.in_flight >= IN_FLIGHT) && !q.stopped {
+            let (back, decoded) = shared.decode_one(q, &mut decoder);
+            if !decoded && read_all {
+                return;
+            }
+            q = if decoded { back } else { shared.wait(back) };
+        }
+        if q.stopped {
+            return;
+        }
+        drop(q);
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut failed = None;
+        while batch.len() < BATCH {
+            match stream.next_read() {
+                Some(Ok(read)) => batch.push(read),
+                Some(Err(e)) => {
+                    failed = Some(e);
+                    break;
+                }
+                None => break,
+            }
+        }
+        read_all = failed.is_some() || batch.len() < BATCH;
+        let mut q = shared.lock();
+        if let Some(e) = failed {
+            // In its whole batch's place, as a batch that fails to decode: a tool that would
+            // stop inside the batch, before the bad interval, still gets the error.
+            q.decoded.insert(number, Err(e.into()));
+            q.in_flight += 1;
+        } else if !batch.is_empty() {
+            q.read.push_back((number, batch));
+            q.in_flight += 1;
+            number += 1;
+        }
+        q.read_all = read_all;
+        shared.changed.notify_all();
+    }
+}
+
+/// Calls `f` with every interval of the trace, in order: its `rates.parquet` row and the
+/// dense indices of the pages dirtied in it, as [`super::PageSpace::new`] of the trace's slots
+/// numbers them (ascending). Reads the rates and the bitmaps as two streams, checking that
+/// they agree (the checks of [`Trace::interval_pages`]), and decodes on two threads (see the
+/// module's documentation). Stops early when `f` breaks. Returns how many intervals `f` saw.
+pub fn for_each_interval(
+    trace: &Trace,
+    mut f: impl FnMut(&IntervalRow, &[u32]) -> Result<ControlFlow<()>>,
+) -> Result<u64> {
+    let stream = trace.interval_pages()?;
+    let mut decoder = stream.decoder()?;
+    let reader_decoder = stream.decoder()?;
+    let shared = Shared { queue: Mutex::new(Queue::default()), changed: Condvar::new() };
+    std::thread::scope(|scope| {
+        let shared = &shared;
+        scope.spawn(move || read_batches(shared, stream, reader_decoder));
+        let _stop = StopOnDrop(shared);
+        let mut seen = 0u64;
+        for number in 0u64.. {
+            let batch = {
+                let mut q = shared.lock();
+                loop {
+                    if let Some(batch) = q.decoded.remove(&number) {
+                        q.in_flight -= 1;
+                        shared.changed.notify_all();
+                        break Some(batch);
+                    }
+                    let (back, decoded) = shared.decode_one(q, &mut decoder);
+                    q = back;
+                    if decoded {
+                        continue;
+                    }
+                    if q.read_all && q.decoding == 0 {
+                        break None;
+                    }
+                    q = shared.wait(q);
+                }
+            };
+            let Some(batch) = batch else { break };
+            let mut done = Vec::with_capacity(BATCH);
+            for (row, pages) in batch? {
+                seen += 1;
+                if f(&row, &pages)?.is_break() {
+                    return Ok(seen);
+                }
+                done.push(pages);
+            }
+            let mut q = shared.lock();
+            // Enough for every batch that may be in flight; more would only hold memory.
+            done.truncate(((IN_FLIGHT + 2) * BATCH).saturating_sub(q.spare.len()));
+            q.spare.append(&mut done);
+        }
+        Ok(seen)
+    })
+}
