@@ -1,18 +1,21 @@
 //! Benchmark of the offline tools on a long trace: 1 hour at 100 ms of a 4 GiB guest.
 //!
-//!     cargo run --release --example bench_analysis -- [DIR] [--hours H] [--mem SIZE]
+//!     cargo run --release --example bench_analysis -- [DIR] [--hours H] [--mem SIZE] [--rounds N]
 //!
 //! Generates the trace in DIR (default target/bench-analysis-trace) unless it is there
 //! already, with `guest::synthetic::generate`: the exact page writes the synthetic guest would
 //! make for a mixed workload (sequential load, hot/cold serving, random batch, idle), fed
 //! through the recorder's accounting and trace writer, without KVM.
 //! Then it times, each in a fresh process so that the peak RSS is its own:
-//!   read      — read and decompress every bitmap (the reader alone; the baseline)
+//!   read      — read and decompress every bitmap into words (the reader alone; the baseline)
+//!   pipeline  — read every interval as the tools do (`analysis::for_each_interval`: both
+//!               tables, pages decoded on two threads) and do nothing with it
 //!   summarize — `dirtytrace summarize`
 //!   replay    — `dirtytrace replay` at a bandwidth whose round 0 lasts 99 % of the trace
 //!   simgrid   — `dirtytrace simgrid`
-//! and prints wall time, its ratio to `read`, CPU time (user + system, all threads), and peak
-//! RSS (the child's VmHWM).
+//! in N rounds (default 5), each round every step once, and prints the medians of wall time,
+//! of its ratio to the same round's `read` (with the lowest and highest) and of CPU time (user
+//! + system, all threads), and the highest peak RSS (the child's VmHWM).
 
 use anyhow::{anyhow, bail, Context};
 use dirtytrace::analysis::{replay, simgrid, summary};
@@ -66,6 +69,15 @@ fn child(mode: &str, dir: &Path) -> anyhow::Result<()> {
             }
             serde_json::json!({"intervals": intervals, "decoded_words": words})
         }
+        "pipeline" => {
+            let (mut intervals, mut pages) = (0u64, 0u64);
+            dirtytrace::analysis::for_each_interval(&t, |_, p| {
+                intervals += 1;
+                pages += p.len() as u64;
+                Ok(std::ops::ControlFlow::Continue(()))
+            })?;
+            serde_json::json!({"intervals": intervals, "pages": pages})
+        }
         "summarize" => {
             let s = summary::summarize(&t, &summary::SummaryOptions::default())?;
             serde_json::json!({"intervals": s.intervals, "distinct_pages": s.distinct_pages})
@@ -116,19 +128,40 @@ fn measure(mode: &str, dir: &Path) -> anyhow::Result<serde_json::Value> {
     serde_json::from_slice(&out.stdout).with_context(|| mode.to_string())
 }
 
+/// The steps, in the order each round runs them.
+const MODES: [&str; 5] = ["read", "pipeline", "summarize", "replay", "simgrid"];
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--child") {
         return child(&args[2], Path::new(&args[3]));
     }
     let mut dir = PathBuf::from("target/bench-analysis-trace");
-    let (mut hours, mut mem) = (1.0f64, 4u64 << 30);
+    let (mut hours, mut mem, mut rounds) = (1.0f64, 4u64 << 30, 5u32);
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
             "--hours" => {
                 hours =
                     args.get(i + 1).and_then(|h| h.parse().ok()).ok_or_else(|| anyhow!("--hours needs a number"))?;
+                i += 1;
+            }
+            "--rounds" => {
+                rounds = args
+                    .get(i + 1)
+                    .and_then(|r| r.parse().ok())
+                    .filter(|&r| r > 0)
+                    .ok_or_else(|| anyhow!("--rounds needs a whole number of at least 1"))?;
                 i += 1;
             }
             "--mem" => {
@@ -158,21 +191,33 @@ fn main() -> anyhow::Result<()> {
     );
     // A first read warms the page cache, so that every measurement reads from memory.
     measure("read", &dir)?;
-    let mut base = 0.0;
-    println!("{:<10} {:>9} {:>8} {:>9} {:>10}  detail", "step", "wall", "vs read", "CPU", "peak RSS");
-    for mode in ["read", "summarize", "replay", "simgrid"] {
-        let v = measure(mode, &dir)?;
-        let rss = v["peak_rss_bytes"].as_u64().unwrap_or(0);
-        let wall = v["wall_s"].as_f64().unwrap_or(0.0);
-        if mode == "read" {
-            base = wall;
+    // Round after round, each step once, so that a slow spell of the machine falls on every
+    // step alike; each ratio is to the same round's `read`.
+    let mut runs: Vec<Vec<serde_json::Value>> = vec![Vec::new(); MODES.len()];
+    for round in 1..=rounds {
+        for (i, mode) in MODES.iter().enumerate() {
+            runs[i].push(measure(mode, &dir)?);
         }
+        eprintln!("  round {round} of {rounds} done");
+    }
+    let wall = |v: &serde_json::Value| v["wall_s"].as_f64().unwrap_or(0.0);
+    println!(
+        "medians of {rounds} rounds (ratio: median of each round's wall / that round's read; range: lowest–highest)"
+    );
+    println!("{:<10} {:>9} {:>8} {:>13} {:>9} {:>10}  detail", "step", "wall", "vs read", "range", "CPU", "peak RSS");
+    for (i, mode) in MODES.iter().enumerate() {
+        let ratios: Vec<f64> = runs[i].iter().zip(&runs[0]).map(|(v, r)| wall(v) / wall(r)).collect();
+        let rss = runs[i].iter().filter_map(|v| v["peak_rss_bytes"].as_u64()).max().unwrap_or(0);
+        let (lo, hi) = ratios.iter().fold((f64::MAX, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)));
         println!(
-            "{mode:<10} {wall:>7.2} s {:>7.2}x {:>7.2} s {:>10}  {}",
-            wall / base,
-            v["cpu_s"].as_f64().unwrap_or(0.0),
+            "{mode:<10} {:>7.2} s {:>7.2}x {:>6.2}–{:<5.2} {:>7.2} s {:>10}  {}",
+            median(runs[i].iter().map(wall).collect()),
+            median(ratios),
+            lo,
+            hi,
+            median(runs[i].iter().map(|v| v["cpu_s"].as_f64().unwrap_or(0.0)).collect()),
             HumanBytes(rss as f64).to_string(),
-            v["detail"]
+            runs[i][0]["detail"]
         );
     }
     Ok(())
