@@ -138,13 +138,14 @@ fn compare_ways(
                     dirty_pages: old_pages.len() as u64,
                     data: old_c.compress(bytemuck::cast_slice(words))?,
                 });
-                old_win.push(t, old_pages.iter().map(|&p| p as u64));
+                old_win.push_page_by_page(t, old_pages.iter().map(|&p| p as u64));
                 before.push((this_thread_cpu_ns() - c0) as f64);
             } else {
                 new_pages.clear();
                 space.push_dirty(0, words, &mut new_pages);
                 new_blob = Some(new_enc.encode_pages(slot, words, &new_pages, 0)?);
-                new_win.push_slice(t, &new_pages);
+                // As `accounting::IntervalAccounting::account` counts the window.
+                new_win.push(t, new_pages.iter().map(|&p| p as u64));
                 now.push((this_thread_cpu_ns() - c0) as f64);
             }
         }
