@@ -25,6 +25,22 @@ fn documented_columns_match_the_writer() {
     assert_eq!(documented_columns("bitmaps.md"), bitmap_columns());
 }
 
+/// The writer's choice of encoding, as `schemas/bitmaps.md` states it, is the code's.
+#[test]
+fn documented_encoding_choice_matches_the_writer() {
+    use dirtytrace::trace::bitmap::{GAPS_WHATEVER_RUNS_ONE_IN, RUN_SAMPLE_PAGES, SPARSE_MAX_MEAN_RUN, SPARSE_ONE_IN};
+    let text = std::fs::read_to_string(format!("{}/schemas/bitmaps.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for said in [
+        format!("when at most one page in {GAPS_WHATEVER_RUNS_ONE_IN} is dirty"),
+        format!("when at most one page in {SPARSE_ONE_IN} is dirty"),
+        format!("runs of fewer than {SPARSE_MAX_MEAN_RUN} consecutive pages"),
+        format!("counted over its first {RUN_SAMPLE_PAGES} dirty pages"),
+    ] {
+        assert!(text.contains(&said), "schemas/bitmaps.md does not say \"{said}\"");
+    }
+}
+
 fn python_snippet() -> String {
     let text = std::fs::read_to_string(format!("{}/schemas/bitmaps.md", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let start = text.find("## Reading a bitmap with pyarrow and numpy alone").unwrap();

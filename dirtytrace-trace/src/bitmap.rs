@@ -8,7 +8,8 @@
 //!   words' zstd stays 1.7× above it (issue 21 has the measurements).
 //!
 //! The choice is cheap: the density first, from the count of dirty pages the writer has
-//! anyway; then, for a sparse bitmap only, the runs among its first 512 dirty pages.
+//! anyway; then, for a bitmap between one page in 64 and one in 16 only, the runs among its
+//! first 512 dirty pages.
 
 use super::records::{Encoding, MemorySlot, SlotBlob};
 
@@ -24,6 +25,13 @@ pub const SPARSE_ONE_IN: u64 = 16;
 /// ... and only when its dirty pages come in runs of fewer than this many pages on average:
 /// longer runs (a sequential writer) are as small as raw words, which take one zstd pass.
 pub const SPARSE_MAX_MEAN_RUN: u64 = 4;
+
+/// ... but a bitmap with at most one page in this many dirty is stored as `varint-gaps` whatever
+/// its runs: its gap stream (for runs, mostly bytes of 1) is then smaller than the raw words'
+/// zstd frame, and cheaper to make than a zstd pass over the raw words, which costs the same
+/// however few pages are dirty (issue 21: about 2 ns per page against 0.03 ns per page of the
+/// slot, so they break even near one in 64).
+pub const GAPS_WHATEVER_RUNS_ONE_IN: u64 = 64;
 
 /// The runs are counted over at most this many of the first dirty pages, so that the choice
 /// costs the same whatever the density: enough to tell a sequential writer from a scattered one.
@@ -43,12 +51,13 @@ pub struct BitmapEncoder {
 }
 
 /// The encoding a bitmap of `num_pages` pages gets, given its dirty pages (slot-relative,
-/// ascending; `pages()` yields them if asked): `varint-gaps` for sparse bitmaps whose dirty
-/// pages are scattered, `zstd` otherwise. A dense bitmap is decided from its count alone; a
-/// sparse one from the runs among its first [`RUN_SAMPLE_PAGES`] dirty pages.
+/// ascending; `pages()` yields them if asked): `varint-gaps` for very sparse bitmaps, and for
+/// sparse ones whose dirty pages are scattered; `zstd` otherwise. A dense or very sparse bitmap
+/// is decided from its count alone; a sparse one from the runs among its first
+/// [`RUN_SAMPLE_PAGES`] dirty pages.
 pub fn choose<I: Iterator<Item = u64>>(num_pages: u64, dirty_pages: u64, pages: impl FnOnce() -> I) -> Encoding {
-    if dirty_pages.saturating_mul(SPARSE_ONE_IN) > num_pages {
-        return Encoding::Zstd;
+    if let Some(by_count) = by_count(num_pages, dirty_pages) {
+        return by_count;
     }
     // Runs of consecutive pages: one per page that does not follow the page before it.
     let (mut runs, mut sampled, mut next) = (0u64, 0u64, u64::MAX);
@@ -63,13 +72,25 @@ pub fn choose<I: Iterator<Item = u64>>(num_pages: u64, dirty_pages: u64, pages: 
 /// [`choose`] for a bitmap whose dirty pages are listed, ascending (with any offset): the same
 /// choice, the runs counted over the slice, without a branch per page.
 fn choose_listed(num_pages: u64, pages: &[u32]) -> Encoding {
-    if (pages.len() as u64).saturating_mul(SPARSE_ONE_IN) > num_pages {
-        return Encoding::Zstd;
+    if let Some(by_count) = by_count(num_pages, pages.len() as u64) {
+        return by_count;
     }
     let sample = &pages[..pages.len().min(RUN_SAMPLE_PAGES)];
     let breaks = sample.windows(2).map(|w| (w[1] != w[0].wrapping_add(1)) as u64).sum::<u64>();
     let runs = if sample.is_empty() { 0 } else { 1 + breaks };
     by_runs(sample.len() as u64, runs)
+}
+
+/// The choice that the count of dirty pages decides alone: `zstd` for a dense bitmap,
+/// `varint-gaps` for a very sparse one; `None` in between, where the runs decide.
+fn by_count(num_pages: u64, dirty_pages: u64) -> Option<Encoding> {
+    if dirty_pages.saturating_mul(SPARSE_ONE_IN) > num_pages {
+        Some(Encoding::Zstd)
+    } else if dirty_pages.saturating_mul(GAPS_WHATEVER_RUNS_ONE_IN) <= num_pages {
+        Some(Encoding::VarintGaps)
+    } else {
+        None
+    }
 }
 
 /// The choice for a sparse bitmap with `runs` runs among `sampled` of its first dirty pages.
@@ -507,18 +528,26 @@ mod tests {
         // Exactly 1 in 16 is still sparse; one more page is not.
         assert_eq!(choose(n, n / 16, || (0..n / 16).map(|i| i * 16)), Encoding::VarintGaps);
         assert_eq!(choose(n, n / 16 + 1, || -> std::iter::Empty<u64> { panic!() }), Encoding::Zstd);
-        // Sparse but in runs of 4 pages: still varint-gaps; runs of 5: zstd.
-        assert_eq!(choose(n, 400, || (0..400).map(|i| i / 4 * 100 + i % 4)), Encoding::VarintGaps);
-        assert_eq!(choose(n, 500, || (0..500).map(|i| i / 5 * 100 + i % 5)), Encoding::Zstd);
+        // Sparse (1 page in 32) but in runs of 4 pages: still varint-gaps; runs of 5: zstd.
+        assert_eq!(choose(n, 2000, || (0..2000).map(|i| i / 4 * 30 + i % 4)), Encoding::VarintGaps);
+        assert_eq!(choose(n, 2000, || (0..2000).map(|i| i / 5 * 30 + i % 5)), Encoding::Zstd);
+        // At 1 page in 64 or fewer, varint-gaps whatever the runs, decided without looking;
+        // one more page, and the runs decide.
+        assert_eq!(
+            choose(n, n / 64, || -> std::iter::Empty<u64> { panic!("looked at a very sparse bitmap's pages") }),
+            Encoding::VarintGaps
+        );
+        assert_eq!(choose(n, n / 64 + 1, || 0..n / 64 + 1), Encoding::Zstd);
+        assert_eq!(choose_listed(n, &(0..n as u32 / 64).collect::<Vec<_>>()), Encoding::VarintGaps);
         // Only the first 512 dirty pages are looked at: runs of 5 there decide, whatever follows.
-        let mixed = || (0..512).map(|i| i / 5 * 100 + i % 5).chain((0..1000).map(|i| 60_000 + i * 3));
-        assert_eq!(choose(n * 10, 1512, mixed), Encoding::Zstd);
+        let mixed = || (0..512).map(|i| i / 5 * 100 + i % 5).chain((0..2000).map(|i| 60_000 + i * 3));
+        assert_eq!(choose(n, 2512, mixed), Encoding::Zstd);
         // No dirty page at all: varint-gaps (an empty stream).
         assert_eq!(choose(n, 0, std::iter::empty), Encoding::VarintGaps);
         assert_eq!(choose_listed(n, &[]), Encoding::VarintGaps);
         // A listed bitmap (offset by a slot's base) gets the same choice, around every boundary.
         let mut x = 7u64;
-        for len in [1, 2, 3, 100, 511, 512, 513, 700, 4000, 4001] {
+        for len in [1, 2, 3, 100, 511, 512, 513, 700, 1000, 1001, 1500, 2500, 4000, 4001] {
             for run in 1..8u64 {
                 let pages: Vec<u64> = (0..len)
                     .scan(0u64, |p, i| {
