@@ -7,7 +7,7 @@
 //! more.
 
 use super::Result;
-use crate::trace::{IntervalPageStream, IntervalRow, PageDecoder, ReadInterval, Trace};
+use crate::trace::{IntervalPageStream, IntervalRow, PageDecoder, ReadInterval, Trace, TraceError};
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -23,8 +23,9 @@ type Decoded = Vec<(IntervalRow, Vec<u32>)>;
 /// What the two threads share, behind one lock.
 #[derive(Default)]
 struct Queue {
-    /// Batches read and not yet decoded, oldest first, with their numbers.
-    read: VecDeque<(u64, Vec<ReadInterval>)>,
+    /// Batches read and not yet decoded, oldest first, with their numbers; a batch that the
+    /// reader could not read whole comes with the error that cut it short.
+    read: VecDeque<(u64, Vec<ReadInterval>, Option<TraceError>)>,
     /// Batches decoded (or the error that ended them), by number.
     decoded: BTreeMap<u64, Result<Decoded>>,
     /// Batches read and not yet taken by the tool.
@@ -62,12 +63,12 @@ impl Shared {
         mut q: MutexGuard<'a, Queue>,
         decoder: &mut PageDecoder,
     ) -> (MutexGuard<'a, Queue>, bool) {
-        let Some((number, batch)) = q.read.pop_front() else { return (q, false) };
+        let Some((number, batch, failed)) = q.read.pop_front() else { return (q, false) };
         q.decoding += 1;
         let keep = q.spare.len().saturating_sub(batch.len());
         let mut spare = q.spare.split_off(keep);
         drop(q);
-        let decoded = decode_batch(batch, decoder, &mut spare);
+        let decoded = decode_batch(batch, failed, decoder, &mut spare);
         let mut q = self.lock();
         q.decoding -= 1;
         q.spare.append(&mut spare);
@@ -77,14 +78,26 @@ impl Shared {
     }
 }
 
-/// Decodes every interval of `batch`, taking page lists from `spare`.
-fn decode_batch(batch: Vec<ReadInterval>, decoder: &mut PageDecoder, spare: &mut Vec<Vec<u32>>) -> Result<Decoded> {
+/// Decodes every interval of `batch`, taking page lists from `spare`; then fails with `failed`,
+/// the error that cut the batch short, if any. A blob that cannot be decoded comes before the
+/// read error after it, as the sequential reader reports it.
+fn decode_batch(
+    batch: Vec<ReadInterval>,
+    failed: Option<TraceError>,
+    decoder: &mut PageDecoder,
+    spare: &mut Vec<Vec<u32>>,
+) -> Result<Decoded> {
     let mut out = Vec::with_capacity(batch.len());
     for read in batch {
         let mut pages = spare.pop().unwrap_or_default();
         pages.clear();
-        decoder.decode_into(&read, &mut pages)?;
+        let decoded = decoder.decode_into(&read, &mut pages);
         out.push((read.row, pages));
+        decoded?;
+    }
+    if let Some(e) = failed {
+        spare.extend(out.into_iter().map(|(_, pages)| pages));
+        return Err(e.into());
     }
     Ok(out)
 }
@@ -131,13 +144,12 @@ fn read_batches(shared: &Shared, mut stream: IntervalPageStream<'_>, mut decoder
         }
         read_all = failed.is_some() || batch.len() < BATCH;
         let mut q = shared.lock();
-        if let Some(e) = failed {
-            // In its whole batch's place, as a batch that fails to decode: a tool that would
-            // stop inside the batch, before the bad interval, still gets the error.
-            q.decoded.insert(number, Err(e.into()));
-            q.in_flight += 1;
-        } else if !batch.is_empty() {
-            q.read.push_back((number, batch));
+        // A batch cut short by an error fails whole, as a batch that fails to decode: a tool
+        // that would stop inside the batch, before the bad interval, still gets the error. Its
+        // intervals are decoded all the same, so that a bad blob among them is reported first,
+        // as the sequential reader reports it.
+        if failed.is_some() || !batch.is_empty() {
+            q.read.push_back((number, batch, failed));
             q.in_flight += 1;
             number += 1;
         }
