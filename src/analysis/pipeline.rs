@@ -34,6 +34,9 @@ struct Queue {
     decoding: usize,
     /// The reader has read everything, or failed (its error is in `decoded`).
     read_all: bool,
+    /// The reader's thread has ended, whether it returned or panicked: nothing more will come
+    /// from it, and nothing it was decoding.
+    reader_gone: bool,
     /// The tool is done: it has everything it wants, or it failed.
     stopped: bool,
     /// Page lists the tool is done with, for the decoders to fill again.
@@ -112,6 +115,18 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// Tells the tool the reader is gone, however it leaves: a reader that panicked (a bug) must
+/// not leave the tool waiting for batches that will never come; the tool then stops, and the
+/// scope hands the reader's panic on.
+struct GoneOnDrop<'a>(&'a Shared);
+
+impl Drop for GoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.lock().reader_gone = true;
+        self.0.changed.notify_all();
+    }
+}
+
 /// The reading thread: reads batches in order as far ahead as [`IN_FLIGHT`] lets it, and
 /// decodes while it may not read; once everything is read, it decodes what is left.
 fn read_batches(shared: &Shared, mut stream: IntervalPageStream<'_>, mut decoder: PageDecoder) {
@@ -173,7 +188,12 @@ pub fn for_each_interval(
     let shared = Shared { queue: Mutex::new(Queue::default()), changed: Condvar::new() };
     std::thread::scope(|scope| {
         let shared = &shared;
-        scope.spawn(move || read_batches(shared, stream, reader_decoder));
+        scope.spawn(move || {
+            let _gone = GoneOnDrop(shared);
+            #[cfg(test)]
+            tests::maybe_panic(&trace.dir);
+            read_batches(shared, stream, reader_decoder)
+        });
         let _stop = StopOnDrop(shared);
         let mut seen = 0u64;
         for number in 0u64.. {
@@ -190,7 +210,8 @@ pub fn for_each_interval(
                     if decoded {
                         continue;
                     }
-                    if q.read_all && q.decoding == 0 {
+                    // Once the reader is gone, only this thread could be decoding, and it is not.
+                    if q.reader_gone || (q.read_all && q.decoding == 0) {
                         break None;
                     }
                     q = shared.wait(q);
@@ -212,4 +233,51 @@ pub fn for_each_interval(
         }
         Ok(seen)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// The trace whose reader panics as it starts, standing for a bug in the reading code.
+    static PANICS_IN: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+    pub(super) fn maybe_panic(dir: &Path) {
+        if PANICS_IN.lock().unwrap().as_deref() == Some(dir) {
+            panic!("the reader's test panic");
+        }
+    }
+
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A panic on the reader's thread reaches the tool's caller: it does not leave the tool
+    /// waiting for the reader's batches forever. (Before, it hung; the test then fails after
+    /// two minutes rather than hang too.)
+    #[test]
+    fn a_panic_of_the_reader_reaches_the_caller() {
+        use crate::guest::synthetic::generate::{generate, GenerateOptions};
+        let dir = std::env::temp_dir().join(format!("dirtytrace-pipeline-panic-{}", std::process::id()));
+        let _remove = RemoveOnDrop(dir.clone());
+        let spec = "mem = \"8MiB\"\nvcpus = 1\nseed = 3\n[[phase]]\nname = \"a\"\nduration = \"0.5s\"\n\
+                    working_set = \"2MiB\"\nrate = \"8MiB/s\"\npattern = \"random\"\n";
+        let opts = GenerateOptions { interval: std::time::Duration::from_millis(10), ..Default::default() };
+        generate(&dir, spec, &opts).unwrap();
+        let trace = Trace::open(&dir).unwrap();
+        *PANICS_IN.lock().unwrap() = Some(trace.dir.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for_each_interval(&trace, |_, _| Ok(ControlFlow::Continue(())))
+            }));
+            let _ = tx.send(result.is_err());
+        });
+        let panicked = rx.recv_timeout(std::time::Duration::from_secs(120));
+        assert_eq!(panicked, Ok(true), "the reader's panic did not reach the caller");
+    }
 }
