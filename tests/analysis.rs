@@ -655,3 +655,43 @@ fn for_each_interval_reports_a_bad_blob_in_order_and_a_tools_error_ends_it() {
     .unwrap_err();
     assert_eq!(err.to_string(), "the tool's own");
 }
+
+/// A blob that cannot be decoded, followed in the same batch by a row that cannot even be read:
+/// the tool gets the sequential reader's error, the first in order (the blob's), not the
+/// later read error in its batch's place.
+#[test]
+fn for_each_interval_reports_a_bad_blob_before_a_later_read_error_in_its_batch() {
+    use arrow::array::{Array, BinaryArray, UInt64Array};
+    use dirtytrace::analysis::for_each_interval;
+    use std::ops::ControlFlow;
+    use std::sync::Arc;
+    let (dir, _) = mixed_with_pages("analysis-pipeline-two-errors");
+    let path = dir.join("bitmaps.parquet");
+    let b = read_table(&path);
+    let (d, n) = (b.schema().index_of("data").unwrap(), b.schema().index_of("num_pages").unwrap());
+    let data = b.column(d).as_any().downcast_ref::<BinaryArray>().unwrap();
+    let vals: Vec<Vec<u8>> =
+        (0..data.len()).map(|i| if i == 3 { b"not zstd".to_vec() } else { data.value(i).to_vec() }).collect();
+    let num = b.column(n).as_any().downcast_ref::<UInt64Array>().unwrap();
+    let nums: Vec<u64> = (0..num.len()).map(|i| num.value(i) + (i == 10) as u64).collect();
+    let mut cols = b.columns().to_vec();
+    cols[d] = Arc::new(BinaryArray::from_iter_values(vals.iter().map(|v| v.as_slice())));
+    cols[n] = Arc::new(UInt64Array::from(nums));
+    write_table(&path, &arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap());
+
+    let t = trace(&dir);
+    let mut stream = t.interval_pages().unwrap();
+    let mut pages = Vec::new();
+    let sequential = loop {
+        match stream.next_into(&mut pages) {
+            Some(Ok(_)) => pages.clear(),
+            Some(Err(e)) => break e.to_string(),
+            None => panic!("the sequential reader took the bad blob"),
+        }
+    };
+    assert!(sequential.contains("row 3:"), "{sequential}");
+    for _ in 0..10 {
+        let err = for_each_interval(&t, |_, _| Ok(ControlFlow::Continue(()))).unwrap_err();
+        assert_eq!(err.to_string(), sequential);
+    }
+}

@@ -7,7 +7,7 @@
 //! more.
 
 use super::Result;
-use crate::trace::{IntervalPageStream, IntervalRow, PageDecoder, ReadInterval, Trace};
+use crate::trace::{IntervalPageStream, IntervalRow, PageDecoder, ReadInterval, Trace, TraceError};
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::ControlFlow;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -23,8 +23,9 @@ type Decoded = Vec<(IntervalRow, Vec<u32>)>;
 /// What the two threads share, behind one lock.
 #[derive(Default)]
 struct Queue {
-    /// Batches read and not yet decoded, oldest first, with their numbers.
-    read: VecDeque<(u64, Vec<ReadInterval>)>,
+    /// Batches read and not yet decoded, oldest first, with their numbers; a batch that the
+    /// reader could not read whole comes with the error that cut it short.
+    read: VecDeque<(u64, Vec<ReadInterval>, Option<TraceError>)>,
     /// Batches decoded (or the error that ended them), by number.
     decoded: BTreeMap<u64, Result<Decoded>>,
     /// Batches read and not yet taken by the tool.
@@ -33,6 +34,9 @@ struct Queue {
     decoding: usize,
     /// The reader has read everything, or failed (its error is in `decoded`).
     read_all: bool,
+    /// The reader's thread has ended, whether it returned or panicked: nothing more will come
+    /// from it, and nothing it was decoding.
+    reader_gone: bool,
     /// The tool is done: it has everything it wants, or it failed.
     stopped: bool,
     /// Page lists the tool is done with, for the decoders to fill again.
@@ -62,12 +66,12 @@ impl Shared {
         mut q: MutexGuard<'a, Queue>,
         decoder: &mut PageDecoder,
     ) -> (MutexGuard<'a, Queue>, bool) {
-        let Some((number, batch)) = q.read.pop_front() else { return (q, false) };
+        let Some((number, batch, failed)) = q.read.pop_front() else { return (q, false) };
         q.decoding += 1;
         let keep = q.spare.len().saturating_sub(batch.len());
         let mut spare = q.spare.split_off(keep);
         drop(q);
-        let decoded = decode_batch(batch, decoder, &mut spare);
+        let decoded = decode_batch(batch, failed, decoder, &mut spare);
         let mut q = self.lock();
         q.decoding -= 1;
         q.spare.append(&mut spare);
@@ -77,14 +81,26 @@ impl Shared {
     }
 }
 
-/// Decodes every interval of `batch`, taking page lists from `spare`.
-fn decode_batch(batch: Vec<ReadInterval>, decoder: &mut PageDecoder, spare: &mut Vec<Vec<u32>>) -> Result<Decoded> {
+/// Decodes every interval of `batch`, taking page lists from `spare`; then fails with `failed`,
+/// the error that cut the batch short, if any. A blob that cannot be decoded comes before the
+/// read error after it, as the sequential reader reports it.
+fn decode_batch(
+    batch: Vec<ReadInterval>,
+    failed: Option<TraceError>,
+    decoder: &mut PageDecoder,
+    spare: &mut Vec<Vec<u32>>,
+) -> Result<Decoded> {
     let mut out = Vec::with_capacity(batch.len());
     for read in batch {
         let mut pages = spare.pop().unwrap_or_default();
         pages.clear();
-        decoder.decode_into(&read, &mut pages)?;
+        let decoded = decoder.decode_into(&read, &mut pages);
         out.push((read.row, pages));
+        decoded?;
+    }
+    if let Some(e) = failed {
+        spare.extend(out.into_iter().map(|(_, pages)| pages));
+        return Err(e.into());
     }
     Ok(out)
 }
@@ -95,6 +111,18 @@ struct StopOnDrop<'a>(&'a Shared);
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.lock().stopped = true;
+        self.0.changed.notify_all();
+    }
+}
+
+/// Tells the tool the reader is gone, however it leaves: a reader that panicked (a bug) must
+/// not leave the tool waiting for batches that will never come; the tool then stops, and the
+/// scope hands the reader's panic on.
+struct GoneOnDrop<'a>(&'a Shared);
+
+impl Drop for GoneOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.lock().reader_gone = true;
         self.0.changed.notify_all();
     }
 }
@@ -131,13 +159,12 @@ fn read_batches(shared: &Shared, mut stream: IntervalPageStream<'_>, mut decoder
         }
         read_all = failed.is_some() || batch.len() < BATCH;
         let mut q = shared.lock();
-        if let Some(e) = failed {
-            // In its whole batch's place, as a batch that fails to decode: a tool that would
-            // stop inside the batch, before the bad interval, still gets the error.
-            q.decoded.insert(number, Err(e.into()));
-            q.in_flight += 1;
-        } else if !batch.is_empty() {
-            q.read.push_back((number, batch));
+        // A batch cut short by an error fails whole, as a batch that fails to decode: a tool
+        // that would stop inside the batch, before the bad interval, still gets the error. Its
+        // intervals are decoded all the same, so that a bad blob among them is reported first,
+        // as the sequential reader reports it.
+        if failed.is_some() || !batch.is_empty() {
+            q.read.push_back((number, batch, failed));
             q.in_flight += 1;
             number += 1;
         }
@@ -161,7 +188,12 @@ pub fn for_each_interval(
     let shared = Shared { queue: Mutex::new(Queue::default()), changed: Condvar::new() };
     std::thread::scope(|scope| {
         let shared = &shared;
-        scope.spawn(move || read_batches(shared, stream, reader_decoder));
+        scope.spawn(move || {
+            let _gone = GoneOnDrop(shared);
+            #[cfg(test)]
+            tests::maybe_panic(&trace.dir);
+            read_batches(shared, stream, reader_decoder)
+        });
         let _stop = StopOnDrop(shared);
         let mut seen = 0u64;
         for number in 0u64.. {
@@ -178,7 +210,8 @@ pub fn for_each_interval(
                     if decoded {
                         continue;
                     }
-                    if q.read_all && q.decoding == 0 {
+                    // Once the reader is gone, only this thread could be decoding, and it is not.
+                    if q.reader_gone || (q.read_all && q.decoding == 0) {
                         break None;
                     }
                     q = shared.wait(q);
@@ -200,4 +233,51 @@ pub fn for_each_interval(
         }
         Ok(seen)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// The trace whose reader panics as it starts, standing for a bug in the reading code.
+    static PANICS_IN: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+    pub(super) fn maybe_panic(dir: &Path) {
+        if PANICS_IN.lock().unwrap().as_deref() == Some(dir) {
+            panic!("the reader's test panic");
+        }
+    }
+
+    struct RemoveOnDrop(PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A panic on the reader's thread reaches the tool's caller: it does not leave the tool
+    /// waiting for the reader's batches forever. (Before, it hung; the test then fails after
+    /// two minutes rather than hang too.)
+    #[test]
+    fn a_panic_of_the_reader_reaches_the_caller() {
+        use crate::guest::synthetic::generate::{generate, GenerateOptions};
+        let dir = std::env::temp_dir().join(format!("dirtytrace-pipeline-panic-{}", std::process::id()));
+        let _remove = RemoveOnDrop(dir.clone());
+        let spec = "mem = \"8MiB\"\nvcpus = 1\nseed = 3\n[[phase]]\nname = \"a\"\nduration = \"0.5s\"\n\
+                    working_set = \"2MiB\"\nrate = \"8MiB/s\"\npattern = \"random\"\n";
+        let opts = GenerateOptions { interval: std::time::Duration::from_millis(10), ..Default::default() };
+        generate(&dir, spec, &opts).unwrap();
+        let trace = Trace::open(&dir).unwrap();
+        *PANICS_IN.lock().unwrap() = Some(trace.dir.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for_each_interval(&trace, |_, _| Ok(ControlFlow::Continue(())))
+            }));
+            let _ = tx.send(result.is_err());
+        });
+        let panicked = rx.recv_timeout(std::time::Duration::from_secs(120));
+        assert_eq!(panicked, Ok(true), "the reader's panic did not reach the caller");
+    }
 }
