@@ -566,6 +566,38 @@ fn mixed_with_pages(name: &str) -> (InScratch, Vec<(u64, Vec<u32>)>) {
     (InScratch::new(dir, path), want)
 }
 
+/// Rewrites `bitmaps.parquet` in `dir` with row `row`'s `data` as `data`, and with 1 added to
+/// `num_pages` of row `bigger`, if given.
+fn corrupt_bitmaps(dir: &Path, row: usize, data: &[u8], bigger: Option<usize>) {
+    use arrow::array::{Array, BinaryArray, UInt64Array};
+    use std::sync::Arc;
+    let path = dir.join("bitmaps.parquet");
+    let b = read_table(&path);
+    let (d, n) = (b.schema().index_of("data").unwrap(), b.schema().index_of("num_pages").unwrap());
+    let old = b.column(d).as_any().downcast_ref::<BinaryArray>().unwrap();
+    let vals: Vec<&[u8]> = (0..old.len()).map(|i| if i == row { data } else { old.value(i) }).collect();
+    let num = b.column(n).as_any().downcast_ref::<UInt64Array>().unwrap();
+    let nums: Vec<u64> = (0..num.len()).map(|i| num.value(i) + (Some(i) == bigger) as u64).collect();
+    let mut cols = b.columns().to_vec();
+    cols[d] = Arc::new(BinaryArray::from_iter_values(vals));
+    cols[n] = Arc::new(UInt64Array::from(nums));
+    write_table(&path, &arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap());
+}
+
+/// The error the sequential reader gives on the trace in `dir`; it must give one.
+fn sequential_error(dir: &Path) -> String {
+    let t = trace(dir);
+    let mut stream = t.interval_pages().unwrap();
+    let mut pages = Vec::new();
+    loop {
+        match stream.next_into(&mut pages) {
+            Some(Ok(_)) => pages.clear(),
+            Some(Err(e)) => return e.to_string(),
+            None => panic!("the sequential reader took the bad blob"),
+        }
+    }
+}
+
 /// The tools' reader decodes on two threads: whatever the timing, the tool gets every interval
 /// once, in order, with its pages, and stops reading where it breaks, at batch boundaries
 /// (16 intervals) and between them. 130 intervals: more than the batches in flight, and not a
@@ -604,35 +636,17 @@ fn for_each_interval_hands_every_interval_in_order_and_stops_where_asked() {
 /// decoded it. An error of the tool's own ends the reading too (the test returns).
 #[test]
 fn for_each_interval_reports_a_bad_blob_in_order_and_a_tools_error_ends_it() {
-    use arrow::array::{Array, BinaryArray};
     use dirtytrace::analysis::for_each_interval;
     use std::ops::ControlFlow;
-    use std::sync::Arc;
     let (dir, want) = mixed_with_pages("analysis-pipeline-error");
     let t = trace(&dir);
     assert_eq!(t.manifest.slots.len(), 1);
     for bad_row in [3usize, 40, 100, 129] {
         let path = dir.join("bitmaps.parquet");
         let saved = std::fs::read(&path).unwrap();
-        let b = read_table(&path);
-        let c = b.schema().index_of("data").unwrap();
-        let data = b.column(c).as_any().downcast_ref::<BinaryArray>().unwrap();
-        let vals: Vec<Vec<u8>> =
-            (0..data.len()).map(|i| if i == bad_row { b"not zstd".to_vec() } else { data.value(i).to_vec() }).collect();
-        let mut cols = b.columns().to_vec();
-        cols[c] = Arc::new(BinaryArray::from_iter_values(vals.iter().map(|v| v.as_slice())));
-        write_table(&path, &arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap());
-
+        corrupt_bitmaps(&dir, bad_row, b"not zstd", None);
         let t = trace(&dir);
-        let mut stream = t.interval_pages().unwrap();
-        let mut pages = Vec::new();
-        let sequential = loop {
-            match stream.next_into(&mut pages) {
-                Some(Ok(_)) => pages.clear(),
-                Some(Err(e)) => break e.to_string(),
-                None => panic!("the sequential reader took the bad blob"),
-            }
-        };
+        let sequential = sequential_error(&dir);
         assert!(sequential.contains(&format!("row {bad_row}")), "{sequential}");
         for _ in 0..10 {
             let mut got = Vec::new();
@@ -661,34 +675,12 @@ fn for_each_interval_reports_a_bad_blob_in_order_and_a_tools_error_ends_it() {
 /// later read error in its batch's place.
 #[test]
 fn for_each_interval_reports_a_bad_blob_before_a_later_read_error_in_its_batch() {
-    use arrow::array::{Array, BinaryArray, UInt64Array};
     use dirtytrace::analysis::for_each_interval;
     use std::ops::ControlFlow;
-    use std::sync::Arc;
     let (dir, _) = mixed_with_pages("analysis-pipeline-two-errors");
-    let path = dir.join("bitmaps.parquet");
-    let b = read_table(&path);
-    let (d, n) = (b.schema().index_of("data").unwrap(), b.schema().index_of("num_pages").unwrap());
-    let data = b.column(d).as_any().downcast_ref::<BinaryArray>().unwrap();
-    let vals: Vec<Vec<u8>> =
-        (0..data.len()).map(|i| if i == 3 { b"not zstd".to_vec() } else { data.value(i).to_vec() }).collect();
-    let num = b.column(n).as_any().downcast_ref::<UInt64Array>().unwrap();
-    let nums: Vec<u64> = (0..num.len()).map(|i| num.value(i) + (i == 10) as u64).collect();
-    let mut cols = b.columns().to_vec();
-    cols[d] = Arc::new(BinaryArray::from_iter_values(vals.iter().map(|v| v.as_slice())));
-    cols[n] = Arc::new(UInt64Array::from(nums));
-    write_table(&path, &arrow::record_batch::RecordBatch::try_new(b.schema(), cols).unwrap());
-
+    corrupt_bitmaps(&dir, 3, b"not zstd", Some(10));
     let t = trace(&dir);
-    let mut stream = t.interval_pages().unwrap();
-    let mut pages = Vec::new();
-    let sequential = loop {
-        match stream.next_into(&mut pages) {
-            Some(Ok(_)) => pages.clear(),
-            Some(Err(e)) => break e.to_string(),
-            None => panic!("the sequential reader took the bad blob"),
-        }
-    };
+    let sequential = sequential_error(&dir);
     assert!(sequential.contains("row 3:"), "{sequential}");
     for _ in 0..10 {
         let err = for_each_interval(&t, |_, _| Ok(ControlFlow::Continue(()))).unwrap_err();
