@@ -234,10 +234,7 @@ impl<S: PageSlot> SlidingDistinct<S> {
             }
         }
         self.visit(run_last, run, &mut st);
-        for p in pages {
-            let old = self.last[p as usize].mark(mark);
-            self.visit(old, 1, &mut st);
-        }
+        self.visit_each(pages, &mut st);
         self.end(t_end_s, st)
     }
 
@@ -246,10 +243,7 @@ impl<S: PageSlot> SlidingDistinct<S> {
     #[doc(hidden)]
     pub fn push_page_by_page(&mut self, t_end_s: f64, pages: impl IntoIterator<Item = u64>) -> u64 {
         let mut st = self.begin();
-        for p in pages {
-            let old = self.last[p as usize].mark(st.id + 1);
-            self.visit(old, 1, &mut st);
-        }
+        self.visit_each(pages, &mut st);
         self.end(t_end_s, st)
     }
 
@@ -322,6 +316,15 @@ impl<S: PageSlot> SlidingDistinct<S> {
         let max_front = self.windows.first().map_or(id, |w| w.front);
         self.reenter.fill(0);
         PushState { id, front_id, min_front, max_front, new: 0, added: 0 }
+    }
+
+    /// Marks and counts `pages` one at a time.
+    #[inline(always)]
+    fn visit_each(&mut self, pages: impl IntoIterator<Item = u64>, st: &mut PushState) {
+        for p in pages {
+            let old = self.last[p as usize].mark(st.id + 1);
+            self.visit(old, 1, st);
+        }
     }
 
     /// Counts `pages` pages of the interval being pushed whose slots held `last` (see

@@ -262,8 +262,12 @@ mod tests {
     #[test]
     fn a_panic_of_the_reader_reaches_the_caller() {
         use crate::guest::synthetic::generate::{generate, GenerateOptions};
-        let dir = std::env::temp_dir().join(format!("dirtytrace-pipeline-panic-{}", std::process::id()));
-        let _remove = RemoveOnDrop(dir.clone());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let scratch = std::env::temp_dir().join(format!("dirtytrace-pipeline-panic-{}-{nanos}", std::process::id()));
+        // Made here, so that what is removed afterwards is only ever this test's own.
+        std::fs::create_dir(&scratch).unwrap();
+        let _remove = RemoveOnDrop(scratch.clone());
+        let dir = scratch.join("trace");
         let spec = "mem = \"8MiB\"\nvcpus = 1\nseed = 3\n[[phase]]\nname = \"a\"\nduration = \"0.5s\"\n\
                     working_set = \"2MiB\"\nrate = \"8MiB/s\"\npattern = \"random\"\n";
         let opts = GenerateOptions { interval: std::time::Duration::from_millis(10), ..Default::default() };
